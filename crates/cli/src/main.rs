@@ -1,5 +1,6 @@
 //! `bulkhead`: the command-line interface.
 
+mod explain;
 mod inputs;
 mod policy_cmd;
 

@@ -15,3 +15,8 @@ pub mod l7;
 pub mod labels;
 pub mod selector;
 pub mod yaml;
+pub mod engine;
+pub mod repository;
+pub mod resolve;
+pub mod reach;
+pub mod trace;

@@ -10,19 +10,24 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRule {
-    /// Regex matched against the whole request method.
+    /// Regex matched against the whole request method (`:method`, case-sensitive).
+    /// `None` or an empty string means any method.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// Regex matched against the whole request path (no query string).
+    /// Regex matched against the whole request target as Envoy's `:path`
+    /// holds it, query string included. `None` or empty means any path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Regex matched against the whole Host header (port stripped).
+    /// Regex matched against the whole `:authority` (Host) value as sent,
+    /// port included when the client sent one. `None` or empty means any host.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// `Name` (header present) or `Name: value` (exact value).
+    /// `Name` (header present) or `Name: value` (exact value; the whitespace
+    /// around the value is ignored, and Cilium's `Name value` form is accepted).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<String>,
-    /// Header matches with a mismatch action.
+    /// Header matches; without a mismatch action they are required, with one
+    /// the request is allowed anyway and the action is reported.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub header_matches: Vec<HeaderMatch>,
 }
@@ -62,9 +67,12 @@ pub enum MismatchAction {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum FqdnSelector {
-    /// Exact name, compared lowercase without the trailing dot.
+    /// Exact name, compared lowercase in fully-qualified form (trailing dot
+    /// added when missing), so `Example.COM` and `example.com.` are the same.
     MatchName(String),
-    /// Pattern with `*` wildcards (see DESIGN.md §3).
+    /// Pattern with `*` wildcards: `*` alone (or any all-star pattern) matches
+    /// every name, a leading `**.` matches one or more whole labels, any other
+    /// `*` matches zero or more name characters within one label.
     MatchPattern(String),
 }
 
@@ -72,9 +80,10 @@ pub enum FqdnSelector {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KafkaRole {
-    /// produce: Produce, Metadata, ApiVersions (and the topic-less helpers Cilium adds).
+    /// produce: Produce, Metadata, ApiVersions.
     Produce,
-    /// consume: Fetch, OffsetFetch, ... and group coordination keys.
+    /// consume: Fetch, Offsets, Metadata, OffsetCommit, OffsetFetch,
+    /// FindCoordinator, JoinGroup, Heartbeat, LeaveGroup, SyncGroup, ApiVersions.
     Consume,
 }
 
@@ -94,7 +103,7 @@ pub struct KafkaRule {
     /// `clientID`, exact.
     #[serde(rename = "clientID", skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
-    /// `topic`, exact.
+    /// `topic`, exact; ignored for request kinds that carry no topic.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
 }

@@ -1,0 +1,770 @@
+//! The policy engine: cluster state, identities, selector cache, and the
+//! resolved policy of every endpoint, kept up to date incrementally.
+//!
+//! Policy is computed per identity (and per set of named ports, which ingress
+//! named-port rules need), as Cilium does. A change marks the identities whose
+//! policy it can affect — those selected by a changed rule, or by a rule
+//! whose peers gained or lost an identity — and only their endpoints are
+//! recomputed; the result is the diff of policy-map entries. Selectors pinned
+//! to one namespace (every namespaced policy's) are evaluated only against
+//! that namespace's identities.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::api::{Direction, NamedPort, Namespace, Object, Pod, Policy};
+use crate::cidr::Cidr;
+use crate::identity::{Allocator, Identity, IdentityKind, MemoryAllocator, NumericIdentity, Reserved};
+use crate::labels::{LabelSet, Source, pod_identity_labels};
+use crate::repository::{CompiledRule, PeerSel, PolicyId, PortItem, Proto, RuleRef, compile};
+use crate::resolve::{DirectionPolicy, EndpointPolicy, PolicyEntry, PolicyKey, Resolved, flatten};
+use crate::selector::Selector;
+
+/// A change to the engine's inputs.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Add or replace a namespace (its labels are visible to selectors).
+    UpsertNamespace(Namespace),
+    /// Remove a namespace (its pods stay, without namespace labels).
+    DeleteNamespace(String),
+    /// Add or replace a pod.
+    UpsertPod(Pod),
+    /// Remove a pod by `namespace/name`.
+    DeletePod(String),
+    /// Add or replace a policy.
+    UpsertPolicy(Policy),
+    /// Remove a policy.
+    DeletePolicy(PolicyId),
+}
+
+/// How one direction of one endpoint's policy map changed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointDiff {
+    /// The endpoint (`namespace/pod`).
+    pub endpoint: String,
+    /// The direction.
+    pub direction: Direction,
+    /// Entries added or changed.
+    pub upserted: Vec<(PolicyKey, PolicyEntry)>,
+    /// Keys removed.
+    pub removed: Vec<PolicyKey>,
+    /// The new default-deny flag, when it changed.
+    pub default_deny: Option<bool>,
+}
+
+type RuleId = (PolicyId, usize);
+
+#[derive(Debug, Clone)]
+struct PodEntry {
+    pod: Pod,
+    identity: NumericIdentity,
+}
+
+/// The engine. See the module documentation.
+pub struct Engine {
+    alloc: Box<dyn Allocator + Send>,
+    namespaces: BTreeMap<String, Namespace>,
+    pods: BTreeMap<String, PodEntry>,
+    identities: BTreeMap<NumericIdentity, Identity>,
+    id_pods: HashMap<NumericIdentity, BTreeSet<String>>,
+    ns_ids: HashMap<String, BTreeSet<NumericIdentity>>,
+    outside_ids: BTreeSet<NumericIdentity>,
+    by_labels: HashMap<LabelSet, NumericIdentity>,
+    cidr_ids: BTreeMap<Cidr, NumericIdentity>,
+    addrs: BTreeMap<IpAddr, String>,
+    policies: BTreeMap<PolicyId, Arc<Policy>>,
+    rules: BTreeMap<RuleId, Arc<CompiledRule>>,
+    rules_by_ns: HashMap<Option<String>, BTreeSet<RuleId>>,
+    sel_cache: HashMap<PeerSel, Arc<BTreeSet<NumericIdentity>>>,
+    sel_rules: HashMap<PeerSel, BTreeSet<RuleId>>,
+    endpoints: BTreeMap<String, Arc<EndpointPolicy>>,
+    /// While loading in bulk, resolution waits for [`Engine::resolve_all`].
+    deferred: bool,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new(Box::new(MemoryAllocator::new()))
+    }
+}
+
+impl Engine {
+    /// An empty engine using `alloc` for cluster identities.
+    pub fn new(alloc: Box<dyn Allocator + Send>) -> Self {
+        let mut e = Self {
+            alloc,
+            namespaces: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            id_pods: HashMap::new(),
+            ns_ids: HashMap::new(),
+            outside_ids: BTreeSet::new(),
+            by_labels: HashMap::new(),
+            cidr_ids: BTreeMap::new(),
+            addrs: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            rules_by_ns: HashMap::new(),
+            sel_cache: HashMap::new(),
+            sel_rules: HashMap::new(),
+            endpoints: BTreeMap::new(),
+            deferred: false,
+        };
+        for r in Reserved::ALL {
+            if r != Reserved::Unknown {
+                e.insert_identity(Identity::reserved(r));
+            }
+        }
+        e
+    }
+
+    /// Builds an engine from decoded objects and resolves every endpoint once.
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut e = Self::default();
+        e.deferred = true;
+        for o in objects {
+            let change = match o {
+                Object::Namespace(n) => Change::UpsertNamespace(n),
+                Object::Pod(p) => Change::UpsertPod(p),
+                Object::Policy(p) => Change::UpsertPolicy(p),
+            };
+            e.apply(change);
+        }
+        e.resolve_all();
+        e
+    }
+
+    /// Resolves every endpoint from scratch (and ends bulk loading).
+    pub fn resolve_all(&mut self) -> Vec<EndpointDiff> {
+        self.deferred = false;
+        let all: BTreeSet<String> = self.pods.keys().cloned().collect();
+        self.recompute(&BTreeSet::new(), all)
+    }
+
+    /// Applies one change and returns how endpoint policy maps changed.
+    pub fn apply(&mut self, change: Change) -> Vec<EndpointDiff> {
+        let mut dirty_ids = BTreeSet::new();
+        let mut dirty_pods = BTreeSet::new();
+        match change {
+            Change::UpsertNamespace(ns) => {
+                let name = ns.name.clone();
+                self.namespaces.insert(name.clone(), ns);
+                self.relabel_namespace(&name, &mut dirty_ids, &mut dirty_pods);
+            }
+            Change::DeleteNamespace(name) => {
+                self.namespaces.remove(&name);
+                self.relabel_namespace(&name, &mut dirty_ids, &mut dirty_pods);
+            }
+            Change::UpsertPod(pod) => self.upsert_pod(pod, &mut dirty_ids, &mut dirty_pods),
+            Change::DeletePod(key) => self.delete_pod(&key, &mut dirty_ids, &mut dirty_pods),
+            Change::UpsertPolicy(p) => {
+                let id = PolicyId::of(&p);
+                self.remove_policy(&id, &mut dirty_ids);
+                self.add_policy(p, &mut dirty_ids);
+                self.sync_cidr_identities(&mut dirty_ids);
+            }
+            Change::DeletePolicy(id) => {
+                self.remove_policy(&id, &mut dirty_ids);
+                self.sync_cidr_identities(&mut dirty_ids);
+            }
+        }
+        if self.deferred {
+            return Vec::new();
+        }
+        self.recompute(&dirty_ids, dirty_pods)
+    }
+
+    // ---- identities and the selector cache ----
+
+    fn candidates(&self, sel: &PeerSel) -> Vec<NumericIdentity> {
+        match sel {
+            PeerSel::Endpoints(s) | PeerSel::Labels(s) => match s.pinned_namespace() {
+                Some(ns) => self.ns_ids.get(ns).map(|s| s.iter().copied().collect()).unwrap_or_default(),
+                None => self.identities.keys().copied().collect(),
+            },
+            PeerSel::Cidr { .. } | PeerSel::Fqdn(_) => self.outside_ids.iter().copied().collect(),
+            PeerSel::All => self.identities.keys().copied().collect(),
+        }
+    }
+
+    /// The identities a selector matches (cached).
+    pub fn select(&mut self, sel: &PeerSel) -> Arc<BTreeSet<NumericIdentity>> {
+        if let Some(s) = self.sel_cache.get(sel) {
+            return s.clone();
+        }
+        let set: BTreeSet<NumericIdentity> =
+            self.candidates(sel).into_iter().filter(|id| self.identities.get(id).is_some_and(|i| peer_matches(sel, i))).collect();
+        let set = Arc::new(set);
+        self.sel_cache.insert(sel.clone(), set.clone());
+        set
+    }
+
+    fn insert_identity(&mut self, ident: Identity) -> NumericIdentity {
+        let id = ident.id;
+        if ident.is_world() {
+            self.outside_ids.insert(id);
+        }
+        if let Some((_, ns)) = ident.labels.get(crate::labels::NAMESPACE_LABEL) {
+            self.ns_ids.entry(ns.to_string()).or_default().insert(id);
+        }
+        self.by_labels.insert(ident.labels.clone(), id);
+        self.identities.insert(id, ident);
+        id
+    }
+
+    /// Updates cached selector results for an identity that appeared (or
+    /// disappeared) and marks the subjects of the rules using them.
+    fn identity_changed(&mut self, id: NumericIdentity, added: bool, dirty: &mut BTreeSet<NumericIdentity>) {
+        let Some(ident) = self.identities.get(&id).cloned() else { return };
+        let mut touched: Vec<PeerSel> = Vec::new();
+        for (sel, set) in self.sel_cache.iter_mut() {
+            if peer_matches(sel, &ident) {
+                let s = Arc::make_mut(set);
+                if added { s.insert(id) } else { s.remove(&id) };
+                touched.push(sel.clone());
+            }
+        }
+        for sel in touched {
+            if let Some(rules) = self.sel_rules.get(&sel).cloned() {
+                for r in rules {
+                    self.mark_rule_subjects(&r, dirty);
+                }
+            }
+        }
+        // The identity's own policy.
+        dirty.insert(id);
+    }
+
+    fn mark_rule_subjects(&mut self, r: &RuleId, dirty: &mut BTreeSet<NumericIdentity>) {
+        let Some(subject) = self.rules.get(r).and_then(|cr| cr.subject.clone()) else { return };
+        let set = self.select(&PeerSel::Endpoints(subject));
+        dirty.extend(set.iter().copied());
+    }
+
+    fn remove_identity(&mut self, id: NumericIdentity, dirty: &mut BTreeSet<NumericIdentity>) {
+        self.identity_changed(id, false, dirty);
+        if let Some(ident) = self.identities.remove(&id) {
+            self.by_labels.remove(&ident.labels);
+            self.outside_ids.remove(&id);
+            if let Some((_, ns)) = ident.labels.get(crate::labels::NAMESPACE_LABEL) {
+                if let Some(s) = self.ns_ids.get_mut(ns) {
+                    s.remove(&id);
+                }
+            }
+            self.alloc.release(id);
+        }
+    }
+
+    /// The identity for pod labels, allocating (and announcing) a new one.
+    fn pod_identity(&mut self, labels: LabelSet, dirty: &mut BTreeSet<NumericIdentity>) -> NumericIdentity {
+        if let Some(id) = self.by_labels.get(&labels) {
+            return *id;
+        }
+        let id = match self.alloc.allocate(&labels) {
+            Ok(id) => id,
+            // Out of numbers: the pod is treated as an unmanaged peer, and
+            // selects no policy of its own (fail closed at the datapath).
+            Err(_) => return Reserved::Unmanaged.id(),
+        };
+        self.insert_identity(Identity { id, labels, kind: IdentityKind::Cluster });
+        self.identity_changed(id, true, dirty);
+        id
+    }
+
+    // ---- pods and namespaces ----
+
+    fn upsert_pod(&mut self, pod: Pod, dirty: &mut BTreeSet<NumericIdentity>, dirty_pods: &mut BTreeSet<String>) {
+        let key = pod.key();
+        let old = self.pods.get(&key).cloned();
+        if let Some(old) = &old {
+            if old.pod == pod {
+                return;
+            }
+        }
+        self.detach_pod(&key, dirty);
+        let labels = pod_identity_labels(&pod, self.namespaces.get(&pod.namespace));
+        let identity = self.pod_identity(labels, dirty);
+        self.id_pods.entry(identity).or_default().insert(key.clone());
+        for ip in &pod.ips {
+            self.addrs.insert(*ip, key.clone());
+        }
+        self.mark_pod_dependents(&pod, dirty);
+        self.pods.insert(key.clone(), PodEntry { pod, identity });
+        dirty_pods.insert(key);
+    }
+
+    fn delete_pod(&mut self, key: &str, dirty: &mut BTreeSet<NumericIdentity>, dirty_pods: &mut BTreeSet<String>) {
+        if self.pods.contains_key(key) {
+            self.detach_pod(key, dirty);
+            dirty_pods.insert(key.to_string());
+        }
+    }
+
+    /// Removes a pod from the indexes (its identity too, if it was the last).
+    fn detach_pod(&mut self, key: &str, dirty: &mut BTreeSet<NumericIdentity>) {
+        let Some(entry) = self.pods.remove(key) else { return };
+        for ip in &entry.pod.ips {
+            if self.addrs.get(ip).map(String::as_str) == Some(key) {
+                self.addrs.remove(ip);
+            }
+        }
+        self.mark_pod_dependents(&entry.pod, dirty);
+        if let Some(set) = self.id_pods.get_mut(&entry.identity) {
+            set.remove(key);
+            if set.is_empty() {
+                self.id_pods.remove(&entry.identity);
+                if self.identities.get(&entry.identity).is_some_and(|i| i.kind == IdentityKind::Cluster) {
+                    self.remove_identity(entry.identity, dirty);
+                }
+            }
+        }
+    }
+
+    /// Rules that look at a pod beyond its identity: ipBlock rules covering
+    /// its addresses, and egress named ports it defines.
+    fn mark_pod_dependents(&mut self, pod: &Pod, dirty: &mut BTreeSet<NumericIdentity>) {
+        let named = pod.ports.iter().any(|p| !p.name.is_empty());
+        let mut hit: Vec<RuleId> = Vec::new();
+        for (rid, rule) in &self.rules {
+            let c = rule.egress.contributions.iter().chain(&rule.ingress.contributions);
+            let relevant = c.into_iter().any(|c| {
+                c.peers.iter().any(|p| match p {
+                    PeerSel::Cidr { rule: block, pods: true } => pod.ips.iter().any(|ip| block.contains_ip(*ip)),
+                    _ => false,
+                }) || (named && c.ports.iter().any(|p| matches!(p, PortItem::Named { .. })))
+            });
+            if relevant {
+                hit.push(rid.clone());
+            }
+        }
+        for r in hit {
+            self.mark_rule_subjects(&r, dirty);
+        }
+    }
+
+    fn relabel_namespace(&mut self, ns: &str, dirty: &mut BTreeSet<NumericIdentity>, dirty_pods: &mut BTreeSet<String>) {
+        let keys: Vec<String> = self.pods.values().filter(|p| p.pod.namespace == ns).map(|p| p.pod.key()).collect();
+        for key in keys {
+            if let Some(entry) = self.pods.get(&key).cloned() {
+                self.detach_pod(&key, dirty);
+                let labels = pod_identity_labels(&entry.pod, self.namespaces.get(ns));
+                let identity = self.pod_identity(labels, dirty);
+                self.id_pods.entry(identity).or_default().insert(key.clone());
+                for ip in &entry.pod.ips {
+                    self.addrs.insert(*ip, key.clone());
+                }
+                self.pods.insert(key.clone(), PodEntry { pod: entry.pod, identity });
+                dirty_pods.insert(key);
+            }
+        }
+    }
+
+    // ---- policies ----
+
+    fn add_policy(&mut self, p: Policy, dirty: &mut BTreeSet<NumericIdentity>) {
+        let pid = PolicyId::of(&p);
+        for (i, rule) in compile(&p).into_iter().enumerate() {
+            let rid = (pid.clone(), i);
+            let ns = rule.subject.as_ref().and_then(|s| s.pinned_namespace().map(str::to_string));
+            self.rules_by_ns.entry(ns).or_default().insert(rid.clone());
+            for sel in rule_selectors(&rule) {
+                self.sel_rules.entry(sel).or_default().insert(rid.clone());
+            }
+            self.rules.insert(rid.clone(), Arc::new(rule));
+            self.mark_rule_subjects(&rid, dirty);
+        }
+        self.policies.insert(pid, Arc::new(p));
+    }
+
+    fn remove_policy(&mut self, pid: &PolicyId, dirty: &mut BTreeSet<NumericIdentity>) {
+        if self.policies.remove(pid).is_none() {
+            return;
+        }
+        let ids: Vec<RuleId> = self.rules.range((pid.clone(), 0)..=(pid.clone(), usize::MAX)).map(|(k, _)| k.clone()).collect();
+        for rid in ids {
+            self.mark_rule_subjects(&rid, dirty);
+            if let Some(rule) = self.rules.remove(&rid) {
+                let ns = rule.subject.as_ref().and_then(|s| s.pinned_namespace().map(str::to_string));
+                if let Some(s) = self.rules_by_ns.get_mut(&ns) {
+                    s.remove(&rid);
+                }
+                for sel in rule_selectors(&rule) {
+                    if let Some(s) = self.sel_rules.get_mut(&sel) {
+                        s.remove(&rid);
+                        if s.is_empty() {
+                            self.sel_rules.remove(&sel);
+                            self.sel_cache.remove(&sel);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps one node-local identity per prefix the policies name.
+    fn sync_cidr_identities(&mut self, dirty: &mut BTreeSet<NumericIdentity>) {
+        let mut wanted: BTreeSet<Cidr> = BTreeSet::new();
+        for rule in self.rules.values() {
+            for c in rule.ingress.contributions.iter().chain(&rule.egress.contributions) {
+                for p in &c.peers {
+                    if let PeerSel::Cidr { rule, .. } = p {
+                        wanted.insert(rule.cidr);
+                        wanted.extend(rule.except.iter().copied());
+                    }
+                }
+            }
+        }
+        wanted.retain(|c| !c.is_empty());
+        let stale: Vec<(Cidr, NumericIdentity)> = self.cidr_ids.iter().filter(|(c, _)| !wanted.contains(c)).map(|(c, i)| (*c, *i)).collect();
+        for (c, id) in stale {
+            self.cidr_ids.remove(&c);
+            self.remove_identity(id, dirty);
+        }
+        for c in wanted {
+            if self.cidr_ids.contains_key(&c) {
+                continue;
+            }
+            let labels = cidr_labels(&c);
+            let Ok(id) = self.alloc.allocate_local(&labels) else { continue };
+            self.insert_identity(Identity { id, labels, kind: IdentityKind::Cidr(c) });
+            self.cidr_ids.insert(c, id);
+            self.identity_changed(id, true, dirty);
+        }
+    }
+
+    /// The node-local identity for addresses `name` resolves to (for `trace
+    /// --to-fqdn`): labelled with every toFQDNs selector that matches it.
+    pub fn fqdn_identity(&mut self, name: &str) -> NumericIdentity {
+        let name = crate::l7::dns::normalize_name(name);
+        let mut labels = LabelSet::new();
+        labels.insert(Source::Fqdn, &name, "");
+        labels.insert(Source::Reserved, "world", "");
+        if let Some(id) = self.by_labels.get(&labels) {
+            return *id;
+        }
+        let Ok(id) = self.alloc.allocate_local(&labels) else { return Reserved::World.id() };
+        self.insert_identity(Identity { id, labels, kind: IdentityKind::Fqdn(name) });
+        let mut dirty = BTreeSet::new();
+        self.identity_changed(id, true, &mut dirty);
+        if !self.deferred {
+            self.recompute(&dirty, BTreeSet::new());
+        }
+        id
+    }
+
+    // ---- resolution ----
+
+    fn recompute(&mut self, dirty_ids: &BTreeSet<NumericIdentity>, mut dirty_pods: BTreeSet<String>) -> Vec<EndpointDiff> {
+        for id in dirty_ids {
+            if let Some(keys) = self.id_pods.get(id) {
+                dirty_pods.extend(keys.iter().cloned());
+            }
+        }
+        let mut cache: HashMap<(NumericIdentity, Vec<NamedPort>), Arc<EndpointPolicy>> = HashMap::new();
+        let mut diffs = Vec::new();
+        for key in dirty_pods {
+            let new = match self.pods.get(&key).map(|e| (e.identity, e.pod.ports.clone())) {
+                Some((id, ports)) => {
+                    let ck = (id, ports);
+                    match cache.get(&ck) {
+                        Some(p) => Some(p.clone()),
+                        None => {
+                            let p = Arc::new(self.compute(ck.0, &ck.1));
+                            cache.insert(ck, p.clone());
+                            Some(p)
+                        }
+                    }
+                }
+                None => None,
+            };
+            let old = match &new {
+                Some(n) => self.endpoints.insert(key.clone(), n.clone()),
+                None => self.endpoints.remove(&key),
+            };
+            let empty = EndpointPolicy::default();
+            let (o, n) = (old.as_deref().unwrap_or(&empty), new.as_deref().unwrap_or(&empty));
+            for d in Direction::BOTH {
+                if let Some(diff) = diff_direction(&key, d, dir_of(o, d), dir_of(n, d)) {
+                    diffs.push(diff);
+                }
+            }
+        }
+        diffs
+    }
+
+    /// The rules that select an identity, in rule order.
+    pub fn rules_selecting(&self, id: NumericIdentity) -> Vec<(RuleIdRef, Arc<CompiledRule>)> {
+        let Some(ident) = self.identities.get(&id) else { return Vec::new() };
+        let ns = ident.labels.get(crate::labels::NAMESPACE_LABEL).map(|(_, v)| v.to_string());
+        let mut cands: BTreeSet<RuleId> = self.rules_by_ns.get(&None).cloned().unwrap_or_default();
+        if let Some(ns) = ns {
+            cands.extend(self.rules_by_ns.get(&Some(ns)).cloned().unwrap_or_default());
+        }
+        cands
+            .into_iter()
+            .filter_map(|rid| {
+                let rule = self.rules.get(&rid)?;
+                let subject = rule.subject.as_ref()?;
+                subject.matches(&ident.labels).then(|| (RuleIdRef { policy: rid.0.clone(), index: rid.1 }, Arc::clone(rule)))
+            })
+            .collect()
+    }
+
+    fn compute(&mut self, id: NumericIdentity, own_ports: &[NamedPort]) -> EndpointPolicy {
+        let selecting = self.rules_selecting(id);
+        let mut out = EndpointPolicy::default();
+        for d in Direction::BOTH {
+            let present: Vec<&Arc<CompiledRule>> = selecting.iter().map(|(_, r)| r).filter(|r| r.dir(d).present).collect();
+            if present.is_empty() {
+                continue;
+            }
+            let default_deny = present.iter().any(|r| r.dir(d).default_deny != Some(false));
+            let gather = |f: fn(&crate::repository::DirectionRules) -> &Vec<crate::selector::Req>| {
+                let mut v: Vec<crate::selector::Req> = selecting.iter().flat_map(|(_, r)| f(r.dir(d)).iter().cloned()).collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let requires = gather(|r| &r.requires);
+            let deny_requires = gather(|r| &r.deny_requires);
+            let mut resolved: Vec<Resolved<'_>> = Vec::new();
+            let global_ports = if d == Direction::Egress { self.all_named_ports() } else { Vec::new() };
+            for (_, rule) in &selecting {
+                for c in &rule.dir(d).contributions {
+                    let (all, ids, addrs) = self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires });
+                    let has_named = c.ports.iter().any(|p| matches!(p, PortItem::Named { .. }));
+                    let base = Resolved { all, ids: Vec::new(), addrs: Vec::new(), ports: Vec::new(), deny: c.deny, l7: c.l7.as_ref(), rule_ref: c.rule_ref.clone() };
+                    if d == Direction::Egress && has_named && !all {
+                        // Egress named ports resolve against each peer's own pods.
+                        for pid in &ids {
+                            let ports = port_ranges(&c.ports, &self.peer_named_ports(*pid));
+                            resolved.push(Resolved { ids: vec![*pid], ports, ..base.clone() });
+                        }
+                        if !addrs.is_empty() {
+                            resolved.push(Resolved { addrs, ports: port_ranges(&c.ports, &global_ports), ..base });
+                        }
+                        continue;
+                    }
+                    let named_source: &[NamedPort] = if d == Direction::Ingress { own_ports } else { &global_ports };
+                    resolved.push(Resolved { ids, addrs, ports: port_ranges(&c.ports, named_source), ..base });
+                }
+            }
+            let localhost = Arc::new(RuleRef::allow_localhost());
+            if d == Direction::Ingress {
+                resolved.push(Resolved {
+                    all: false,
+                    ids: vec![Reserved::Host.id()],
+                    addrs: Vec::new(),
+                    ports: vec![(Proto::Any, 0, 65535)],
+                    deny: false,
+                    l7: None,
+                    rule_ref: localhost,
+                });
+            }
+            let (entries, errors) = flatten(&resolved);
+            let dp = DirectionPolicy { enforced: true, default_deny, entries, errors };
+            match d {
+                Direction::Ingress => out.ingress = dp,
+                Direction::Egress => out.egress = dp,
+            }
+        }
+        out
+    }
+
+    fn resolve_peers(&mut self, peers: &[PeerSel], requires: &[crate::selector::Req]) -> (bool, Vec<NumericIdentity>, Vec<(IpAddr, NumericIdentity)>) {
+        let mut all = false;
+        let mut ids = BTreeSet::new();
+        let mut addrs = Vec::new();
+        for p in peers {
+            match p {
+                PeerSel::All => all = true,
+                PeerSel::Endpoints(s) if !requires.is_empty() => {
+                    let mut s: Selector = s.clone();
+                    for r in requires {
+                        s = s.with(r.clone());
+                    }
+                    let sel = PeerSel::Endpoints(s);
+                    ids.extend(self.select(&sel).iter().copied());
+                }
+                PeerSel::Cidr { rule, pods: true } => {
+                    ids.extend(self.select(p).iter().copied());
+                    for (ip, key) in &self.addrs {
+                        if rule.contains_ip(*ip) {
+                            if let Some(e) = self.pods.get(key) {
+                                addrs.push((*ip, e.identity));
+                            }
+                        }
+                    }
+                }
+                _ => ids.extend(self.select(p).iter().copied()),
+            }
+        }
+        (all, ids.into_iter().collect(), addrs)
+    }
+
+    fn peer_named_ports(&self, id: NumericIdentity) -> Vec<NamedPort> {
+        let mut out: Vec<NamedPort> = self
+            .id_pods
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+            .flat_map(|e| e.pod.ports.iter().filter(|p| !p.name.is_empty()).cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn all_named_ports(&self) -> Vec<NamedPort> {
+        let mut out: Vec<NamedPort> = self.pods.values().flat_map(|e| e.pod.ports.iter().filter(|p| !p.name.is_empty()).cloned()).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    // ---- queries ----
+
+    /// The resolved policy of an endpoint (`namespace/pod`).
+    pub fn endpoint_policy(&self, key: &str) -> Option<&EndpointPolicy> {
+        self.endpoints.get(key).map(|a| a.as_ref())
+    }
+
+    /// A pod and its identity.
+    pub fn pod(&self, key: &str) -> Option<(&Pod, NumericIdentity)> {
+        self.pods.get(key).map(|e| (&e.pod, e.identity))
+    }
+
+    /// Every pod key, sorted.
+    pub fn pod_keys(&self) -> Vec<String> {
+        self.pods.keys().cloned().collect()
+    }
+
+    /// An identity.
+    pub fn identity(&self, id: NumericIdentity) -> Option<&Identity> {
+        self.identities.get(&id)
+    }
+
+    /// Every identity.
+    pub fn identities(&self) -> impl Iterator<Item = &Identity> {
+        self.identities.values()
+    }
+
+    /// Every policy.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.values().map(|p| p.as_ref())
+    }
+
+    /// The identity the datapath gives a peer address: its pod's, else the
+    /// longest policy prefix's, else world (per family). Also the pod key.
+    pub fn identity_of_ip(&self, ip: IpAddr) -> (NumericIdentity, Option<String>) {
+        if let Some(key) = self.addrs.get(&ip) {
+            if let Some(e) = self.pods.get(key) {
+                return (e.identity, Some(key.clone()));
+            }
+        }
+        let best = self.cidr_ids.iter().filter(|(c, _)| c.contains_ip(ip)).max_by_key(|(c, _)| c.len());
+        match best {
+            Some((_, id)) => (*id, None),
+            None if ip.is_ipv4() => (Reserved::WorldIpv4.id(), None),
+            None => (Reserved::WorldIpv6.id(), None),
+        }
+    }
+}
+
+/// A rule's identity for display: the policy and the index of the rule in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RuleIdRef {
+    /// The policy.
+    pub policy: PolicyId,
+    /// The rule's index in the policy.
+    pub index: usize,
+}
+
+fn dir_of(p: &EndpointPolicy, d: Direction) -> &DirectionPolicy {
+    match d {
+        Direction::Ingress => &p.ingress,
+        Direction::Egress => &p.egress,
+    }
+}
+
+fn diff_direction(key: &str, d: Direction, old: &DirectionPolicy, new: &DirectionPolicy) -> Option<EndpointDiff> {
+    let upserted: Vec<(PolicyKey, PolicyEntry)> =
+        new.entries.iter().filter(|(k, v)| old.entries.get(k) != Some(v)).map(|(k, v)| (*k, v.clone())).collect();
+    let removed: Vec<PolicyKey> = old.entries.keys().filter(|k| !new.entries.contains_key(k)).copied().collect();
+    let default_deny = (old.default_deny != new.default_deny).then_some(new.default_deny);
+    (!upserted.is_empty() || !removed.is_empty() || default_deny.is_some()).then(|| EndpointDiff {
+        endpoint: key.to_string(),
+        direction: d,
+        upserted,
+        removed,
+        default_deny,
+    })
+}
+
+/// Every selector a rule uses (subject and peers), for the reverse index.
+fn rule_selectors(rule: &CompiledRule) -> Vec<PeerSel> {
+    let mut out: Vec<PeerSel> = rule.subject.iter().map(|s| PeerSel::Endpoints(s.clone())).collect();
+    for c in rule.ingress.contributions.iter().chain(&rule.egress.contributions) {
+        out.extend(c.peers.iter().filter(|p| **p != PeerSel::All).cloned());
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn cidr_labels(c: &Cidr) -> LabelSet {
+    let mut l = LabelSet::new();
+    l.insert(Source::Cidr, &c.to_string(), "");
+    l.insert(Source::Reserved, "world", "");
+    l.insert(Source::Reserved, if c.is_ipv4() { "world-ipv4" } else { "world-ipv6" }, "");
+    l
+}
+
+/// Whether a peer selector matches an identity.
+pub fn peer_matches(sel: &PeerSel, ident: &Identity) -> bool {
+    match sel {
+        PeerSel::All => true,
+        PeerSel::Endpoints(s) | PeerSel::Labels(s) => s.matches(&ident.labels),
+        PeerSel::Cidr { rule, .. } => match &ident.kind {
+            IdentityKind::Cidr(p) => rule.cidr.contains(p) && !rule.except.iter().any(|e| e.contains(p)),
+            IdentityKind::Reserved(Reserved::WorldIpv4) => rule.cidr.is_empty() && rule.cidr.is_ipv4(),
+            IdentityKind::Reserved(Reserved::WorldIpv6) => rule.cidr.is_empty() && !rule.cidr.is_ipv4(),
+            IdentityKind::Reserved(Reserved::World) => rule.cidr.is_empty(),
+            _ => false,
+        },
+        PeerSel::Fqdn(f) => match &ident.kind {
+            IdentityKind::Fqdn(name) => crate::l7::dns::selector_matches(f, name),
+            _ => false,
+        },
+    }
+}
+
+/// Port items as numeric ranges; named ports through `named`.
+fn port_ranges(items: &[PortItem], named: &[NamedPort]) -> Vec<(Proto, u16, u16)> {
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            PortItem::All => out.push((Proto::Any, 0, 65535)),
+            PortItem::Range { proto, lo, hi } => out.push((*proto, *lo, *hi)),
+            PortItem::Named { name, proto } => {
+                for np in named.iter().filter(|np| &np.name == name) {
+                    let protos = Proto::expand(*proto);
+                    let p = Proto::expand(np.protocol)[0];
+                    if protos.contains(&p) {
+                        out.push((p, np.port, np.port));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests;
