@@ -20,3 +20,6 @@ pub mod repository;
 pub mod resolve;
 pub mod reach;
 pub mod trace;
+
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -215,7 +215,10 @@ fn l7_decision(rules: &L7Rules, allow_all: bool, http: Option<&HttpProbe>, host:
             let hostv = if h.host.is_empty() { host } else { &h.host };
             let d = p.decide(&HttpRequest { method: &h.method, path: &h.path, host: hostv, headers: &[] });
             match d.matched_rule {
-                Some(i) if d.allowed => (true, format!("HTTP {} {} allowed by http[{i}]", h.method, h.path)),
+                Some(i) if d.allowed => {
+                    let rule = serde_json::to_string(&r[i]).unwrap_or_default();
+                    (true, format!("HTTP {} {} allowed by the rule {rule}", h.method, h.path))
+                }
                 _ => (false, format!("HTTP {} {} matches none of the {} HTTP rule(s): 403 Forbidden", h.method, h.path, r.len())),
             }
         }

@@ -1,1 +1,118 @@
 use super::*;
+use crate::reach::Reach;
+use crate::testutil::{cell, engine, objects, pod};
+
+fn cluster() -> String {
+    [
+        pod("a", "web", "app: web", "198.18.0.1"),
+        pod("a", "db", "app: db", "198.18.0.2"),
+        pod("b", "client", "app: client", "198.18.0.3"),
+        pod("b", "other", "app: other", "198.18.0.4"),
+    ]
+    .concat()
+}
+
+const CNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n";
+
+#[test]
+fn unselected_pods_are_reachable() {
+    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}]}}]\n"));
+    assert_eq!(cell(&e, "b/client", "a/web", 80), Reach::Allowed);
+    assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::Allowed);
+    assert_eq!(cell(&e, "b/client", "a/db", 80), Reach::Denied);
+}
+
+#[test]
+fn cnp_peers_default_to_the_policy_namespace() {
+    // `app: client` lives in b; the CNP in a only sees peers in a.
+    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: client}}}}]}}]\n"));
+    assert_eq!(cell(&e, "b/client", "a/web", 80), Reach::Denied);
+    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: client, k8s:io.kubernetes.pod.namespace: b}}}}]}}]\n"));
+    assert_eq!(cell(&e, "b/client", "a/web", 80), Reach::Allowed);
+}
+
+#[test]
+fn deny_wins_over_allow() {
+    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEntities: [all]}}]\n  ingressDeny: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}], toPorts: [{{ports: [{{port: \"5432\", protocol: TCP}}]}}]}}]\n"));
+    assert_eq!(cell(&e, "a/web", "a/db", 5432), Reach::Denied);
+    assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::Allowed);
+    assert_eq!(cell(&e, "b/client", "a/db", 5432), Reach::Allowed);
+}
+
+#[test]
+fn empty_egress_rule_is_default_deny() {
+    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  egress: [{{}}]\n"));
+    assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::Denied);
+    assert_eq!(cell(&e, "a/db", "a/web", 80), Reach::Allowed);
+}
+
+#[test]
+fn enable_default_deny_false_only_adds() {
+    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  enableDefaultDeny: {{ingress: false}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}]}}]\n"));
+    assert_eq!(cell(&e, "b/client", "a/db", 80), Reach::Allowed);
+}
+
+#[test]
+fn network_policy_ipblock_matches_pod_addresses() {
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{ipBlock: {cidr: 198.18.0.0/30, except: [198.18.0.1/32]}}]\n";
+    let e = engine(&cluster(), np);
+    // .3 is in the block; .1 (web) is excepted; .4 is outside.
+    assert_eq!(cell(&e, "b/client", "a/db", 80), Reach::Allowed);
+    assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::Denied);
+    assert_eq!(cell(&e, "b/other", "a/db", 80), Reach::Denied);
+}
+
+#[test]
+fn network_policy_namespace_selector() {
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: b}}, podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: 80}]\n";
+    let e = engine(&cluster(), np);
+    assert_eq!(cell(&e, "b/client", "a/db", 80), Reach::Allowed);
+    assert_eq!(cell(&e, "b/client", "a/db", 81), Reach::Denied);
+    assert_eq!(cell(&e, "b/other", "a/db", 80), Reach::Denied);
+    assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::Denied);
+}
+
+#[test]
+fn ccnp_wildcard_peers_are_all_pods() {
+    let ccnp = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {matchLabels: {app: db}}\n  ingress: [{fromEndpoints: [{}]}]\n";
+    let mut e = engine(&cluster(), ccnp);
+    assert_eq!(cell(&e, "b/client", "a/db", 80), Reach::Allowed);
+    let world = e.identity_of_ip("203.0.113.9".parse().expect("ip")).0;
+    let pol = e.endpoint_policy("a/db").expect("endpoint").ingress.clone();
+    assert!(!pol.lookup(None, world, Proto::Tcp, 80).passes(), "world is not a pod");
+    let _ = e.fqdn_identity("example.com");
+}
+
+#[test]
+fn l7_redirect_only_for_covered_peers() {
+    let p = format!(
+        "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: web}}}}]\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{method: GET}}]}}}}]\n  - fromEndpoints: [{{matchLabels: {{k8s:io.kubernetes.pod.namespace: b}}}}]\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]\n"
+    );
+    let e = engine(&cluster(), &p);
+    assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::L7);
+    assert_eq!(cell(&e, "b/client", "a/db", 80), Reach::Allowed);
+}
+
+#[test]
+fn incremental_equals_full() {
+    let policies = objects(&format!(
+        "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}], toPorts: [{{ports: [{{port: \"5432\"}}]}}]}}]\n---\n{CNP}metadata: {{name: q, namespace: b}}\nspec:\n  endpointSelector: {{}}\n  egress: [{{toEndpoints: [{{matchLabels: {{k8s:io.kubernetes.pod.namespace: a}}}}]}}]\n  egressDeny: [{{toCIDR: [198.18.0.0/16]}}]\n"
+    ));
+    let pods = objects(&cluster());
+    let full = Engine::from_objects(pods.iter().cloned().chain(policies.iter().cloned()));
+    let mut inc = Engine::default();
+    for o in policies.iter().chain(&pods) {
+        let c = match o.clone() {
+            Object::Pod(p) => Change::UpsertPod(p),
+            Object::Policy(p) => Change::UpsertPolicy(p),
+            Object::Namespace(n) => Change::UpsertNamespace(n),
+        };
+        inc.apply(c);
+    }
+    for k in full.pod_keys() {
+        assert_eq!(full.endpoint_policy(&k), inc.endpoint_policy(&k), "{k}");
+    }
+    // Removing the pod that defined an identity removes its entries elsewhere.
+    let diffs = inc.apply(Change::DeletePod("a/web".into()));
+    assert!(diffs.iter().any(|d| d.endpoint == "a/db" && !d.removed.is_empty()), "{diffs:#?}");
+}
