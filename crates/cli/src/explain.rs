@@ -30,7 +30,10 @@ fn load_engine(i: &Inputs) -> Result<(Engine, usize)> {
     let mut objects: Vec<Object> = cluster.objects.into_iter().filter(|o| !matches!(o, Object::Policy(_))).collect();
     let npol = policies.objects.iter().filter(|o| matches!(o, Object::Policy(_))).count();
     if npol == 0 {
-        bail!("no policies found in {}", i.policies.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        bail!(
+            "no policies found in {}",
+            i.policies.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
     }
     objects.extend(policies.objects.into_iter().filter(|o| matches!(o, Object::Policy(_))));
     Ok((Engine::from_objects(objects), npol))
@@ -90,7 +93,11 @@ pub fn reach(a: ReachArgs) -> Result<ExitCode> {
     let ports = if a.ports.is_empty() {
         default_ports(&engine)
     } else {
-        a.ports.iter().map(|p| ProbePort::parse(p).map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>().context("--ports")?
+        a.ports
+            .iter()
+            .map(|p| ProbePort::parse(p).map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()
+            .context("--ports")?
     };
     let m = reach_matrix(&engine, &ports);
     match a.output {

@@ -7,8 +7,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
 use bulkhead_policy::api::Object;
+use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
 use bulkhead_policy::diag::{Diagnostic, Sink};
 
 /// What was read from a set of paths.

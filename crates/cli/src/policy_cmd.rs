@@ -9,7 +9,6 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::inputs;
 
-
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Check policy files; report every error with file:line:col, the field
@@ -145,7 +144,12 @@ fn validate(a: ValidateArgs) -> Result<ExitCode> {
             }
             let warnings = loaded.diagnostics.len() - errors;
             if errors == 0 {
-                println!("{} file(s), {} object(s): valid{}", loaded.files, loaded.objects.len(), if warnings > 0 { format!(" ({warnings} warning(s))") } else { String::new() });
+                println!(
+                    "{} file(s), {} object(s): valid{}",
+                    loaded.files,
+                    loaded.objects.len(),
+                    if warnings > 0 { format!(" ({warnings} warning(s))") } else { String::new() }
+                );
             } else {
                 println!("{} file(s): {errors} error(s), {warnings} warning(s)", loaded.files);
             }

@@ -116,13 +116,7 @@ impl Sink {
     }
 
     /// Records an error with a suggested fix.
-    pub fn error_fix(
-        &mut self,
-        pos: Pos,
-        path: &FieldPath,
-        message: impl Into<String>,
-        fix: impl Into<String>,
-    ) {
+    pub fn error_fix(&mut self, pos: Pos, path: &FieldPath, message: impl Into<String>, fix: impl Into<String>) {
         self.push(Severity::Error, pos, path, message.into(), Some(fix.into()));
     }
 

@@ -123,8 +123,7 @@ impl Engine {
 
     /// Builds an engine from decoded objects and resolves every endpoint once.
     pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
-        let mut e = Self::default();
-        e.deferred = true;
+        let mut e = Self { deferred: true, ..Self::default() };
         for o in objects {
             let change = match o {
                 Object::Namespace(n) => Change::UpsertNamespace(n),
@@ -195,8 +194,11 @@ impl Engine {
         if let Some(s) = self.sel_cache.get(sel) {
             return s.clone();
         }
-        let set: BTreeSet<NumericIdentity> =
-            self.candidates(sel).into_iter().filter(|id| self.identities.get(id).is_some_and(|i| peer_matches(sel, i))).collect();
+        let set: BTreeSet<NumericIdentity> = self
+            .candidates(sel)
+            .into_iter()
+            .filter(|id| self.identities.get(id).is_some_and(|i| peer_matches(sel, i)))
+            .collect();
         let set = Arc::new(set);
         self.sel_cache.insert(sel.clone(), set.clone());
         set
@@ -223,7 +225,11 @@ impl Engine {
         for (sel, set) in self.sel_cache.iter_mut() {
             if peer_matches(sel, &ident) {
                 let s = Arc::make_mut(set);
-                if added { s.insert(id) } else { s.remove(&id) };
+                if added {
+                    s.insert(id)
+                } else {
+                    s.remove(&id)
+                };
                 touched.push(sel.clone());
             }
         }
@@ -249,10 +255,10 @@ impl Engine {
         if let Some(ident) = self.identities.remove(&id) {
             self.by_labels.remove(&ident.labels);
             self.outside_ids.remove(&id);
-            if let Some((_, ns)) = ident.labels.get(crate::labels::NAMESPACE_LABEL) {
-                if let Some(s) = self.ns_ids.get_mut(ns) {
-                    s.remove(&id);
-                }
+            if let Some((_, ns)) = ident.labels.get(crate::labels::NAMESPACE_LABEL)
+                && let Some(s) = self.ns_ids.get_mut(ns)
+            {
+                s.remove(&id);
             }
             self.alloc.release(id);
         }
@@ -279,10 +285,10 @@ impl Engine {
     fn upsert_pod(&mut self, pod: Pod, dirty: &mut BTreeSet<NumericIdentity>, dirty_pods: &mut BTreeSet<String>) {
         let key = pod.key();
         let old = self.pods.get(&key).cloned();
-        if let Some(old) = &old {
-            if old.pod == pod {
-                return;
-            }
+        if let Some(old) = &old
+            && old.pod == pod
+        {
+            return;
         }
         self.detach_pod(&key, dirty);
         let labels = pod_identity_labels(&pod, self.namespaces.get(&pod.namespace));
@@ -345,7 +351,12 @@ impl Engine {
         }
     }
 
-    fn relabel_namespace(&mut self, ns: &str, dirty: &mut BTreeSet<NumericIdentity>, dirty_pods: &mut BTreeSet<String>) {
+    fn relabel_namespace(
+        &mut self,
+        ns: &str,
+        dirty: &mut BTreeSet<NumericIdentity>,
+        dirty_pods: &mut BTreeSet<String>,
+    ) {
         let keys: Vec<String> = self.pods.values().filter(|p| p.pod.namespace == ns).map(|p| p.pod.key()).collect();
         for key in keys {
             if let Some(entry) = self.pods.get(&key).cloned() {
@@ -383,7 +394,8 @@ impl Engine {
         if self.policies.remove(pid).is_none() {
             return;
         }
-        let ids: Vec<RuleId> = self.rules.range((pid.clone(), 0)..=(pid.clone(), usize::MAX)).map(|(k, _)| k.clone()).collect();
+        let ids: Vec<RuleId> =
+            self.rules.range((pid.clone(), 0)..=(pid.clone(), usize::MAX)).map(|(k, _)| k.clone()).collect();
         for rid in ids {
             self.mark_rule_subjects(&rid, dirty);
             if let Some(rule) = self.rules.remove(&rid) {
@@ -418,7 +430,8 @@ impl Engine {
             }
         }
         wanted.retain(|c| !c.is_empty());
-        let stale: Vec<(Cidr, NumericIdentity)> = self.cidr_ids.iter().filter(|(c, _)| !wanted.contains(c)).map(|(c, i)| (*c, *i)).collect();
+        let stale: Vec<(Cidr, NumericIdentity)> =
+            self.cidr_ids.iter().filter(|(c, _)| !wanted.contains(c)).map(|(c, i)| (*c, *i)).collect();
         for (c, id) in stale {
             self.cidr_ids.remove(&c);
             self.remove_identity(id, dirty);
@@ -457,7 +470,11 @@ impl Engine {
 
     // ---- resolution ----
 
-    fn recompute(&mut self, dirty_ids: &BTreeSet<NumericIdentity>, mut dirty_pods: BTreeSet<String>) -> Vec<EndpointDiff> {
+    fn recompute(
+        &mut self,
+        dirty_ids: &BTreeSet<NumericIdentity>,
+        mut dirty_pods: BTreeSet<String>,
+    ) -> Vec<EndpointDiff> {
         for id in dirty_ids {
             if let Some(keys) = self.id_pods.get(id) {
                 dirty_pods.extend(keys.iter().cloned());
@@ -508,7 +525,9 @@ impl Engine {
             .filter_map(|rid| {
                 let rule = self.rules.get(&rid)?;
                 let subject = rule.subject.as_ref()?;
-                subject.matches(&ident.labels).then(|| (RuleIdRef { policy: rid.0.clone(), index: rid.1 }, Arc::clone(rule)))
+                subject
+                    .matches(&ident.labels)
+                    .then(|| (RuleIdRef { policy: rid.0.clone(), index: rid.1 }, Arc::clone(rule)))
             })
             .collect()
     }
@@ -517,13 +536,15 @@ impl Engine {
         let selecting = self.rules_selecting(id);
         let mut out = EndpointPolicy::default();
         for d in Direction::BOTH {
-            let present: Vec<&Arc<CompiledRule>> = selecting.iter().map(|(_, r)| r).filter(|r| r.dir(d).present).collect();
+            let present: Vec<&Arc<CompiledRule>> =
+                selecting.iter().map(|(_, r)| r).filter(|r| r.dir(d).present).collect();
             if present.is_empty() {
                 continue;
             }
             let default_deny = present.iter().any(|r| r.dir(d).default_deny != Some(false));
             let gather = |f: fn(&crate::repository::DirectionRules) -> &Vec<crate::selector::Req>| {
-                let mut v: Vec<crate::selector::Req> = selecting.iter().flat_map(|(_, r)| f(r.dir(d)).iter().cloned()).collect();
+                let mut v: Vec<crate::selector::Req> =
+                    selecting.iter().flat_map(|(_, r)| f(r.dir(d)).iter().cloned()).collect();
                 v.sort();
                 v.dedup();
                 v
@@ -534,9 +555,18 @@ impl Engine {
             let global_ports = if d == Direction::Egress { self.all_named_ports() } else { Vec::new() };
             for (_, rule) in &selecting {
                 for c in &rule.dir(d).contributions {
-                    let (all, ids, addrs) = self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires });
+                    let (all, ids, addrs) =
+                        self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires });
                     let has_named = c.ports.iter().any(|p| matches!(p, PortItem::Named { .. }));
-                    let base = Resolved { all, ids: Vec::new(), addrs: Vec::new(), ports: Vec::new(), deny: c.deny, l7: c.l7.as_ref(), rule_ref: c.rule_ref.clone() };
+                    let base = Resolved {
+                        all,
+                        ids: Vec::new(),
+                        addrs: Vec::new(),
+                        ports: Vec::new(),
+                        deny: c.deny,
+                        l7: c.l7.as_ref(),
+                        rule_ref: c.rule_ref.clone(),
+                    };
                     if d == Direction::Egress && has_named && !all {
                         // Egress named ports resolve against each peer's own pods.
                         for pid in &ids {
@@ -574,7 +604,11 @@ impl Engine {
         out
     }
 
-    fn resolve_peers(&mut self, peers: &[PeerSel], requires: &[crate::selector::Req]) -> (bool, Vec<NumericIdentity>, Vec<(IpAddr, NumericIdentity)>) {
+    fn resolve_peers(
+        &mut self,
+        peers: &[PeerSel],
+        requires: &[crate::selector::Req],
+    ) -> (bool, Vec<NumericIdentity>, Vec<(IpAddr, NumericIdentity)>) {
         let mut all = false;
         let mut ids = BTreeSet::new();
         let mut addrs = Vec::new();
@@ -592,10 +626,10 @@ impl Engine {
                 PeerSel::Cidr { rule, pods: true } => {
                     ids.extend(self.select(p).iter().copied());
                     for (ip, key) in &self.addrs {
-                        if rule.contains_ip(*ip) {
-                            if let Some(e) = self.pods.get(key) {
-                                addrs.push((*ip, e.identity));
-                            }
+                        if rule.contains_ip(*ip)
+                            && let Some(e) = self.pods.get(key)
+                        {
+                            addrs.push((*ip, e.identity));
                         }
                     }
                 }
@@ -620,7 +654,8 @@ impl Engine {
     }
 
     fn all_named_ports(&self) -> Vec<NamedPort> {
-        let mut out: Vec<NamedPort> = self.pods.values().flat_map(|e| e.pod.ports.iter().filter(|p| !p.name.is_empty()).cloned()).collect();
+        let mut out: Vec<NamedPort> =
+            self.pods.values().flat_map(|e| e.pod.ports.iter().filter(|p| !p.name.is_empty()).cloned()).collect();
         out.sort();
         out.dedup();
         out
@@ -661,10 +696,10 @@ impl Engine {
     /// The identity the datapath gives a peer address: its pod's, else the
     /// longest policy prefix's, else world (per family). Also the pod key.
     pub fn identity_of_ip(&self, ip: IpAddr) -> (NumericIdentity, Option<String>) {
-        if let Some(key) = self.addrs.get(&ip) {
-            if let Some(e) = self.pods.get(key) {
-                return (e.identity, Some(key.clone()));
-            }
+        if let Some(key) = self.addrs.get(&ip)
+            && let Some(e) = self.pods.get(key)
+        {
+            return (e.identity, Some(key.clone()));
         }
         let best = self.cidr_ids.iter().filter(|(c, _)| c.contains_ip(ip)).max_by_key(|(c, _)| c.len());
         match best {

@@ -120,7 +120,11 @@ impl LabelSet {
     /// Labels as `source:key=value` strings (Hubble's form).
     pub fn to_strings(&self) -> Vec<String> {
         self.iter()
-            .map(|(k, s, v)| if v.is_empty() { format!("{}:{k}", s.as_str()) } else { format!("{}:{k}={v}", s.as_str()) })
+            .map(
+                |(k, s, v)| {
+                    if v.is_empty() { format!("{}:{k}", s.as_str()) } else { format!("{}:{k}={v}", s.as_str()) }
+                },
+            )
             .collect()
     }
 

@@ -10,16 +10,16 @@
 pub mod api;
 pub mod cidr;
 pub mod diag;
+pub mod engine;
 pub mod identity;
 pub mod l7;
 pub mod labels;
-pub mod selector;
-pub mod yaml;
-pub mod engine;
+pub mod reach;
 pub mod repository;
 pub mod resolve;
-pub mod reach;
+pub mod selector;
 pub mod trace;
+pub mod yaml;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -52,7 +52,8 @@ impl ProbePort {
     /// Parses `80/TCP` (protocol defaults to TCP).
     pub fn parse(s: &str) -> Result<Self, String> {
         let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
-        let port: u16 = port.trim().parse().map_err(|_| format!("`{s}`: port must be a number 0-65535, as in 80/TCP"))?;
+        let port: u16 =
+            port.trim().parse().map_err(|_| format!("`{s}`: port must be a number 0-65535, as in 80/TCP"))?;
         let proto = Proto::parse(proto.trim())
             .filter(|p| *p != Proto::Any)
             .ok_or_else(|| format!("`{s}`: protocol must be TCP, UDP, SCTP, ICMP or ICMPv6"))?;
@@ -113,8 +114,18 @@ pub fn reach(engine: &Engine, ports: &[ProbePort]) -> ReachMatrix {
                 let r = if from == to {
                     Reach::Allowed
                 } else {
-                    let eg = src_pol.map(|x| &x.egress).unwrap_or(&empty).lookup(dst.ips.first().copied(), dst_id, p.proto, p.port);
-                    let ing = dst_pol.map(|x| &x.ingress).unwrap_or(&empty).lookup(src.ips.first().copied(), src_id, p.proto, p.port);
+                    let eg = src_pol.map(|x| &x.egress).unwrap_or(&empty).lookup(
+                        dst.ips.first().copied(),
+                        dst_id,
+                        p.proto,
+                        p.port,
+                    );
+                    let ing = dst_pol.map(|x| &x.ingress).unwrap_or(&empty).lookup(
+                        src.ips.first().copied(),
+                        src_id,
+                        p.proto,
+                        p.port,
+                    );
                     cell(eg, ing)
                 };
                 cells.insert(p.label(), r);

@@ -37,7 +37,12 @@ pub struct RuleRef {
 impl RuleRef {
     /// The built-in rule that lets the local host reach its pods.
     pub fn allow_localhost() -> Self {
-        Self { kind: PolicyKind::CiliumRules, namespace: None, name: "allow-localhost".into(), rule: "reserved:host ingress".into() }
+        Self {
+            kind: PolicyKind::CiliumRules,
+            namespace: None,
+            name: "allow-localhost".into(),
+            rule: "reserved:host ingress".into(),
+        }
     }
 
     /// `namespace/name` (or `name`).
@@ -254,7 +259,12 @@ impl CompiledRule {
 
 /// Compiles a policy into rules.
 pub fn compile(policy: &Policy) -> Vec<CompiledRule> {
-    let base = RuleRef { kind: policy.kind, namespace: policy.namespace.clone(), name: policy.name.clone(), rule: String::new() };
+    let base = RuleRef {
+        kind: policy.kind,
+        namespace: policy.namespace.clone(),
+        name: policy.name.clone(),
+        rule: String::new(),
+    };
     match &policy.body {
         PolicyBody::Cilium(rules) => rules.iter().map(|r| compile_cilium(r, &base)).collect(),
         PolicyBody::Kubernetes(spec) => {
@@ -263,7 +273,11 @@ pub fn compile(policy: &Policy) -> Vec<CompiledRule> {
             let dir = |present: bool, rules: &[NetworkPolicyRule]| DirectionRules {
                 present,
                 default_deny: Some(true),
-                contributions: if present { rules.iter().map(|r| compile_np_rule(r, ns, &base)).collect() } else { Vec::new() },
+                contributions: if present {
+                    rules.iter().map(|r| compile_np_rule(r, ns, &base)).collect()
+                } else {
+                    Vec::new()
+                },
                 requires: Vec::new(),
                 deny_requires: Vec::new(),
             };
@@ -280,10 +294,9 @@ pub fn compile(policy: &Policy) -> Vec<CompiledRule> {
 fn compile_cilium(rule: &Rule, base: &RuleRef) -> CompiledRule {
     let ns = base.namespace.as_deref();
     let subject = rule.endpoint_selector.as_ref().map(|s| Selector::scope_subject(s, ns));
-    let subject_is_init = rule
-        .endpoint_selector
-        .as_ref()
-        .is_some_and(|s| s.match_labels.contains_key("reserved:init") || s.match_expressions.iter().any(|e| e.key == "reserved:init"));
+    let subject_is_init = rule.endpoint_selector.as_ref().is_some_and(|s| {
+        s.match_labels.contains_key("reserved:init") || s.match_expressions.iter().any(|e| e.key == "reserved:init")
+    });
     let dir = |d: Direction, default_deny: Option<bool>| {
         let mut out = DirectionRules { default_deny, ..DirectionRules::default() };
         for deny in [false, true] {
@@ -365,7 +378,10 @@ pub fn entity_peers(e: Entity) -> Vec<PeerSel> {
         Entity::None => Vec::new(),
         Entity::Cluster => {
             let mut v: Vec<PeerSel> =
-                ["host", "remote-node", "init", "ingress", "health", "unmanaged", "kube-apiserver"].into_iter().map(r).collect();
+                ["host", "remote-node", "init", "ingress", "health", "unmanaged", "kube-apiserver"]
+                    .into_iter()
+                    .map(r)
+                    .collect();
             v.push(PeerSel::Labels(Selector::default().with(Selector::k8s_eq(CLUSTER_LABEL, CLUSTER_NAME))));
             v
         }
@@ -388,7 +404,13 @@ fn port_items(ports: &[PortProtocol]) -> Vec<PortItem> {
     out
 }
 
-fn compile_peer_rule(pr: &PeerRule, deny: bool, ns: Option<&str>, subject_is_init: bool, rule_ref: Arc<RuleRef>) -> Vec<Contribution> {
+fn compile_peer_rule(
+    pr: &PeerRule,
+    deny: bool,
+    ns: Option<&str>,
+    subject_is_init: bool,
+    rule_ref: Arc<RuleRef>,
+) -> Vec<Contribution> {
     let peers = peers_of(pr, ns, subject_is_init);
     let mut out = Vec::new();
     if pr.to_ports.is_empty() && pr.icmps.is_empty() {
@@ -397,7 +419,13 @@ fn compile_peer_rule(pr: &PeerRule, deny: bool, ns: Option<&str>, subject_is_ini
     }
     for port_rule in &pr.to_ports {
         let ports = if port_rule.ports.is_empty() { vec![PortItem::All] } else { port_items(&port_rule.ports) };
-        out.push(Contribution { peers: peers.clone(), ports, deny, l7: port_rule.rules.clone(), rule_ref: rule_ref.clone() });
+        out.push(Contribution {
+            peers: peers.clone(),
+            ports,
+            deny,
+            l7: port_rule.rules.clone(),
+            rule_ref: rule_ref.clone(),
+        });
     }
     if !pr.icmps.is_empty() {
         let ports = pr

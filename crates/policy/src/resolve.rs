@@ -160,10 +160,13 @@ impl DirectionPolicy {
         for peer in levels.into_iter().flatten() {
             if proto != Proto::Any {
                 let probe = PolicyKey { peer, proto, lo: port, hi: u16::MAX };
-                if let Some((k, e)) = self.entries.range(..=probe).next_back() {
-                    if k.peer == peer && k.proto == proto && k.lo <= port && port <= k.hi {
-                        return Decision::Entry(k, e);
-                    }
+                if let Some((k, e)) = self.entries.range(..=probe).next_back()
+                    && k.peer == peer
+                    && k.proto == proto
+                    && k.lo <= port
+                    && port <= k.hi
+                {
+                    return Decision::Entry(k, e);
                 }
             }
             let wild = PolicyKey { peer, proto: Proto::Any, lo: 0, hi: u16::MAX };
@@ -278,7 +281,8 @@ impl Flattener<'_, '_> {
     fn combine(&mut self, cov: &[usize], proto: Proto, lo: u32, hi: u32) -> Option<PolicyEntry> {
         let _ = hi;
         let refs = |pred: &dyn Fn(&Resolved<'_>) -> bool| {
-            let mut r: Vec<Arc<RuleRef>> = cov.iter().map(|&i| &self.cs[i]).filter(|c| pred(c)).map(|c| c.rule_ref.clone()).collect();
+            let mut r: Vec<Arc<RuleRef>> =
+                cov.iter().map(|&i| &self.cs[i]).filter(|c| pred(c)).map(|c| c.rule_ref.clone()).collect();
             r.sort();
             r.dedup();
             r
@@ -302,7 +306,10 @@ impl Flattener<'_, '_> {
             }
             if kinds.len() > 1 {
                 let kinds: Vec<String> = kinds.into_iter().collect();
-                self.errors.insert(format!("port {lo}/{proto}: conflicting L7 parsers ({}); the port is denied", kinds.join(", ")));
+                self.errors.insert(format!(
+                    "port {lo}/{proto}: conflicting L7 parsers ({}); the port is denied",
+                    kinds.join(", ")
+                ));
                 return Some(PolicyEntry { verdict: Verdict::Deny, refs: allow_refs });
             }
         }
@@ -371,10 +378,13 @@ impl Flattener<'_, '_> {
             let mut pending: Option<(u32, u32, PolicyEntry)> = None;
             for w in bounds.windows(2) {
                 let (lo, hi) = (w[0], w[1] - 1);
-                let own_specific = own.iter().any(|&i| self.cs[i].ports.iter().any(|&(p, a, b)| p == proto && u32::from(a) <= lo && hi <= u32::from(b)));
+                let own_specific = own.iter().any(|&i| {
+                    self.cs[i].ports.iter().any(|&(p, a, b)| p == proto && u32::from(a) <= lo && hi <= u32::from(b))
+                });
                 let entry = if own_specific || has_wild {
                     let cov: Vec<usize> = all.iter().copied().filter(|&i| self.cs[i].covers(proto, lo, hi)).collect();
-                    self.combine(&cov, proto, lo, hi).filter(|e| !(has_wild && !own_specific && Some(e) == wild.as_ref()))
+                    self.combine(&cov, proto, lo, hi)
+                        .filter(|e| !(has_wild && !own_specific && Some(e) == wild.as_ref()))
                 } else {
                     None
                 };

@@ -105,7 +105,14 @@ impl Selector {
 
     /// A selector of one reserved label (`reserved:host`).
     pub fn reserved(name: &str) -> Self {
-        Self { reqs: vec![Req { source: Source::Reserved, key: name.to_string(), op: Operator::Exists, values: BTreeSet::new() }] }
+        Self {
+            reqs: vec![Req {
+                source: Source::Reserved,
+                key: name.to_string(),
+                op: Operator::Exists,
+                values: BTreeSet::new(),
+            }],
+        }
     }
 
     /// Whether the labels satisfy every requirement.
@@ -132,7 +139,12 @@ impl Selector {
     pub fn pinned_namespace(&self) -> Option<&str> {
         self.reqs
             .iter()
-            .find(|r| r.key == NAMESPACE_LABEL && r.op == Operator::In && r.values.len() == 1 && matches!(r.source, Source::Any | Source::K8s))
+            .find(|r| {
+                r.key == NAMESPACE_LABEL
+                    && r.op == Operator::In
+                    && r.values.len() == 1
+                    && matches!(r.source, Source::Any | Source::K8s)
+            })
             .and_then(|r| r.values.iter().next().map(String::as_str))
     }
 
@@ -160,7 +172,13 @@ impl Selector {
         match namespace {
             None if subject_is_init => s,
             None => s.with(Self::k8s_exists(NAMESPACE_LABEL)),
-            Some(_) if s.reqs.iter().any(|r| r.key.starts_with(NAMESPACE_LABELS_PREFIX) && matches!(r.source, Source::Any | Source::K8s)) => s,
+            Some(_)
+                if s.reqs.iter().any(|r| {
+                    r.key.starts_with(NAMESPACE_LABELS_PREFIX) && matches!(r.source, Source::Any | Source::K8s)
+                }) =>
+            {
+                s
+            }
             Some(ns) => s.with(Self::k8s_eq(NAMESPACE_LABEL, ns)),
         }
     }
@@ -191,7 +209,10 @@ mod tests {
     }
 
     fn sel(ml: &[(&str, &str)], me: Vec<Requirement>) -> LabelSelector {
-        LabelSelector { match_labels: ml.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), match_expressions: me }
+        LabelSelector {
+            match_labels: ml.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            match_expressions: me,
+        }
     }
 
     #[test]
@@ -206,7 +227,11 @@ mod tests {
     #[test]
     fn operators() {
         let l = labels(&[("k8s:env", "prod")]);
-        let req = |key: &str, op, vals: &[&str]| Requirement { key: key.into(), operator: op, values: vals.iter().map(|s| s.to_string()).collect() };
+        let req = |key: &str, op, vals: &[&str]| Requirement {
+            key: key.into(),
+            operator: op,
+            values: vals.iter().map(|s| s.to_string()).collect(),
+        };
         let m = |r| Selector::from_api(&sel(&[], vec![r])).matches(&l);
         assert!(m(req("env", Operator::In, &["prod", "dev"])));
         assert!(!m(req("env", Operator::NotIn, &["prod"])));

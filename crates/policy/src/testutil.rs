@@ -24,7 +24,9 @@ pub fn engine(cluster: &str, policies: &str) -> Engine {
 
 /// A pod document with labels, IP and optional named ports.
 pub fn pod(ns: &str, name: &str, labels: &str, ip: &str) -> String {
-    format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nstatus: {{podIP: {ip}}}\n")
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nstatus: {{podIP: {ip}}}\n"
+    )
 }
 
 /// The reach cell from one pod to another on a TCP port.

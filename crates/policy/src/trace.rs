@@ -118,7 +118,8 @@ pub enum TraceError {
 
 /// Traces one connection.
 pub fn trace(engine: &mut Engine, req: &TraceRequest) -> Result<TraceResult, TraceError> {
-    let (src, src_id) = engine.pod(&req.from).map(|(p, id)| (p.clone(), id)).ok_or_else(|| TraceError::NoSuchPod(req.from.clone()))?;
+    let (src, src_id) =
+        engine.pod(&req.from).map(|(p, id)| (p.clone(), id)).ok_or_else(|| TraceError::NoSuchPod(req.from.clone()))?;
     let mut notes = Vec::new();
     let (dst_key, dst_addr, dst_id, to_text) = match &req.to {
         Target::Pod(k) => {
@@ -135,17 +136,20 @@ pub fn trace(engine: &mut Engine, req: &TraceRequest) -> Result<TraceResult, Tra
     let empty = DirectionPolicy::default();
     let src_pol = engine.endpoint_policy(&req.from).map(|p| p.egress.clone()).unwrap_or_else(|| empty.clone());
     let mut egress = explain(engine, &req.from, src_id, Direction::Egress, &src_pol, dst_addr, dst_id, proto, port);
-    if let Target::Fqdn(name) = &req.to {
-        if !dns_allows(&src_pol, name) {
-            // An allow learned from the name (rather than world or any peer)
-            // needs the lookup to pass the DNS proxy first.
-            let by_name = matches!(src_pol.lookup(None, dst_id, proto, port), Decision::Entry(k, _) if k.peer == Peer::Identity(dst_id));
-            if by_name && egress.verdict != "denied" {
-                egress.verdict = "denied".into();
-                egress.reason = format!("toFQDNs can allow {name} only after its lookup passes the DNS proxy, and no DNS rule of {} allows it", req.from);
-            }
-            notes.push(format!("toFQDNs sees only names resolved through the DNS proxy: {} needs an egress DNS rule (rules.dns) that allows `{name}`", req.from));
+    if let Target::Fqdn(name) = &req.to
+        && !dns_allows(&src_pol, name)
+    {
+        // An allow learned from the name (rather than world or any peer)
+        // needs the lookup to pass the DNS proxy first.
+        let by_name = matches!(src_pol.lookup(None, dst_id, proto, port), Decision::Entry(k, _) if k.peer == Peer::Identity(dst_id));
+        if by_name && egress.verdict != "denied" {
+            egress.verdict = "denied".into();
+            egress.reason = format!(
+                "toFQDNs can allow {name} only after its lookup passes the DNS proxy, and no DNS rule of {} allows it",
+                req.from
+            );
         }
+        notes.push(format!("toFQDNs sees only names resolved through the DNS proxy: {} needs an egress DNS rule (rules.dns) that allows `{name}`", req.from));
     }
     let ingress = match &dst_key {
         Some(k) => {
@@ -157,25 +161,33 @@ pub fn trace(engine: &mut Engine, req: &TraceRequest) -> Result<TraceResult, Tra
     if dst_key.as_deref() == Some(req.from.as_str()) {
         notes.push("a pod reaching itself is always allowed".into());
     }
-    let mut verdict = if egress.verdict == "denied" || ingress.as_ref().is_some_and(|i| i.verdict == "denied") { "denied" } else { "allowed" };
+    let mut verdict = if egress.verdict == "denied" || ingress.as_ref().is_some_and(|i| i.verdict == "denied") {
+        "denied"
+    } else {
+        "allowed"
+    };
     let mut l7 = None;
-    let redirect = [Some(&egress), ingress.as_ref()].into_iter().flatten().find(|d| d.verdict == "redirected").map(|d| d.direction);
-    if verdict == "allowed" {
-        if let Some(dir) = redirect {
-            let pol = match dir {
-                Direction::Egress => Some(src_pol.clone()),
-                Direction::Ingress => dst_key.as_ref().and_then(|k| engine.endpoint_policy(k)).map(|p| p.ingress.clone()),
-            };
-            let (addr, id) = if dir == Direction::Egress { (dst_addr, dst_id) } else { (src.ips.first().copied(), src_id) };
-            if let Some(Decision::Entry(_, e)) = pol.as_ref().map(|p| p.lookup(addr, id, proto, port)) {
-                if let Verdict::Redirect(l7p) = &e.verdict {
-                    let (ok, text) = l7_decision(&l7p.rules, l7p.allow_all, req.http.as_ref(), &to_text);
-                    if !ok {
-                        verdict = "denied";
-                    }
-                    l7 = Some(text);
-                }
+    let redirect = [Some(&egress), ingress.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|d| d.verdict == "redirected")
+        .map(|d| d.direction);
+    if verdict == "allowed"
+        && let Some(dir) = redirect
+    {
+        let pol = match dir {
+            Direction::Egress => Some(src_pol.clone()),
+            Direction::Ingress => dst_key.as_ref().and_then(|k| engine.endpoint_policy(k)).map(|p| p.ingress.clone()),
+        };
+        let (addr, id) = if dir == Direction::Egress { (dst_addr, dst_id) } else { (src.ips.first().copied(), src_id) };
+        if let Some(Decision::Entry(_, e)) = pol.as_ref().map(|p| p.lookup(addr, id, proto, port))
+            && let Verdict::Redirect(l7p) = &e.verdict
+        {
+            let (ok, text) = l7_decision(&l7p.rules, l7p.allow_all, req.http.as_ref(), &to_text);
+            if !ok {
+                verdict = "denied";
             }
+            l7 = Some(text);
         }
     }
     if dst_key.as_deref() == Some(req.from.as_str()) {
@@ -219,10 +231,16 @@ fn l7_decision(rules: &L7Rules, allow_all: bool, http: Option<&HttpProbe>, host:
                     let rule = serde_json::to_string(&r[i]).unwrap_or_default();
                     (true, format!("HTTP {} {} allowed by the rule {rule}", h.method, h.path))
                 }
-                _ => (false, format!("HTTP {} {} matches none of the {} HTTP rule(s): 403 Forbidden", h.method, h.path, r.len())),
+                _ => (
+                    false,
+                    format!("HTTP {} {} matches none of the {} HTTP rule(s): 403 Forbidden", h.method, h.path, r.len()),
+                ),
             }
         }
-        (L7Rules::Http(r), None) => (true, format!("decided per request by {} HTTP rule(s); pass --http-method and --http-path to check one", r.len())),
+        (L7Rules::Http(r), None) => (
+            true,
+            format!("decided per request by {} HTTP rule(s); pass --http-method and --http-path to check one", r.len()),
+        ),
         (L7Rules::Dns(r), _) => (true, format!("DNS queries checked against {} name rule(s)", r.len())),
         (L7Rules::Kafka(r), _) => (true, format!("Kafka requests checked against {} rule(s)", r.len())),
         (L7Rules::Tls(n), _) => (true, format!("TLS server name must be one of: {}", n.join(", "))),
@@ -242,7 +260,14 @@ fn explain(
     proto: Proto,
     port: u16,
 ) -> DirectionTrace {
-    let mut t = DirectionTrace { direction: dir, endpoint: endpoint.to_string(), verdict: String::new(), reason: String::new(), decided_by: Vec::new(), near_misses: Vec::new() };
+    let mut t = DirectionTrace {
+        direction: dir,
+        endpoint: endpoint.to_string(),
+        verdict: String::new(),
+        reason: String::new(),
+        decided_by: Vec::new(),
+        near_misses: Vec::new(),
+    };
     if !pol.enforced {
         t.verdict = "allowed".into();
         t.reason = format!("no policy selecting {endpoint} has {dir} rules: {dir} is not enforced");
@@ -278,7 +303,8 @@ fn explain(
                 t.near_misses = near_misses(engine, endpoint_id, dir, peer_id, proto, port);
             } else {
                 t.verdict = "allowed".into();
-                t.reason = format!("no rule matches and every policy selecting {endpoint} disables default deny for {dir}");
+                t.reason =
+                    format!("no rule matches and every policy selecting {endpoint} disables default deny for {dir}");
             }
         }
     }
@@ -286,7 +312,14 @@ fn explain(
 }
 
 /// The allow rules of a direction that did not match, closest first.
-fn near_misses(engine: &Engine, subject: NumericIdentity, dir: Direction, peer_id: NumericIdentity, proto: Proto, port: u16) -> Vec<NearMiss> {
+fn near_misses(
+    engine: &Engine,
+    subject: NumericIdentity,
+    dir: Direction,
+    peer_id: NumericIdentity,
+    proto: Proto,
+    port: u16,
+) -> Vec<NearMiss> {
     let Some(peer) = engine.identity(peer_id) else { return Vec::new() };
     let mut out: Vec<(u8, NearMiss)> = Vec::new();
     for (_, rule) in engine.rules_selecting(subject) {
@@ -302,10 +335,23 @@ fn near_misses(engine: &Engine, subject: NumericIdentity, dir: Direction, peer_i
             });
             let ports: Vec<String> = c.ports.iter().map(ToString::to_string).collect();
             let (rank, why) = match (peer_ok, port_ok) {
-                (true, false) => (0, format!("peer matches, but the rule allows {} and not {port}/{proto}", ports.join(", "))),
-                (false, true) => (1, format!("port matches, but the peer is not selected: {}", peer_mismatch(&c.peers, peer))),
-                (false, false) => (2, format!("peer not selected ({}) and port {port}/{proto} not in {}", peer_mismatch(&c.peers, peer), ports.join(", "))),
-                (true, true) => (3, "matches, but requirements (fromRequires/toRequires) or an L7 conflict exclude it".to_string()),
+                (true, false) => {
+                    (0, format!("peer matches, but the rule allows {} and not {port}/{proto}", ports.join(", ")))
+                }
+                (false, true) => {
+                    (1, format!("port matches, but the peer is not selected: {}", peer_mismatch(&c.peers, peer)))
+                }
+                (false, false) => (
+                    2,
+                    format!(
+                        "peer not selected ({}) and port {port}/{proto} not in {}",
+                        peer_mismatch(&c.peers, peer),
+                        ports.join(", ")
+                    ),
+                ),
+                (true, true) => {
+                    (3, "matches, but requirements (fromRequires/toRequires) or an L7 conflict exclude it".to_string())
+                }
             };
             out.push((rank, NearMiss { rule: c.rule_ref.clone(), why }));
         }

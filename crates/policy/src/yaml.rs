@@ -84,8 +84,7 @@ const MAX_DEPTH: usize = 128;
 /// Parses every document of a YAML or JSON stream. Empty documents (only
 /// comments, or `---` with nothing after it) are skipped.
 pub fn parse_documents(src: &str) -> Result<Vec<Node>, SyntaxError> {
-    let mut builder =
-        Builder { stack: Vec::new(), anchors: HashMap::new(), docs: Vec::new(), expanded: 0 };
+    let mut builder = Builder { stack: Vec::new(), anchors: HashMap::new(), docs: Vec::new(), expanded: 0 };
     let parser = Parser::new_from_str(src);
     for ev in parser {
         let (ev, span) = ev.map_err(|e| SyntaxError {
@@ -119,8 +118,7 @@ impl Builder {
     fn event(&mut self, ev: Event<'_>, pos: Pos) -> Result<(), SyntaxError> {
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
-                let quoted = !matches!(style, ScalarStyle::Plain)
-                    || tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let quoted = !matches!(style, ScalarStyle::Plain) || tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let value = if !quoted && is_null(&text) {
                     Value::Null
                 } else {
@@ -149,13 +147,10 @@ impl Builder {
                 // An alias re-uses the anchored node but reports this position.
                 self.push(Node { value: node.value, pos }, pos)
             }
-            Event::SequenceStart(anchor, _) => {
-                self.open(Frame::Seq { items: Vec::new(), pos, anchor }, pos)
+            Event::SequenceStart(anchor, _) => self.open(Frame::Seq { items: Vec::new(), pos, anchor }, pos),
+            Event::MappingStart(anchor, _) => {
+                self.open(Frame::Map { entries: Vec::new(), pending: None, pos, anchor }, pos)
             }
-            Event::MappingStart(anchor, _) => self.open(
-                Frame::Map { entries: Vec::new(), pending: None, pos, anchor },
-                pos,
-            ),
             Event::SequenceEnd | Event::MappingEnd => {
                 let frame = self.stack.pop().ok_or_else(|| SyntaxError {
                     pos_line: pos.line,
@@ -164,9 +159,7 @@ impl Builder {
                 })?;
                 let (node, anchor) = match frame {
                     Frame::Seq { items, pos, anchor } => (Node { value: Value::Seq(items), pos }, anchor),
-                    Frame::Map { entries, pos, anchor, .. } => {
-                        (Node { value: Value::Map(entries), pos }, anchor)
-                    }
+                    Frame::Map { entries, pos, anchor, .. } => (Node { value: Value::Map(entries), pos }, anchor),
                 };
                 if anchor > 0 {
                     self.anchors.insert(anchor, node.clone());

@@ -24,7 +24,9 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
         let p = e.expect("entry").path();
         if p.is_dir() {
             files(&p, out);
-        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "json")) && !p.ends_with("MANIFEST.json") {
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "json"))
+            && !p.ends_with("MANIFEST.json")
+        {
             out.push(p);
         }
     }
@@ -33,7 +35,10 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Files the corpus README documents as invalid, with a phrase the error must contain.
 const EXPECTED_REJECTIONS: &[(&str, &[&str])] = &[
     ("host/allow-extended-protocols.yaml", &["protocol `VRRP` is not accepted by Cilium 1.17"]),
-    ("l3/match-expressions/and-statement.yaml", &["`in` is not a valid operator: operators are case-sensitive (fix: `In`)"]),
+    (
+        "l3/match-expressions/and-statement.yaml",
+        &["`in` is not a valid operator: operators are case-sensitive (fix: `In`)"],
+    ),
     ("l3/match-expressions/or-statement.yaml", &["`in` is not a valid operator"]),
     ("l3/entities/from_nodes.yaml", &["missing field `apiVersion` (found `apiversion`"]),
     ("host/lock-down-ingress.yaml", &["REMOVE_ME_AFTER_DOUBLE_CHECKING_PORTS", "valid port name"]),
@@ -53,7 +58,10 @@ fn cilium_examples_validate_or_fail_for_their_documented_reason() {
             Some((_, phrases)) => {
                 assert!(!errors.is_empty(), "{rel} must be rejected");
                 for phrase in *phrases {
-                    assert!(errors.iter().any(|e| e.contains(phrase)), "{rel}: no error mentions {phrase:?}: {errors:#?}");
+                    assert!(
+                        errors.iter().any(|e| e.contains(phrase)),
+                        "{rel}: no error mentions {phrase:?}: {errors:#?}"
+                    );
                 }
             }
             None => assert!(errors.is_empty(), "{rel} must validate: {errors:#?}"),

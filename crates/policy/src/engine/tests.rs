@@ -16,7 +16,12 @@ const CNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n";
 
 #[test]
 fn unselected_pods_are_reachable() {
-    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}]}}]\n"));
+    let e = engine(
+        &cluster(),
+        &format!(
+            "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}]}}]\n"
+        ),
+    );
     assert_eq!(cell(&e, "b/client", "a/web", 80), Reach::Allowed);
     assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::Allowed);
     assert_eq!(cell(&e, "b/client", "a/db", 80), Reach::Denied);
@@ -25,15 +30,30 @@ fn unselected_pods_are_reachable() {
 #[test]
 fn cnp_peers_default_to_the_policy_namespace() {
     // `app: client` lives in b; the CNP in a only sees peers in a.
-    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: client}}}}]}}]\n"));
+    let e = engine(
+        &cluster(),
+        &format!(
+            "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: client}}}}]}}]\n"
+        ),
+    );
     assert_eq!(cell(&e, "b/client", "a/web", 80), Reach::Denied);
-    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: client, k8s:io.kubernetes.pod.namespace: b}}}}]}}]\n"));
+    let e = engine(
+        &cluster(),
+        &format!(
+            "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: client, k8s:io.kubernetes.pod.namespace: b}}}}]}}]\n"
+        ),
+    );
     assert_eq!(cell(&e, "b/client", "a/web", 80), Reach::Allowed);
 }
 
 #[test]
 fn deny_wins_over_allow() {
-    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEntities: [all]}}]\n  ingressDeny: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}], toPorts: [{{ports: [{{port: \"5432\", protocol: TCP}}]}}]}}]\n"));
+    let e = engine(
+        &cluster(),
+        &format!(
+            "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEntities: [all]}}]\n  ingressDeny: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}], toPorts: [{{ports: [{{port: \"5432\", protocol: TCP}}]}}]}}]\n"
+        ),
+    );
     assert_eq!(cell(&e, "a/web", "a/db", 5432), Reach::Denied);
     assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::Allowed);
     assert_eq!(cell(&e, "b/client", "a/db", 5432), Reach::Allowed);
@@ -41,14 +61,24 @@ fn deny_wins_over_allow() {
 
 #[test]
 fn empty_egress_rule_is_default_deny() {
-    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  egress: [{{}}]\n"));
+    let e = engine(
+        &cluster(),
+        &format!(
+            "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  egress: [{{}}]\n"
+        ),
+    );
     assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::Denied);
     assert_eq!(cell(&e, "a/db", "a/web", 80), Reach::Allowed);
 }
 
 #[test]
 fn enable_default_deny_false_only_adds() {
-    let e = engine(&cluster(), &format!("{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  enableDefaultDeny: {{ingress: false}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}]}}]\n"));
+    let e = engine(
+        &cluster(),
+        &format!(
+            "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  enableDefaultDeny: {{ingress: false}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{app: web}}}}]}}]\n"
+        ),
+    );
     assert_eq!(cell(&e, "b/client", "a/db", 80), Reach::Allowed);
 }
 

@@ -38,38 +38,18 @@ pub fn validate_match_pattern(pattern: &str) -> Result<(), L7Error> {
 }
 
 fn validate(s: &str, field: &'static str, star: bool) -> Result<(), L7Error> {
-    let err = |reason: String| {
-        Err(L7Error::DnsName {
-            field,
-            value: s.to_owned(),
-            reason,
-        })
-    };
+    let err = |reason: String| Err(L7Error::DnsName { field, value: s.to_owned(), reason });
     if s.is_empty() {
         return err("must not be empty".into());
     }
     if s.len() > MAX_FQDN_LEN {
-        return err(format!(
-            "is {} characters long; at most {MAX_FQDN_LEN} are allowed",
-            s.len()
-        ));
+        return err(format!("is {} characters long; at most {MAX_FQDN_LEN} are allowed", s.len()));
     }
-    let ok =
-        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || (star && c == '*');
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') || (star && c == '*');
     if let Some((i, c)) = s.char_indices().find(|&(_, c)| !ok(c)) {
-        let allowed = if star {
-            "a-z, A-Z, 0-9, '-', '_', '.' and '*'"
-        } else {
-            "a-z, A-Z, 0-9, '-', '_' and '.'"
-        };
-        let hint = if c == '*' {
-            " (wildcards belong in matchPattern)"
-        } else {
-            ""
-        };
-        return err(format!(
-            "character {c:?} at position {i} is not allowed; only {allowed} are{hint}"
-        ));
+        let allowed = if star { "a-z, A-Z, 0-9, '-', '_', '.' and '*'" } else { "a-z, A-Z, 0-9, '-', '_' and '.'" };
+        let hint = if c == '*' { " (wildcards belong in matchPattern)" } else { "" };
+        return err(format!("character {c:?} at position {i} is not allowed; only {allowed} are{hint}"));
     }
     if s.starts_with('.') {
         return err("must not start with '.'".into());
@@ -162,10 +142,7 @@ pub struct DnsPolicy {
 impl DnsPolicy {
     /// Validates and compiles `selectors`.
     pub fn compile(selectors: &[FqdnSelector]) -> Result<Self, L7Error> {
-        let matchers = selectors
-            .iter()
-            .map(NameMatcher::compile)
-            .collect::<Result<_, _>>()?;
+        let matchers = selectors.iter().map(NameMatcher::compile).collect::<Result<_, _>>()?;
         Ok(Self { matchers })
     }
 
@@ -212,31 +189,16 @@ mod tests {
 
     #[test]
     fn validation_follows_cilium_syntax() {
-        for ok in [
-            "example.com",
-            "example.com.",
-            "_sip._tcp.Example.COM",
-            "a",
-            "x-1.y_2",
-        ] {
+        for ok in ["example.com", "example.com.", "_sip._tcp.Example.COM", "a", "x-1.y_2"] {
             assert!(validate_match_name(ok).is_ok(), "{ok}");
             assert!(validate_match_pattern(ok).is_ok(), "{ok}");
         }
-        for ok in [
-            "*",
-            "**",
-            "*.",
-            "**.example.com",
-            "sub*.example.*",
-            "*.*.io",
-        ] {
+        for ok in ["*", "**", "*.", "**.example.com", "sub*.example.*", "*.*.io"] {
             assert!(validate_match_pattern(ok).is_ok(), "{ok}");
         }
         let msg = |r: Result<(), L7Error>| r.expect_err("invalid").to_string();
         assert!(msg(validate_match_name("")).contains("empty"));
-        assert!(
-            msg(validate_match_name("*.example.com")).contains("wildcards belong in matchPattern")
-        );
+        assert!(msg(validate_match_name("*.example.com")).contains("wildcards belong in matchPattern"));
         assert!(msg(validate_match_name("a b.com")).contains("' ' at position 1"));
         assert!(msg(validate_match_pattern(".example.com")).contains("start with '.'"));
         assert!(msg(validate_match_pattern("a..b")).contains("'..'"));
@@ -252,18 +214,10 @@ mod tests {
         for n in ["api.example.com", "API.EXAMPLE.COM.", " api.example.com "] {
             assert!(selector_matches(&sel, n), "{n}");
         }
-        for n in [
-            "www.api.example.com",
-            "api.example.co",
-            "apiXexample.com",
-            "api.example.com..",
-        ] {
+        for n in ["www.api.example.com", "api.example.co", "apiXexample.com", "api.example.com.."] {
             assert!(!selector_matches(&sel, n), "{n}");
         }
-        assert!(!selector_matches(
-            &FqdnSelector::MatchName("bad name".into()),
-            "bad name"
-        ));
+        assert!(!selector_matches(&FqdnSelector::MatchName("bad name".into()), "bad name"));
     }
 
     #[test]
@@ -273,26 +227,10 @@ mod tests {
             &["www.cilium.io", "Blog.Cilium.IO."],
             &["cilium.io", "a.b.cilium.io", "cilium.io.evil.com"],
         );
-        check(
-            "*cilium.io",
-            &["cilium.io", "mycilium.io"],
-            &["www.cilium.io", "ciliumXio"],
-        );
-        check(
-            "sub*.cilium.io",
-            &["sub.cilium.io", "subdomain.cilium.io"],
-            &["www.cilium.io", "cilium.io"],
-        );
-        check(
-            "*.ci*.io",
-            &["anysub.cilium.io", "anysub.ci.io"],
-            &["cilium.io", "a.b.ci.io"],
-        );
-        check(
-            "*.*.cilium.io",
-            &["_foobar._tcp.cilium.io"],
-            &["x.cilium.io"],
-        );
+        check("*cilium.io", &["cilium.io", "mycilium.io"], &["www.cilium.io", "ciliumXio"]);
+        check("sub*.cilium.io", &["sub.cilium.io", "subdomain.cilium.io"], &["www.cilium.io", "cilium.io"]);
+        check("*.ci*.io", &["anysub.cilium.io", "anysub.ci.io"], &["cilium.io", "a.b.ci.io"]);
+        check("*.*.cilium.io", &["_foobar._tcp.cilium.io"], &["x.cilium.io"]);
         check("a**b.com", &["ab.com", "axyb.com"], &["a.b.com"]);
         check("a.**.com", &["a.b.com"], &["a.b.c.com"]);
     }
@@ -302,13 +240,7 @@ mod tests {
         check(
             "**.cilium.io",
             &["www.cilium.io", "a.b.c.cilium.io", "_x._tcp.cilium.io."],
-            &[
-                "cilium.io",
-                "wwwcilium.io",
-                ".cilium.io",
-                "a..cilium.io",
-                "cilium.io.com",
-            ],
+            &["cilium.io", "wwwcilium.io", ".cilium.io", "a..cilium.io", "cilium.io.com"],
         );
         check("***.cilium.io.", &["a.b.cilium.io"], &["cilium.io"]);
         check("**.*.io", &["a.b.io", "a.b.c.io"], &["b.io"]);
@@ -317,11 +249,7 @@ mod tests {
     #[test]
     fn all_star_patterns_match_every_name() {
         for p in ["*", "**", "*.", "***."] {
-            check(
-                p,
-                &["io", "cilium.io.", "a.b.c.d", "_srv._tcp.x", ".", ""],
-                &[".io", "a..b", "bad name.com"],
-            );
+            check(p, &["io", "cilium.io.", "a.b.c.d", "_srv._tcp.x", ".", ""], &[".io", "a..b", "bad name.com"]);
         }
     }
 
@@ -341,21 +269,11 @@ mod tests {
         let empty = DnsPolicy::compile(&[]).expect("empty compiles");
         assert!(empty.is_empty() && empty.allows("example.com").is_none());
         let bad = DnsPolicy::compile(&[pat("ok.com"), pat("no way")]);
-        assert!(matches!(
-            bad,
-            Err(L7Error::DnsName {
-                field: "matchPattern",
-                ..
-            })
-        ));
+        assert!(matches!(bad, Err(L7Error::DnsName { field: "matchPattern", .. })));
     }
 
     fn cilium_name_re(star: bool) -> Regex {
-        let class = if star {
-            "[-a-zA-Z0-9_*]"
-        } else {
-            "[-a-zA-Z0-9_]"
-        };
+        let class = if star { "[-a-zA-Z0-9_*]" } else { "[-a-zA-Z0-9_]" };
         Regex::new(&format!("^({class}+[.]?)+$")).expect("reference regex")
     }
 

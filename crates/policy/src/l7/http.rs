@@ -80,12 +80,7 @@ pub struct HeaderSpec {
 /// Checks that `name` is an HTTP token, optionally with a leading `:` for
 /// pseudo-headers such as `:method`.
 pub fn validate_header_name(name: &str) -> Result<(), L7Error> {
-    header_name_problem(name).map_or(Ok(()), |reason| {
-        Err(L7Error::Header {
-            spec: name.to_owned(),
-            reason,
-        })
-    })
+    header_name_problem(name).map_or(Ok(()), |reason| Err(L7Error::Header { spec: name.to_owned(), reason }))
 }
 
 fn header_name_problem(name: &str) -> Option<String> {
@@ -109,15 +104,9 @@ pub fn parse_header_spec(spec: &str) -> Result<HeaderSpec, L7Error> {
         None => (s, None),
     };
     if let Some(reason) = header_name_problem(name) {
-        return Err(L7Error::Header {
-            spec: spec.to_owned(),
-            reason,
-        });
+        return Err(L7Error::Header { spec: spec.to_owned(), reason });
     }
-    Ok(HeaderSpec {
-        name: name.to_ascii_lowercase(),
-        value: value.filter(|v| !v.is_empty()).map(str::to_owned),
-    })
+    Ok(HeaderSpec { name: name.to_ascii_lowercase(), value: value.filter(|v| !v.is_empty()).map(str::to_owned) })
 }
 
 /// A `headerMatches` entry with a mismatch action.
@@ -156,10 +145,7 @@ impl HttpPolicy {
             out.push(compile_rule(rule)?);
         }
         let has_actions = out.iter().any(|r| !r.actions.is_empty());
-        Ok(Self {
-            rules: out,
-            has_actions,
-        })
+        Ok(Self { rules: out, has_actions })
     }
 
     /// A policy that allows every request.
@@ -231,16 +217,12 @@ fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, L7Error> {
         }
         let lower = hm.name.to_ascii_lowercase();
         match hm.mismatch {
-            None => out.required.push(HeaderSpec {
-                name: lower,
-                value: Some(hm.value.clone()).filter(|v| !v.is_empty()),
-            }),
-            Some(action) => out.actions.push(ActionMatch {
-                name: hm.name.clone(),
-                lower,
-                value: hm.value.clone(),
-                action,
-            }),
+            None => {
+                out.required.push(HeaderSpec { name: lower, value: Some(hm.value.clone()).filter(|v| !v.is_empty()) })
+            }
+            Some(action) => {
+                out.actions.push(ActionMatch { name: hm.name.clone(), lower, value: hm.value.clone(), action })
+            }
         }
     }
     Ok(out)
@@ -255,11 +237,8 @@ fn header_value(req: &HttpRequest<'_>, lower: &str) -> Option<String> {
         ":authority" => return Some(req.host.to_owned()),
         _ => {}
     }
-    let mut values = req
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(lower))
-        .map(|(_, v)| v.trim_matches([' ', '\t']));
+    let mut values =
+        req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(lower)).map(|(_, v)| v.trim_matches([' ', '\t']));
     let first = values.next()?;
     Some(values.fold(first.to_owned(), |acc, v| acc + "," + v))
 }
@@ -271,9 +250,10 @@ impl CompiledRule {
             && re_ok(&self.method, req.method)
             && re_ok(&self.path, req.path)
             && re_ok(&self.host, req.host)
-            && self.required.iter().all(|h| {
-                header_value(req, &h.name).is_some_and(|f| h.value.as_ref().is_none_or(|w| f == *w))
-            })
+            && self
+                .required
+                .iter()
+                .all(|h| header_value(req, &h.name).is_some_and(|f| h.value.as_ref().is_none_or(|w| f == *w)))
     }
 
     fn collect_actions(&self, rule: usize, req: &HttpRequest<'_>, out: &mut Vec<HeaderAction>) {
@@ -281,8 +261,7 @@ impl CompiledRule {
             let found = header_value(req, &m.lower);
             let matched = (found.as_ref()).is_some_and(|v| m.value.is_empty() || *v == m.value);
             // DELETE has nothing to do for a failed presence match or an absent header.
-            let idle =
-                m.action == MismatchAction::Delete && (m.value.is_empty() || found.is_none());
+            let idle = m.action == MismatchAction::Delete && (m.value.is_empty() || found.is_none());
             if !matched && !idle {
                 out.push(HeaderAction {
                     rule,
@@ -302,17 +281,8 @@ mod tests {
     use crate::api::l7::HeaderMatch;
     use proptest::prelude::*;
 
-    fn req<'a>(
-        method: &'a str,
-        path: &'a str,
-        headers: &'a [(&'a str, &'a str)],
-    ) -> HttpRequest<'a> {
-        HttpRequest {
-            method,
-            path,
-            host: "api.example.com",
-            headers,
-        }
+    fn req<'a>(method: &'a str, path: &'a str, headers: &'a [(&'a str, &'a str)]) -> HttpRequest<'a> {
+        HttpRequest { method, path, host: "api.example.com", headers }
     }
 
     fn policy(rules: &[HttpRule]) -> HttpPolicy {
@@ -325,27 +295,15 @@ mod tests {
 
     fn headers(specs: &[&str]) -> HttpRule {
         let headers = specs.iter().map(|s| s.to_string()).collect();
-        HttpRule {
-            headers,
-            ..Default::default()
-        }
+        HttpRule { headers, ..Default::default() }
     }
 
     fn rule(method: &str, path: &str) -> HttpRule {
-        HttpRule {
-            method: Some(method.into()),
-            path: Some(path.into()),
-            ..Default::default()
-        }
+        HttpRule { method: Some(method.into()), path: Some(path.into()), ..Default::default() }
     }
 
     fn hm(name: &str, value: &str, mismatch: Option<MismatchAction>) -> HeaderMatch {
-        HeaderMatch {
-            name: name.into(),
-            value: value.into(),
-            mismatch,
-            secret: None,
-        }
+        HeaderMatch { name: name.into(), value: value.into(), mismatch, secret: None }
     }
 
     #[test]
@@ -354,10 +312,7 @@ mod tests {
         assert!(ok(&p, "GET", "/public/a", &[]));
         assert!(!ok(&p, "GET", "/x/public/a", &[]));
         assert!(!ok(&p, "GETS", "/public/a", &[]));
-        assert!(
-            !ok(&p, "get", "/public/a", &[]),
-            "methods are case-sensitive"
-        );
+        assert!(!ok(&p, "get", "/public/a", &[]), "methods are case-sensitive");
         // The query string is part of :path, as in Envoy.
         let exact = policy(&[rule("GET", "/health")]);
         assert!(!ok(&exact, "GET", "/health?x=1", &[]));
@@ -370,11 +325,7 @@ mod tests {
     fn fields_and_and_rules_or() {
         let p = policy(&[
             rule("GET", "/a"),
-            HttpRule {
-                host: Some(r"api\.example\.com".into()),
-                method: Some("POST".into()),
-                ..Default::default()
-            },
+            HttpRule { host: Some(r"api\.example\.com".into()), method: Some("POST".into()), ..Default::default() },
         ]);
         let d = p.decide(&req("GET", "/a", &[]));
         assert_eq!((d.allowed, d.matched_rule), (true, Some(0)));
@@ -382,15 +333,9 @@ mod tests {
         assert_eq!((d.allowed, d.matched_rule), (true, Some(1)));
         let d = p.decide(&req("POST", "/a", &[]));
         assert_eq!(d.matched_rule, Some(1));
-        let d = p.decide(&HttpRequest {
-            host: "other.example.com",
-            ..req("POST", "/a", &[])
-        });
+        let d = p.decide(&HttpRequest { host: "other.example.com", ..req("POST", "/a", &[]) });
         assert_eq!((d.allowed, d.matched_rule), (false, None));
-        let d = p.decide(&HttpRequest {
-            host: "api.example.com:8080",
-            ..req("POST", "/a", &[])
-        });
+        let d = p.decide(&HttpRequest { host: "api.example.com:8080", ..req("POST", "/a", &[]) });
         assert!(!d.allowed, "the port is part of the host value as sent");
     }
 
@@ -398,14 +343,8 @@ mod tests {
     fn empty_rule_matches_everything_and_empty_list_allows_all() {
         let p = policy(&[HttpRule::default()]);
         assert_eq!(p.decide(&req("DELETE", "/x", &[])).matched_rule, Some(0));
-        let empty_strings = policy(&[HttpRule {
-            method: Some(String::new()),
-            ..Default::default()
-        }]);
-        assert!(
-            ok(&empty_strings, "PUT", "/x", &[]),
-            "empty regex = field absent"
-        );
+        let empty_strings = policy(&[HttpRule { method: Some(String::new()), ..Default::default() }]);
+        assert!(ok(&empty_strings, "PUT", "/x", &[]), "empty regex = field absent");
         for p in [policy(&[]), HttpPolicy::allow_all()] {
             let d = p.decide(&req("GET", "/", &[]));
             assert!(d.allowed && d.matched_rule.is_none() && p.is_empty());
@@ -418,17 +357,11 @@ mod tests {
         assert_eq!(parse("X-Token").value, None);
         assert_eq!(parse("X-Token: abc").value.as_deref(), Some("abc"));
         assert_eq!(parse("X-Token:abc").value.as_deref(), Some("abc"));
-        assert_eq!(
-            parse("X-Token   abc def ").value.as_deref(),
-            Some("abc def")
-        );
+        assert_eq!(parse("X-Token   abc def ").value.as_deref(), Some("abc def"));
         assert_eq!(parse("X-Token:").value, None);
         assert_eq!(parse("Content-Type: a:b").value.as_deref(), Some("a:b"));
         let pseudo = parse(":Method: GET");
-        assert_eq!(
-            (pseudo.name.as_str(), pseudo.value.as_deref()),
-            (":method", Some("GET"))
-        );
+        assert_eq!((pseudo.name.as_str(), pseudo.value.as_deref()), (":method", Some("GET")));
         assert!(parse_header_spec("").is_err());
         assert!(parse_header_spec(": x").is_err());
         let e = parse_header_spec("X(Bad): 1").expect_err("bad char");
@@ -438,22 +371,9 @@ mod tests {
     #[test]
     fn headers_presence_and_exact_value() {
         let p = policy(&[headers(&["X-Present", "X-Env: prod"])]);
-        assert!(ok(
-            &p,
-            "GET",
-            "/",
-            &[("x-present", ""), ("X-ENV", " prod ")]
-        ));
-        assert!(
-            !ok(&p, "GET", "/", &[("X-Env", "prod")]),
-            "missing X-Present"
-        );
-        assert!(!ok(
-            &p,
-            "GET",
-            "/",
-            &[("X-Present", "1"), ("X-Env", "Prod")]
-        ));
+        assert!(ok(&p, "GET", "/", &[("x-present", ""), ("X-ENV", " prod ")]));
+        assert!(!ok(&p, "GET", "/", &[("X-Env", "prod")]), "missing X-Present");
+        assert!(!ok(&p, "GET", "/", &[("X-Present", "1"), ("X-Env", "Prod")]));
         // Repeated headers are joined with ',' before the exact comparison.
         let twice = [("X-Present", "1"), ("X-Env", "prod"), ("X-Env", "dev")];
         assert!(!ok(&p, "GET", "/", &twice));
@@ -500,17 +420,10 @@ mod tests {
                 ..Default::default()
             },
         ]);
-        let d = p.decide(&req(
-            "GET",
-            "/a",
-            &[("X-Del", "bad"), ("X-Rep", "old"), ("X-Log", "yes")],
-        ));
+        let d = p.decide(&req("GET", "/a", &[("X-Del", "bad"), ("X-Rep", "old"), ("X-Log", "yes")]));
         assert_eq!((d.allowed, d.matched_rule), (true, Some(0)));
-        let got: Vec<_> = d
-            .header_actions
-            .iter()
-            .map(|a| (a.rule, a.action, a.name.as_str(), a.found.as_deref()))
-            .collect();
+        let got: Vec<_> =
+            d.header_actions.iter().map(|a| (a.rule, a.action, a.name.as_str(), a.found.as_deref())).collect();
         assert_eq!(
             got,
             [
@@ -521,12 +434,7 @@ mod tests {
             ]
         );
         // Everything already as expected: still allowed, only the other rule's action.
-        let ok = [
-            ("X-Log", "yes"),
-            ("X-Add", "v"),
-            ("X-Rep", "new"),
-            ("X-Second", "2"),
-        ];
+        let ok = [("X-Log", "yes"), ("X-Add", "v"), ("X-Rep", "new"), ("X-Second", "2")];
         let d = p.decide(&req("GET", "/a", &ok));
         assert!(d.allowed && d.header_actions.is_empty());
         let d = p.decide(&req("GET", "/b", &[]));
@@ -535,23 +443,13 @@ mod tests {
 
     #[test]
     fn secrets_are_judged_as_missing_and_flagged() {
-        let with_secret = |value: &str| HeaderMatch {
-            secret: Some("ns/token".into()),
-            ..hm("Authorization", value, None)
-        };
-        let fallback = policy(&[HttpRule {
-            header_matches: vec![with_secret("Bearer x")],
-            ..Default::default()
-        }]);
+        let with_secret =
+            |value: &str| HeaderMatch { secret: Some("ns/token".into()), ..hm("Authorization", value, None) };
+        let fallback = policy(&[HttpRule { header_matches: vec![with_secret("Bearer x")], ..Default::default() }]);
         let d = fallback.decide(&req("GET", "/", &[("Authorization", "Bearer x")]));
         assert!(d.allowed && d.secret_unresolved);
-        let no_value = policy(&[
-            HttpRule {
-                header_matches: vec![with_secret("")],
-                ..Default::default()
-            },
-            rule("POST", "/.*"),
-        ]);
+        let no_value =
+            policy(&[HttpRule { header_matches: vec![with_secret("")], ..Default::default() }, rule("POST", "/.*")]);
         let d = no_value.decide(&req("GET", "/", &[("Authorization", "anything")]));
         assert!(!d.allowed && d.secret_unresolved);
         let plain = policy(&[rule("GET", "/")]);
@@ -560,25 +458,16 @@ mod tests {
 
     #[test]
     fn compile_reports_the_bad_field() {
-        let bad = HttpRule {
-            path: Some("[".into()),
-            ..Default::default()
-        };
+        let bad = HttpRule { path: Some("[".into()), ..Default::default() };
         match HttpPolicy::compile(&[rule("GET", "/"), bad]) {
             Err(L7Error::RegexSyntax { field, pattern, .. }) => {
                 assert_eq!((field.as_str(), pattern.as_str()), ("path", "["))
             }
             other => panic!("expected a path syntax error, got {other:?}"),
         }
-        assert!(
-            compile_regex("path", "a)|(b").is_err(),
-            "must not escape the anchors"
-        );
+        assert!(compile_regex("path", "a)|(b").is_err(), "must not escape the anchors");
         let bad_header = headers(&["a b c: d"]);
-        assert!(
-            HttpPolicy::compile(&[bad_header]).is_err(),
-            "splits at the colon: name 'a b c' is no token"
-        );
+        assert!(HttpPolicy::compile(&[bad_header]).is_err(), "splits at the colon: name 'a b c' is no token");
     }
 
     proptest! {

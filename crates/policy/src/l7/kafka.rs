@@ -33,27 +33,20 @@ const CONSUME_KEYS: &[i16] = &[1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 18];
 
 /// Request kinds whose topics Cilium checks (its `isTopicAPIKey`); a rule's
 /// topic is ignored for every other kind.
-const TOPIC_KEYS: &[i16] = &[
-    0, 1, 2, 3, 4, 5, 6, 8, 9, 19, 20, 21, 23, 24, 27, 28, 34, 35, 37,
-];
+const TOPIC_KEYS: &[i16] = &[0, 1, 2, 3, 4, 5, 6, 8, 9, 19, 20, 21, 23, 24, 27, 28, 34, 35, 37];
 
 /// Longest topic Cilium accepts (Kafka itself stops at 249).
 pub const MAX_TOPIC_LEN: usize = 255;
 
 /// The numeric key for a Cilium `apiKey` name, case-insensitively.
 pub fn api_key_from_name(name: &str) -> Option<i16> {
-    let i = API_KEY_NAMES
-        .iter()
-        .position(|n| n.eq_ignore_ascii_case(name))?;
+    let i = API_KEY_NAMES.iter().position(|n| n.eq_ignore_ascii_case(name))?;
     i16::try_from(i).ok()
 }
 
 /// Cilium's name for a numeric API key, if it has one.
 pub fn api_key_name(key: i16) -> Option<&'static str> {
-    usize::try_from(key)
-        .ok()
-        .and_then(|i| API_KEY_NAMES.get(i))
-        .copied()
+    usize::try_from(key).ok().and_then(|i| API_KEY_NAMES.get(i)).copied()
 }
 
 /// The role for a `role` value, case-insensitively.
@@ -82,28 +75,17 @@ pub fn is_topic_api_key(key: i16) -> bool {
 
 /// Checks a topic: 1 to 255 characters from `[a-zA-Z0-9._-]`.
 pub fn validate_topic(topic: &str) -> Result<(), L7Error> {
-    let err = |reason: String| {
-        Err(L7Error::KafkaTopic {
-            topic: topic.to_owned(),
-            reason,
-        })
-    };
+    let err = |reason: String| Err(L7Error::KafkaTopic { topic: topic.to_owned(), reason });
     if topic.is_empty() {
         return err("must not be empty".into());
     }
     if topic.len() > MAX_TOPIC_LEN {
-        return err(format!(
-            "is {} characters long; at most {MAX_TOPIC_LEN} are allowed",
-            topic.len()
-        ));
+        return err(format!("is {} characters long; at most {MAX_TOPIC_LEN} are allowed", topic.len()));
     }
-    match topic
-        .char_indices()
-        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        Some((i, c)) => err(format!(
-            "character {c:?} at position {i} is not allowed; only a-z, A-Z, 0-9, '.', '_' and '-' are"
-        )),
+    match topic.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        Some((i, c)) => {
+            err(format!("character {c:?} at position {i} is not allowed; only a-z, A-Z, 0-9, '.', '_' and '-' are"))
+        }
         None => Ok(()),
     }
 }
@@ -113,26 +95,15 @@ pub(crate) fn check_rule(rule: &KafkaRule) -> Vec<(&'static str, L7Error)> {
     let bad = |reason: String| L7Error::KafkaRule { reason };
     let mut out = Vec::new();
     if let (Some(role), Some(key)) = (rule.role, rule.api_key) {
-        out.push((
-            "apiKey",
-            bad(format!("role {role:?} and apiKey {key} cannot both be set")),
-        ));
+        out.push(("apiKey", bad(format!("role {role:?} and apiKey {key} cannot both be set"))));
     }
     if let Some(key) = rule.api_key.filter(|k| api_key_name(*k).is_none()) {
-        out.push((
-            "apiKey",
-            bad(format!("unknown apiKey {key}; Cilium knows keys 0 to 33")),
-        ));
+        out.push(("apiKey", bad(format!("unknown apiKey {key}; Cilium knows keys 0 to 33"))));
     }
     if let Some(v) = rule.api_version.filter(|v| *v < 0) {
         out.push(("apiVersion", bad(format!("apiVersion {v} is negative"))));
     }
-    if let Some(Err(e)) = rule
-        .topic
-        .as_deref()
-        .filter(|t| !t.is_empty())
-        .map(validate_topic)
-    {
+    if let Some(Err(e)) = rule.topic.as_deref().filter(|t| !t.is_empty()).map(validate_topic) {
         out.push(("topic", e));
     }
     out
@@ -224,11 +195,7 @@ impl KafkaPolicy {
     /// topic or the request kind carries none; otherwise it ticks off its
     /// topic, and the request passes once every topic is ticked off.
     pub fn decide(&self, req: &KafkaRequest<'_>) -> KafkaDecision {
-        let allow = |matched_rules| KafkaDecision {
-            allowed: true,
-            matched_rules,
-            unmatched_topics: Vec::new(),
-        };
+        let allow = |matched_rules| KafkaDecision { allowed: true, matched_rules, unmatched_topics: Vec::new() };
         if self.rules.is_empty() {
             return allow(Vec::new());
         }
@@ -256,11 +223,7 @@ impl KafkaPolicy {
             }
         }
         let unmatched_topics = remaining.into_iter().map(str::to_owned).collect();
-        KafkaDecision {
-            allowed: false,
-            matched_rules: matched,
-            unmatched_topics,
-        }
+        KafkaDecision { allowed: false, matched_rules: matched, unmatched_topics }
     }
 }
 
@@ -277,20 +240,11 @@ mod tests {
     const CREATE_TOPICS: i16 = 19;
 
     fn req<'a>(api_key: i16, topics: &[&'a str]) -> KafkaRequest<'a> {
-        KafkaRequest {
-            api_key,
-            api_version: 2,
-            client_id: Some("app"),
-            topics: topics.to_vec(),
-        }
+        KafkaRequest { api_key, api_version: 2, client_id: Some("app"), topics: topics.to_vec() }
     }
 
     fn topic_rule(role: Option<KafkaRole>, topic: &str) -> KafkaRule {
-        KafkaRule {
-            role,
-            topic: Some(topic.into()),
-            ..Default::default()
-        }
+        KafkaRule { role, topic: Some(topic.into()), ..Default::default() }
     }
 
     fn policy(rules: &[KafkaRule]) -> KafkaPolicy {
@@ -303,30 +257,16 @@ mod tests {
         assert_eq!(api_key_from_name("APIVERSIONS"), Some(18));
         assert_eq!(api_key_from_name("offsetforleaderepoch"), Some(23));
         assert_eq!(api_key_from_name("alterconfigs"), Some(33));
-        assert_eq!(
-            api_key_from_name("createtopic"),
-            None,
-            "Cilium's name is createtopics"
-        );
-        assert_eq!(
-            api_key_from_name("alterreplicalogdirs"),
-            None,
-            "not in Cilium's table"
-        );
+        assert_eq!(api_key_from_name("createtopic"), None, "Cilium's name is createtopics");
+        assert_eq!(api_key_from_name("alterreplicalogdirs"), None, "not in Cilium's table");
         assert_eq!(api_key_name(14), Some("syncgroup"));
         assert_eq!(api_key_name(34), None);
         assert_eq!(api_key_name(-1), None);
         assert_eq!(role_from_name("CONSUME"), Some(KafkaRole::Consume));
         assert_eq!(role_from_name("admin"), None);
-        assert_eq!(
-            role_api_keys(KafkaRole::Produce),
-            [PRODUCE, METADATA, API_VERSIONS]
-        );
+        assert_eq!(role_api_keys(KafkaRole::Produce), [PRODUCE, METADATA, API_VERSIONS]);
         assert_eq!(role_api_keys(KafkaRole::Consume).len(), 11);
-        assert!(
-            !is_topic_api_key(10) && !is_topic_api_key(11),
-            "FindCoordinator/JoinGroup carry no checked topic"
-        );
+        assert!(!is_topic_api_key(10) && !is_topic_api_key(11), "FindCoordinator/JoinGroup carry no checked topic");
     }
 
     #[test]
@@ -337,10 +277,7 @@ mod tests {
         assert!(msg("").contains("empty"));
         assert!(msg(&"t".repeat(256)).contains("256 characters"));
         assert!(msg("a/b").contains("'/' at position 1"));
-        assert!(
-            msg(r"a\b").contains("'\\\\'"),
-            "Cilium's regex lets '\\' through by accident; we do not"
-        );
+        assert!(msg(r"a\b").contains("'\\\\'"), "Cilium's regex lets '\\' through by accident; we do not");
     }
 
     #[test]
@@ -354,32 +291,11 @@ mod tests {
         }]);
         assert!(p.decide(&req(PRODUCE, &["orders"])).allowed);
         assert!(!p.decide(&req(FETCH, &["orders"])).allowed);
-        assert!(
-            !p.decide(&KafkaRequest {
-                api_version: 3,
-                ..req(PRODUCE, &["orders"])
-            })
-            .allowed
-        );
-        assert!(
-            !p.decide(&KafkaRequest {
-                client_id: None,
-                ..req(PRODUCE, &["orders"])
-            })
-            .allowed
-        );
-        assert!(
-            !p.decide(&KafkaRequest {
-                client_id: Some("other"),
-                ..req(PRODUCE, &["orders"])
-            })
-            .allowed
-        );
+        assert!(!p.decide(&KafkaRequest { api_version: 3, ..req(PRODUCE, &["orders"]) }).allowed);
+        assert!(!p.decide(&KafkaRequest { client_id: None, ..req(PRODUCE, &["orders"]) }).allowed);
+        assert!(!p.decide(&KafkaRequest { client_id: Some("other"), ..req(PRODUCE, &["orders"]) }).allowed);
         let d = p.decide(&req(PRODUCE, &["payments"]));
-        assert_eq!(
-            (d.allowed, d.unmatched_topics),
-            (false, vec!["payments".to_owned()])
-        );
+        assert_eq!((d.allowed, d.unmatched_topics), (false, vec!["payments".to_owned()]));
     }
 
     #[test]
@@ -388,21 +304,11 @@ mod tests {
         assert!(p.decide(&req(PRODUCE, &["orders"])).allowed);
         assert!(p.decide(&req(METADATA, &["orders"])).allowed);
         assert!(!p.decide(&req(FETCH, &["orders"])).allowed);
-        assert!(
-            !p.decide(&req(HEARTBEAT, &[])).allowed,
-            "heartbeat is a consume key"
-        );
+        assert!(!p.decide(&req(HEARTBEAT, &[])).allowed, "heartbeat is a consume key");
         let c = policy(&[topic_rule(Some(KafkaRole::Consume), "orders")]);
-        assert!(
-            c.decide(&req(HEARTBEAT, &[])).allowed,
-            "topic ignored for topic-less kinds"
-        );
+        assert!(c.decide(&req(HEARTBEAT, &[])).allowed, "topic ignored for topic-less kinds");
         assert!(c.decide(&req(API_VERSIONS, &[])).allowed);
-        assert!(
-            policy(&[KafkaRule::default()])
-                .decide(&req(CREATE_TOPICS, &["x"]))
-                .allowed
-        );
+        assert!(policy(&[KafkaRule::default()]).decide(&req(CREATE_TOPICS, &["x"])).allowed);
         let empty = policy(&[]);
         assert!(empty.is_empty() && empty.decide(&req(CREATE_TOPICS, &["x"])).allowed);
     }
@@ -412,13 +318,7 @@ mod tests {
         let p = policy(&[topic_rule(Some(KafkaRole::Produce), "orders")]);
         let d = p.decide(&req(METADATA, &[]));
         assert!(!d.allowed && d.unmatched_topics.is_empty());
-        let open = policy(&[
-            topic_rule(None, "orders"),
-            KafkaRule {
-                api_key: Some(METADATA),
-                ..Default::default()
-            },
-        ]);
+        let open = policy(&[topic_rule(None, "orders"), KafkaRule { api_key: Some(METADATA), ..Default::default() }]);
         assert_eq!(open.decide(&req(METADATA, &[])).matched_rules, [1]);
     }
 
@@ -432,43 +332,21 @@ mod tests {
         let d = p.decide(&req(PRODUCE, &["a", "b", "a"]));
         assert_eq!((d.allowed, d.matched_rules), (true, vec![0, 2]));
         let d = p.decide(&req(PRODUCE, &["a", "c"]));
-        assert_eq!(
-            (d.allowed, d.matched_rules, d.unmatched_topics),
-            (false, vec![0], vec!["c".to_owned()])
-        );
+        assert_eq!((d.allowed, d.matched_rules, d.unmatched_topics), (false, vec![0], vec!["c".to_owned()]));
         let d = p.decide(&req(FETCH, &["a", "b"]));
         assert_eq!(d.unmatched_topics, ["a"]);
     }
 
     #[test]
     fn compile_rejects_bad_rules() {
-        let both = KafkaRule {
-            role: Some(KafkaRole::Produce),
-            api_key: Some(0),
-            ..Default::default()
-        };
-        assert!(matches!(
-            KafkaPolicy::compile(&[both]),
-            Err(L7Error::KafkaRule { .. })
-        ));
-        let key = KafkaRule {
-            api_key: Some(40),
-            ..Default::default()
-        };
+        let both = KafkaRule { role: Some(KafkaRole::Produce), api_key: Some(0), ..Default::default() };
+        assert!(matches!(KafkaPolicy::compile(&[both]), Err(L7Error::KafkaRule { .. })));
+        let key = KafkaRule { api_key: Some(40), ..Default::default() };
         assert!(KafkaPolicy::compile(&[key]).is_err());
-        let version = KafkaRule {
-            api_version: Some(-2),
-            ..Default::default()
-        };
+        let version = KafkaRule { api_version: Some(-2), ..Default::default() };
         assert!(KafkaPolicy::compile(&[version]).is_err());
-        assert!(matches!(
-            KafkaPolicy::compile(&[topic_rule(None, "a b")]),
-            Err(L7Error::KafkaTopic { .. })
-        ));
-        assert!(
-            KafkaPolicy::compile(&[topic_rule(None, "")]).is_ok(),
-            "empty topic = any topic"
-        );
+        assert!(matches!(KafkaPolicy::compile(&[topic_rule(None, "a b")]), Err(L7Error::KafkaTopic { .. })));
+        assert!(KafkaPolicy::compile(&[topic_rule(None, "")]).is_ok(), "empty topic = any topic");
     }
 
     proptest! {

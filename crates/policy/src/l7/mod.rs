@@ -20,13 +20,10 @@ pub mod dns;
 pub mod http;
 pub mod kafka;
 
-pub use dns::{
-    DnsPolicy, normalize_name, selector_matches, validate_match_name, validate_match_pattern,
-};
+pub use dns::{DnsPolicy, normalize_name, selector_matches, validate_match_name, validate_match_pattern};
 pub use http::{HeaderAction, HttpDecision, HttpPolicy, HttpRequest, compile_regex};
 pub use kafka::{
-    KafkaDecision, KafkaPolicy, KafkaRequest, api_key_from_name, api_key_name, role_api_keys,
-    validate_topic,
+    KafkaDecision, KafkaPolicy, KafkaRequest, api_key_from_name, api_key_name, role_api_keys, validate_topic,
 };
 
 use crate::api::l7::{FqdnSelector, L7Rules};
@@ -95,27 +92,18 @@ pub enum L7Error {
 /// Builds `source` as a regex under [`REGEX_SIZE_LIMIT`], reporting failures
 /// against `field` and the user's `pattern` (which may differ from `source`).
 pub(crate) fn build_regex(field: &str, pattern: &str, source: &str) -> Result<Regex, L7Error> {
-    RegexBuilder::new(source)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(limit) => L7Error::RegexTooBig {
-                field: field.to_owned(),
-                pattern: pattern.to_owned(),
-                limit,
-            },
-            regex::Error::Syntax(msg) => L7Error::RegexSyntax {
-                field: field.to_owned(),
-                pattern: pattern.to_owned(),
-                reason: syntax_summary(&msg),
-            },
-            other => L7Error::RegexSyntax {
-                field: field.to_owned(),
-                pattern: pattern.to_owned(),
-                reason: other.to_string(),
-            },
-        })
+    RegexBuilder::new(source).size_limit(REGEX_SIZE_LIMIT).dfa_size_limit(REGEX_SIZE_LIMIT).build().map_err(|e| match e
+    {
+        regex::Error::CompiledTooBig(limit) => {
+            L7Error::RegexTooBig { field: field.to_owned(), pattern: pattern.to_owned(), limit }
+        }
+        regex::Error::Syntax(msg) => {
+            L7Error::RegexSyntax { field: field.to_owned(), pattern: pattern.to_owned(), reason: syntax_summary(&msg) }
+        }
+        other => {
+            L7Error::RegexSyntax { field: field.to_owned(), pattern: pattern.to_owned(), reason: other.to_string() }
+        }
+    })
 }
 
 /// Reduces the regex crate's multi-line syntax error to its `error:` line.
@@ -141,38 +129,23 @@ pub fn check_rules(rules: &L7Rules) -> Vec<(String, String)> {
     match rules {
         L7Rules::Http(list) => {
             for (i, rule) in list.iter().enumerate() {
-                for (name, value) in [
-                    ("method", &rule.method),
-                    ("path", &rule.path),
-                    ("host", &rule.host),
-                ] {
+                for (name, value) in [("method", &rule.method), ("path", &rule.path), ("host", &rule.host)] {
                     if let Some(p) = value.as_deref().filter(|p| !p.is_empty()) {
-                        push(
-                            format!("http[{i}].{name}"),
-                            compile_regex(name, p).map(drop),
-                        );
+                        push(format!("http[{i}].{name}"), compile_regex(name, p).map(drop));
                     }
                 }
                 for (j, spec) in rule.headers.iter().enumerate() {
-                    push(
-                        format!("http[{i}].headers[{j}]"),
-                        http::parse_header_spec(spec).map(drop),
-                    );
+                    push(format!("http[{i}].headers[{j}]"), http::parse_header_spec(spec).map(drop));
                 }
                 for (j, hm) in rule.header_matches.iter().enumerate() {
-                    push(
-                        format!("http[{i}].headerMatches[{j}].name"),
-                        http::validate_header_name(&hm.name),
-                    );
+                    push(format!("http[{i}].headerMatches[{j}].name"), http::validate_header_name(&hm.name));
                 }
             }
         }
         L7Rules::Dns(list) => {
             for (i, sel) in list.iter().enumerate() {
                 match sel {
-                    FqdnSelector::MatchName(n) => {
-                        push(format!("dns[{i}].matchName"), validate_match_name(n))
-                    }
+                    FqdnSelector::MatchName(n) => push(format!("dns[{i}].matchName"), validate_match_name(n)),
                     FqdnSelector::MatchPattern(p) => {
                         push(format!("dns[{i}].matchPattern"), validate_match_pattern(p));
                     }
@@ -199,20 +172,13 @@ mod tests {
     #[test]
     fn check_rules_reports_every_problem_with_paths() {
         let http = L7Rules::Http(vec![
-            HttpRule {
-                method: Some("GET".into()),
-                path: Some("/ok/.*".into()),
-                ..Default::default()
-            },
+            HttpRule { method: Some("GET".into()), path: Some("/ok/.*".into()), ..Default::default() },
             HttpRule {
                 method: Some("(".into()),
                 path: Some("a)|(b".into()),
                 host: Some("".into()),
                 headers: vec!["X-Ok: 1".into(), "Bad Name: x".into(), "".into()],
-                header_matches: vec![HeaderMatch {
-                    name: "".into(),
-                    ..Default::default()
-                }],
+                header_matches: vec![HeaderMatch { name: "".into(), ..Default::default() }],
             },
         ]);
         let paths: Vec<String> = check_rules(&http).into_iter().map(|(p, _)| p).collect();
@@ -239,11 +205,7 @@ mod tests {
         assert_eq!(got[1].0, "dns[2].matchPattern");
 
         let kafka = L7Rules::Kafka(vec![
-            KafkaRule {
-                role: Some(KafkaRole::Produce),
-                topic: Some("ok".into()),
-                ..Default::default()
-            },
+            KafkaRule { role: Some(KafkaRole::Produce), topic: Some("ok".into()), ..Default::default() },
             KafkaRule {
                 role: Some(KafkaRole::Consume),
                 api_key: Some(99),
@@ -253,15 +215,7 @@ mod tests {
             },
         ]);
         let paths: Vec<String> = check_rules(&kafka).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(
-            paths,
-            [
-                "kafka[1].apiKey",
-                "kafka[1].apiKey",
-                "kafka[1].apiVersion",
-                "kafka[1].topic"
-            ]
-        );
+        assert_eq!(paths, ["kafka[1].apiKey", "kafka[1].apiKey", "kafka[1].apiVersion", "kafka[1].topic"]);
 
         assert!(check_rules(&L7Rules::Tls(vec!["x".into()])).is_empty());
     }

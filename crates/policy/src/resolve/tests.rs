@@ -18,16 +18,32 @@ fn port_prefixes_cover_the_range_exactly() {
 }
 
 fn rr(name: &str) -> Arc<RuleRef> {
-    Arc::new(RuleRef { kind: crate::api::PolicyKind::CiliumNetworkPolicy, namespace: None, name: name.into(), rule: "spec".into() })
+    Arc::new(RuleRef {
+        kind: crate::api::PolicyKind::CiliumNetworkPolicy,
+        namespace: None,
+        name: name.into(),
+        rule: "spec".into(),
+    })
 }
 
 fn c(all: bool, ids: &[u32], ports: &[(Proto, u16, u16)], deny: bool, name: &str) -> Resolved<'static> {
-    Resolved { all, ids: ids.iter().map(|i| NumericIdentity(*i)).collect(), addrs: vec![], ports: ports.to_vec(), deny, l7: None, rule_ref: rr(name) }
+    Resolved {
+        all,
+        ids: ids.iter().map(|i| NumericIdentity(*i)).collect(),
+        addrs: vec![],
+        ports: ports.to_vec(),
+        deny,
+        l7: None,
+        rule_ref: rr(name),
+    }
 }
 
 #[test]
 fn any_peer_deny_overrides_identity_l3_allow() {
-    let cs = vec![c(false, &[300], &[(Proto::Any, 0, 65535)], false, "allow"), c(true, &[], &[(Proto::Tcp, 22, 22)], true, "deny")];
+    let cs = vec![
+        c(false, &[300], &[(Proto::Any, 0, 65535)], false, "allow"),
+        c(true, &[], &[(Proto::Tcp, 22, 22)], true, "deny"),
+    ];
     let (entries, errors) = flatten(&cs);
     assert!(errors.is_empty());
     let dp = DirectionPolicy { enforced: true, default_deny: true, entries, errors: vec![] };
@@ -41,7 +57,10 @@ fn any_peer_deny_overrides_identity_l3_allow() {
 
 #[test]
 fn identity_deny_all_ports_overrides_port_allow() {
-    let cs = vec![c(false, &[300], &[(Proto::Tcp, 80, 80)], false, "allow"), c(false, &[300], &[(Proto::Any, 0, 65535)], true, "deny")];
+    let cs = vec![
+        c(false, &[300], &[(Proto::Tcp, 80, 80)], false, "allow"),
+        c(false, &[300], &[(Proto::Any, 0, 65535)], true, "deny"),
+    ];
     let (entries, _) = flatten(&cs);
     let dp = DirectionPolicy { enforced: true, default_deny: true, entries, errors: vec![] };
     match dp.lookup(None, NumericIdentity(300), Proto::Tcp, 80) {
@@ -55,7 +74,8 @@ fn identity_deny_all_ports_overrides_port_allow() {
 
 #[test]
 fn ranges_split_and_coalesce() {
-    let cs = vec![c(true, &[], &[(Proto::Tcp, 80, 444)], false, "a"), c(true, &[], &[(Proto::Tcp, 100, 200)], true, "d")];
+    let cs =
+        vec![c(true, &[], &[(Proto::Tcp, 80, 444)], false, "a"), c(true, &[], &[(Proto::Tcp, 100, 200)], true, "d")];
     let (entries, _) = flatten(&cs);
     let keys: Vec<(u16, u16, &str)> = entries.iter().map(|(k, e)| (k.lo, k.hi, e.verdict.as_str())).collect();
     assert_eq!(keys, vec![(80, 99, "allow"), (100, 200, "deny"), (201, 444, "allow")]);

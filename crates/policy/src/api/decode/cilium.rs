@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 
 use super::{Decoder, Fields, Unknown};
 use crate::api::{
-    CidrRule, Entity, FqdnSelector, HeaderMatch, HttpRule, IcmpFamily, IcmpField, KafkaRole, KafkaRule,
-    L7Rules, LabelSelector, MismatchAction, Operator, PeerRule, PortProtocol, PortRule, PortSpec, Protocol,
-    Requirement, Rule,
+    CidrRule, Entity, FqdnSelector, HeaderMatch, HttpRule, IcmpFamily, IcmpField, KafkaRole, KafkaRule, L7Rules,
+    LabelSelector, MismatchAction, Operator, PeerRule, PortProtocol, PortRule, PortSpec, Protocol, Requirement, Rule,
 };
 use crate::cidr::Cidr;
 use crate::diag::{FieldPath, closest};
@@ -78,26 +77,27 @@ fn check_label_key(key: &str) -> Result<(), String> {
     let rest = match key.split_once(':') {
         Some((src, rest)) => {
             if !SOURCES.contains(&src) {
-                return Err(format!(
-                    "unknown label source `{src}` in `{key}` (known: {})",
-                    SOURCES.join(", ")
-                ));
+                return Err(format!("unknown label source `{src}` in `{key}` (known: {})", SOURCES.join(", ")));
             }
             rest
         }
         None => key,
     };
-    if rest.starts_with("io.cilium.k8s.namespace.labels.") || key.starts_with("reserved:") || key.starts_with("cidr:") || key.starts_with("fqdn:") {
+    if rest.starts_with("io.cilium.k8s.namespace.labels.")
+        || key.starts_with("reserved:")
+        || key.starts_with("cidr:")
+        || key.starts_with("fqdn:")
+    {
         return Ok(());
     }
     let (prefix, name) = match rest.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, rest),
     };
-    if let Some(p) = prefix {
-        if !is_dns_subdomain(p) {
-            return Err(format!("label key prefix `{p}` must be a DNS subdomain (lowercase, at most 253 characters)"));
-        }
+    if let Some(p) = prefix
+        && !is_dns_subdomain(p)
+    {
+        return Err(format!("label key prefix `{p}` must be a DNS subdomain (lowercase, at most 253 characters)"));
     }
     if !is_label_name(name) {
         return Err(format!(
@@ -159,7 +159,12 @@ impl Decoder<'_> {
         }
         if ok && rules.is_empty() {
             let pos = f.entries.first().map(|(k, _)| k.pos).unwrap_or_default();
-            self.sink.error_fix(pos, &f.path("spec"), "the policy has no rules", "add `spec:` (one rule) or `specs:` (a list of rules)");
+            self.sink.error_fix(
+                pos,
+                &f.path("spec"),
+                "the policy has no rules",
+                "add `spec:` (one rule) or `specs:` (a list of rules)",
+            );
             return None;
         }
         ok.then_some(rules)
@@ -197,7 +202,8 @@ impl Decoder<'_> {
     fn rule(&mut self, node: &Node, path: &FieldPath, clusterwide: Option<bool>) -> Option<Rule> {
         let errors = self.sink.error_count();
         let f = self.map(node, path, RULE_FIELDS, Unknown::Error)?;
-        let endpoint_selector = f.get("endpointSelector").and_then(|n| self.label_selector(n, &f.path("endpointSelector")));
+        let endpoint_selector =
+            f.get("endpointSelector").and_then(|n| self.label_selector(n, &f.path("endpointSelector")));
         let node_selector = f.get("nodeSelector").and_then(|n| self.label_selector(n, &f.path("nodeSelector")));
         match (f.get("endpointSelector"), f.get("nodeSelector")) {
             (None, None) => self.sink.error_fix(
@@ -206,7 +212,11 @@ impl Decoder<'_> {
                 "a rule must have an endpointSelector (or, for host policies, a nodeSelector)",
                 "add `endpointSelector: {}` to select every endpoint",
             ),
-            (Some(_), Some(n)) => self.sink.error(n.pos, &f.path("nodeSelector"), "a rule cannot have both endpointSelector and nodeSelector"),
+            (Some(_), Some(n)) => self.sink.error(
+                n.pos,
+                &f.path("nodeSelector"),
+                "a rule cannot have both endpointSelector and nodeSelector",
+            ),
             (None, Some(n)) if clusterwide == Some(false) => self.sink.error_fix(
                 n.pos,
                 &f.path("nodeSelector"),
@@ -221,11 +231,11 @@ impl Decoder<'_> {
         let egress = self.peer_rules(&f, "egress", true, false, host);
         let egress_deny = self.peer_rules(&f, "egressDeny", true, true, host);
         let (mut default_deny_ingress, mut default_deny_egress) = (None, None);
-        if let Some(dd) = f.value("enableDefaultDeny") {
-            if let Some(d) = self.map(dd, &f.path("enableDefaultDeny"), &["ingress", "egress"], Unknown::Error) {
-                default_deny_ingress = d.value("ingress").and_then(|n| self.bool(n, &d.path("ingress")));
-                default_deny_egress = d.value("egress").and_then(|n| self.bool(n, &d.path("egress")));
-            }
+        if let Some(dd) = f.value("enableDefaultDeny")
+            && let Some(d) = self.map(dd, &f.path("enableDefaultDeny"), &["ingress", "egress"], Unknown::Error)
+        {
+            default_deny_ingress = d.value("ingress").and_then(|n| self.bool(n, &d.path("ingress")));
+            default_deny_egress = d.value("egress").and_then(|n| self.bool(n, &d.path("egress")));
         }
         let description = f.value("description").and_then(|n| self.string(n, &f.path("description")));
         if let Some(l) = f.value("labels") {
@@ -317,11 +327,21 @@ impl Decoder<'_> {
             self.sink.error(f.get("key").map(|n| n.pos).unwrap_or(node.pos), &f.path("key"), e);
         }
         let Some(op_node) = f.value("operator") else {
-            self.sink.error_fix(node.pos, &f.path("operator"), "missing field `operator`", "one of In, NotIn, Exists, DoesNotExist");
+            self.sink.error_fix(
+                node.pos,
+                &f.path("operator"),
+                "missing field `operator`",
+                "one of In, NotIn, Exists, DoesNotExist",
+            );
             return None;
         };
         let op_text = self.string(op_node, &f.path("operator"))?;
-        let ops = [("In", Operator::In), ("NotIn", Operator::NotIn), ("Exists", Operator::Exists), ("DoesNotExist", Operator::DoesNotExist)];
+        let ops = [
+            ("In", Operator::In),
+            ("NotIn", Operator::NotIn),
+            ("Exists", Operator::Exists),
+            ("DoesNotExist", Operator::DoesNotExist),
+        ];
         let Some(&(_, operator)) = ops.iter().find(|(n, _)| *n == op_text) else {
             let names: Vec<&str> = ops.iter().map(|(n, _)| *n).collect();
             match closest(&op_text, &names) {
@@ -331,7 +351,11 @@ impl Decoder<'_> {
                     format!("`{op_text}` is not a valid operator: operators are case-sensitive"),
                     format!("`{c}`"),
                 ),
-                None => self.sink.error(op_node.pos, &f.path("operator"), format!("`{op_text}` is not a valid operator: expected In, NotIn, Exists or DoesNotExist")),
+                None => self.sink.error(
+                    op_node.pos,
+                    &f.path("operator"),
+                    format!("`{op_text}` is not a valid operator: expected In, NotIn, Exists or DoesNotExist"),
+                ),
             }
             return None;
         };
@@ -350,14 +374,26 @@ impl Decoder<'_> {
             return None;
         }
         if !needs_values && !values.is_empty() {
-            self.sink.error_fix(op_node.pos, &f.path("values"), format!("operator {op_text} takes no values"), "remove `values`");
+            self.sink.error_fix(
+                op_node.pos,
+                &f.path("values"),
+                format!("operator {op_text} takes no values"),
+                "remove `values`",
+            );
             return None;
         }
         Some(Requirement { key, operator, values })
     }
 
     /// `ingress`, `ingressDeny`, `egress` or `egressDeny` of a rule.
-    fn peer_rules(&mut self, f: &Fields<'_>, section: &str, egress: bool, deny: bool, host: bool) -> Option<Vec<PeerRule>> {
+    fn peer_rules(
+        &mut self,
+        f: &Fields<'_>,
+        section: &str,
+        egress: bool,
+        deny: bool,
+        host: bool,
+    ) -> Option<Vec<PeerRule>> {
         let node = f.value(section)?;
         let path = f.path(section);
         let items = self.seq(node, &path)?;
@@ -373,7 +409,17 @@ impl Decoder<'_> {
     fn peer_rule(&mut self, node: &Node, path: &FieldPath, egress: bool, deny: bool, host: bool) -> Option<PeerRule> {
         let errors = self.sink.error_count();
         let names = if egress { &TO } else { &FROM };
-        let mut known = vec![names.endpoints, names.requires, names.cidr, names.cidr_set, names.entities, names.nodes, names.groups, "toPorts", "icmps"];
+        let mut known = vec![
+            names.endpoints,
+            names.requires,
+            names.cidr,
+            names.cidr_set,
+            names.entities,
+            names.nodes,
+            names.groups,
+            "toPorts",
+            "icmps",
+        ];
         if egress {
             known.push("toServices");
             if !deny {
@@ -412,7 +458,11 @@ impl Decoder<'_> {
             let v = cidrs.get_or_insert_with(Vec::new);
             for (i, item) in list.iter().enumerate() {
                 let ip = p.index(i);
-                let Some(e) = self.map(item, &ip, &["cidr", "except", "cidrGroupRef", "cidrGroupSelector"], Unknown::Error) else { continue };
+                let Some(e) =
+                    self.map(item, &ip, &["cidr", "except", "cidrGroupRef", "cidrGroupSelector"], Unknown::Error)
+                else {
+                    continue;
+                };
                 match (e.value("cidr"), e.value("cidrGroupRef").or(e.value("cidrGroupSelector"))) {
                     (Some(c), None) => {
                         if let Some(r) = self.cidr_rule(c, &e.path("cidr"), e.value("except"), &e.path("except")) {
@@ -425,7 +475,9 @@ impl Decoder<'_> {
                         "CiliumCIDRGroup references are not resolved by bulkhead yet; this entry selects nothing",
                         Some("list the prefixes with `cidr:` instead".into()),
                     ),
-                    (Some(_), Some(g)) => self.sink.error(g.pos, &ip, "set exactly one of cidr, cidrGroupRef or cidrGroupSelector"),
+                    (Some(_), Some(g)) => {
+                        self.sink.error(g.pos, &ip, "set exactly one of cidr, cidrGroupRef or cidrGroupSelector")
+                    }
                     (None, None) => self.sink.error(item.pos, &e.path("cidr"), "missing field `cidr`"),
                 }
             }
@@ -459,7 +511,12 @@ impl Decoder<'_> {
         }
         if let Some(g) = f.get(names.groups) {
             rule.groups = true;
-            self.sink.warning(g.pos, &f.path(names.groups), "cloud provider groups are not resolved by bulkhead; this peer selects nothing", None);
+            self.sink.warning(
+                g.pos,
+                &f.path(names.groups),
+                "cloud provider groups are not resolved by bulkhead; this peer selects nothing",
+                None,
+            );
         }
         if let Some(n) = f.value("toPorts") {
             let p = f.path("toPorts");
@@ -482,7 +539,16 @@ impl Decoder<'_> {
         }
         // One L3 peer type per rule.
         let mut l3: Vec<(&str, Pos)> = Vec::new();
-        for name in [names.endpoints, names.cidr, names.cidr_set, names.entities, names.nodes, names.groups, "toServices", "toFQDNs"] {
+        for name in [
+            names.endpoints,
+            names.cidr,
+            names.cidr_set,
+            names.entities,
+            names.nodes,
+            names.groups,
+            "toServices",
+            "toFQDNs",
+        ] {
             if let Some(n) = f.get(name) {
                 l3.push((name, n.pos));
             }
@@ -532,12 +598,23 @@ impl Decoder<'_> {
     }
 
     /// A CIDR (string) with optional `except` list.
-    pub(crate) fn cidr_rule(&mut self, node: &Node, path: &FieldPath, except: Option<&Node>, except_path: &FieldPath) -> Option<CidrRule> {
+    pub(crate) fn cidr_rule(
+        &mut self,
+        node: &Node,
+        path: &FieldPath,
+        except: Option<&Node>,
+        except_path: &FieldPath,
+    ) -> Option<CidrRule> {
         let text = self.string(node, path)?;
         let cidr = match Cidr::parse_strict(&text) {
             Ok((c, host_bits)) => {
                 if host_bits {
-                    self.sink.warning(node.pos, path, format!("`{text}` has host bits set; it is read as {c}"), Some(format!("write {c}")));
+                    self.sink.warning(
+                        node.pos,
+                        path,
+                        format!("`{text}` has host bits set; it is read as {c}"),
+                        Some(format!("write {c}")),
+                    );
                 }
                 c
             }
@@ -593,7 +670,12 @@ impl Decoder<'_> {
             }
             (None, None) => {
                 if f.entries.is_empty() || self.sink.error_count() == 0 {
-                    self.sink.error_fix(node.pos, path, "a name selector needs matchName or matchPattern", "e.g. `matchPattern: \"*.example.com\"`");
+                    self.sink.error_fix(
+                        node.pos,
+                        path,
+                        "a name selector needs matchName or matchPattern",
+                        "e.g. `matchPattern: \"*.example.com\"`",
+                    );
                 }
                 None
             }
@@ -601,14 +683,23 @@ impl Decoder<'_> {
     }
 
     fn port_rule(&mut self, node: &Node, path: &FieldPath, egress: bool, deny: bool) -> Option<PortRule> {
-        let known: &[&str] = if deny { &["ports"] } else { &["ports", "rules", "serverNames", "terminatingTLS", "originatingTLS", "listener"] };
+        let known: &[&str] = if deny {
+            &["ports"]
+        } else {
+            &["ports", "rules", "serverNames", "terminatingTLS", "originatingTLS", "listener"]
+        };
         let f = self.map(node, path, known, Unknown::Error)?;
         let mut ports = Vec::new();
         if let Some(pn) = f.value("ports") {
             let pp = f.path("ports");
             let items = self.seq(pn, &pp)?;
             if items.len() > MAX_PORTS {
-                self.sink.error_fix(pn.pos, &pp, format!("{} ports in one port rule; Cilium allows at most {MAX_PORTS}", items.len()), "split them over several toPorts entries, or use port ranges (endPort)");
+                self.sink.error_fix(
+                    pn.pos,
+                    &pp,
+                    format!("{} ports in one port rule; Cilium allows at most {MAX_PORTS}", items.len()),
+                    "split them over several toPorts entries, or use port ranges (endPort)",
+                );
             }
             for (i, item) in items.iter().enumerate() {
                 if let Some(p) = self.port_protocol(item, &pp.index(i)) {
@@ -623,7 +714,11 @@ impl Decoder<'_> {
         if let Some(sn) = f.value("serverNames") {
             let names: Vec<String> = self.strings(sn, &f.path("serverNames"))?.into_iter().map(|(s, _)| s).collect();
             if rules.is_some() && f.get("terminatingTLS").is_none() {
-                self.sink.error(sn.pos, &f.path("serverNames"), "serverNames cannot be combined with L7 rules unless TLS is terminated (terminatingTLS)");
+                self.sink.error(
+                    sn.pos,
+                    &f.path("serverNames"),
+                    "serverNames cannot be combined with L7 rules unless TLS is terminated (terminatingTLS)",
+                );
             } else if !names.is_empty() {
                 rules = Some(L7Rules::Tls(names));
             }
@@ -639,11 +734,21 @@ impl Decoder<'_> {
         let pos = f.get("rules").or(f.get("serverNames")).map(|n| n.pos).unwrap_or_default();
         let is_dns = matches!(rules, L7Rules::Dns(_));
         if is_dns && !egress {
-            self.sink.error_fix(pos, &rp.field("dns"), "DNS rules are only allowed in egress rules", "move the DNS rule to an egress rule that selects the DNS server");
+            self.sink.error_fix(
+                pos,
+                &rp.field("dns"),
+                "DNS rules are only allowed in egress rules",
+                "move the DNS rule to an egress rule that selects the DNS server",
+            );
             return;
         }
         if ports.is_empty() {
-            self.sink.error_fix(pos, &f.path("ports"), "L7 rules need an explicit port", "add `ports: [{port: \"80\", protocol: TCP}]`");
+            self.sink.error_fix(
+                pos,
+                &f.path("ports"),
+                "L7 rules need an explicit port",
+                "add `ports: [{port: \"80\", protocol: TCP}]`",
+            );
             return;
         }
         for (i, p) in ports.iter().enumerate() {
@@ -651,7 +756,12 @@ impl Decoder<'_> {
             let tcp_ok = p.protocol == Protocol::Tcp || (is_dns && matches!(p.protocol, Protocol::Udp | Protocol::Any));
             if !tcp_ok {
                 let fix = if is_dns { "DNS rules take protocol TCP, UDP or ANY" } else { "set `protocol: TCP`" };
-                self.sink.error_fix(pos, &pp.field("protocol"), format!("L7 rules only apply to TCP, not {}", protocol_name(p.protocol)), fix);
+                self.sink.error_fix(
+                    pos,
+                    &pp.field("protocol"),
+                    format!("L7 rules only apply to TCP, not {}", protocol_name(p.protocol)),
+                    fix,
+                );
             }
             if is_dns && p.port == PortSpec::Number(0) {
                 self.sink.error_fix(pos, &pp.field("port"), "DNS rules need an explicit port", "e.g. `port: \"53\"`");
@@ -676,12 +786,25 @@ impl Decoder<'_> {
                     other => {
                         let up = other.to_ascii_uppercase();
                         if matches!(up.as_str(), "TCP" | "UDP" | "SCTP" | "ANY") {
-                            self.sink.error_fix(p.pos, &f.path("protocol"), format!("unknown protocol `{other}`: protocols are case-sensitive"), format!("`{up}`"));
+                            self.sink.error_fix(
+                                p.pos,
+                                &f.path("protocol"),
+                                format!("unknown protocol `{other}`: protocols are case-sensitive"),
+                                format!("`{up}`"),
+                            );
                         } else if matches!(up.as_str(), "VRRP" | "IGMP" | "ICMP" | "ICMPV6") {
-                            let fix = if up.starts_with("ICMP") { "use an `icmps` rule for ICMP types" } else { "allow it with an L3 rule (no toPorts) for now" };
+                            let fix = if up.starts_with("ICMP") {
+                                "use an `icmps` rule for ICMP types"
+                            } else {
+                                "allow it with an L3 rule (no toPorts) for now"
+                            };
                             self.sink.error_fix(p.pos, &f.path("protocol"), format!("protocol `{other}` is not accepted by Cilium 1.17 port rules (TCP, UDP, SCTP or ANY)"), fix);
                         } else {
-                            self.sink.error(p.pos, &f.path("protocol"), format!("unknown protocol `{other}`: expected TCP, UDP, SCTP or ANY"));
+                            self.sink.error(
+                                p.pos,
+                                &f.path("protocol"),
+                                format!("unknown protocol `{other}`: expected TCP, UDP, SCTP or ANY"),
+                            );
                         }
                         return None;
                     }
@@ -693,7 +816,12 @@ impl Decoder<'_> {
             Some(p) => {
                 let text = match &p.value {
                     Value::Scalar { text, quoted } if super::scalar_type(text, *quoted) == super::ScalarType::Int => {
-                        self.sink.error_fix(p.pos, &f.path("port"), format!("port must be a string in Cilium policies, found the number {text}"), format!("quote it: port: \"{text}\""));
+                        self.sink.error_fix(
+                            p.pos,
+                            &f.path("port"),
+                            format!("port must be a string in Cilium policies, found the number {text}"),
+                            format!("quote it: port: \"{text}\""),
+                        );
                         return None;
                     }
                     _ => self.string(p, &f.path("port"))?,
@@ -723,7 +851,12 @@ impl Decoder<'_> {
                         return None;
                     }
                     PortSpec::Number(start) if end != 0 && end < *start => {
-                        self.sink.error_fix(e.pos, &f.path("endPort"), format!("endPort {end} is below port {start}"), "endPort must be at least port");
+                        self.sink.error_fix(
+                            e.pos,
+                            &f.path("endPort"),
+                            format!("endPort {end} is below port {start}"),
+                            "endPort must be at least port",
+                        );
                         return None;
                     }
                     PortSpec::Number(0) if end != 0 => {
@@ -746,7 +879,11 @@ impl Decoder<'_> {
             let fp = f.path("fields");
             let items = self.seq(fields, &fp)?;
             if items.len() > MAX_PORTS {
-                self.sink.error(fields.pos, &fp, format!("{} ICMP fields in one rule; at most {MAX_PORTS}", items.len()));
+                self.sink.error(
+                    fields.pos,
+                    &fp,
+                    format!("{} ICMP fields in one rule; at most {MAX_PORTS}", items.len()),
+                );
             }
             for (j, field) in items.iter().enumerate() {
                 let p = fp.index(j);
@@ -757,7 +894,12 @@ impl Decoder<'_> {
                         Some("IPv4") => IcmpFamily::IPv4,
                         Some("IPv6") => IcmpFamily::IPv6,
                         Some(other) => {
-                            self.sink.error_fix(n.pos, &ff.path("family"), format!("unknown family `{other}`"), "IPv4 or IPv6 (case-sensitive)");
+                            self.sink.error_fix(
+                                n.pos,
+                                &ff.path("family"),
+                                format!("unknown family `{other}`"),
+                                "IPv4 or IPv6 (case-sensitive)",
+                            );
                             continue;
                         }
                         None => continue,
@@ -776,7 +918,11 @@ impl Decoder<'_> {
                         name.and_then(|n| match icmp_type_by_name(family, &n) {
                             Some(v) => Some(v),
                             None => {
-                                self.sink.error(t.pos, &ff.path("type"), format!("unknown ICMP type name `{n}` for {family:?}"));
+                                self.sink.error(
+                                    t.pos,
+                                    &ff.path("type"),
+                                    format!("unknown ICMP type name `{n}` for {family:?}"),
+                                );
                                 None
                             }
                         })
@@ -793,9 +939,15 @@ impl Decoder<'_> {
     fn l7_rules(&mut self, node: &Node, path: &FieldPath) -> Option<L7Rules> {
         let errors = self.sink.error_count();
         let f = self.map(node, path, &["http", "kafka", "dns", "l7proto", "l7"], Unknown::Error)?;
-        let present: Vec<&str> = ["http", "kafka", "dns", "l7proto"].into_iter().filter(|k| f.value(k).is_some()).collect();
+        let present: Vec<&str> =
+            ["http", "kafka", "dns", "l7proto"].into_iter().filter(|k| f.value(k).is_some()).collect();
         if present.len() > 1 {
-            self.sink.error_fix(node.pos, path, format!("several L7 protocols ({}) in one rule", present.join(", ")), "one L7 protocol per port rule");
+            self.sink.error_fix(
+                node.pos,
+                path,
+                format!("several L7 protocols ({}) in one rule", present.join(", ")),
+                "one L7 protocol per port rule",
+            );
             return None;
         }
         let rules = if let Some(n) = f.value("http") {
@@ -880,7 +1032,12 @@ impl Decoder<'_> {
                         Some("DELETE") => Some(MismatchAction::Delete),
                         Some("REPLACE") => Some(MismatchAction::Replace),
                         Some(other) => {
-                            self.sink.error_fix(n.pos, &m.path("mismatch"), format!("unknown mismatch action `{other}`"), "LOG, ADD, DELETE or REPLACE");
+                            self.sink.error_fix(
+                                n.pos,
+                                &m.path("mismatch"),
+                                format!("unknown mismatch action `{other}`"),
+                                "LOG, ADD, DELETE or REPLACE",
+                            );
                             None
                         }
                         None => None,
@@ -906,7 +1063,12 @@ impl Decoder<'_> {
                 "produce" => Some(KafkaRole::Produce),
                 "consume" => Some(KafkaRole::Consume),
                 _ => {
-                    self.sink.error_fix(n.pos, &f.path("role"), format!("unknown Kafka role `{s}`"), "`produce` or `consume`");
+                    self.sink.error_fix(
+                        n.pos,
+                        &f.path("role"),
+                        format!("unknown Kafka role `{s}`"),
+                        "`produce` or `consume`",
+                    );
                     return None;
                 }
             };
@@ -916,12 +1078,21 @@ impl Decoder<'_> {
             match l7::kafka::api_key_from_name(&s) {
                 Some(k) => r.api_key = Some(k),
                 None => {
-                    self.sink.error(n.pos, &f.path("apiKey"), format!("unknown Kafka apiKey `{s}` (e.g. produce, fetch, metadata, apiversions)"));
+                    self.sink.error(
+                        n.pos,
+                        &f.path("apiKey"),
+                        format!("unknown Kafka apiKey `{s}` (e.g. produce, fetch, metadata, apiversions)"),
+                    );
                     return None;
                 }
             }
             if r.role.is_some() {
-                self.sink.error_fix(n.pos, &f.path("apiKey"), "role and apiKey cannot both be set", "keep one: role is a shorthand for a set of apiKeys");
+                self.sink.error_fix(
+                    n.pos,
+                    &f.path("apiKey"),
+                    "role and apiKey cannot both be set",
+                    "keep one: role is a shorthand for a set of apiKeys",
+                );
                 return None;
             }
         }
@@ -930,7 +1101,11 @@ impl Decoder<'_> {
             match s.parse::<i16>() {
                 Ok(v) if v >= 0 => r.api_version = Some(v),
                 _ => {
-                    self.sink.error(n.pos, &f.path("apiVersion"), format!("apiVersion `{s}` is not a non-negative number"));
+                    self.sink.error(
+                        n.pos,
+                        &f.path("apiVersion"),
+                        format!("apiVersion `{s}` is not a non-negative number"),
+                    );
                     return None;
                 }
             }
@@ -969,8 +1144,15 @@ fn render_service(node: &Node) -> String {
         let name = s.get("serviceName").and_then(Node::as_str).unwrap_or("");
         return format!("service {ns}/{name}");
     }
-    let labels: BTreeMap<String, String> = match node.get("k8sServiceSelector").and_then(|s| s.get("selector")).and_then(|s| s.get("matchLabels")).map(|m| &m.value) {
-        Some(Value::Map(entries)) => entries.iter().map(|(k, v)| (k.text.clone(), v.as_str().unwrap_or("").to_string())).collect(),
+    let labels: BTreeMap<String, String> = match node
+        .get("k8sServiceSelector")
+        .and_then(|s| s.get("selector"))
+        .and_then(|s| s.get("matchLabels"))
+        .map(|m| &m.value)
+    {
+        Some(Value::Map(entries)) => {
+            entries.iter().map(|(k, v)| (k.text.clone(), v.as_str().unwrap_or("").to_string())).collect()
+        }
         _ => BTreeMap::new(),
     };
     let sel: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use super::{Decoder, Fields, Unknown};
 use crate::api::{
-    NamedPort, Namespace, NetworkPolicyPeer, NetworkPolicyRule, NetworkPolicySpec, Object, Origin, Pod,
-    Policy, PolicyBody, PolicyKind, PortProtocol, PortSpec, Protocol,
+    NamedPort, Namespace, NetworkPolicyPeer, NetworkPolicyRule, NetworkPolicySpec, Object, Origin, Pod, Policy,
+    PolicyBody, PolicyKind, PortProtocol, PortSpec, Protocol,
 };
 use crate::diag::{FieldPath, closest};
 use crate::yaml::{Node, Value};
@@ -62,14 +62,23 @@ impl Decoder<'_> {
     /// Decodes one object of a document or a List's `items`.
     pub(crate) fn object(&mut self, node: &Node, path: &FieldPath) -> Option<Object> {
         let Value::Map(_) = &node.value else {
-            self.sink.error(node.pos, path, format!("expected a Kubernetes object (a mapping), found {}", node.type_name()));
+            self.sink.error(
+                node.pos,
+                path,
+                format!("expected a Kubernetes object (a mapping), found {}", node.type_name()),
+            );
             return None;
         };
         let errors_before = self.sink.error_count();
         let kind_node = node.get("kind");
         let kind = match kind_node {
             None => {
-                self.sink.error_fix(node.pos, &path.field("kind"), "missing field `kind`", "add e.g. `kind: CiliumNetworkPolicy`");
+                self.sink.error_fix(
+                    node.pos,
+                    &path.field("kind"),
+                    "missing field `kind`",
+                    "add e.g. `kind: CiliumNetworkPolicy`",
+                );
                 return None;
             }
             Some(k) => self.string(k, &path.field("kind"))?,
@@ -95,7 +104,9 @@ impl Decoder<'_> {
         };
         self.api_version(node, path, kind, want_api);
         let known: &[&str] = match kind {
-            "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" => &["apiVersion", "kind", "metadata", "spec", "specs", "status"],
+            "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" => {
+                &["apiVersion", "kind", "metadata", "spec", "specs", "status"]
+            }
             "NetworkPolicy" => &["apiVersion", "kind", "metadata", "spec", "status"],
             _ => &[],
         };
@@ -107,9 +118,19 @@ impl Decoder<'_> {
             "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" => {
                 let clusterwide = kind == "CiliumClusterwideNetworkPolicy";
                 let rules = self.cilium_specs(&fields, clusterwide)?;
-                let pkind = if clusterwide { PolicyKind::CiliumClusterwideNetworkPolicy } else { PolicyKind::CiliumNetworkPolicy };
+                let pkind = if clusterwide {
+                    PolicyKind::CiliumClusterwideNetworkPolicy
+                } else {
+                    PolicyKind::CiliumNetworkPolicy
+                };
                 let namespace = self.policy_namespace(&fields, &meta, clusterwide);
-                Object::Policy(Policy { kind: pkind, name: meta.name?, namespace, origin, body: PolicyBody::Cilium(rules) })
+                Object::Policy(Policy {
+                    kind: pkind,
+                    name: meta.name?,
+                    namespace,
+                    origin,
+                    body: PolicyBody::Cilium(rules),
+                })
             }
             "NetworkPolicy" => {
                 let spec = self.network_policy_spec(&fields)?;
@@ -141,7 +162,9 @@ impl Decoder<'_> {
         let Some(v) = node.get("apiVersion") else {
             let msg = match &node.value {
                 Value::Map(entries) => match entries.iter().find(|(k, _)| k.text.eq_ignore_ascii_case("apiVersion")) {
-                    Some((k, _)) => format!("missing field `apiVersion` (found `{}`: field names are case-sensitive)", k.text),
+                    Some((k, _)) => {
+                        format!("missing field `apiVersion` (found `{}`: field names are case-sensitive)", k.text)
+                    }
                     None => "missing field `apiVersion`".to_string(),
                 },
                 _ => "missing field `apiVersion`".to_string(),
@@ -156,7 +179,12 @@ impl Decoder<'_> {
             } else {
                 format!("{kind} is served as `{want}`, not `{text}`")
             };
-            self.sink.error_fix(v.pos, &p, format!("wrong apiVersion for {kind}: {why}"), format!("apiVersion: {want}"));
+            self.sink.error_fix(
+                v.pos,
+                &p,
+                format!("wrong apiVersion for {kind}: {why}"),
+                format!("apiVersion: {want}"),
+            );
         }
     }
 
@@ -173,7 +201,8 @@ impl Decoder<'_> {
             return meta;
         };
         let strict = matches!(kind, "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" | "NetworkPolicy");
-        let Some(m) = self.map(node, &path, METADATA_FIELDS, if strict { Unknown::Warn } else { Unknown::Ignore }) else {
+        let Some(m) = self.map(node, &path, METADATA_FIELDS, if strict { Unknown::Warn } else { Unknown::Ignore })
+        else {
             return meta;
         };
         match m.value("name") {
@@ -186,15 +215,17 @@ impl Decoder<'_> {
                     }
                 }
             }
-            None => self.sink.error_fix(node.pos, &m.path("name"), "missing field `metadata.name`", "add `name: my-policy`"),
+            None => {
+                self.sink.error_fix(node.pos, &m.path("name"), "missing field `metadata.name`", "add `name: my-policy`")
+            }
         }
-        if let Some(n) = m.value("namespace") {
-            if let Some(ns) = self.string(n, &m.path("namespace")) {
-                if is_dns1123_subdomain(&ns) && !ns.contains('.') {
-                    meta.namespace = Some(ns);
-                } else {
-                    self.sink.error(n.pos, &m.path("namespace"), format!("`{ns}` is not a valid namespace name"));
-                }
+        if let Some(n) = m.value("namespace")
+            && let Some(ns) = self.string(n, &m.path("namespace"))
+        {
+            if is_dns1123_subdomain(&ns) && !ns.contains('.') {
+                meta.namespace = Some(ns);
+            } else {
+                self.sink.error(n.pos, &m.path("namespace"), format!("`{ns}` is not a valid namespace name"));
             }
         }
         if let Some(l) = m.value("labels") {
@@ -246,7 +277,12 @@ impl Decoder<'_> {
         let pod_selector = match s.get("podSelector") {
             Some(n) => self.label_selector(n, &s.path("podSelector")),
             None => {
-                self.sink.error_fix(node.pos, &s.path("podSelector"), "missing field `podSelector`", "use `podSelector: {}` to select every pod of the namespace");
+                self.sink.error_fix(
+                    node.pos,
+                    &s.path("podSelector"),
+                    "missing field `podSelector`",
+                    "use `podSelector: {}` to select every pod of the namespace",
+                );
                 None
             }
         };
@@ -348,10 +384,17 @@ impl Decoder<'_> {
                 self.sink.error(block.pos, &b.path("cidr"), "missing field `cidr`");
                 return None;
             };
-            return self.cidr_rule(cidr_node, &b.path("cidr"), b.value("except"), &b.path("except")).map(NetworkPolicyPeer::IpBlock);
+            return self
+                .cidr_rule(cidr_node, &b.path("cidr"), b.value("except"), &b.path("except"))
+                .map(NetworkPolicyPeer::IpBlock);
         }
         if pod.is_none() && ns.is_none() {
-            self.sink.error_fix(node.pos, path, "a peer must set podSelector, namespaceSelector or ipBlock", "use `podSelector: {}` for every pod of the namespace");
+            self.sink.error_fix(
+                node.pos,
+                path,
+                "a peer must set podSelector, namespaceSelector or ipBlock",
+                "use `podSelector: {}` for every pod of the namespace",
+            );
             return None;
         }
         let pod_selector = match pod {
@@ -421,7 +464,13 @@ impl Decoder<'_> {
         Some(PortProtocol { port, end_port, protocol })
     }
 
-    fn pod(&mut self, f: &Fields<'_>, name: String, namespace: String, labels: BTreeMap<String, String>) -> Option<Pod> {
+    fn pod(
+        &mut self,
+        f: &Fields<'_>,
+        name: String,
+        namespace: String,
+        labels: BTreeMap<String, String>,
+    ) -> Option<Pod> {
         let mut pod = Pod {
             namespace,
             name,

@@ -88,7 +88,7 @@ impl Decoder<'_> {
         let root = FieldPath::root();
         match &doc.value {
             Value::Seq(items) => {
-                if items.iter().all(|i| cilium::looks_like_rule(i)) && !items.is_empty() {
+                if items.iter().all(cilium::looks_like_rule) && !items.is_empty() {
                     if let Some(p) = self.cilium_rule_list(doc, items) {
                         out.push(Object::Policy(p));
                     }
@@ -107,7 +107,11 @@ impl Decoder<'_> {
                     out.push(obj);
                 }
             }
-            _ => self.sink.error(doc.pos, &root, format!("expected a Kubernetes object (a mapping), found {}", doc.type_name())),
+            _ => self.sink.error(
+                doc.pos,
+                &root,
+                format!("expected a Kubernetes object (a mapping), found {}", doc.type_name()),
+            ),
         }
     }
 

@@ -9,7 +9,9 @@ fn decode(src: &str) -> (Vec<Object>, Vec<String>) {
 
 #[test]
 fn minimal_cnp() {
-    let (objs, diags) = decode("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n");
+    let (objs, diags) = decode(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n",
+    );
     assert!(diags.is_empty(), "{diags:?}");
     assert_eq!(objs.len(), 1);
 }
