@@ -769,6 +769,8 @@ pub fn peer_matches(sel: &PeerSel, ident: &Identity) -> bool {
             IdentityKind::Reserved(Reserved::WorldIpv4) => rule.cidr.is_empty() && rule.cidr.is_ipv4(),
             IdentityKind::Reserved(Reserved::WorldIpv6) => rule.cidr.is_empty() && !rule.cidr.is_ipv4(),
             IdentityKind::Reserved(Reserved::World) => rule.cidr.is_empty(),
+            // A /0 rule is the world selector, which also covers names.
+            IdentityKind::Fqdn(_) => rule.cidr.is_empty() && rule.except.is_empty(),
             _ => false,
         },
         PeerSel::Fqdn(f) => match &ident.kind {

@@ -173,7 +173,7 @@ pub fn is_identity_label(key: &str) -> bool {
     if key.starts_with("app.kubernetes.io") {
         return true;
     }
-    !EXCLUDED_PREFIXES.iter().any(|p| key.starts_with(p))
+    !EXCLUDED_PREFIXES.iter().any(|p| key.starts_with(p)) && !key.contains("beta.kubernetes.io")
 }
 
 /// The identity labels of a pod: its filtered labels, its namespace, the
@@ -181,7 +181,9 @@ pub fn is_identity_label(key: &str) -> bool {
 pub fn pod_identity_labels(pod: &Pod, ns: Option<&Namespace>) -> LabelSet {
     let mut l = LabelSet::new();
     for (k, v) in &pod.labels {
-        if is_identity_label(k) {
+        // A pod cannot claim Cilium's own labels (namespace labels, service
+        // account, cluster): those come from the cluster state below.
+        if is_identity_label(k) && !k.starts_with("io.cilium.k8s") {
             l.insert(Source::K8s, k, v);
         }
     }

@@ -348,10 +348,10 @@ fn peers_of(pr: &PeerRule, ns: Option<&str>, subject_is_init: bool) -> Vec<PeerS
         peers.push(PeerSel::Fqdn(f.clone()));
     }
     for s in pr.nodes.iter().flatten() {
-        // No Node objects are known: an empty node selector means every node
-        // (the local host and remote nodes); one with labels matches none.
+        // Cilium adds `reserved:remote-node` to node selectors. No Node
+        // objects (and so no node labels) are known here: an empty node
+        // selector means every remote node; one with labels matches none.
         if *s == LabelSelector::default() {
-            peers.push(PeerSel::Labels(Selector::reserved("host")));
             peers.push(PeerSel::Labels(Selector::reserved("remote-node")));
         }
     }

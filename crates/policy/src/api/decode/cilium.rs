@@ -230,6 +230,15 @@ impl Decoder<'_> {
         let ingress_deny = self.peer_rules(&f, "ingressDeny", false, true, host);
         let egress = self.peer_rules(&f, "egress", true, false, host);
         let egress_deny = self.peer_rules(&f, "egressDeny", true, true, host);
+        let sections = [&ingress, &ingress_deny, &egress, &egress_deny];
+        if self.sink.error_count() == errors && sections.iter().all(|s| s.as_ref().is_none_or(Vec::is_empty)) {
+            self.sink.error_fix(
+                node.pos,
+                path,
+                "a rule must have at least one of ingress, ingressDeny, egress or egressDeny (Cilium 1.17 rejects empty rules)",
+                "to deny all ingress write `ingress: [{}]`; to select without restricting, remove the rule",
+            );
+        }
         let (mut default_deny_ingress, mut default_deny_egress) = (None, None);
         if let Some(dd) = f.value("enableDefaultDeny")
             && let Some(d) = self.map(dd, &f.path("enableDefaultDeny"), &["ingress", "egress"], Unknown::Error)
@@ -564,6 +573,31 @@ impl Decoder<'_> {
         }
         if host && rule.fqdns.is_some() {
             self.sink.error(node.pos, &f.path("toFQDNs"), "toFQDNs is not supported in host policies (nodeSelector)");
+        }
+        if host && rule.to_ports.iter().any(|p| p.rules.is_some()) {
+            self.sink.error_fix(
+                node.pos,
+                &f.path("toPorts"),
+                "host policies (nodeSelector) do not support L7 rules",
+                "remove `rules`, or select pods with endpointSelector",
+            );
+        }
+        let raw_dns = f.value("toPorts").and_then(|tp| match &tp.value {
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, it)| it.get("rules").and_then(|r| r.get("dns")).map(|d| (i, d.pos))),
+            _ => None,
+        });
+        if let (Some(_), Some((i, pos))) = (&rule.fqdns, raw_dns) {
+            self.sink.warning(
+                pos,
+                &f.path("toPorts").index(i).field("rules").field("dns"),
+                "a DNS rule on a toFQDNs rule never sees lookups: the DNS proxy inspects traffic to the DNS server",
+                Some(
+                    "put `rules: {dns: [...]}` on the port-53 rule that selects the DNS server (e.g. kube-dns)".into(),
+                ),
+            );
         }
         (self.sink.error_count() == errors).then_some(rule)
     }

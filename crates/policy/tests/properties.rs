@@ -1,0 +1,363 @@
+//! Property tests of the policy algebra over random clusters and policies:
+//! order independence, incremental = full, deny wins, adding an allow never
+//! removes reachability, unselected pods are reachable.
+
+use bulkhead_policy::api::Object;
+use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
+use bulkhead_policy::diag::Sink;
+use bulkhead_policy::engine::{Change, Engine};
+use bulkhead_policy::reach::{ProbePort, Reach, ReachMatrix, reach};
+use bulkhead_policy::repository::{PolicyId, Proto};
+use bulkhead_policy::resolve::Peer as MapPeer;
+use proptest::prelude::*;
+
+const NS: [&str; 3] = ["a", "b", "c"];
+const APPS: [&str; 3] = ["x", "y", "z"];
+const PORTS: [u16; 3] = [80, 443, 8080];
+
+#[derive(Debug, Clone)]
+struct PodSpec {
+    ns: usize,
+    app: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Peer {
+    App(usize, Option<usize>),
+    AllInNs,
+    Entity(&'static str),
+    Cidr,
+    Anyone,
+}
+
+#[derive(Debug, Clone)]
+struct Elem {
+    peer: Peer,
+    port: Option<usize>,
+    deny: bool,
+}
+
+#[derive(Debug, Clone)]
+struct PolicySpec {
+    /// 0 CNP, 1 CCNP, 2 NetworkPolicy.
+    kind: u8,
+    ns: usize,
+    subject: Option<usize>,
+    ingress: Vec<Elem>,
+    egress: Vec<Elem>,
+    /// enableDefaultDeny: false for both directions (CNP/CCNP only).
+    no_default_deny: bool,
+}
+
+impl PolicySpec {
+    fn selects(&self, pod: &PodSpec) -> bool {
+        let ns_ok = self.kind == 1 || self.ns == pod.ns;
+        ns_ok && self.subject.is_none_or(|a| a == pod.app)
+    }
+}
+
+fn pod_yaml(i: usize, p: &PodSpec) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: {}, labels: {{app: {}}}}}\nstatus: {{podIP: 198.18.0.{}}}\n",
+        NS[p.ns],
+        APPS[p.app],
+        i + 1
+    )
+}
+
+fn cilium_peer(p: &Peer, dir_from: bool) -> String {
+    let pre = if dir_from { "from" } else { "to" };
+    match p {
+        Peer::App(a, None) => format!("{pre}Endpoints: [{{matchLabels: {{app: {}}}}}]", APPS[*a]),
+        Peer::App(a, Some(n)) => {
+            format!(
+                "{pre}Endpoints: [{{matchLabels: {{app: {}, k8s:io.kubernetes.pod.namespace: {}}}}}]",
+                APPS[*a], NS[*n]
+            )
+        }
+        Peer::AllInNs => format!("{pre}Endpoints: [{{}}]"),
+        Peer::Entity(e) => format!("{pre}Entities: [{e}]"),
+        Peer::Cidr => format!("{pre}CIDR: [198.18.0.0/30]"),
+        Peer::Anyone => String::new(),
+    }
+}
+
+fn np_peer(p: &Peer) -> String {
+    match p {
+        Peer::App(a, None) => format!("[{{podSelector: {{matchLabels: {{app: {}}}}}}}]", APPS[*a]),
+        Peer::App(a, Some(n)) => format!(
+            "[{{podSelector: {{matchLabels: {{app: {}}}}}, namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {}}}}}}}]",
+            APPS[*a], NS[*n]
+        ),
+        Peer::AllInNs => "[{podSelector: {}}]".into(),
+        Peer::Cidr => "[{ipBlock: {cidr: 198.18.0.0/30}}]".into(),
+        Peer::Entity(_) | Peer::Anyone => "[]".into(),
+    }
+}
+
+fn policy_yaml(i: usize, p: &PolicySpec) -> String {
+    let subject = match p.subject {
+        Some(a) => format!("{{matchLabels: {{app: {}}}}}", APPS[a]),
+        None => "{}".into(),
+    };
+    if p.kind == 2 {
+        let rules = |elems: &[Elem], key: &str| {
+            let mut s = String::new();
+            for e in elems {
+                let ports = e.port.map(|x| format!("\n    ports: [{{port: {}}}]", PORTS[x])).unwrap_or_default();
+                s.push_str(&format!("  - {key}: {}{ports}\n", np_peer(&e.peer)));
+            }
+            s
+        };
+        let mut types = vec!["Ingress"];
+        if !p.egress.is_empty() {
+            types.push("Egress");
+        }
+        let ing = rules(&p.ingress, "from");
+        let eg = rules(&p.egress, "to");
+        return format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np{i}, namespace: {}}}\nspec:\n  podSelector: {subject}\n  policyTypes: [{}]\n{}{}",
+            NS[p.ns],
+            types.join(", "),
+            if ing.is_empty() { "  ingress: []\n".to_string() } else { format!("  ingress:\n{ing}") },
+            if eg.is_empty() { String::new() } else { format!("  egress:\n{eg}") },
+        );
+    }
+    let section = |elems: &[Elem], deny: bool, from: bool| {
+        let mut s = String::new();
+        for e in elems.iter().filter(|e| e.deny == deny) {
+            let peer = cilium_peer(&e.peer, from);
+            let ports = e.port.map(|x| format!("toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]", PORTS[x]));
+            let body = match (peer.is_empty(), ports) {
+                (true, None) => "toPorts: [{ports: [{port: \"0\", protocol: ANY}]}]".to_string(),
+                (true, Some(p)) => p,
+                (false, None) => peer,
+                (false, Some(p)) => format!("{peer}, {p}"),
+            };
+            s.push_str(&format!("  - {{{body}}}\n"));
+        }
+        s
+    };
+    let mut spec = format!("  endpointSelector: {subject}\n");
+    for (name, elems, deny, from) in [
+        ("ingress", &p.ingress, false, true),
+        ("ingressDeny", &p.ingress, true, true),
+        ("egress", &p.egress, false, false),
+        ("egressDeny", &p.egress, true, false),
+    ] {
+        let s = section(elems, deny, from);
+        if !s.is_empty() {
+            spec.push_str(&format!("  {name}:\n{s}"));
+        }
+    }
+    if p.no_default_deny {
+        spec.push_str("  enableDefaultDeny: {ingress: false, egress: false}\n");
+    }
+    let (kind, meta) = if p.kind == 1 {
+        ("CiliumClusterwideNetworkPolicy", format!("{{name: ccnp{i}}}"))
+    } else {
+        ("CiliumNetworkPolicy", format!("{{name: cnp{i}, namespace: {}}}", NS[p.ns]))
+    };
+    format!("---\napiVersion: cilium.io/v2\nkind: {kind}\nmetadata: {meta}\nspec:\n{spec}")
+}
+
+fn arb_peer() -> impl Strategy<Value = Peer> {
+    prop_oneof![
+        (0..3usize, prop::option::of(0..3usize)).prop_map(|(a, n)| Peer::App(a, n)),
+        Just(Peer::AllInNs),
+        prop::sample::select(vec!["all", "world", "cluster", "host"]).prop_map(Peer::Entity),
+        Just(Peer::Cidr),
+        Just(Peer::Anyone),
+    ]
+}
+
+fn arb_elem(kind: u8) -> impl Strategy<Value = Elem> {
+    (arb_peer(), prop::option::of(0..3usize), any::<bool>()).prop_map(move |(peer, port, deny)| {
+        let deny = deny && kind != 2;
+        // NetworkPolicy has no entities; Anyone is its empty peer list.
+        let peer = if kind == 2 && matches!(peer, Peer::Entity(_)) { Peer::Anyone } else { peer };
+        Elem { peer, port, deny }
+    })
+}
+
+fn arb_policy() -> impl Strategy<Value = PolicySpec> {
+    (0..3u8).prop_flat_map(|kind| {
+        (
+            Just(kind),
+            0..3usize,
+            prop::option::of(0..3usize),
+            prop::collection::vec(arb_elem(kind), 0..3),
+            prop::collection::vec(arb_elem(kind), 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(kind, ns, subject, mut ingress, egress, ndd)| {
+                if ingress.is_empty() && egress.is_empty() {
+                    ingress.push(Elem { peer: Peer::AllInNs, port: None, deny: false });
+                }
+                PolicySpec { kind, ns, subject, ingress, egress, no_default_deny: ndd && kind != 2 }
+            })
+    })
+}
+
+fn arb_pods() -> impl Strategy<Value = Vec<PodSpec>> {
+    prop::collection::vec((0..3usize, 0..3usize).prop_map(|(ns, app)| PodSpec { ns, app }), 2..7)
+}
+
+fn decode(src: &str) -> Vec<Object> {
+    let mut sink = Sink::new("prop.yaml");
+    let objs = decode_str(src, &DecodeOptions::default(), &mut sink);
+    assert_eq!(sink.error_count(), 0, "{src}\n{:#?}", sink.diagnostics);
+    objs
+}
+
+fn cluster(pods: &[PodSpec]) -> Vec<Object> {
+    let mut s: String =
+        NS.iter().map(|n| format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}}}\n")).collect();
+    for (i, p) in pods.iter().enumerate() {
+        s.push_str(&pod_yaml(i, p));
+    }
+    decode(&s)
+}
+
+fn policies(ps: &[PolicySpec], offset: usize) -> Vec<Object> {
+    ps.iter().enumerate().flat_map(|(i, p)| decode(&policy_yaml(i + offset, p))).collect()
+}
+
+fn matrix(objects: Vec<Object>) -> ReachMatrix {
+    let e = Engine::from_objects(objects);
+    let ports: Vec<ProbePort> = PORTS.iter().map(|p| ProbePort { proto: Proto::Tcp, port: *p }).collect();
+    reach(&e, &ports)
+}
+
+fn cells(m: &ReachMatrix) -> impl Iterator<Item = (&String, &String, &String, Reach)> {
+    m.verdicts.iter().flat_map(|(f, row)| row.iter().flat_map(move |(t, c)| c.iter().map(move |(p, v)| (f, t, p, *v))))
+}
+
+/// An endpoint's policy with identities replaced by their labels, so that
+/// engines that allocated numbers in different orders compare equal.
+fn normalised(e: &Engine, key: &str) -> Vec<String> {
+    let Some(p) = e.endpoint_policy(key) else { return vec!["none".into()] };
+    let mut out = Vec::new();
+    for (dir, d) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+        out.push(format!("{dir} enforced={} default_deny={}", d.enforced, d.default_deny));
+        for (k, v) in &d.entries {
+            let peer = match k.peer {
+                MapPeer::Identity(id) => {
+                    e.identity(id).map(|i| i.labels.to_string()).unwrap_or_else(|| format!("?{id}"))
+                }
+                other => other.to_string(),
+            };
+            let refs: Vec<String> = v.refs.iter().map(ToString::to_string).collect();
+            out.push(format!("{dir} {peer} {} {}-{} {:?} {}", k.proto, k.lo, k.hi, v.verdict, refs.join(";")));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A deterministic shuffle (xorshift from the seed).
+fn shuffle(objs: &mut [Object], seed: u64) {
+    let mut s = seed | 1;
+    for i in (1..objs.len()).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        objs.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn result_is_independent_of_order(pods in arb_pods(), ps in prop::collection::vec(arb_policy(), 1..5), seed in any::<u64>()) {
+        let mut objs = cluster(&pods);
+        objs.extend(policies(&ps, 0));
+        let base = matrix(objs.clone());
+        shuffle(&mut objs, seed);
+        prop_assert_eq!(base, matrix(objs));
+    }
+
+    #[test]
+    fn incremental_equals_full(pods in arb_pods(), ps in prop::collection::vec(arb_policy(), 1..5), seed in any::<u64>(), drop in 0..3usize) {
+        let mut objs = policies(&ps, 0);
+        objs.extend(cluster(&pods));
+        shuffle(&mut objs, seed);
+        let mut inc = Engine::default();
+        // Apply everything in random order, then delete `drop` objects again.
+        let removed: Vec<Object> = objs.iter().filter(|o| !matches!(o, Object::Namespace(_))).take(drop).cloned().collect();
+        for o in objs.clone() {
+            inc.apply(match o {
+                Object::Pod(p) => Change::UpsertPod(p),
+                Object::Policy(p) => Change::UpsertPolicy(p),
+                Object::Namespace(n) => Change::UpsertNamespace(n),
+            });
+        }
+        for o in &removed {
+            inc.apply(match o {
+                Object::Pod(p) => Change::DeletePod(p.key()),
+                Object::Policy(p) => Change::DeletePolicy(PolicyId::of(p)),
+                Object::Namespace(n) => Change::DeleteNamespace(n.name.clone()),
+            });
+        }
+        let kept: Vec<Object> = objs.into_iter().filter(|o| !removed.contains(o)).collect();
+        let full = Engine::from_objects(kept);
+        prop_assert_eq!(full.pod_keys(), inc.pod_keys());
+        for k in full.pod_keys() {
+            prop_assert_eq!(normalised(&full, &k), normalised(&inc, &k), "endpoint {}", k);
+        }
+    }
+
+    #[test]
+    fn deny_always_wins(pods in arb_pods(), ps in prop::collection::vec(arb_policy(), 0..4), ns in 0..3usize, app in 0..3usize) {
+        let mut objs = cluster(&pods);
+        objs.extend(policies(&ps, 0));
+        let deny = PolicySpec { kind: 0, ns, subject: Some(app), ingress: vec![Elem { peer: Peer::Entity("all"), port: None, deny: true }], egress: vec![], no_default_deny: false };
+        objs.extend(policies(&[deny], 100));
+        let m = matrix(objs);
+        for (from, to, port, v) in cells(&m) {
+            let target = pods.iter().enumerate().any(|(i, p)| format!("{}/p{i}", NS[p.ns]) == *to && p.ns == ns && p.app == app);
+            if target && from != to {
+                prop_assert_eq!(v, Reach::Denied, "{} -> {} {}", from, to, port);
+            }
+        }
+    }
+
+    #[test]
+    fn adding_an_allow_never_removes_reachability(pods in arb_pods(), ps in prop::collection::vec(arb_policy(), 0..4), extra in arb_policy()) {
+        let mut objs = cluster(&pods);
+        objs.extend(policies(&ps, 0));
+        let before = matrix(objs.clone());
+        // An allow-only policy that does not turn on default deny.
+        let mut extra = extra;
+        extra.kind = if extra.kind == 2 { 0 } else { extra.kind };
+        extra.no_default_deny = true;
+        for e in extra.ingress.iter_mut().chain(extra.egress.iter_mut()) { e.deny = false; }
+        objs.extend(policies(&[extra], 100));
+        let after = matrix(objs);
+        for (from, to, port, v) in cells(&before) {
+            if v != Reach::Denied {
+                prop_assert_ne!(after.verdicts[from][to][port], Reach::Denied, "{} -> {} {}", from, to, port);
+            }
+        }
+    }
+
+    #[test]
+    fn unselected_pods_are_reachable(pods in arb_pods(), ps in prop::collection::vec(arb_policy(), 0..4)) {
+        let mut objs = cluster(&pods);
+        objs.extend(policies(&ps, 0));
+        let m = matrix(objs);
+        for (i, src) in pods.iter().enumerate() {
+            for (j, dst) in pods.iter().enumerate() {
+                let egress_sel = ps.iter().any(|p| !p.egress.is_empty() && p.selects(src));
+                let ingress_sel = ps.iter().any(|p| (!p.ingress.is_empty() || p.kind == 2) && p.selects(dst));
+                if !egress_sel && !ingress_sel {
+                    let (f, t) = (format!("{}/p{i}", NS[src.ns]), format!("{}/p{j}", NS[dst.ns]));
+                    for port in &m.ports {
+                        prop_assert_eq!(m.verdicts[&f][&t][port], Reach::Allowed, "{} -> {} {}", f, t, port);
+                    }
+                }
+            }
+        }
+    }
+}
