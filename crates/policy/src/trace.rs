@@ -367,6 +367,7 @@ fn peer_mismatch(peers: &[PeerSel], peer: &crate::identity::Identity) -> String 
     let mut parts = Vec::new();
     for p in peers.iter().take(3) {
         let s = match p {
+            PeerSel::Endpoints(_) if peer.is_world() => "the peer is outside the cluster, and endpoint selectors match only pods".to_string(),
             PeerSel::Endpoints(sel) | PeerSel::Labels(sel) => match sel.first_failure(&peer.labels) {
                 Some(req) => {
                     let have = peer.labels.get(&req.key).map(|(s, v)| format!("{}:{}={v}", s.as_str(), req.key));
@@ -377,7 +378,11 @@ fn peer_mismatch(peers: &[PeerSel], peer: &crate::identity::Identity) -> String 
                 }
                 None => format!("{p}"),
             },
-            PeerSel::Cidr { .. } | PeerSel::Fqdn(_) => format!("{p} does not cover the peer"),
+            PeerSel::Fqdn(_) => match &peer.kind {
+                crate::identity::IdentityKind::Fqdn(name) => format!("`{name}` does not match {p}"),
+                _ => format!("{p} matches only addresses learned from DNS"),
+            },
+            PeerSel::Cidr { .. } => format!("{p} does not cover the peer"),
             PeerSel::All => "all".into(),
         };
         parts.push(s);
