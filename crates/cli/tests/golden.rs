@@ -11,7 +11,8 @@ fn root() -> PathBuf {
 
 /// Runs `bulkhead ARGS` from the workspace root; returns (exit code, stdout, stderr).
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead")).args(args).current_dir(root()).output().expect("bulkhead runs");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_bulkhead")).args(args).current_dir(root()).output().expect("bulkhead runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).expect("utf-8 stdout"),
@@ -25,7 +26,8 @@ fn golden(name: &str, actual: &str) {
         std::fs::write(&path, actual).expect("write golden");
         return;
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing {}: run with UPDATE_GOLDEN=1", path.display()));
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing {}: run with UPDATE_GOLDEN=1", path.display()));
     assert_eq!(actual, want, "output differs from {}", path.display());
 }
 
@@ -68,7 +70,18 @@ fn reach_json_has_the_design_shape() {
 fn trace_allowed_by_l7_rule() {
     let (code, out, err) = run_owned(seed(
         &["policy", "trace"],
-        &["--from", "production/frontend", "--to", "production/backend", "--port", "8080/TCP", "--http-method", "GET", "--http-path", "/api/v1/products/7"],
+        &[
+            "--from",
+            "production/frontend",
+            "--to",
+            "production/backend",
+            "--port",
+            "8080/TCP",
+            "--http-method",
+            "GET",
+            "--http-path",
+            "/api/v1/products/7",
+        ],
     ));
     assert_eq!(code, 0, "{err}");
     golden("trace-frontend-backend.txt", &out);
@@ -78,7 +91,20 @@ fn trace_allowed_by_l7_rule() {
 fn trace_l7_refusal() {
     let (code, out, err) = run_owned(seed(
         &["policy", "trace"],
-        &["--from", "production/frontend", "--to", "production/backend", "--port", "8080/TCP", "--http-method", "DELETE", "--http-path", "/api/v1/products/7", "-o", "json"],
+        &[
+            "--from",
+            "production/frontend",
+            "--to",
+            "production/backend",
+            "--port",
+            "8080/TCP",
+            "--http-method",
+            "DELETE",
+            "--http-path",
+            "/api/v1/products/7",
+            "-o",
+            "json",
+        ],
     ));
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -101,7 +127,9 @@ fn trace_denied_names_the_closest_rule() {
 
 #[test]
 fn trace_fqdn() {
-    let args = |name: &str| seed(&["policy", "trace"], &["--from", "production/payment-processor", "--to-fqdn", name, "--port", "443/TCP"]);
+    let args = |name: &str| {
+        seed(&["policy", "trace"], &["--from", "production/payment-processor", "--to-fqdn", name, "--port", "443/TCP"])
+    };
     let (code, out, _) = run_owned(args("api.stripe.com"));
     assert_eq!(code, 0);
     assert!(out.starts_with("production/payment-processor → api.stripe.com on 443/TCP: ALLOWED"), "{out}");
@@ -128,10 +156,16 @@ fn validate_json() {
 
 #[test]
 fn errors_are_clear() {
-    let (code, _, err) = run_owned(seed(&["policy", "trace"], &["--from", "production/nope", "--to", "production/backend", "--port", "80/TCP"]));
+    let (code, _, err) = run_owned(seed(
+        &["policy", "trace"],
+        &["--from", "production/nope", "--to", "production/backend", "--port", "80/TCP"],
+    ));
     assert_eq!(code, 2);
     assert!(err.contains("no pod `production/nope`"), "{err}");
-    let (code, _, err) = run_owned(seed(&["policy", "trace"], &["--from", "production/frontend", "--to", "production/backend", "--port", "80/XYZ"]));
+    let (code, _, err) = run_owned(seed(
+        &["policy", "trace"],
+        &["--from", "production/frontend", "--to", "production/backend", "--port", "80/XYZ"],
+    ));
     assert_eq!(code, 2);
     assert!(err.contains("protocol must be"), "{err}");
     let (code, _, err) = run(&["policy", "validate", "does/not/exist.yaml"]);

@@ -367,7 +367,9 @@ fn peer_mismatch(peers: &[PeerSel], peer: &crate::identity::Identity) -> String 
     let mut parts = Vec::new();
     for p in peers.iter().take(3) {
         let s = match p {
-            PeerSel::Endpoints(_) if peer.is_world() => "the peer is outside the cluster, and endpoint selectors match only pods".to_string(),
+            PeerSel::Endpoints(_) if peer.is_world() => {
+                "the peer is outside the cluster, and endpoint selectors match only pods".to_string()
+            }
             PeerSel::Endpoints(sel) | PeerSel::Labels(sel) => match sel.first_failure(&peer.labels) {
                 Some(req) => {
                     let have = peer.labels.get(&req.key).map(|(s, v)| format!("{}:{}={v}", s.as_str(), req.key));

@@ -110,9 +110,22 @@ impl std::fmt::Display for Scale {
     }
 }
 
-const APP_POOL: [&str; 12] =
-    ["frontend", "api", "worker", "db", "cache", "auth", "search", "billing", "reports", "gateway", "queue", "scheduler"];
-const KUBE_SYSTEM_APPS: [&str; 5] = ["kube-dns", "metrics-server", "konnectivity-agent", "ingress-nginx", "cert-manager"];
+const APP_POOL: [&str; 12] = [
+    "frontend",
+    "api",
+    "worker",
+    "db",
+    "cache",
+    "auth",
+    "search",
+    "billing",
+    "reports",
+    "gateway",
+    "queue",
+    "scheduler",
+];
+const KUBE_SYSTEM_APPS: [&str; 5] =
+    ["kube-dns", "metrics-server", "konnectivity-agent", "ingress-nginx", "cert-manager"];
 const APPS_PER_NS: usize = 5;
 const TEAMS: usize = 20;
 
@@ -130,7 +143,9 @@ fn ports(app: &str) -> &'static [(&'static str, u16, &'static str)] {
         "db" => &[("postgres", 5432, "TCP"), ("metrics", 9100, "TCP")],
         "cache" => &[("redis", 6379, "TCP"), ("metrics", 9100, "TCP")],
         "frontend" | "gateway" => &[("http", 8080, "TCP"), ("metrics", 9100, "TCP")],
-        "api" | "auth" | "search" | "billing" => &[("http", 8080, "TCP"), ("grpc", 9090, "TCP"), ("metrics", 9100, "TCP")],
+        "api" | "auth" | "search" | "billing" => {
+            &[("http", 8080, "TCP"), ("grpc", 9090, "TCP"), ("metrics", 9100, "TCP")]
+        }
         "kube-dns" => &[("dns", 53, "UDP"), ("dns-tcp", 53, "TCP"), ("metrics", 9153, "TCP")],
         _ => &[("http", 8080, "TCP")],
     }

@@ -757,7 +757,19 @@ impl Decoder<'_> {
                 rules = Some(L7Rules::Tls(names));
             }
         }
-        if let Some(r) = &rules {
+        // Check where the L7 rules sit even when their contents are invalid,
+        // so that one pass reports both kinds of problem.
+        let placed = rules.clone().or_else(|| {
+            let rn = f.value("rules")?;
+            if rn.get("dns").is_some() {
+                Some(L7Rules::Dns(Vec::new()))
+            } else if rn.get("http").is_some() || rn.get("kafka").is_some() || rn.get("l7proto").is_some() {
+                Some(L7Rules::Http(Vec::new()))
+            } else {
+                None
+            }
+        });
+        if let Some(r) = &placed {
             self.check_l7_placement(r, &ports, &f, egress);
         }
         Some(PortRule { ports, rules })
@@ -808,15 +820,15 @@ impl Decoder<'_> {
 
     fn port_protocol(&mut self, node: &Node, path: &FieldPath) -> Option<PortProtocol> {
         let f = self.map(node, path, &["port", "endPort", "protocol"], Unknown::Error)?;
-        let protocol = match f.value("protocol") {
-            None => Protocol::Any,
+        let protocol = (|| match f.value("protocol") {
+            None => Some(Protocol::Any),
             Some(p) => {
                 let text = self.string(p, &f.path("protocol"))?;
                 match text.as_str() {
-                    "TCP" => Protocol::Tcp,
-                    "UDP" => Protocol::Udp,
-                    "SCTP" => Protocol::Sctp,
-                    "ANY" => Protocol::Any,
+                    "TCP" => Some(Protocol::Tcp),
+                    "UDP" => Some(Protocol::Udp),
+                    "SCTP" => Some(Protocol::Sctp),
+                    "ANY" => Some(Protocol::Any),
                     other => {
                         let up = other.to_ascii_uppercase();
                         if matches!(up.as_str(), "TCP" | "UDP" | "SCTP" | "ANY") {
@@ -840,11 +852,11 @@ impl Decoder<'_> {
                                 format!("unknown protocol `{other}`: expected TCP, UDP, SCTP or ANY"),
                             );
                         }
-                        return None;
+                        None
                     }
                 }
             }
-        };
+        })();
         let port = match f.value("port") {
             None => PortSpec::Number(0),
             Some(p) => {
@@ -901,7 +913,7 @@ impl Decoder<'_> {
                 }
             }
         };
-        Some(PortProtocol { port, end_port, protocol })
+        Some(PortProtocol { port, end_port, protocol: protocol? })
     }
 
     fn icmps(&mut self, node: &Node, path: &FieldPath) -> Option<Vec<IcmpField>> {
