@@ -146,3 +146,33 @@ fn incremental_equals_full() {
     let diffs = inc.apply(Change::DeletePod("a/web".into()));
     assert!(diffs.iter().any(|d| d.endpoint == "a/db" && !d.removed.is_empty()), "{diffs:#?}");
 }
+
+#[test]
+fn l7_still_restricts_when_default_deny_is_off() {
+    let p = format!(
+        "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  enableDefaultDeny: {{ingress: false}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: web}}}}]\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{method: GET}}]}}}}]\n"
+    );
+    let e = engine(&cluster(), &p);
+    assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::L7);
+    assert_eq!(cell(&e, "b/client", "a/db", 80), Reach::Allowed);
+    assert_eq!(cell(&e, "a/web", "a/db", 81), Reach::Allowed);
+}
+
+#[test]
+fn local_host_is_allowed_unless_denied() {
+    let host = Reserved::Host.id();
+    let e = engine(
+        &cluster(),
+        &format!(
+            "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress: [{{}}]\n"
+        ),
+    );
+    assert!(e.endpoint_policy("a/db").expect("endpoint").ingress.lookup(None, host, Proto::Tcp, 22).passes());
+    let e = engine(
+        &cluster(),
+        &format!(
+            "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingressDeny: [{{fromEntities: [host]}}]\n"
+        ),
+    );
+    assert!(!e.endpoint_policy("a/db").expect("endpoint").ingress.lookup(None, host, Proto::Tcp, 22).passes());
+}
