@@ -65,6 +65,23 @@ impl Cidr {
         self.addr.is_ipv4()
     }
 
+    /// The first address of the prefix.
+    pub fn first(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The last address of the prefix.
+    pub fn last(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(v4) => {
+                IpAddr::V4((u32::from(v4) | u32::MAX.checked_shr(u32::from(self.len)).unwrap_or(0)).into())
+            }
+            IpAddr::V6(v6) => {
+                IpAddr::V6((u128::from(v6) | u128::MAX.checked_shr(u32::from(self.len)).unwrap_or(0)).into())
+            }
+        }
+    }
+
     /// Whether `ip` lies in this prefix.
     pub fn contains_ip(&self, ip: IpAddr) -> bool {
         ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.len) == self.addr
@@ -146,6 +163,15 @@ mod tests {
         assert!(Cidr::parse_strict("10.1.2.3/8").expect("valid").1);
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn first_and_last() {
+        assert_eq!(c("198.18.0.0/30").last().to_string(), "198.18.0.3");
+        assert_eq!(c("198.18.0.7/32").last().to_string(), "198.18.0.7");
+        assert_eq!(c("0.0.0.0/0").last().to_string(), "255.255.255.255");
+        assert_eq!(c("fd00:b::/64").last().to_string(), "fd00:b::ffff:ffff:ffff:ffff");
+        assert_eq!(c("fd00:b::/64").first().to_string(), "fd00:b::");
     }
 
     #[test]

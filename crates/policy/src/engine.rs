@@ -75,6 +75,9 @@ pub struct Engine {
     by_labels: HashMap<LabelSet, NumericIdentity>,
     cidr_ids: BTreeMap<Cidr, NumericIdentity>,
     addrs: BTreeMap<IpAddr, String>,
+    /// Every named container port of every pod, with a count (egress
+    /// named ports towards "all peers" resolve against this).
+    named_ports: BTreeMap<NamedPort, usize>,
     policies: BTreeMap<PolicyId, Arc<Policy>>,
     rules: BTreeMap<RuleId, Arc<CompiledRule>>,
     rules_by_ns: HashMap<Option<String>, BTreeSet<RuleId>>,
@@ -105,6 +108,7 @@ impl Engine {
             by_labels: HashMap::new(),
             cidr_ids: BTreeMap::new(),
             addrs: BTreeMap::new(),
+            named_ports: BTreeMap::new(),
             policies: BTreeMap::new(),
             rules: BTreeMap::new(),
             rules_by_ns: HashMap::new(),
@@ -298,6 +302,7 @@ impl Engine {
             self.addrs.insert(*ip, key.clone());
         }
         self.mark_pod_dependents(&pod, dirty);
+        self.count_named_ports(&pod, true);
         self.pods.insert(key.clone(), PodEntry { pod, identity });
         dirty_pods.insert(key);
     }
@@ -318,6 +323,7 @@ impl Engine {
             }
         }
         self.mark_pod_dependents(&entry.pod, dirty);
+        self.count_named_ports(&entry.pod, false);
         if let Some(set) = self.id_pods.get_mut(&entry.identity) {
             set.remove(key);
             if set.is_empty() {
@@ -367,6 +373,7 @@ impl Engine {
                 for ip in &entry.pod.ips {
                     self.addrs.insert(*ip, key.clone());
                 }
+                self.count_named_ports(&entry.pod, true);
                 self.pods.insert(key.clone(), PodEntry { pod: entry.pod, identity });
                 dirty_pods.insert(key);
             }
@@ -616,6 +623,10 @@ impl Engine {
             match p {
                 PeerSel::All => all = true,
                 PeerSel::Endpoints(s) if !requires.is_empty() => {
+                    // Keep the plain selector cached too: it is the one the
+                    // reverse index knows, so new identities it matches mark
+                    // this rule's subjects.
+                    self.select(p);
                     let mut s: Selector = s.clone();
                     for r in requires {
                         s = s.with(r.clone());
@@ -625,7 +636,8 @@ impl Engine {
                 }
                 PeerSel::Cidr { rule, pods: true } => {
                     ids.extend(self.select(p).iter().copied());
-                    for (ip, key) in &self.addrs {
+                    // A prefix is one contiguous run of the address order.
+                    for (ip, key) in self.addrs.range(rule.cidr.first()..=rule.cidr.last()) {
                         if rule.contains_ip(*ip)
                             && let Some(e) = self.pods.get(key)
                         {
@@ -654,11 +666,21 @@ impl Engine {
     }
 
     fn all_named_ports(&self) -> Vec<NamedPort> {
-        let mut out: Vec<NamedPort> =
-            self.pods.values().flat_map(|e| e.pod.ports.iter().filter(|p| !p.name.is_empty()).cloned()).collect();
-        out.sort();
-        out.dedup();
-        out
+        self.named_ports.keys().cloned().collect()
+    }
+
+    fn count_named_ports(&mut self, pod: &Pod, add: bool) {
+        for p in pod.ports.iter().filter(|p| !p.name.is_empty()) {
+            let n = self.named_ports.entry(p.clone()).or_insert(0);
+            if add {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.named_ports.remove(p);
+                }
+            }
+        }
     }
 
     // ---- queries ----

@@ -176,3 +176,20 @@ fn local_host_is_allowed_unless_denied() {
     );
     assert!(!e.endpoint_policy("a/db").expect("endpoint").ingress.lookup(None, host, Proto::Tcp, 22).passes());
 }
+
+#[test]
+fn requires_constrain_endpoint_peers_and_follow_new_pods() {
+    // db allows web and client-from-anywhere, but requires env=prod of every endpoint peer.
+    let p = format!(
+        "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: web}}}}]\n  - fromRequires: [{{matchLabels: {{env: prod}}}}]\n"
+    );
+    let mut e = engine(&cluster(), &p);
+    assert_eq!(cell(&e, "a/web", "a/db", 80), Reach::Denied, "web lacks env=prod");
+    let diffs =
+        e.apply(Change::UpsertPod(match objects(&pod("a", "web2", "app: web, env: prod", "198.18.0.9")).remove(0) {
+            Object::Pod(p) => p,
+            o => panic!("{o:?}"),
+        }));
+    assert!(diffs.iter().any(|d| d.endpoint == "a/db" && !d.upserted.is_empty()), "{diffs:#?}");
+    assert_eq!(cell(&e, "a/web2", "a/db", 80), Reach::Allowed);
+}
