@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export CARGO_TERM_COLOR=never
 
-if ! command -v cc >/dev/null 2>&1 || ! command -v pkg-config >/dev/null 2>&1; then
+if ! command -v cc >/dev/null 2>&1; then
   echo "== installing build tools (apt)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential pkg-config >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential >/dev/null
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found: install Rust 1.95 (rustup) first, see README.md" >&2
