@@ -520,7 +520,7 @@ impl Engine {
     }
 
     /// The rules that select an identity, in rule order.
-    pub fn rules_selecting(&self, id: NumericIdentity) -> Vec<(RuleIdRef, Arc<CompiledRule>)> {
+    pub fn rules_selecting(&self, id: NumericIdentity) -> Vec<Arc<CompiledRule>> {
         let Some(ident) = self.identities.get(&id) else { return Vec::new() };
         let ns = ident.labels.get(crate::labels::NAMESPACE_LABEL).map(|(_, v)| v.to_string());
         let mut cands: BTreeSet<RuleId> = self.rules_by_ns.get(&None).cloned().unwrap_or_default();
@@ -532,9 +532,7 @@ impl Engine {
             .filter_map(|rid| {
                 let rule = self.rules.get(&rid)?;
                 let subject = rule.subject.as_ref()?;
-                subject
-                    .matches(&ident.labels)
-                    .then(|| (RuleIdRef { policy: rid.0.clone(), index: rid.1 }, Arc::clone(rule)))
+                subject.matches(&ident.labels).then(|| Arc::clone(rule))
             })
             .collect()
     }
@@ -543,15 +541,14 @@ impl Engine {
         let selecting = self.rules_selecting(id);
         let mut out = EndpointPolicy::default();
         for d in Direction::BOTH {
-            let present: Vec<&Arc<CompiledRule>> =
-                selecting.iter().map(|(_, r)| r).filter(|r| r.dir(d).present).collect();
+            let present: Vec<&Arc<CompiledRule>> = selecting.iter().filter(|r| r.dir(d).present).collect();
             if present.is_empty() {
                 continue;
             }
             let default_deny = present.iter().any(|r| r.dir(d).default_deny != Some(false));
             let gather = |f: fn(&crate::repository::DirectionRules) -> &Vec<crate::selector::Req>| {
                 let mut v: Vec<crate::selector::Req> =
-                    selecting.iter().flat_map(|(_, r)| f(r.dir(d)).iter().cloned()).collect();
+                    selecting.iter().flat_map(|r| f(r.dir(d)).iter().cloned()).collect();
                 v.sort();
                 v.dedup();
                 v
@@ -560,7 +557,7 @@ impl Engine {
             let deny_requires = gather(|r| &r.deny_requires);
             let mut resolved: Vec<Resolved<'_>> = Vec::new();
             let global_ports = if d == Direction::Egress { self.all_named_ports() } else { Vec::new() };
-            for (_, rule) in &selecting {
+            for rule in &selecting {
                 for c in &rule.dir(d).contributions {
                     let (all, ids, addrs) =
                         self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires });
@@ -730,15 +727,6 @@ impl Engine {
             None => (Reserved::WorldIpv6.id(), None),
         }
     }
-}
-
-/// A rule's identity for display: the policy and the index of the rule in it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RuleIdRef {
-    /// The policy.
-    pub policy: PolicyId,
-    /// The rule's index in the policy.
-    pub index: usize,
 }
 
 fn dir_of(p: &EndpointPolicy, d: Direction) -> &DirectionPolicy {

@@ -322,7 +322,7 @@ fn near_misses(
 ) -> Vec<NearMiss> {
     let Some(peer) = engine.identity(peer_id) else { return Vec::new() };
     let mut out: Vec<(u8, NearMiss)> = Vec::new();
-    for (_, rule) in engine.rules_selecting(subject) {
+    for rule in engine.rules_selecting(subject) {
         for c in &rule.dir(dir).contributions {
             if c.deny {
                 continue;

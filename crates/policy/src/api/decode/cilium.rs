@@ -61,17 +61,6 @@ fn is_label_value(s: &str) -> bool {
     s.is_empty() || is_label_name(s)
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|p| {
-            !p.is_empty()
-                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !p.starts_with('-')
-                && !p.ends_with('-')
-        })
-}
-
 /// Checks a selector key (`[source:][prefix/]name`); returns the problem.
 fn check_label_key(key: &str) -> Result<(), String> {
     let rest = match key.split_once(':') {
@@ -95,7 +84,7 @@ fn check_label_key(key: &str) -> Result<(), String> {
         None => (None, rest),
     };
     if let Some(p) = prefix
-        && !is_dns_subdomain(p)
+        && !super::is_dns_subdomain(p)
     {
         return Err(format!("label key prefix `{p}` must be a DNS subdomain (lowercase, at most 253 characters)"));
     }
@@ -820,43 +809,7 @@ impl Decoder<'_> {
 
     fn port_protocol(&mut self, node: &Node, path: &FieldPath) -> Option<PortProtocol> {
         let f = self.map(node, path, &["port", "endPort", "protocol"], Unknown::Error)?;
-        let protocol = (|| match f.value("protocol") {
-            None => Some(Protocol::Any),
-            Some(p) => {
-                let text = self.string(p, &f.path("protocol"))?;
-                match text.as_str() {
-                    "TCP" => Some(Protocol::Tcp),
-                    "UDP" => Some(Protocol::Udp),
-                    "SCTP" => Some(Protocol::Sctp),
-                    "ANY" => Some(Protocol::Any),
-                    other => {
-                        let up = other.to_ascii_uppercase();
-                        if matches!(up.as_str(), "TCP" | "UDP" | "SCTP" | "ANY") {
-                            self.sink.error_fix(
-                                p.pos,
-                                &f.path("protocol"),
-                                format!("unknown protocol `{other}`: protocols are case-sensitive"),
-                                format!("`{up}`"),
-                            );
-                        } else if matches!(up.as_str(), "VRRP" | "IGMP" | "ICMP" | "ICMPV6") {
-                            let fix = if up.starts_with("ICMP") {
-                                "use an `icmps` rule for ICMP types"
-                            } else {
-                                "allow it with an L3 rule (no toPorts) for now"
-                            };
-                            self.sink.error_fix(p.pos, &f.path("protocol"), format!("protocol `{other}` is not accepted by Cilium 1.17 port rules (TCP, UDP, SCTP or ANY)"), fix);
-                        } else {
-                            self.sink.error(
-                                p.pos,
-                                &f.path("protocol"),
-                                format!("unknown protocol `{other}`: expected TCP, UDP, SCTP or ANY"),
-                            );
-                        }
-                        None
-                    }
-                }
-            }
-        })();
+        let protocol = self.protocol(f.value("protocol"), &f.path("protocol"), super::ProtocolSet::Cilium);
         let port = match f.value("port") {
             None => PortSpec::Number(0),
             Some(p) => {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::{Decoder, Fields, Unknown};
 use crate::api::{
     NamedPort, Namespace, NetworkPolicyPeer, NetworkPolicyRule, NetworkPolicySpec, Object, Origin, Pod, Policy,
-    PolicyBody, PolicyKind, PortProtocol, PortSpec, Protocol,
+    PolicyBody, PolicyKind, PortProtocol, PortSpec,
 };
 use crate::diag::{FieldPath, closest};
 use crate::yaml::{Node, Value};
@@ -38,19 +38,6 @@ const METADATA_FIELDS: &[&str] = &[
     "finalizers",
     "selfLink",
 ];
-
-/// Valid DNS-1123 label (namespace names, pod names are subdomains but this
-/// is what matters for display and lookups).
-fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|part| {
-            !part.is_empty()
-                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        })
-}
 
 pub(crate) struct Meta {
     pub(crate) name: Option<String>,
@@ -208,7 +195,7 @@ impl Decoder<'_> {
         match m.value("name") {
             Some(n) => {
                 if let Some(name) = self.string(n, &m.path("name")) {
-                    if is_dns1123_subdomain(&name) {
+                    if super::is_dns_subdomain(&name) {
                         meta.name = Some(name);
                     } else {
                         self.sink.error(n.pos, &m.path("name"), format!("`{name}` is not a valid object name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"));
@@ -222,7 +209,7 @@ impl Decoder<'_> {
         if let Some(n) = m.value("namespace")
             && let Some(ns) = self.string(n, &m.path("namespace"))
         {
-            if is_dns1123_subdomain(&ns) && !ns.contains('.') {
+            if super::is_dns_subdomain(&ns) && !ns.contains('.') {
                 meta.namespace = Some(ns);
             } else {
                 self.sink.error(n.pos, &m.path("namespace"), format!("`{ns}` is not a valid namespace name"));
@@ -410,24 +397,7 @@ impl Decoder<'_> {
 
     fn np_port(&mut self, node: &Node, path: &FieldPath) -> Option<PortProtocol> {
         let f = self.map(node, path, &["port", "endPort", "protocol"], Unknown::Error)?;
-        let protocol = match f.value("protocol") {
-            None => Protocol::Tcp,
-            Some(p) => match self.string(p, &f.path("protocol"))?.as_str() {
-                "TCP" => Protocol::Tcp,
-                "UDP" => Protocol::Udp,
-                "SCTP" => Protocol::Sctp,
-                other => {
-                    let up = other.to_ascii_uppercase();
-                    let msg = format!("unknown protocol `{other}`: NetworkPolicy takes TCP, UDP or SCTP");
-                    if matches!(up.as_str(), "TCP" | "UDP" | "SCTP") {
-                        self.sink.error_fix(p.pos, &f.path("protocol"), msg, format!("`{up}` (case-sensitive)"));
-                    } else {
-                        self.sink.error(p.pos, &f.path("protocol"), msg);
-                    }
-                    return None;
-                }
-            },
-        };
+        let protocol = self.protocol(f.value("protocol"), &f.path("protocol"), super::ProtocolSet::Kubernetes)?;
         let port = match f.value("port") {
             None => PortSpec::Number(0),
             Some(p) => match &p.value {
@@ -541,16 +511,7 @@ impl Decoder<'_> {
             }
             None => String::new(),
         };
-        let protocol = match f.value("protocol").map(|p| (p, self.string(p, &f.path("protocol")))) {
-            None => Protocol::Tcp,
-            Some((_, Some(p))) if p == "TCP" => Protocol::Tcp,
-            Some((_, Some(p))) if p == "UDP" => Protocol::Udp,
-            Some((_, Some(p))) if p == "SCTP" => Protocol::Sctp,
-            Some((n, _)) => {
-                self.sink.error(n.pos, &f.path("protocol"), "protocol must be TCP, UDP or SCTP");
-                return None;
-            }
-        };
+        let protocol = self.protocol(f.value("protocol"), &f.path("protocol"), super::ProtocolSet::Kubernetes)?;
         Some(NamedPort { name, port, protocol })
     }
 

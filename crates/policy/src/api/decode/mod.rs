@@ -9,7 +9,7 @@ mod cilium;
 mod kube;
 mod scalar;
 
-use crate::api::Object;
+use crate::api::{Object, Protocol};
 use crate::diag::{FieldPath, Sink, closest};
 use crate::yaml::{self, Key, Node, Pos, Value};
 
@@ -249,6 +249,68 @@ impl Decoder<'_> {
         }
         ok.then_some(out)
     }
+}
+
+/// Which protocol names a field accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProtocolSet {
+    /// Kubernetes: TCP, UDP, SCTP; omitted is TCP.
+    Kubernetes,
+    /// Cilium port rules: also ANY; omitted is ANY.
+    Cilium,
+}
+
+impl Decoder<'_> {
+    /// Reads a `protocol` field (case-sensitive, as the API server reads it).
+    pub(crate) fn protocol(&mut self, node: Option<&Node>, path: &FieldPath, set: ProtocolSet) -> Option<Protocol> {
+        let cilium = set == ProtocolSet::Cilium;
+        let Some(node) = node else { return Some(if cilium { Protocol::Any } else { Protocol::Tcp }) };
+        let text = self.string(node, path)?;
+        match text.as_str() {
+            "TCP" => return Some(Protocol::Tcp),
+            "UDP" => return Some(Protocol::Udp),
+            "SCTP" => return Some(Protocol::Sctp),
+            "ANY" if cilium => return Some(Protocol::Any),
+            _ => {}
+        }
+        let up = text.to_ascii_uppercase();
+        let known = if cilium { "TCP, UDP, SCTP or ANY" } else { "TCP, UDP or SCTP" };
+        if matches!(up.as_str(), "TCP" | "UDP" | "SCTP") || (cilium && up == "ANY") {
+            self.sink.error_fix(
+                node.pos,
+                path,
+                format!("unknown protocol `{text}`: protocols are case-sensitive"),
+                format!("`{up}`"),
+            );
+        } else if cilium && matches!(up.as_str(), "VRRP" | "IGMP" | "ICMP" | "ICMPV6") {
+            let fix = if up.starts_with("ICMP") {
+                "use an `icmps` rule for ICMP types"
+            } else {
+                "allow it with an L3 rule (no toPorts) for now"
+            };
+            self.sink.error_fix(
+                node.pos,
+                path,
+                format!("protocol `{text}` is not accepted by Cilium 1.17 port rules ({known})"),
+                fix,
+            );
+        } else {
+            self.sink.error(node.pos, path, format!("unknown protocol `{text}`: expected {known}"));
+        }
+        None
+    }
+}
+
+/// A DNS-1123 subdomain: object names, label-key prefixes.
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|p| {
+            !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !p.starts_with('-')
+                && !p.ends_with('-')
+        })
 }
 
 /// Hints for fields people commonly get wrong, beyond spelling.
