@@ -1,13 +1,15 @@
 //! The policy engine: cluster state, identities, selector cache, and the
 //! resolved policy of every endpoint, kept up to date incrementally.
 //!
-//! Policy is computed per identity (and per set of named ports, which ingress
-//! named-port rules need), as Cilium does. A change marks the identities whose
-//! policy it can affect — those selected by a changed rule, or by a rule
-//! whose peers gained or lost an identity — and only their endpoints are
-//! recomputed; the result is the diff of policy-map entries. Selectors pinned
-//! to one namespace (every namespaced policy's) are evaluated only against
-//! that namespace's identities.
+//! Policy is computed per identity and set of named ports (a "profile"; the
+//! ingress named-port rules need the ports), as Cilium computes a selector
+//! policy per identity, and endpoints share their profile's policy. A change
+//! is first turned into what it invalidates: profiles whose rules changed
+//! are recomputed whole; when only a peer identity appeared, disappeared or
+//! changed its pods, just that peer's entries are recomputed and patched in.
+//! The result is the diff of policy-map entries per endpoint. Selectors
+//! pinned to one namespace (every namespaced policy's) are evaluated only
+//! against that namespace's identities.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -48,7 +50,7 @@ pub struct EndpointDiff {
     /// The direction.
     pub direction: Direction,
     /// Entries added or changed.
-    pub upserted: Vec<(PolicyKey, PolicyEntry)>,
+    pub upserted: Vec<(PolicyKey, Arc<PolicyEntry>)>,
     /// Keys removed.
     pub removed: Vec<PolicyKey>,
     /// The new default-deny flag, when it changed.
@@ -57,10 +59,48 @@ pub struct EndpointDiff {
 
 type RuleId = (PolicyId, usize);
 
+/// Endpoints with the same identity and named ports have the same policy
+/// (Cilium's "selector policy"); it is computed and stored once.
+type ProfileKey = (NumericIdentity, Vec<NamedPort>);
+
 #[derive(Debug, Clone)]
 struct PodEntry {
     pod: Pod,
     identity: NumericIdentity,
+}
+
+impl PodEntry {
+    fn profile(&self) -> ProfileKey {
+        (self.identity, named_ports_of(&self.pod))
+    }
+}
+
+fn named_ports_of(pod: &Pod) -> Vec<NamedPort> {
+    let mut v: Vec<NamedPort> = pod.ports.iter().filter(|p| !p.name.is_empty()).cloned().collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[derive(Debug)]
+struct Profile {
+    policy: Arc<EndpointPolicy>,
+    endpoints: BTreeSet<String>,
+}
+
+/// What a change invalidated, collected before anything is recomputed.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Subjects whose whole policy must be recomputed (their rules changed).
+    full: BTreeSet<NumericIdentity>,
+    /// Subjects in which only the entries of these peer identities change
+    /// (the peer appeared, disappeared, or its addresses or ports changed).
+    levels: BTreeMap<NumericIdentity, BTreeSet<NumericIdentity>>,
+    /// Endpoints added, removed or changed.
+    pods: BTreeSet<String>,
+    /// Pod addresses added or removed, with the identities they had or
+    /// have (so that patching one peer touches only its own addresses).
+    addrs: BTreeMap<IpAddr, BTreeSet<NumericIdentity>>,
 }
 
 /// The engine. See the module documentation.
@@ -81,10 +121,16 @@ pub struct Engine {
     policies: BTreeMap<PolicyId, Arc<Policy>>,
     rules: BTreeMap<RuleId, Arc<CompiledRule>>,
     rules_by_ns: HashMap<Option<String>, BTreeSet<RuleId>>,
+    /// Rules that look at pods beyond their identity: ipBlock peers (pod
+    /// addresses) and egress named ports (peers' container ports).
+    pod_dependent_rules: BTreeSet<RuleId>,
     sel_cache: HashMap<PeerSel, Arc<BTreeSet<NumericIdentity>>>,
     sel_rules: HashMap<PeerSel, BTreeSet<RuleId>>,
-    endpoints: BTreeMap<String, Arc<EndpointPolicy>>,
-    /// While loading in bulk, resolution waits for [`Engine::resolve_all`].
+    profiles: HashMap<ProfileKey, Profile>,
+    endpoint_profile: HashMap<String, ProfileKey>,
+    dirty: Dirty,
+    /// While loading in bulk, nothing is tracked or resolved until
+    /// [`Engine::resolve_all`].
     deferred: bool,
 }
 
@@ -112,9 +158,12 @@ impl Engine {
             policies: BTreeMap::new(),
             rules: BTreeMap::new(),
             rules_by_ns: HashMap::new(),
+            pod_dependent_rules: BTreeSet::new(),
             sel_cache: HashMap::new(),
             sel_rules: HashMap::new(),
-            endpoints: BTreeMap::new(),
+            profiles: HashMap::new(),
+            endpoint_profile: HashMap::new(),
+            dirty: Dirty::default(),
             deferred: false,
         };
         for r in Reserved::ALL {
@@ -143,41 +192,47 @@ impl Engine {
     /// Resolves every endpoint from scratch (and ends bulk loading).
     pub fn resolve_all(&mut self) -> Vec<EndpointDiff> {
         self.deferred = false;
-        let all: BTreeSet<String> = self.pods.keys().cloned().collect();
-        self.recompute(&BTreeSet::new(), all)
+        // Selector results were not maintained while deferred.
+        self.sel_cache.clear();
+        self.dirty = Dirty { pods: self.pods.keys().cloned().collect(), ..Dirty::default() };
+        for p in self.profiles.values_mut() {
+            p.endpoints.clear();
+        }
+        self.profiles.clear();
+        self.endpoint_profile.clear();
+        self.recompute()
     }
 
     /// Applies one change and returns how endpoint policy maps changed.
     pub fn apply(&mut self, change: Change) -> Vec<EndpointDiff> {
-        let mut dirty_ids = BTreeSet::new();
-        let mut dirty_pods = BTreeSet::new();
         match change {
             Change::UpsertNamespace(ns) => {
                 let name = ns.name.clone();
                 self.namespaces.insert(name.clone(), ns);
-                self.relabel_namespace(&name, &mut dirty_ids, &mut dirty_pods);
+                self.relabel_namespace(&name);
             }
             Change::DeleteNamespace(name) => {
                 self.namespaces.remove(&name);
-                self.relabel_namespace(&name, &mut dirty_ids, &mut dirty_pods);
+                self.relabel_namespace(&name);
             }
-            Change::UpsertPod(pod) => self.upsert_pod(pod, &mut dirty_ids, &mut dirty_pods),
-            Change::DeletePod(key) => self.delete_pod(&key, &mut dirty_ids, &mut dirty_pods),
+            Change::UpsertPod(pod) => self.upsert_pod(pod),
+            Change::DeletePod(key) => self.delete_pod(&key),
             Change::UpsertPolicy(p) => {
                 let id = PolicyId::of(&p);
-                self.remove_policy(&id, &mut dirty_ids);
-                self.add_policy(p, &mut dirty_ids);
-                self.sync_cidr_identities(&mut dirty_ids);
+                self.remove_policy(&id);
+                self.add_policy(p);
+                self.sync_cidr_identities();
             }
             Change::DeletePolicy(id) => {
-                self.remove_policy(&id, &mut dirty_ids);
-                self.sync_cidr_identities(&mut dirty_ids);
+                self.remove_policy(&id);
+                self.sync_cidr_identities();
             }
         }
         if self.deferred {
+            self.dirty = Dirty::default();
             return Vec::new();
         }
-        self.recompute(&dirty_ids, dirty_pods)
+        self.recompute()
     }
 
     // ---- identities and the selector cache ----
@@ -204,7 +259,9 @@ impl Engine {
             .filter(|id| self.identities.get(id).is_some_and(|i| peer_matches(sel, i)))
             .collect();
         let set = Arc::new(set);
-        self.sel_cache.insert(sel.clone(), set.clone());
+        if !self.deferred {
+            self.sel_cache.insert(sel.clone(), set.clone());
+        }
         set
     }
 
@@ -221,9 +278,13 @@ impl Engine {
         id
     }
 
-    /// Updates cached selector results for an identity that appeared (or
-    /// disappeared) and marks the subjects of the rules using them.
-    fn identity_changed(&mut self, id: NumericIdentity, added: bool, dirty: &mut BTreeSet<NumericIdentity>) {
+    /// Updates cached selector results for an identity that appeared (or is
+    /// about to disappear); the subjects of the rules using those selectors
+    /// get this peer's entries recomputed.
+    fn identity_changed(&mut self, id: NumericIdentity, added: bool) {
+        if self.deferred {
+            return;
+        }
         let Some(ident) = self.identities.get(&id).cloned() else { return };
         let mut touched: Vec<PeerSel> = Vec::new();
         for (sel, set) in self.sel_cache.iter_mut() {
@@ -237,25 +298,42 @@ impl Engine {
                 touched.push(sel.clone());
             }
         }
+        let mut rules = BTreeSet::new();
         for sel in touched {
-            if let Some(rules) = self.sel_rules.get(&sel).cloned() {
-                for r in rules {
-                    self.mark_rule_subjects(&r, dirty);
-                }
+            if let Some(r) = self.sel_rules.get(&sel) {
+                rules.extend(r.iter().cloned());
             }
         }
-        // The identity's own policy.
-        dirty.insert(id);
+        for r in rules {
+            self.mark_rule_level(&r, id);
+        }
+        if added {
+            // Its own policy, if it selects anything.
+            self.dirty.full.insert(id);
+        }
     }
 
-    fn mark_rule_subjects(&mut self, r: &RuleId, dirty: &mut BTreeSet<NumericIdentity>) {
+    /// The subjects of a rule, whose whole policy must be recomputed.
+    fn mark_rule_full(&mut self, r: &RuleId) {
+        if self.deferred {
+            return;
+        }
         let Some(subject) = self.rules.get(r).and_then(|cr| cr.subject.clone()) else { return };
         let set = self.select(&PeerSel::Endpoints(subject));
-        dirty.extend(set.iter().copied());
+        self.dirty.full.extend(set.iter().copied());
     }
 
-    fn remove_identity(&mut self, id: NumericIdentity, dirty: &mut BTreeSet<NumericIdentity>) {
-        self.identity_changed(id, false, dirty);
+    /// The subjects of a rule, in which only `peer`'s entries change.
+    fn mark_rule_level(&mut self, r: &RuleId, peer: NumericIdentity) {
+        let Some(subject) = self.rules.get(r).and_then(|cr| cr.subject.clone()) else { return };
+        let set = self.select(&PeerSel::Endpoints(subject));
+        for s in set.iter() {
+            self.dirty.levels.entry(*s).or_default().insert(peer);
+        }
+    }
+
+    fn remove_identity(&mut self, id: NumericIdentity) {
+        self.identity_changed(id, false);
         if let Some(ident) = self.identities.remove(&id) {
             self.by_labels.remove(&ident.labels);
             self.outside_ids.remove(&id);
@@ -269,7 +347,7 @@ impl Engine {
     }
 
     /// The identity for pod labels, allocating (and announcing) a new one.
-    fn pod_identity(&mut self, labels: LabelSet, dirty: &mut BTreeSet<NumericIdentity>) -> NumericIdentity {
+    fn pod_identity(&mut self, labels: LabelSet) -> NumericIdentity {
         if let Some(id) = self.by_labels.get(&labels) {
             return *id;
         }
@@ -280,109 +358,141 @@ impl Engine {
             Err(_) => return Reserved::Unmanaged.id(),
         };
         self.insert_identity(Identity { id, labels, kind: IdentityKind::Cluster });
-        self.identity_changed(id, true, dirty);
+        self.identity_changed(id, true);
         id
     }
 
     // ---- pods and namespaces ----
 
-    fn upsert_pod(&mut self, pod: Pod, dirty: &mut BTreeSet<NumericIdentity>, dirty_pods: &mut BTreeSet<String>) {
+    fn upsert_pod(&mut self, pod: Pod) {
         let key = pod.key();
-        let old = self.pods.get(&key).cloned();
-        if let Some(old) = &old
-            && old.pod == pod
-        {
+        if self.pods.get(&key).is_some_and(|old| old.pod == pod) {
             return;
         }
-        self.detach_pod(&key, dirty);
+        self.detach_pod(&key);
         let labels = pod_identity_labels(&pod, self.namespaces.get(&pod.namespace));
-        let identity = self.pod_identity(labels, dirty);
+        let identity = self.pod_identity(labels);
+        self.attach_pod(key, pod, identity);
+    }
+
+    fn attach_pod(&mut self, key: String, pod: Pod, identity: NumericIdentity) {
         self.id_pods.entry(identity).or_default().insert(key.clone());
         for ip in &pod.ips {
             self.addrs.insert(*ip, key.clone());
+            self.dirty.addrs.entry(*ip).or_default().insert(identity);
         }
-        self.mark_pod_dependents(&pod, dirty);
         self.count_named_ports(&pod, true);
-        self.pods.insert(key.clone(), PodEntry { pod, identity });
-        dirty_pods.insert(key);
+        self.pods.insert(key.clone(), PodEntry { pod: pod.clone(), identity });
+        self.mark_pod_dependents(&pod, identity);
+        self.dirty.pods.insert(key);
     }
 
-    fn delete_pod(&mut self, key: &str, dirty: &mut BTreeSet<NumericIdentity>, dirty_pods: &mut BTreeSet<String>) {
-        if self.pods.contains_key(key) {
-            self.detach_pod(key, dirty);
-            dirty_pods.insert(key.to_string());
-        }
+    fn delete_pod(&mut self, key: &str) {
+        self.detach_pod(key);
     }
 
     /// Removes a pod from the indexes (its identity too, if it was the last).
-    fn detach_pod(&mut self, key: &str, dirty: &mut BTreeSet<NumericIdentity>) {
+    fn detach_pod(&mut self, key: &str) {
         let Some(entry) = self.pods.remove(key) else { return };
+        self.dirty.pods.insert(key.to_string());
         for ip in &entry.pod.ips {
             if self.addrs.get(ip).map(String::as_str) == Some(key) {
                 self.addrs.remove(ip);
             }
+            self.dirty.addrs.entry(*ip).or_default().insert(entry.identity);
         }
-        self.mark_pod_dependents(&entry.pod, dirty);
         self.count_named_ports(&entry.pod, false);
         if let Some(set) = self.id_pods.get_mut(&entry.identity) {
             set.remove(key);
-            if set.is_empty() {
-                self.id_pods.remove(&entry.identity);
-                if self.identities.get(&entry.identity).is_some_and(|i| i.kind == IdentityKind::Cluster) {
-                    self.remove_identity(entry.identity, dirty);
+        }
+        self.mark_pod_dependents(&entry.pod, entry.identity);
+        if self.id_pods.get(&entry.identity).is_some_and(BTreeSet::is_empty) {
+            self.id_pods.remove(&entry.identity);
+            if self.identities.get(&entry.identity).is_some_and(|i| i.kind == IdentityKind::Cluster) {
+                self.remove_identity(entry.identity);
+            }
+        }
+    }
+
+    /// Rules that look at a pod beyond its identity: ipBlock rules (whether
+    /// the identity's pods sit inside a block decides between identity and
+    /// address entries) and egress named ports (resolved against the peer's
+    /// pods, or against every pod for rules open to all peers).
+    fn mark_pod_dependents(&mut self, pod: &Pod, identity: NumericIdentity) {
+        if self.deferred {
+            return;
+        }
+        let named = pod.ports.iter().any(|p| !p.name.is_empty());
+        let mut ips: Vec<IpAddr> = pod.ips.clone();
+        for k in self.id_pods.get(&identity).into_iter().flatten() {
+            if let Some(e) = self.pods.get(k) {
+                ips.extend(e.pod.ips.iter().copied());
+            }
+        }
+        let ident = self.identities.get(&identity).cloned();
+        let mut level: Vec<RuleId> = Vec::new();
+        let mut full: Vec<RuleId> = Vec::new();
+        for rid in &self.pod_dependent_rules {
+            let Some(rule) = self.rules.get(rid) else { continue };
+            for c in rule.ingress.contributions.iter().chain(&rule.egress.contributions) {
+                let blocks = c.peers.iter().any(|p| match p {
+                    PeerSel::Cidr { rule: block, pods: true } => ips.iter().any(|ip| block.contains_ip(*ip)),
+                    _ => false,
+                });
+                if blocks {
+                    level.push(rid.clone());
+                }
+            }
+            if named {
+                for c in &rule.egress.contributions {
+                    if !c.ports.iter().any(|p| matches!(p, PortItem::Named { .. })) {
+                        continue;
+                    }
+                    if c.peers.contains(&PeerSel::All) {
+                        full.push(rid.clone());
+                    } else if ident.as_ref().is_some_and(|i| c.peers.iter().any(|p| peer_matches(p, i))) {
+                        level.push(rid.clone());
+                    }
                 }
             }
         }
-    }
-
-    /// Rules that look at a pod beyond its identity: ipBlock rules covering
-    /// its addresses, and egress named ports it defines.
-    fn mark_pod_dependents(&mut self, pod: &Pod, dirty: &mut BTreeSet<NumericIdentity>) {
-        let named = pod.ports.iter().any(|p| !p.name.is_empty());
-        let mut hit: Vec<RuleId> = Vec::new();
-        for (rid, rule) in &self.rules {
-            let c = rule.egress.contributions.iter().chain(&rule.ingress.contributions);
-            let relevant = c.into_iter().any(|c| {
-                c.peers.iter().any(|p| match p {
-                    PeerSel::Cidr { rule: block, pods: true } => pod.ips.iter().any(|ip| block.contains_ip(*ip)),
-                    _ => false,
-                }) || (named && c.ports.iter().any(|p| matches!(p, PortItem::Named { .. })))
-            });
-            if relevant {
-                hit.push(rid.clone());
-            }
+        for r in level {
+            self.mark_rule_level(&r, identity);
         }
-        for r in hit {
-            self.mark_rule_subjects(&r, dirty);
+        for r in full {
+            self.mark_rule_full(&r);
         }
     }
 
-    fn relabel_namespace(
-        &mut self,
-        ns: &str,
-        dirty: &mut BTreeSet<NumericIdentity>,
-        dirty_pods: &mut BTreeSet<String>,
-    ) {
+    fn relabel_namespace(&mut self, ns: &str) {
         let keys: Vec<String> = self.pods.values().filter(|p| p.pod.namespace == ns).map(|p| p.pod.key()).collect();
         for key in keys {
             if let Some(entry) = self.pods.get(&key).cloned() {
-                self.detach_pod(&key, dirty);
+                self.detach_pod(&key);
                 let labels = pod_identity_labels(&entry.pod, self.namespaces.get(ns));
-                let identity = self.pod_identity(labels, dirty);
-                self.id_pods.entry(identity).or_default().insert(key.clone());
-                for ip in &entry.pod.ips {
-                    self.addrs.insert(*ip, key.clone());
+                let identity = self.pod_identity(labels);
+                self.attach_pod(key, entry.pod, identity);
+            }
+        }
+    }
+
+    fn count_named_ports(&mut self, pod: &Pod, add: bool) {
+        for p in pod.ports.iter().filter(|p| !p.name.is_empty()) {
+            let n = self.named_ports.entry(p.clone()).or_insert(0);
+            if add {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.named_ports.remove(p);
                 }
-                self.count_named_ports(&entry.pod, true);
-                self.pods.insert(key.clone(), PodEntry { pod: entry.pod, identity });
-                dirty_pods.insert(key);
             }
         }
     }
 
     // ---- policies ----
 
-    fn add_policy(&mut self, p: Policy, dirty: &mut BTreeSet<NumericIdentity>) {
+    fn add_policy(&mut self, p: Policy) {
         let pid = PolicyId::of(&p);
         for (i, rule) in compile(&p).into_iter().enumerate() {
             let rid = (pid.clone(), i);
@@ -391,20 +501,24 @@ impl Engine {
             for sel in rule_selectors(&rule) {
                 self.sel_rules.entry(sel).or_default().insert(rid.clone());
             }
+            if depends_on_pods(&rule) {
+                self.pod_dependent_rules.insert(rid.clone());
+            }
             self.rules.insert(rid.clone(), Arc::new(rule));
-            self.mark_rule_subjects(&rid, dirty);
+            self.mark_rule_full(&rid);
         }
         self.policies.insert(pid, Arc::new(p));
     }
 
-    fn remove_policy(&mut self, pid: &PolicyId, dirty: &mut BTreeSet<NumericIdentity>) {
+    fn remove_policy(&mut self, pid: &PolicyId) {
         if self.policies.remove(pid).is_none() {
             return;
         }
         let ids: Vec<RuleId> =
             self.rules.range((pid.clone(), 0)..=(pid.clone(), usize::MAX)).map(|(k, _)| k.clone()).collect();
         for rid in ids {
-            self.mark_rule_subjects(&rid, dirty);
+            self.mark_rule_full(&rid);
+            self.pod_dependent_rules.remove(&rid);
             if let Some(rule) = self.rules.remove(&rid) {
                 let ns = rule.subject.as_ref().and_then(|s| s.pinned_namespace().map(str::to_string));
                 if let Some(s) = self.rules_by_ns.get_mut(&ns) {
@@ -424,7 +538,7 @@ impl Engine {
     }
 
     /// Keeps one node-local identity per prefix the policies name.
-    fn sync_cidr_identities(&mut self, dirty: &mut BTreeSet<NumericIdentity>) {
+    fn sync_cidr_identities(&mut self) {
         let mut wanted: BTreeSet<Cidr> = BTreeSet::new();
         for rule in self.rules.values() {
             for c in rule.ingress.contributions.iter().chain(&rule.egress.contributions) {
@@ -441,7 +555,7 @@ impl Engine {
             self.cidr_ids.iter().filter(|(c, _)| !wanted.contains(c)).map(|(c, i)| (*c, *i)).collect();
         for (c, id) in stale {
             self.cidr_ids.remove(&c);
-            self.remove_identity(id, dirty);
+            self.remove_identity(id);
         }
         for c in wanted {
             if self.cidr_ids.contains_key(&c) {
@@ -451,7 +565,7 @@ impl Engine {
             let Ok(id) = self.alloc.allocate_local(&labels) else { continue };
             self.insert_identity(Identity { id, labels, kind: IdentityKind::Cidr(c) });
             self.cidr_ids.insert(c, id);
-            self.identity_changed(id, true, dirty);
+            self.identity_changed(id, true);
         }
     }
 
@@ -467,56 +581,126 @@ impl Engine {
         }
         let Ok(id) = self.alloc.allocate_local(&labels) else { return Reserved::World.id() };
         self.insert_identity(Identity { id, labels, kind: IdentityKind::Fqdn(name) });
-        let mut dirty = BTreeSet::new();
-        self.identity_changed(id, true, &mut dirty);
+        self.identity_changed(id, true);
         if !self.deferred {
-            self.recompute(&dirty, BTreeSet::new());
+            self.recompute();
         }
         id
     }
 
     // ---- resolution ----
 
-    fn recompute(
-        &mut self,
-        dirty_ids: &BTreeSet<NumericIdentity>,
-        mut dirty_pods: BTreeSet<String>,
-    ) -> Vec<EndpointDiff> {
-        for id in dirty_ids {
-            if let Some(keys) = self.id_pods.get(id) {
-                dirty_pods.extend(keys.iter().cloned());
-            }
-        }
-        let mut cache: HashMap<(NumericIdentity, Vec<NamedPort>), Arc<EndpointPolicy>> = HashMap::new();
+    /// Brings profiles and endpoints up to date with `self.dirty`.
+    fn recompute(&mut self) -> Vec<EndpointDiff> {
+        let dirty = std::mem::take(&mut self.dirty);
         let mut diffs = Vec::new();
-        for key in dirty_pods {
-            let new = match self.pods.get(&key).map(|e| (e.identity, e.pod.ports.clone())) {
-                Some((id, ports)) => {
-                    let ck = (id, ports);
-                    match cache.get(&ck) {
-                        Some(p) => Some(p.clone()),
-                        None => {
-                            let p = Arc::new(self.compute(ck.0, &ck.1));
-                            cache.insert(ck, p.clone());
-                            Some(p)
-                        }
+        // 1. Endpoints that appeared, disappeared or changed profile: note
+        //    the policy they had, and move them.
+        let mut moved: BTreeMap<String, Option<Arc<EndpointPolicy>>> = BTreeMap::new();
+        let mut fresh: BTreeSet<ProfileKey> = BTreeSet::new();
+        for key in &dirty.pods {
+            let new = self.pods.get(key).map(PodEntry::profile);
+            let old = self.endpoint_profile.get(key).cloned();
+            if old == new {
+                continue;
+            }
+            let before = old.as_ref().and_then(|k| self.profiles.get(k)).map(|p| p.policy.clone());
+            moved.insert(key.clone(), before);
+            if let Some(ok) = old {
+                self.endpoint_profile.remove(key);
+                if let Some(p) = self.profiles.get_mut(&ok) {
+                    p.endpoints.remove(key);
+                    if p.endpoints.is_empty() {
+                        self.profiles.remove(&ok);
                     }
                 }
-                None => None,
-            };
-            let old = match &new {
-                Some(n) => self.endpoints.insert(key.clone(), n.clone()),
-                None => self.endpoints.remove(&key),
-            };
-            let empty = EndpointPolicy::default();
-            let (o, n) = (old.as_deref().unwrap_or(&empty), new.as_deref().unwrap_or(&empty));
-            for d in Direction::BOTH {
-                if let Some(diff) = diff_direction(&key, d, dir_of(o, d), dir_of(n, d)) {
-                    diffs.push(diff);
+            }
+            if let Some(nk) = new {
+                self.endpoint_profile.insert(key.clone(), nk.clone());
+                match self.profiles.get_mut(&nk) {
+                    Some(p) => {
+                        p.endpoints.insert(key.clone());
+                    }
+                    None => {
+                        fresh.insert(nk.clone());
+                        self.profiles.insert(
+                            nk,
+                            Profile { policy: Arc::new(EndpointPolicy::default()), endpoints: [key.clone()].into() },
+                        );
+                    }
                 }
+            }
+        }
+        // 2. Profiles to recompute whole, and profiles to patch per peer.
+        let keys: Vec<ProfileKey> = self.profiles.keys().cloned().collect();
+        for pk in keys {
+            let full = fresh.contains(&pk) || dirty.full.contains(&pk.0);
+            let peers = dirty.levels.get(&pk.0);
+            if !full && peers.is_none() {
+                continue;
+            }
+            if full {
+                let new = Arc::new(self.compute(pk.0, &pk.1, None));
+                let Some(p) = self.profiles.get_mut(&pk) else { continue };
+                let old = std::mem::replace(&mut p.policy, new.clone());
+                for ep in p.endpoints.iter().filter(|e| !moved.contains_key(*e)) {
+                    for d in Direction::BOTH {
+                        diffs.extend(diff_direction(ep, d, dir_of(&old, d), dir_of(&new, d)));
+                    }
+                }
+                continue;
+            }
+            // Only some peers' entries change: recompute those, patch them in
+            // place, and report just what changed.
+            let mut parts = Vec::new();
+            for peer in peers.into_iter().flatten() {
+                let was: Vec<IpAddr> =
+                    dirty.addrs.iter().filter(|(_, ids)| ids.contains(peer)).map(|(a, _)| *a).collect();
+                let addrs: BTreeSet<IpAddr> = self.peer_addrs(*peer).chain(was).collect();
+                parts.push((*peer, addrs, self.compute(pk.0, &pk.1, Some(*peer))));
+            }
+            let Some(p) = self.profiles.get_mut(&pk) else { continue };
+            let policy = Arc::make_mut(&mut p.policy);
+            for d in Direction::BOTH {
+                let (mut upserted, mut removed) = (Vec::new(), Vec::new());
+                for (peer, addrs, part) in &parts {
+                    let (u, r) = patch_peer(dir_mut(policy, d), dir_of(part, d), *peer, addrs);
+                    upserted.extend(u);
+                    removed.extend(r);
+                }
+                if upserted.is_empty() && removed.is_empty() {
+                    continue;
+                }
+                for ep in p.endpoints.iter().filter(|e| !moved.contains_key(*e)) {
+                    diffs.push(EndpointDiff {
+                        endpoint: ep.clone(),
+                        direction: d,
+                        upserted: upserted.clone(),
+                        removed: removed.clone(),
+                        default_deny: None,
+                    });
+                }
+            }
+        }
+        // 3. Moved endpoints: from what they had to what they have now.
+        let empty = EndpointPolicy::default();
+        for (key, before) in moved {
+            let after = self.endpoint_profile.get(&key).and_then(|k| self.profiles.get(k)).map(|p| p.policy.clone());
+            let (o, n) = (before.as_deref().unwrap_or(&empty), after.as_deref().unwrap_or(&empty));
+            for d in Direction::BOTH {
+                diffs.extend(diff_direction(&key, d, dir_of(o, d), dir_of(n, d)));
             }
         }
         diffs
+    }
+
+    fn peer_addrs(&self, id: NumericIdentity) -> impl Iterator<Item = IpAddr> + '_ {
+        self.id_pods
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+            .flat_map(|e| e.pod.ips.iter().copied())
     }
 
     /// The rules that select an identity, in rule order.
@@ -537,7 +721,15 @@ impl Engine {
             .collect()
     }
 
-    fn compute(&mut self, id: NumericIdentity, own_ports: &[NamedPort]) -> EndpointPolicy {
+    /// The policy of a subject identity with these named ports. With
+    /// `only`, just the entries about that peer identity (and its pods'
+    /// addresses) are meaningful.
+    fn compute(
+        &mut self,
+        id: NumericIdentity,
+        own_ports: &[NamedPort],
+        only: Option<NumericIdentity>,
+    ) -> EndpointPolicy {
         let selecting = self.rules_selecting(id);
         let mut out = EndpointPolicy::default();
         for d in Direction::BOTH {
@@ -559,8 +751,13 @@ impl Engine {
             let global_ports = if d == Direction::Egress { self.all_named_ports() } else { Vec::new() };
             for rule in &selecting {
                 for c in &rule.dir(d).contributions {
-                    let (all, ids, addrs) =
+                    let (all, mut ids, mut addrs) =
                         self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires });
+                    if let Some(x) = only {
+                        let has = ids.iter().any(|s| s.contains(&x));
+                        ids = if has { vec![Arc::new([x].into())] } else { Vec::new() };
+                        addrs.retain(|(_, i)| *i == x);
+                    }
                     let has_named = c.ports.iter().any(|p| matches!(p, PortItem::Named { .. }));
                     let base = Resolved {
                         all,
@@ -573,9 +770,10 @@ impl Engine {
                     };
                     if d == Direction::Egress && has_named && !all {
                         // Egress named ports resolve against each peer's own pods.
-                        for pid in &ids {
-                            let ports = port_ranges(&c.ports, &self.peer_named_ports(*pid));
-                            resolved.push(Resolved { ids: vec![*pid], ports, ..base.clone() });
+                        let peers: BTreeSet<NumericIdentity> = ids.iter().flat_map(|s| s.iter().copied()).collect();
+                        for pid in peers {
+                            let ports = port_ranges(&c.ports, &self.peer_named_ports(pid));
+                            resolved.push(Resolved { ids: vec![Arc::new([pid].into())], ports, ..base.clone() });
                         }
                         if !addrs.is_empty() {
                             resolved.push(Resolved { addrs, ports: port_ranges(&c.ports, &global_ports), ..base });
@@ -586,24 +784,19 @@ impl Engine {
                     resolved.push(Resolved { ids, addrs, ports: port_ranges(&c.ports, named_source), ..base });
                 }
             }
-            let localhost = Arc::new(RuleRef::allow_localhost());
-            if d == Direction::Ingress {
+            if d == Direction::Ingress && only.is_none_or(|x| x == Reserved::Host.id()) {
                 resolved.push(Resolved {
                     all: false,
-                    ids: vec![Reserved::Host.id()],
+                    ids: vec![Arc::new([Reserved::Host.id()].into())],
                     addrs: Vec::new(),
                     ports: vec![(Proto::Any, 0, 65535)],
                     deny: false,
                     l7: None,
-                    rule_ref: localhost,
+                    rule_ref: Arc::new(RuleRef::allow_localhost()),
                 });
             }
             let (entries, errors) = flatten(&resolved);
-            let dp = DirectionPolicy { enforced: true, default_deny, entries, errors };
-            match d {
-                Direction::Ingress => out.ingress = dp,
-                Direction::Egress => out.egress = dp,
-            }
+            *dir_mut(&mut out, d) = DirectionPolicy { enforced: true, default_deny, entries, errors };
         }
         out
     }
@@ -612,9 +805,9 @@ impl Engine {
         &mut self,
         peers: &[PeerSel],
         requires: &[crate::selector::Req],
-    ) -> (bool, Vec<NumericIdentity>, Vec<(IpAddr, NumericIdentity)>) {
+    ) -> (bool, Vec<Arc<BTreeSet<NumericIdentity>>>, Vec<(IpAddr, NumericIdentity)>) {
         let mut all = false;
-        let mut ids = BTreeSet::new();
+        let mut ids = Vec::new();
         let mut addrs = Vec::new();
         for p in peers {
             match p {
@@ -628,24 +821,36 @@ impl Engine {
                     for r in requires {
                         s = s.with(r.clone());
                     }
-                    let sel = PeerSel::Endpoints(s);
-                    ids.extend(self.select(&sel).iter().copied());
+                    ids.push(self.select(&PeerSel::Endpoints(s)));
                 }
                 PeerSel::Cidr { rule, pods: true } => {
-                    ids.extend(self.select(p).iter().copied());
-                    // A prefix is one contiguous run of the address order.
+                    ids.push(self.select(p));
+                    // Pods inside the block: whole identities when all their
+                    // pods are inside, else the addresses one by one.
+                    let mut inside: BTreeMap<NumericIdentity, Vec<IpAddr>> = BTreeMap::new();
                     for (ip, key) in self.addrs.range(rule.cidr.first()..=rule.cidr.last()) {
                         if rule.contains_ip(*ip)
                             && let Some(e) = self.pods.get(key)
                         {
-                            addrs.push((*ip, e.identity));
+                            inside.entry(e.identity).or_default().push(*ip);
                         }
                     }
+                    let mut whole = BTreeSet::new();
+                    for (id, ips) in inside {
+                        if self.peer_addrs(id).count() == ips.len() {
+                            whole.insert(id);
+                        } else {
+                            addrs.extend(ips.into_iter().map(|ip| (ip, id)));
+                        }
+                    }
+                    if !whole.is_empty() {
+                        ids.push(Arc::new(whole));
+                    }
                 }
-                _ => ids.extend(self.select(p).iter().copied()),
+                _ => ids.push(self.select(p)),
             }
         }
-        (all, ids.into_iter().collect(), addrs)
+        (all, ids, addrs)
     }
 
     fn peer_named_ports(&self, id: NumericIdentity) -> Vec<NamedPort> {
@@ -666,25 +871,11 @@ impl Engine {
         self.named_ports.keys().cloned().collect()
     }
 
-    fn count_named_ports(&mut self, pod: &Pod, add: bool) {
-        for p in pod.ports.iter().filter(|p| !p.name.is_empty()) {
-            let n = self.named_ports.entry(p.clone()).or_insert(0);
-            if add {
-                *n += 1;
-            } else {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.named_ports.remove(p);
-                }
-            }
-        }
-    }
-
     // ---- queries ----
 
     /// The resolved policy of an endpoint (`namespace/pod`).
     pub fn endpoint_policy(&self, key: &str) -> Option<&EndpointPolicy> {
-        self.endpoints.get(key).map(|a| a.as_ref())
+        self.endpoint_profile.get(key).and_then(|k| self.profiles.get(k)).map(|p| p.policy.as_ref())
     }
 
     /// A pod and its identity.
@@ -729,6 +920,54 @@ impl Engine {
     }
 }
 
+/// Replaces, in `into`, the entries about `peer` (and the pod addresses in
+/// `addrs`) with those of `from`; returns what changed.
+fn patch_peer(
+    into: &mut DirectionPolicy,
+    from: &DirectionPolicy,
+    peer: NumericIdentity,
+    addrs: &BTreeSet<IpAddr>,
+) -> (Vec<(PolicyKey, Arc<PolicyEntry>)>, Vec<PolicyKey>) {
+    use crate::resolve::Peer;
+    let (mut upserted, mut removed) = (Vec::new(), Vec::new());
+    let levels = std::iter::once(Peer::Identity(peer)).chain(addrs.iter().map(|a| Peer::Address(*a)));
+    for level in levels {
+        // A peer's keys are one contiguous run of the map's order.
+        let lo = PolicyKey { peer: level, proto: Proto::Any, lo: 0, hi: 0 };
+        let hi = PolicyKey { peer: level, proto: Proto::Sctp, lo: u16::MAX, hi: u16::MAX };
+        let old: Vec<PolicyKey> = into.entries.range(lo..=hi).map(|(k, _)| *k).collect();
+        for k in &old {
+            if !from.entries.contains_key(k) {
+                into.entries.remove(k);
+                removed.push(*k);
+            }
+        }
+        for (k, v) in from.entries.range(lo..=hi) {
+            if into.entries.get(k) != Some(v) {
+                into.entries.insert(*k, v.clone());
+                upserted.push((*k, v.clone()));
+            }
+        }
+    }
+    (upserted, removed)
+}
+
+fn dir_mut(p: &mut EndpointPolicy, d: Direction) -> &mut DirectionPolicy {
+    match d {
+        Direction::Ingress => &mut p.ingress,
+        Direction::Egress => &mut p.egress,
+    }
+}
+
+/// Whether a rule's entries depend on pods beyond their identity.
+fn depends_on_pods(rule: &CompiledRule) -> bool {
+    let c = rule.ingress.contributions.iter().chain(&rule.egress.contributions);
+    c.into_iter().any(|c| {
+        c.peers.iter().any(|p| matches!(p, PeerSel::Cidr { pods: true, .. }))
+            || c.ports.iter().any(|p| matches!(p, PortItem::Named { .. }))
+    })
+}
+
 fn dir_of(p: &EndpointPolicy, d: Direction) -> &DirectionPolicy {
     match d {
         Direction::Ingress => &p.ingress,
@@ -737,7 +976,7 @@ fn dir_of(p: &EndpointPolicy, d: Direction) -> &DirectionPolicy {
 }
 
 fn diff_direction(key: &str, d: Direction, old: &DirectionPolicy, new: &DirectionPolicy) -> Option<EndpointDiff> {
-    let upserted: Vec<(PolicyKey, PolicyEntry)> =
+    let upserted: Vec<(PolicyKey, Arc<PolicyEntry>)> =
         new.entries.iter().filter(|(k, v)| old.entries.get(k) != Some(v)).map(|(k, v)| (*k, v.clone())).collect();
     let removed: Vec<PolicyKey> = old.entries.keys().filter(|k| !new.entries.contains_key(k)).copied().collect();
     let default_deny = (old.default_deny != new.default_deny).then_some(new.default_deny);

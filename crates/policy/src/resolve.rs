@@ -10,7 +10,7 @@
 //! that entries below a level repeat the verdicts of the levels above
 //! wherever those would change the answer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -109,7 +109,7 @@ impl Verdict {
 }
 
 /// A policy map value: the verdict and the rules that produced it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct PolicyEntry {
     /// The verdict.
     pub verdict: Verdict,
@@ -124,8 +124,9 @@ pub struct DirectionPolicy {
     pub enforced: bool,
     /// A lookup miss drops (POLICY_DENIED) rather than passes.
     pub default_deny: bool,
-    /// The entries.
-    pub entries: BTreeMap<PolicyKey, PolicyEntry>,
+    /// The entries. Equal values are shared (one allocation for the many
+    /// identities a broad rule covers).
+    pub entries: BTreeMap<PolicyKey, Arc<PolicyEntry>>,
     /// Conflicts found while resolving (ports then fail closed).
     pub errors: Vec<String>,
 }
@@ -193,8 +194,9 @@ pub struct EndpointPolicy {
 pub struct Resolved<'a> {
     /// Every peer.
     pub all: bool,
-    /// These identities.
-    pub ids: Vec<NumericIdentity>,
+    /// These identities (the union of the sets; selector results are shared,
+    /// not copied).
+    pub ids: Vec<Arc<BTreeSet<NumericIdentity>>>,
     /// These pod addresses, with the identity of their pod.
     pub addrs: Vec<(IpAddr, NumericIdentity)>,
     /// Protocol and port ranges; `(Proto::Any, 0, 65535)` for every port.
@@ -271,6 +273,7 @@ fn merge_l7(into: &mut L7Rules, from: &L7Rules) {
 
 struct Flattener<'c, 'a> {
     cs: &'c [Resolved<'a>],
+    interned: HashMap<PolicyEntry, Arc<PolicyEntry>>,
     /// (proto, lo, hi, index of the contribution) of every L7 allow.
     l7_ranges: Vec<(Proto, u16, u16, usize)>,
     errors: BTreeSet<String>,
@@ -340,16 +343,17 @@ impl Flattener<'_, '_> {
 
     /// Entries of one level: `own` are the contributions about this level's
     /// peer, `anc` those of the less specific levels that also apply to it.
-    fn level(&mut self, peer: Peer, own: &[usize], anc: &[usize], out: &mut BTreeMap<PolicyKey, PolicyEntry>) {
+    fn level(&mut self, own: &[usize], anc: &[usize]) -> Vec<LevelEntry> {
+        let mut out = Vec::new();
         if own.is_empty() {
-            return;
+            return out;
         }
         let all: Vec<usize> = own.iter().chain(anc).copied().collect();
         let has_wild = own.iter().any(|&i| self.cs[i].has_wild());
         let wild_cov: Vec<usize> = all.iter().copied().filter(|&i| self.cs[i].has_wild()).collect();
         let wild = if has_wild { self.combine(&wild_cov, Proto::Any, 0, 65535) } else { None };
         if let Some(w) = &wild {
-            out.insert(PolicyKey { peer, proto: Proto::Any, lo: 0, hi: 65535 }, w.clone());
+            out.push((Proto::Any, 0, 65535, self.intern(w.clone())));
         }
         let mut protos: BTreeSet<Proto> = BTreeSet::new();
         for &i in &all {
@@ -393,22 +397,36 @@ impl Flattener<'_, '_> {
                     (Some((_, phi, pe)), Some(e)) if *phi + 1 == lo && *pe == e => *phi = hi,
                     (p, e) => {
                         if let Some((a, b, pe)) = p.take() {
-                            out.insert(PolicyKey { peer, proto, lo: a as u16, hi: b as u16 }, pe);
+                            out.push((proto, a as u16, b as u16, self.intern(pe)));
                         }
                         *p = e.map(|e| (lo, hi, e));
                     }
                 }
             }
             if let Some((a, b, pe)) = pending {
-                out.insert(PolicyKey { peer, proto, lo: a as u16, hi: b as u16 }, pe);
+                out.push((proto, a as u16, b as u16, self.intern(pe)));
             }
         }
+        out
+    }
+
+    /// One shared allocation per distinct entry value.
+    fn intern(&mut self, e: PolicyEntry) -> Arc<PolicyEntry> {
+        self.interned.entry(e).or_insert_with_key(|e| Arc::new(e.clone())).clone()
     }
 }
 
+/// An entry of a level, before the level's peer is attached.
+type LevelEntry = (Proto, u16, u16, Arc<PolicyEntry>);
+
 /// Builds the entries of one direction from its resolved contributions.
 /// Returns the entries and any conflicts (conflicting ports are denied).
-pub fn flatten(cs: &[Resolved<'_>]) -> (BTreeMap<PolicyKey, PolicyEntry>, Vec<String>) {
+///
+/// Identities covered by the same set of contributions get the same entries
+/// (only the peer differs), so each such class is computed once: a rule
+/// selecting thousands of identities costs one level computation and one map
+/// insert per identity.
+pub fn flatten(cs: &[Resolved<'_>]) -> (BTreeMap<PolicyKey, Arc<PolicyEntry>>, Vec<String>) {
     let mut l7_ranges = Vec::new();
     for (i, c) in cs.iter().enumerate() {
         if !c.deny && c.effective_l7().is_some() {
@@ -419,34 +437,60 @@ pub fn flatten(cs: &[Resolved<'_>]) -> (BTreeMap<PolicyKey, PolicyEntry>, Vec<St
             }
         }
     }
-    let mut f = Flattener { cs, l7_ranges, errors: BTreeSet::new() };
+    let mut f = Flattener { cs, interned: HashMap::new(), l7_ranges, errors: BTreeSet::new() };
     let any: Vec<usize> = (0..cs.len()).filter(|&i| cs[i].all).collect();
-    let mut by_id: BTreeMap<NumericIdentity, Vec<usize>> = BTreeMap::new();
+    let mut pairs: Vec<(NumericIdentity, usize)> = Vec::new();
     let mut by_addr: BTreeMap<IpAddr, (NumericIdentity, Vec<usize>)> = BTreeMap::new();
     for (i, c) in cs.iter().enumerate() {
         if c.all {
             continue;
         }
-        for id in &c.ids {
-            by_id.entry(*id).or_default().push(i);
+        for set in &c.ids {
+            pairs.extend(set.iter().map(|id| (*id, i)));
         }
         for (addr, id) in &c.addrs {
             by_addr.entry(*addr).or_insert_with(|| (*id, Vec::new())).1.push(i);
         }
     }
+    pairs.sort_unstable();
+    pairs.dedup();
+    let parents: BTreeSet<NumericIdentity> = by_addr.values().map(|(id, _)| *id).collect();
     let mut out = BTreeMap::new();
-    f.level(Peer::Any, &any, &[], &mut out);
-    for (id, own) in &by_id {
-        let mut own = own.clone();
-        own.dedup();
-        f.level(Peer::Identity(*id), &own, &any, &mut out);
+    for (proto, lo, hi, e) in f.level(&any, &[]) {
+        out.insert(PolicyKey { peer: Peer::Any, proto, lo, hi }, e);
+    }
+    let mut classes: HashMap<Vec<usize>, Vec<LevelEntry>> = HashMap::new();
+    let mut parent_own: HashMap<NumericIdentity, Vec<usize>> = HashMap::new();
+    let mut own: Vec<usize> = Vec::new();
+    let mut start = 0;
+    while start < pairs.len() {
+        let id = pairs[start].0;
+        let mut end = start;
+        own.clear();
+        while end < pairs.len() && pairs[end].0 == id {
+            own.push(pairs[end].1);
+            end += 1;
+        }
+        if !classes.contains_key(own.as_slice()) {
+            let entries = f.level(&own, &any);
+            classes.insert(own.clone(), entries);
+        }
+        for (proto, lo, hi, e) in &classes[own.as_slice()] {
+            out.insert(PolicyKey { peer: Peer::Identity(id), proto: *proto, lo: *lo, hi: *hi }, e.clone());
+        }
+        if parents.contains(&id) {
+            parent_own.insert(id, own.clone());
+        }
+        start = end;
     }
     for (addr, (id, own)) in &by_addr {
-        let mut anc: Vec<usize> = by_id.get(id).cloned().unwrap_or_default();
+        let mut anc: Vec<usize> = parent_own.get(id).cloned().unwrap_or_default();
         anc.extend(&any);
         let mut own = own.clone();
         own.dedup();
-        f.level(Peer::Address(*addr), &own, &anc, &mut out);
+        for (proto, lo, hi, e) in f.level(&own, &anc) {
+            out.insert(PolicyKey { peer: Peer::Address(*addr), proto, lo, hi }, e);
+        }
     }
     (out, f.errors.into_iter().collect())
 }

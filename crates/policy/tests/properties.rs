@@ -5,10 +5,14 @@
 use bulkhead_policy::api::Object;
 use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
 use bulkhead_policy::diag::Sink;
-use bulkhead_policy::engine::{Change, Engine};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bulkhead_policy::api::Direction;
+use bulkhead_policy::engine::{Change, EndpointDiff, Engine};
 use bulkhead_policy::reach::{ProbePort, Reach, ReachMatrix, reach};
 use bulkhead_policy::repository::{PolicyId, Proto};
-use bulkhead_policy::resolve::Peer as MapPeer;
+use bulkhead_policy::resolve::{Peer as MapPeer, PolicyEntry, PolicyKey};
 use proptest::prelude::*;
 
 const NS: [&str; 3] = ["a", "b", "c"];
@@ -286,25 +290,49 @@ proptest! {
         let mut inc = Engine::default();
         // Apply everything in random order, then delete `drop` objects again.
         let removed: Vec<Object> = objs.iter().filter(|o| !matches!(o, Object::Namespace(_))).take(drop).cloned().collect();
+        let mut order: Vec<String> = Vec::new();
+        // A stand-in for the kernel's maps, fed only by the diffs.
+        let mut maps: BTreeMap<(String, Direction), BTreeMap<PolicyKey, Arc<PolicyEntry>>> = BTreeMap::new();
+        let mut feed = |diffs: Vec<EndpointDiff>| {
+            for d in diffs {
+                let m = maps.entry((d.endpoint.clone(), d.direction)).or_default();
+                for k in &d.removed {
+                    m.remove(k);
+                }
+                m.extend(d.upserted);
+            }
+        };
         for o in objs.clone() {
-            inc.apply(match o {
+            order.push(match &o {
+                Object::Pod(p) => format!("pod {} {:?}", p.key(), p.ips),
+                Object::Policy(p) => format!("policy {}", p.name),
+                Object::Namespace(n) => format!("ns {}", n.name),
+            });
+            feed(inc.apply(match o {
                 Object::Pod(p) => Change::UpsertPod(p),
                 Object::Policy(p) => Change::UpsertPolicy(p),
                 Object::Namespace(n) => Change::UpsertNamespace(n),
-            });
+            }));
         }
         for o in &removed {
-            inc.apply(match o {
+            feed(inc.apply(match o {
                 Object::Pod(p) => Change::DeletePod(p.key()),
                 Object::Policy(p) => Change::DeletePolicy(PolicyId::of(p)),
                 Object::Namespace(n) => Change::DeleteNamespace(n.name.clone()),
-            });
+            }));
+        }
+        for k in inc.pod_keys() {
+            let pol = inc.endpoint_policy(&k).expect("every pod has a policy");
+            for (d, dp) in [(Direction::Ingress, &pol.ingress), (Direction::Egress, &pol.egress)] {
+                let fed = maps.get(&(k.clone(), d)).cloned().unwrap_or_default();
+                prop_assert_eq!(&fed, &dp.entries, "diff stream for {} {:?}", k, d);
+            }
         }
         let kept: Vec<Object> = objs.into_iter().filter(|o| !removed.contains(o)).collect();
         let full = Engine::from_objects(kept);
         prop_assert_eq!(full.pod_keys(), inc.pod_keys());
         for k in full.pod_keys() {
-            prop_assert_eq!(normalised(&full, &k), normalised(&inc, &k), "endpoint {}", k);
+            prop_assert_eq!(normalised(&full, &k), normalised(&inc, &k), "endpoint {} after {:?}", k, order);
         }
     }
 

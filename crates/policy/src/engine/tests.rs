@@ -193,3 +193,42 @@ fn requires_constrain_endpoint_peers_and_follow_new_pods() {
     assert!(diffs.iter().any(|d| d.endpoint == "a/db" && !d.upserted.is_empty()), "{diffs:#?}");
     assert_eq!(cell(&e, "a/web2", "a/db", 80), Reach::Allowed);
 }
+
+#[test]
+fn ipblock_straddling_identity_after_namespace_relabel() {
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np1, namespace: a}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  ingress: []\n  egress:\n  - to: [{ipBlock: {cidr: 198.18.0.0/30}}]\n";
+    let ns = |n: &str| format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}}}\n");
+    let steps = [
+        pod("b", "p3", "app: y", "198.18.0.4"),
+        np.to_string(),
+        pod("b", "p1", "app: y", "198.18.0.2"),
+        pod("b", "p0", "app: z", "198.18.0.1"),
+        pod("a", "p2", "app: x", "198.18.0.3"),
+        ns("b"),
+    ];
+    let mut inc = Engine::default();
+    let mut all = Vec::new();
+    for s in &steps {
+        for o in objects(s) {
+            all.push(o.clone());
+            inc.apply(match o {
+                Object::Pod(p) => Change::UpsertPod(p),
+                Object::Policy(p) => Change::UpsertPolicy(p),
+                Object::Namespace(n) => Change::UpsertNamespace(n),
+            });
+        }
+    }
+    // b/y straddles the block: its address inside keeps an address entry.
+    let addr: IpAddr = "198.18.0.2".parse().expect("ip");
+    let has = |e: &Engine| {
+        e.endpoint_policy("a/p2")
+            .is_some_and(|p| p.egress.entries.keys().any(|k| k.peer == crate::resolve::Peer::Address(addr)))
+    };
+    assert!(has(&inc));
+    let full = Engine::from_objects(all);
+    assert!(has(&full));
+    assert_eq!(
+        full.endpoint_policy("a/p2").map(|p| p.egress.entries.len()),
+        inc.endpoint_policy("a/p2").map(|p| p.egress.entries.len())
+    );
+}

@@ -29,7 +29,7 @@ fn rr(name: &str) -> Arc<RuleRef> {
 fn c(all: bool, ids: &[u32], ports: &[(Proto, u16, u16)], deny: bool, name: &str) -> Resolved<'static> {
     Resolved {
         all,
-        ids: ids.iter().map(|i| NumericIdentity(*i)).collect(),
+        ids: vec![Arc::new(ids.iter().map(|i| NumericIdentity(*i)).collect())],
         addrs: vec![],
         ports: ports.to_vec(),
         deny,
