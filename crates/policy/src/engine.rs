@@ -114,7 +114,13 @@ pub struct Engine {
     outside_ids: BTreeSet<NumericIdentity>,
     by_labels: HashMap<LabelSet, NumericIdentity>,
     cidr_ids: BTreeMap<Cidr, NumericIdentity>,
-    addrs: BTreeMap<IpAddr, String>,
+    /// Pod addresses: the pod and its identity.
+    addrs: BTreeMap<IpAddr, (String, NumericIdentity)>,
+    /// How many pod addresses each identity has.
+    id_addr_count: HashMap<NumericIdentity, usize>,
+    /// ipBlock peers resolved against pod addresses, memoised for one
+    /// recompute (the result does not depend on the subject).
+    block_cache: HashMap<crate::api::CidrRule, (Arc<BTreeSet<NumericIdentity>>, Vec<(IpAddr, NumericIdentity)>)>,
     /// Every named container port of every pod, with a count (egress
     /// named ports towards "all peers" resolve against this).
     named_ports: BTreeMap<NamedPort, usize>,
@@ -154,6 +160,8 @@ impl Engine {
             by_labels: HashMap::new(),
             cidr_ids: BTreeMap::new(),
             addrs: BTreeMap::new(),
+            id_addr_count: HashMap::new(),
+            block_cache: HashMap::new(),
             named_ports: BTreeMap::new(),
             policies: BTreeMap::new(),
             rules: BTreeMap::new(),
@@ -378,7 +386,8 @@ impl Engine {
     fn attach_pod(&mut self, key: String, pod: Pod, identity: NumericIdentity) {
         self.id_pods.entry(identity).or_default().insert(key.clone());
         for ip in &pod.ips {
-            self.addrs.insert(*ip, key.clone());
+            self.addrs.insert(*ip, (key.clone(), identity));
+            *self.id_addr_count.entry(identity).or_default() += 1;
             self.dirty.addrs.entry(*ip).or_default().insert(identity);
         }
         self.count_named_ports(&pod, true);
@@ -396,8 +405,11 @@ impl Engine {
         let Some(entry) = self.pods.remove(key) else { return };
         self.dirty.pods.insert(key.to_string());
         for ip in &entry.pod.ips {
-            if self.addrs.get(ip).map(String::as_str) == Some(key) {
+            if self.addrs.get(ip).is_some_and(|(k, _)| k == key) {
                 self.addrs.remove(ip);
+                if let Some(n) = self.id_addr_count.get_mut(&entry.identity) {
+                    *n = n.saturating_sub(1);
+                }
             }
             self.dirty.addrs.entry(*ip).or_default().insert(entry.identity);
         }
@@ -593,6 +605,7 @@ impl Engine {
     /// Brings profiles and endpoints up to date with `self.dirty`.
     fn recompute(&mut self) -> Vec<EndpointDiff> {
         let dirty = std::mem::take(&mut self.dirty);
+        self.block_cache.clear();
         let mut diffs = Vec::new();
         // 1. Endpoints that appeared, disappeared or changed profile: note
         //    the policy they had, and move them.
@@ -707,14 +720,12 @@ impl Engine {
     pub fn rules_selecting(&self, id: NumericIdentity) -> Vec<Arc<CompiledRule>> {
         let Some(ident) = self.identities.get(&id) else { return Vec::new() };
         let ns = ident.labels.get(crate::labels::NAMESPACE_LABEL).map(|(_, v)| v.to_string());
-        let mut cands: BTreeSet<RuleId> = self.rules_by_ns.get(&None).cloned().unwrap_or_default();
-        if let Some(ns) = ns {
-            cands.extend(self.rules_by_ns.get(&Some(ns)).cloned().unwrap_or_default());
-        }
-        cands
-            .into_iter()
+        let global = self.rules_by_ns.get(&None).into_iter().flatten();
+        let local = ns.and_then(|ns| self.rules_by_ns.get(&Some(ns))).into_iter().flatten();
+        global
+            .chain(local)
             .filter_map(|rid| {
-                let rule = self.rules.get(&rid)?;
+                let rule = self.rules.get(rid)?;
                 let subject = rule.subject.as_ref()?;
                 subject.matches(&ident.labels).then(|| Arc::clone(rule))
             })
@@ -825,32 +836,45 @@ impl Engine {
                 }
                 PeerSel::Cidr { rule, pods: true } => {
                     ids.push(self.select(p));
-                    // Pods inside the block: whole identities when all their
-                    // pods are inside, else the addresses one by one.
-                    let mut inside: BTreeMap<NumericIdentity, Vec<IpAddr>> = BTreeMap::new();
-                    for (ip, key) in self.addrs.range(rule.cidr.first()..=rule.cidr.last()) {
-                        if rule.contains_ip(*ip)
-                            && let Some(e) = self.pods.get(key)
-                        {
-                            inside.entry(e.identity).or_default().push(*ip);
-                        }
-                    }
-                    let mut whole = BTreeSet::new();
-                    for (id, ips) in inside {
-                        if self.peer_addrs(id).count() == ips.len() {
-                            whole.insert(id);
-                        } else {
-                            addrs.extend(ips.into_iter().map(|ip| (ip, id)));
-                        }
-                    }
+                    let (whole, split) = self.pods_in_block(rule);
                     if !whole.is_empty() {
-                        ids.push(Arc::new(whole));
+                        ids.push(whole);
                     }
+                    addrs.extend(split);
                 }
                 _ => ids.push(self.select(p)),
             }
         }
         (all, ids, addrs)
+    }
+
+    /// Pods inside an ipBlock: whole identities when all their addresses
+    /// are inside, else the addresses one by one.
+    fn pods_in_block(
+        &mut self,
+        rule: &crate::api::CidrRule,
+    ) -> (Arc<BTreeSet<NumericIdentity>>, Vec<(IpAddr, NumericIdentity)>) {
+        if let Some(hit) = self.block_cache.get(rule) {
+            return hit.clone();
+        }
+        let mut inside: BTreeMap<NumericIdentity, Vec<IpAddr>> = BTreeMap::new();
+        for (ip, (_, id)) in self.addrs.range(rule.cidr.first()..=rule.cidr.last()) {
+            if rule.contains_ip(*ip) {
+                inside.entry(*id).or_default().push(*ip);
+            }
+        }
+        let mut whole = BTreeSet::new();
+        let mut split = Vec::new();
+        for (id, ips) in inside {
+            if self.id_addr_count.get(&id).copied().unwrap_or(0) == ips.len() {
+                whole.insert(id);
+            } else {
+                split.extend(ips.into_iter().map(|ip| (ip, id)));
+            }
+        }
+        let out = (Arc::new(whole), split);
+        self.block_cache.insert(rule.clone(), out.clone());
+        out
     }
 
     fn peer_named_ports(&self, id: NumericIdentity) -> Vec<NamedPort> {
@@ -906,10 +930,8 @@ impl Engine {
     /// The identity the datapath gives a peer address: its pod's, else the
     /// longest policy prefix's, else world (per family). Also the pod key.
     pub fn identity_of_ip(&self, ip: IpAddr) -> (NumericIdentity, Option<String>) {
-        if let Some(key) = self.addrs.get(&ip)
-            && let Some(e) = self.pods.get(key)
-        {
-            return (e.identity, Some(key.clone()));
+        if let Some((key, id)) = self.addrs.get(&ip) {
+            return (*id, Some(key.clone()));
         }
         let best = self.cidr_ids.iter().filter(|(c, _)| c.contains_ip(ip)).max_by_key(|(c, _)| c.len());
         match best {
