@@ -59,6 +59,11 @@ pub struct EndpointDiff {
 
 type RuleId = (PolicyId, usize);
 
+/// Entries upserted and keys removed in one direction.
+type Changes = (Vec<(PolicyKey, Arc<PolicyEntry>)>, Vec<PolicyKey>);
+/// A patched policy and what changed, per direction (ingress, egress).
+type PatchResult = (Arc<EndpointPolicy>, Arc<[Changes; 2]>);
+
 /// Endpoints with the same identity and named ports have the same policy
 /// (Cilium's "selector policy"); it is computed and stored once.
 type ProfileKey = (NumericIdentity, Vec<NamedPort>);
@@ -199,6 +204,7 @@ impl Engine {
 
     /// Resolves every endpoint from scratch (and ends bulk loading).
     pub fn resolve_all(&mut self) -> Vec<EndpointDiff> {
+        self.sync_cidr_identities_now();
         self.deferred = false;
         // Selector results were not maintained while deferred.
         self.sel_cache.clear();
@@ -551,6 +557,10 @@ impl Engine {
 
     /// Keeps one node-local identity per prefix the policies name.
     fn sync_cidr_identities(&mut self) {
+        if self.deferred {
+            // Done once by resolve_all.
+            return;
+        }
         let mut wanted: BTreeSet<Cidr> = BTreeSet::new();
         for rule in self.rules.values() {
             for c in rule.ingress.contributions.iter().chain(&rule.egress.contributions) {
@@ -579,6 +589,12 @@ impl Engine {
             self.cidr_ids.insert(c, id);
             self.identity_changed(id, true);
         }
+    }
+
+    fn sync_cidr_identities_now(&mut self) {
+        let deferred = std::mem::replace(&mut self.deferred, false);
+        self.sync_cidr_identities();
+        self.deferred = deferred;
     }
 
     /// The node-local identity for addresses `name` resolves to (for `trace
@@ -645,15 +661,29 @@ impl Engine {
             }
         }
         // 2. Profiles to recompute whole, and profiles to patch per peer.
+        //    A policy is a function of the rules selecting the subject and its
+        //    named ports, so profiles with the same rules share one result
+        //    (and one copy in memory); a patch of a shared policy is done once.
+        let mut full_memo: HashMap<(Vec<usize>, Vec<NamedPort>), Arc<EndpointPolicy>> = HashMap::new();
+        let mut patch_memo: HashMap<(usize, Vec<NumericIdentity>), PatchResult> = HashMap::new();
         let keys: Vec<ProfileKey> = self.profiles.keys().cloned().collect();
         for pk in keys {
             let full = fresh.contains(&pk) || dirty.full.contains(&pk.0);
-            let peers = dirty.levels.get(&pk.0);
-            if !full && peers.is_none() {
+            let peers: Vec<NumericIdentity> = dirty.levels.get(&pk.0).into_iter().flatten().copied().collect();
+            if !full && peers.is_empty() {
                 continue;
             }
             if full {
-                let new = Arc::new(self.compute(pk.0, &pk.1, None));
+                let rules = self.rules_selecting(pk.0);
+                let memo_key = (rules.iter().map(|r| Arc::as_ptr(r) as usize).collect(), pk.1.clone());
+                let new = match full_memo.get(&memo_key) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = Arc::new(self.compute(&rules, &pk.1, None));
+                        full_memo.insert(memo_key, p.clone());
+                        p
+                    }
+                };
                 let Some(p) = self.profiles.get_mut(&pk) else { continue };
                 let old = std::mem::replace(&mut p.policy, new.clone());
                 for ep in p.endpoints.iter().filter(|e| !moved.contains_key(*e)) {
@@ -663,24 +693,46 @@ impl Engine {
                 }
                 continue;
             }
-            // Only some peers' entries change: recompute those, patch them in
-            // place, and report just what changed.
-            let mut parts = Vec::new();
-            for peer in peers.into_iter().flatten() {
-                let was: Vec<IpAddr> =
-                    dirty.addrs.iter().filter(|(_, ids)| ids.contains(peer)).map(|(a, _)| *a).collect();
-                let addrs: BTreeSet<IpAddr> = self.peer_addrs(*peer).chain(was).collect();
-                parts.push((*peer, addrs, self.compute(pk.0, &pk.1, Some(*peer))));
-            }
-            let Some(p) = self.profiles.get_mut(&pk) else { continue };
-            let policy = Arc::make_mut(&mut p.policy);
-            for d in Direction::BOTH {
-                let (mut upserted, mut removed) = (Vec::new(), Vec::new());
-                for (peer, addrs, part) in &parts {
-                    let (u, r) = patch_peer(dir_mut(policy, d), dir_of(part, d), *peer, addrs);
-                    upserted.extend(u);
-                    removed.extend(r);
+            // Only some peers' entries change: recompute those, patch them in,
+            // and report just what changed.
+            let old = self.profiles[&pk].policy.clone();
+            let memo_key = (Arc::as_ptr(&old) as usize, peers.clone());
+            let (new, changes) = match patch_memo.get(&memo_key) {
+                Some(r) => r.clone(),
+                None => {
+                    let rules = self.rules_selecting(pk.0);
+                    let mut parts = Vec::new();
+                    for peer in &peers {
+                        let was: Vec<IpAddr> =
+                            dirty.addrs.iter().filter(|(_, ids)| ids.contains(peer)).map(|(a, _)| *a).collect();
+                        let addrs: BTreeSet<IpAddr> = self.peer_addrs(*peer).chain(was).collect();
+                        parts.push((*peer, addrs, self.compute(&rules, &pk.1, Some(*peer))));
+                    }
+                    // Release this profile's reference so that an unshared
+                    // policy is patched in place rather than copied.
+                    let mut policy = {
+                        let Some(p) = self.profiles.get_mut(&pk) else { continue };
+                        std::mem::take(&mut p.policy)
+                    };
+                    drop(old);
+                    let target = Arc::make_mut(&mut policy);
+                    let mut changes: [Changes; 2] = Default::default();
+                    for (i, d) in Direction::BOTH.into_iter().enumerate() {
+                        for (peer, addrs, part) in &parts {
+                            let (u, r) = patch_peer(dir_mut(target, d), dir_of(part, d), *peer, addrs);
+                            changes[i].0.extend(u);
+                            changes[i].1.extend(r);
+                        }
+                    }
+                    let result = (policy, Arc::new(changes));
+                    patch_memo.insert(memo_key, result.clone());
+                    result
                 }
+            };
+            let Some(p) = self.profiles.get_mut(&pk) else { continue };
+            p.policy = new;
+            for (i, d) in Direction::BOTH.into_iter().enumerate() {
+                let (upserted, removed) = &changes[i];
                 if upserted.is_empty() && removed.is_empty() {
                     continue;
                 }
@@ -732,16 +784,16 @@ impl Engine {
             .collect()
     }
 
-    /// The policy of a subject identity with these named ports. With
+    /// The policy of a subject selected by `selecting`, with these named
+    /// ports. With
     /// `only`, just the entries about that peer identity (and its pods'
     /// addresses) are meaningful.
     fn compute(
         &mut self,
-        id: NumericIdentity,
+        selecting: &[Arc<CompiledRule>],
         own_ports: &[NamedPort],
         only: Option<NumericIdentity>,
     ) -> EndpointPolicy {
-        let selecting = self.rules_selecting(id);
         let mut out = EndpointPolicy::default();
         for d in Direction::BOTH {
             let present: Vec<&Arc<CompiledRule>> = selecting.iter().filter(|r| r.dir(d).present).collect();
@@ -760,7 +812,7 @@ impl Engine {
             let deny_requires = gather(|r| &r.deny_requires);
             let mut resolved: Vec<Resolved<'_>> = Vec::new();
             let global_ports = if d == Direction::Egress { self.all_named_ports() } else { Vec::new() };
-            for rule in &selecting {
+            for rule in selecting {
                 for c in &rule.dir(d).contributions {
                     let (all, mut ids, mut addrs) =
                         self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires });
