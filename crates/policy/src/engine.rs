@@ -666,7 +666,12 @@ impl Engine {
         //    (and one copy in memory); a patch of a shared policy is done once.
         let mut full_memo: HashMap<(Vec<usize>, Vec<NamedPort>), Arc<EndpointPolicy>> = HashMap::new();
         let mut patch_memo: HashMap<(usize, Vec<NumericIdentity>), PatchResult> = HashMap::new();
-        let keys: Vec<ProfileKey> = self.profiles.keys().cloned().collect();
+        let keys: Vec<ProfileKey> = self
+            .profiles
+            .keys()
+            .filter(|k| fresh.contains(*k) || dirty.full.contains(&k.0) || dirty.levels.contains_key(&k.0))
+            .cloned()
+            .collect();
         for pk in keys {
             let full = fresh.contains(&pk) || dirty.full.contains(&pk.0);
             let peers: Vec<NumericIdentity> = dirty.levels.get(&pk.0).into_iter().flatten().copied().collect();
@@ -811,7 +816,11 @@ impl Engine {
             let requires = gather(|r| &r.requires);
             let deny_requires = gather(|r| &r.deny_requires);
             let mut resolved: Vec<Resolved<'_>> = Vec::new();
-            let global_ports = if d == Direction::Egress { self.all_named_ports() } else { Vec::new() };
+            let named_egress = d == Direction::Egress
+                && selecting.iter().any(|r| {
+                    r.egress.contributions.iter().any(|c| c.ports.iter().any(|p| matches!(p, PortItem::Named { .. })))
+                });
+            let global_ports = if named_egress { self.all_named_ports() } else { Vec::new() };
             for rule in selecting {
                 for c in &rule.dir(d).contributions {
                     let (all, mut ids, mut addrs) =
@@ -1051,8 +1060,8 @@ fn dir_of(p: &EndpointPolicy, d: Direction) -> &DirectionPolicy {
 
 fn diff_direction(key: &str, d: Direction, old: &DirectionPolicy, new: &DirectionPolicy) -> Option<EndpointDiff> {
     let upserted: Vec<(PolicyKey, Arc<PolicyEntry>)> =
-        new.entries.iter().filter(|(k, v)| old.entries.get(k) != Some(v)).map(|(k, v)| (*k, v.clone())).collect();
-    let removed: Vec<PolicyKey> = old.entries.keys().filter(|k| !new.entries.contains_key(k)).copied().collect();
+        new.entries.iter().filter(|(k, v)| old.entries.get(*k) != Some(*v)).map(|(k, v)| (*k, v.clone())).collect();
+    let removed: Vec<PolicyKey> = old.entries.keys().filter(|k| !new.entries.contains_key(*k)).copied().collect();
     let default_deny = (old.default_deny != new.default_deny).then_some(new.default_deny);
     (!upserted.is_empty() || !removed.is_empty() || default_deny.is_some()).then(|| EndpointDiff {
         endpoint: key.to_string(),

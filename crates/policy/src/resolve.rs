@@ -125,11 +125,17 @@ pub struct DirectionPolicy {
     /// A lookup miss drops (POLICY_DENIED) rather than passes.
     pub default_deny: bool,
     /// The entries. Equal values are shared (one allocation for the many
-    /// identities a broad rule covers).
-    pub entries: BTreeMap<PolicyKey, Arc<PolicyEntry>>,
+    /// identities a broad rule covers), and the map is persistent: a copy
+    /// shares structure, so patching a policy that several endpoints share
+    /// costs only the changed paths.
+    pub entries: Entries,
     /// Conflicts found while resolving (ports then fail closed).
     pub errors: Vec<String>,
 }
+
+/// A policy map: key → shared entry, ordered (so that one peer's keys are
+/// one contiguous range).
+pub type Entries = imbl::OrdMap<PolicyKey, Arc<PolicyEntry>>;
 
 /// How a lookup was decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,7 +432,7 @@ type LevelEntry = (Proto, u16, u16, Arc<PolicyEntry>);
 /// (only the peer differs), so each such class is computed once: a rule
 /// selecting thousands of identities costs one level computation and one map
 /// insert per identity.
-pub fn flatten(cs: &[Resolved<'_>]) -> (BTreeMap<PolicyKey, Arc<PolicyEntry>>, Vec<String>) {
+pub fn flatten(cs: &[Resolved<'_>]) -> (Entries, Vec<String>) {
     let mut l7_ranges = Vec::new();
     for (i, c) in cs.iter().enumerate() {
         if !c.deny && c.effective_l7().is_some() {
@@ -455,7 +461,7 @@ pub fn flatten(cs: &[Resolved<'_>]) -> (BTreeMap<PolicyKey, Arc<PolicyEntry>>, V
     pairs.sort_unstable();
     pairs.dedup();
     let parents: BTreeSet<NumericIdentity> = by_addr.values().map(|(id, _)| *id).collect();
-    let mut out = BTreeMap::new();
+    let mut out = Entries::new();
     for (proto, lo, hi, e) in f.level(&any, &[]) {
         out.insert(PolicyKey { peer: Peer::Any, proto, lo, hi }, e);
     }

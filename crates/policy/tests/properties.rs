@@ -325,7 +325,8 @@ proptest! {
             let pol = inc.endpoint_policy(&k).expect("every pod has a policy");
             for (d, dp) in [(Direction::Ingress, &pol.ingress), (Direction::Egress, &pol.egress)] {
                 let fed = maps.get(&(k.clone(), d)).cloned().unwrap_or_default();
-                prop_assert_eq!(&fed, &dp.entries, "diff stream for {} {:?}", k, d);
+                let held: BTreeMap<PolicyKey, Arc<PolicyEntry>> = dp.entries.clone().into_iter().collect();
+                prop_assert_eq!(&fed, &held, "diff stream for {} {:?}", k, d);
             }
         }
         let kept: Vec<Object> = objs.into_iter().filter(|o| !removed.contains(o)).collect();
