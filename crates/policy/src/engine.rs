@@ -123,6 +123,9 @@ pub struct Engine {
     addrs: BTreeMap<IpAddr, (String, NumericIdentity)>,
     /// How many pod addresses each identity has.
     id_addr_count: HashMap<NumericIdentity, usize>,
+    /// Selector results by the selector's address in its compiled rule,
+    /// memoised for one recompute.
+    peer_memo: HashMap<usize, Arc<BTreeSet<NumericIdentity>>>,
     /// ipBlock peers resolved against pod addresses, memoised for one
     /// recompute (the result does not depend on the subject).
     block_cache: HashMap<crate::api::CidrRule, (Arc<BTreeSet<NumericIdentity>>, Vec<(IpAddr, NumericIdentity)>)>,
@@ -167,6 +170,7 @@ impl Engine {
             addrs: BTreeMap::new(),
             id_addr_count: HashMap::new(),
             block_cache: HashMap::new(),
+            peer_memo: HashMap::new(),
             named_ports: BTreeMap::new(),
             policies: BTreeMap::new(),
             rules: BTreeMap::new(),
@@ -622,6 +626,7 @@ impl Engine {
     fn recompute(&mut self) -> Vec<EndpointDiff> {
         let dirty = std::mem::take(&mut self.dirty);
         self.block_cache.clear();
+        self.peer_memo.clear();
         let mut diffs = Vec::new();
         // 1. Endpoints that appeared, disappeared or changed profile: note
         //    the policy they had, and move them.
@@ -824,7 +829,7 @@ impl Engine {
             for rule in selecting {
                 for c in &rule.dir(d).contributions {
                     let (all, mut ids, mut addrs) =
-                        self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires });
+                        self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires }, only);
                     if let Some(x) = only {
                         let has = ids.iter().any(|s| s.contains(&x));
                         ids = if has { vec![Arc::new([x].into())] } else { Vec::new() };
@@ -877,6 +882,7 @@ impl Engine {
         &mut self,
         peers: &[PeerSel],
         requires: &[crate::selector::Req],
+        only: Option<NumericIdentity>,
     ) -> (bool, Vec<Arc<BTreeSet<NumericIdentity>>>, Vec<(IpAddr, NumericIdentity)>) {
         let mut all = false;
         let mut ids = Vec::new();
@@ -896,17 +902,48 @@ impl Engine {
                     ids.push(self.select(&PeerSel::Endpoints(s)));
                 }
                 PeerSel::Cidr { rule, pods: true } => {
-                    ids.push(self.select(p));
-                    let (whole, split) = self.pods_in_block(rule);
+                    ids.push(self.select_stable(p));
+                    let (whole, split) = match only {
+                        Some(x) => self.identity_in_block(rule, x),
+                        None => self.pods_in_block(rule),
+                    };
                     if !whole.is_empty() {
                         ids.push(whole);
                     }
                     addrs.extend(split);
                 }
-                _ => ids.push(self.select(p)),
+                _ => ids.push(self.select_stable(p)),
             }
         }
         (all, ids, addrs)
+    }
+
+    /// [`Engine::select`] for a selector that lives in a compiled rule (its
+    /// address is stable for a recompute), memoised by that address: no
+    /// hashing or comparing of label strings on the hot path.
+    fn select_stable(&mut self, sel: &PeerSel) -> Arc<BTreeSet<NumericIdentity>> {
+        let key = sel as *const PeerSel as usize;
+        if let Some(s) = self.peer_memo.get(&key) {
+            return s.clone();
+        }
+        let s = self.select(sel);
+        self.peer_memo.insert(key, s.clone());
+        s
+    }
+
+    /// [`Engine::pods_in_block`] for one identity.
+    fn identity_in_block(
+        &self,
+        rule: &crate::api::CidrRule,
+        id: NumericIdentity,
+    ) -> (Arc<BTreeSet<NumericIdentity>>, Vec<(IpAddr, NumericIdentity)>) {
+        let all: Vec<IpAddr> = self.peer_addrs(id).collect();
+        let inside: Vec<IpAddr> = all.iter().copied().filter(|ip| rule.contains_ip(*ip)).collect();
+        if !inside.is_empty() && inside.len() == all.len() {
+            (Arc::new([id].into()), Vec::new())
+        } else {
+            (Arc::new(BTreeSet::new()), inside.into_iter().map(|ip| (ip, id)).collect())
+        }
     }
 
     /// Pods inside an ipBlock: whole identities when all their addresses
