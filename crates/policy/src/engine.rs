@@ -91,6 +91,31 @@ fn named_ports_of(pod: &Pod) -> Vec<NamedPort> {
 struct Profile {
     policy: Arc<EndpointPolicy>,
     endpoints: BTreeSet<String>,
+    /// The rules the policy was computed from (set by a full computation).
+    rules: Option<RulesKey>,
+}
+
+/// The rules selecting a subject and its named ports: everything its policy
+/// depends on. Rules compare by identity (the `Arc`), which the key keeps
+/// alive, so an address is never mistaken for a later rule's.
+#[derive(Debug, Clone)]
+struct RulesKey(Vec<Arc<CompiledRule>>, Vec<NamedPort>);
+
+impl PartialEq for RulesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.1 == other.1 && self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for RulesKey {}
+
+impl std::hash::Hash for RulesKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        for r in &self.0 {
+            (Arc::as_ptr(r) as usize).hash(h);
+        }
+        self.1.hash(h);
+    }
 }
 
 /// What a change invalidated, collected before anything is recomputed.
@@ -141,6 +166,10 @@ pub struct Engine {
     sel_cache: HashMap<PeerSel, Arc<BTreeSet<NumericIdentity>>>,
     sel_rules: HashMap<PeerSel, BTreeSet<RuleId>>,
     profiles: HashMap<ProfileKey, Profile>,
+    /// A profile for each set of selecting rules and named ports, so that a
+    /// new identity selected by the same rules as an existing one takes that
+    /// policy instead of computing it.
+    by_rules: HashMap<RulesKey, ProfileKey>,
     endpoint_profile: HashMap<String, ProfileKey>,
     dirty: Dirty,
     /// While loading in bulk, nothing is tracked or resolved until
@@ -179,6 +208,7 @@ impl Engine {
             sel_cache: HashMap::new(),
             sel_rules: HashMap::new(),
             profiles: HashMap::new(),
+            by_rules: HashMap::new(),
             endpoint_profile: HashMap::new(),
             dirty: Dirty::default(),
             deferred: false,
@@ -217,6 +247,7 @@ impl Engine {
             p.endpoints.clear();
         }
         self.profiles.clear();
+        self.by_rules.clear();
         self.endpoint_profile.clear();
         self.recompute()
     }
@@ -645,6 +676,11 @@ impl Engine {
                 if let Some(p) = self.profiles.get_mut(&ok) {
                     p.endpoints.remove(key);
                     if p.endpoints.is_empty() {
+                        if let Some(rk) = p.rules.take()
+                            && self.by_rules.get(&rk) == Some(&ok)
+                        {
+                            self.by_rules.remove(&rk);
+                        }
                         self.profiles.remove(&ok);
                     }
                 }
@@ -659,7 +695,11 @@ impl Engine {
                         fresh.insert(nk.clone());
                         self.profiles.insert(
                             nk,
-                            Profile { policy: Arc::new(EndpointPolicy::default()), endpoints: [key.clone()].into() },
+                            Profile {
+                                policy: Arc::new(EndpointPolicy::default()),
+                                endpoints: [key.clone()].into(),
+                                rules: None,
+                            },
                         );
                     }
                 }
@@ -669,33 +709,52 @@ impl Engine {
         //    A policy is a function of the rules selecting the subject and its
         //    named ports, so profiles with the same rules share one result
         //    (and one copy in memory); a patch of a shared policy is done once.
-        let mut full_memo: HashMap<(Vec<usize>, Vec<NamedPort>), Arc<EndpointPolicy>> = HashMap::new();
         let mut patch_memo: HashMap<(usize, Vec<NumericIdentity>), PatchResult> = HashMap::new();
-        let keys: Vec<ProfileKey> = self
+        // New profiles go last, so that they can take the up-to-date policy
+        // of an existing profile with the same rules.
+        let mut keys: Vec<ProfileKey> = self
             .profiles
             .keys()
             .filter(|k| fresh.contains(*k) || dirty.full.contains(&k.0) || dirty.levels.contains_key(&k.0))
             .cloned()
             .collect();
+        keys.sort_by_key(|k| fresh.contains(k));
+        let mut done: std::collections::HashSet<ProfileKey> = std::collections::HashSet::new();
         for pk in keys {
-            let full = fresh.contains(&pk) || dirty.full.contains(&pk.0);
+            done.insert(pk.clone());
+            let is_fresh = fresh.contains(&pk);
+            let full = is_fresh || dirty.full.contains(&pk.0);
             let peers: Vec<NumericIdentity> = dirty.levels.get(&pk.0).into_iter().flatten().copied().collect();
             if !full && peers.is_empty() {
                 continue;
             }
             if full {
-                let rules = self.rules_selecting(pk.0);
-                let memo_key = (rules.iter().map(|r| Arc::as_ptr(r) as usize).collect(), pk.1.clone());
-                let new = match full_memo.get(&memo_key) {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = Arc::new(self.compute(&rules, &pk.1, None));
-                        full_memo.insert(memo_key, p.clone());
-                        p
-                    }
+                let rk = RulesKey(self.rules_selecting(pk.0), pk.1.clone());
+                // A profile with the same rules whose policy is current: done
+                // in this pass, or untouched by it.
+                let needs_work = |k: &ProfileKey| {
+                    fresh.contains(k) || dirty.full.contains(&k.0) || dirty.levels.contains_key(&k.0)
+                };
+                let shared = self
+                    .by_rules
+                    .get(&rk)
+                    .filter(|rep| **rep != pk && (done.contains(*rep) || !needs_work(rep)))
+                    .and_then(|rep| self.profiles.get(rep))
+                    .map(|p| p.policy.clone());
+                let new = match shared {
+                    Some(p) => p,
+                    None => Arc::new(self.compute(&rk.0, &pk.1, None)),
                 };
                 let Some(p) = self.profiles.get_mut(&pk) else { continue };
                 let old = std::mem::replace(&mut p.policy, new.clone());
+                if let Some(prev) = p.rules.replace(rk.clone())
+                    && prev != rk
+                    && self.by_rules.get(&prev) == Some(&pk)
+                {
+                    self.by_rules.remove(&prev);
+                }
+                self.by_rules.insert(rk, pk.clone());
+                let Some(p) = self.profiles.get(&pk) else { continue };
                 for ep in p.endpoints.iter().filter(|e| !moved.contains_key(*e)) {
                     for d in Direction::BOTH {
                         diffs.extend(diff_direction(ep, d, dir_of(&old, d), dir_of(&new, d)));
