@@ -59,6 +59,12 @@ pub struct EndpointDiff {
 
 type RuleId = (PolicyId, usize);
 
+/// Identity sets (unioned) and pod addresses with their identity: the
+/// peers of a contribution.
+type PeerSets = (Vec<Arc<BTreeSet<NumericIdentity>>>, Vec<(IpAddr, NumericIdentity)>);
+/// Whole identities and single addresses inside an ipBlock.
+type BlockPods = (Arc<BTreeSet<NumericIdentity>>, Vec<(IpAddr, NumericIdentity)>);
+
 /// Entries upserted and keys removed in one direction.
 type Changes = (Vec<(PolicyKey, Arc<PolicyEntry>)>, Vec<PolicyKey>);
 /// A patched policy and what changed, per direction (ingress, egress).
@@ -103,7 +109,9 @@ struct RulesKey(Vec<Arc<CompiledRule>>, Vec<NamedPort>);
 
 impl PartialEq for RulesKey {
     fn eq(&self, other: &Self) -> bool {
-        self.1 == other.1 && self.0.len() == other.0.len() && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
+        self.1 == other.1
+            && self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }
 
@@ -153,7 +161,7 @@ pub struct Engine {
     peer_memo: HashMap<usize, Arc<BTreeSet<NumericIdentity>>>,
     /// ipBlock peers resolved against pod addresses, memoised for one
     /// recompute (the result does not depend on the subject).
-    block_cache: HashMap<crate::api::CidrRule, (Arc<BTreeSet<NumericIdentity>>, Vec<(IpAddr, NumericIdentity)>)>,
+    block_cache: HashMap<crate::api::CidrRule, BlockPods>,
     /// Every named container port of every pod, with a count (egress
     /// named ports towards "all peers" resolve against this).
     named_ports: BTreeMap<NamedPort, usize>,
@@ -732,9 +740,8 @@ impl Engine {
                 let rk = RulesKey(self.rules_selecting(pk.0), pk.1.clone());
                 // A profile with the same rules whose policy is current: done
                 // in this pass, or untouched by it.
-                let needs_work = |k: &ProfileKey| {
-                    fresh.contains(k) || dirty.full.contains(&k.0) || dirty.levels.contains_key(&k.0)
-                };
+                let needs_work =
+                    |k: &ProfileKey| fresh.contains(k) || dirty.full.contains(&k.0) || dirty.levels.contains_key(&k.0);
                 let shared = self
                     .by_rules
                     .get(&rk)
@@ -887,7 +894,7 @@ impl Engine {
             let global_ports = if named_egress { self.all_named_ports() } else { Vec::new() };
             for rule in selecting {
                 for c in &rule.dir(d).contributions {
-                    let (all, mut ids, mut addrs) =
+                    let (all, (mut ids, mut addrs)) =
                         self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires }, only);
                     if let Some(x) = only {
                         let has = ids.iter().any(|s| s.contains(&x));
@@ -942,7 +949,7 @@ impl Engine {
         peers: &[PeerSel],
         requires: &[crate::selector::Req],
         only: Option<NumericIdentity>,
-    ) -> (bool, Vec<Arc<BTreeSet<NumericIdentity>>>, Vec<(IpAddr, NumericIdentity)>) {
+    ) -> (bool, PeerSets) {
         let mut all = false;
         let mut ids = Vec::new();
         let mut addrs = Vec::new();
@@ -974,7 +981,7 @@ impl Engine {
                 _ => ids.push(self.select_stable(p)),
             }
         }
-        (all, ids, addrs)
+        (all, (ids, addrs))
     }
 
     /// [`Engine::select`] for a selector that lives in a compiled rule (its
@@ -991,11 +998,7 @@ impl Engine {
     }
 
     /// [`Engine::pods_in_block`] for one identity.
-    fn identity_in_block(
-        &self,
-        rule: &crate::api::CidrRule,
-        id: NumericIdentity,
-    ) -> (Arc<BTreeSet<NumericIdentity>>, Vec<(IpAddr, NumericIdentity)>) {
+    fn identity_in_block(&self, rule: &crate::api::CidrRule, id: NumericIdentity) -> BlockPods {
         let all: Vec<IpAddr> = self.peer_addrs(id).collect();
         let inside: Vec<IpAddr> = all.iter().copied().filter(|ip| rule.contains_ip(*ip)).collect();
         if !inside.is_empty() && inside.len() == all.len() {
@@ -1007,10 +1010,7 @@ impl Engine {
 
     /// Pods inside an ipBlock: whole identities when all their addresses
     /// are inside, else the addresses one by one.
-    fn pods_in_block(
-        &mut self,
-        rule: &crate::api::CidrRule,
-    ) -> (Arc<BTreeSet<NumericIdentity>>, Vec<(IpAddr, NumericIdentity)>) {
+    fn pods_in_block(&mut self, rule: &crate::api::CidrRule) -> BlockPods {
         if let Some(hit) = self.block_cache.get(rule) {
             return hit.clone();
         }
