@@ -3,10 +3,10 @@
 //! `support/cluster_gen.rs`).
 //!
 //! - `full_resolution`: `Engine::from_objects` on every object.
-//! - `incremental_pod_add`: one `UpsertPod` of a new pod in an existing
-//!   namespace on a built engine; alternately a pod that reuses an identity
-//!   and one that needs a new one. The pod is deleted again outside the timed
-//!   region, so every iteration sees the same engine.
+//! - `incremental_pod_add/{reuse_identity,new_identity}`: one `UpsertPod` of
+//!   a new pod in an existing namespace on a built engine, whose labels match
+//!   an existing identity or need a new one. The pod is deleted again outside
+//!   the timed region, so every iteration sees the same engine.
 //! - baselines measured in the same run (there is no external peer for an
 //!   in-process engine): `baseline_decode` (the decoder on the same YAML) and
 //!   `baseline_naive_subject_match` (each pod × each rule's subject selector).
@@ -20,52 +20,24 @@
 #[path = "support/cluster_gen.rs"]
 mod cluster_gen;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bulkhead_policy::api::{Namespace, Object};
 use bulkhead_policy::engine::{Change, Engine};
-use bulkhead_policy::labels::pod_identity_labels;
-use bulkhead_policy::repository::compile;
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 
-use cluster_gen::{Scale, extra_pods, generate, objects};
+use cluster_gen::{Scale, extra_pods, generate, naive_subject_match, objects};
 
 const SEED: u64 = 0x5EED_B01C_4EAD;
-
-/// Each pod × each compiled rule: does the rule's subject select the pod?
-fn naive_subject_match(objs: &[Object]) -> usize {
-    let namespaces: BTreeMap<&str, &Namespace> = objs
-        .iter()
-        .filter_map(|o| match o {
-            Object::Namespace(n) => Some((n.name.as_str(), n)),
-            _ => None,
-        })
-        .collect();
-    let rules: Vec<_> = objs
-        .iter()
-        .filter_map(|o| match o {
-            Object::Policy(p) => Some(compile(p)),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let mut hits = 0;
-    for o in objs {
-        if let Object::Pod(p) = o {
-            let labels = pod_identity_labels(p, namespaces.get(p.namespace.as_str()).copied());
-            hits += rules.iter().filter(|r| r.subject.as_ref().is_some_and(|s| s.matches(&labels))).count();
-        }
-    }
-    hits
-}
 
 fn engine_benches(c: &mut Criterion) {
     let scale = Scale::from_env();
     let g = generate(scale, SEED);
     let objs = objects(&g);
     assert_eq!(objs.len(), g.scale.namespaces * (1 + g.scale.pods_per_namespace) + g.scale.policies);
+    let (cnp, knp, ccnp) = g.policy_kinds;
+    eprintln!("workload: {scale}; {cnp} CNP, {knp} NetworkPolicy, {ccnp} CCNP");
 
     let mut group = c.benchmark_group(format!(
         "engine/{}ns_{}pods_{}pol",
@@ -73,38 +45,51 @@ fn engine_benches(c: &mut Criterion) {
         scale.namespaces * scale.pods_per_namespace,
         scale.policies
     ));
+    // Ten samples of routines that take up to seconds each at this scale:
+    // the whole run stays around two minutes on the 2-core machine.
+    // Flat sampling: every sample runs the same number of iterations (one,
+    // for the multi-second routines) instead of criterion's 1..=10 ramp.
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(20));
-    group.warm_up_time(Duration::from_secs(2));
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(30));
 
     group.bench_function("full_resolution", |b| {
-        b.iter_batched(|| objs.clone(), |o| Engine::from_objects(o), BatchSize::PerIteration)
+        b.iter_batched(|| objs.clone(), Engine::from_objects, BatchSize::PerIteration)
     });
+    group.measurement_time(Duration::from_secs(5));
     group.bench_function("baseline_decode", |b| b.iter(|| objects(black_box(&g))));
     group.bench_function("baseline_naive_subject_match", |b| b.iter(|| naive_subject_match(black_box(&objs))));
 
     let mut engine = Engine::from_objects(objs.clone());
     drop(objs);
+    let pod_ids: BTreeSet<_> = engine.pod_keys().iter().filter_map(|k| engine.pod(k).map(|(_, id)| id)).collect();
+    assert_eq!(pod_ids.len(), g.expected_pod_identities, "bookkeeping labels must not create identities");
+    // Even extra pods reuse an identity, odd ones need a new one: measured
+    // apart, since they cost very different amounts.
     let pods = extra_pods(&g, 200, SEED ^ 0xADD);
-    let mut next = 0usize;
-    group.measurement_time(Duration::from_secs(15));
-    group.bench_function("incremental_pod_add", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let pod = pods[next % pods.len()].clone();
-                next += 1;
-                let key = pod.key();
-                let t = Instant::now();
-                let diffs = engine.apply(Change::UpsertPod(pod));
-                total += t.elapsed();
-                drop(black_box(diffs));
-                // Back to the same state for the next iteration (untimed).
-                drop(engine.apply(Change::DeletePod(key)));
-            }
-            total
-        })
-    });
+    group.measurement_time(Duration::from_secs(10));
+    for (name, parity) in [("incremental_pod_add/reuse_identity", 0), ("incremental_pod_add/new_identity", 1)] {
+        let batch: Vec<_> = pods.iter().skip(parity).step_by(2).cloned().collect();
+        let mut next = 0usize;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let pod = batch[next % batch.len()].clone();
+                    next += 1;
+                    let key = pod.key();
+                    let t = Instant::now();
+                    let diffs = engine.apply(Change::UpsertPod(pod));
+                    total += t.elapsed();
+                    drop(black_box(diffs));
+                    // Back to the same state for the next iteration (untimed).
+                    drop(engine.apply(Change::DeletePod(key)));
+                }
+                total
+            })
+        });
+    }
     group.finish();
 }
 

@@ -26,9 +26,13 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use std::collections::BTreeMap;
+
 use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
-use bulkhead_policy::api::{Object, Pod};
+use bulkhead_policy::api::{Namespace, Object, Pod};
 use bulkhead_policy::diag::Sink;
+use bulkhead_policy::labels::pod_identity_labels;
+use bulkhead_policy::repository::compile;
 
 /// A tiny xorshift64 generator: deterministic, no dependency.
 pub struct Rng(u64);
@@ -283,8 +287,13 @@ fn policies(g: &mut Generated, rng: &mut Rng) {
 }
 
 fn ccnp_doc(out: &mut String, k: usize) {
+    let shape = match k {
+        0 => "kube-dns",
+        1 => "deny-world-prod",
+        _ => "team-baseline",
+    };
     let head = format!(
-        "---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: ccnp-{k:03}}}\nspec:\n"
+        "---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: ccnp-{k:03}-{shape}}}\nspec:\n"
     );
     out.push_str(&head);
     match k {
@@ -317,11 +326,12 @@ fn knp_doc(out: &mut String, rng: &mut Rng, k: usize, i: usize, apps: &[&str; AP
     let ns = ns_name(i);
     let subject = apps[rng.below(APPS_PER_NS)];
     let peer = apps[rng.below(APPS_PER_NS)];
+    let egress = rng.chance(40);
+    let shape = if egress { "ingress-egress" } else { "ingress" };
     let _ = write!(
         out,
-        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: knp-{k:03}, namespace: {ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: {subject}}}}}\n"
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: knp-{k:03}-{shape}, namespace: {ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: {subject}}}}}\n"
     );
-    let egress = rng.chance(40);
     out.push_str(if egress { "  policyTypes: [Ingress, Egress]\n" } else { "  policyTypes: [Ingress]\n" });
     let _ = write!(
         out,
@@ -351,11 +361,21 @@ fn cnp_doc(out: &mut String, rng: &mut Rng, k: usize, i: usize, apps: &[&str; AP
     let ns = ns_name(i);
     let a = apps[rng.below(APPS_PER_NS)];
     let b = apps[rng.below(APPS_PER_NS)];
+    let roll = rng.below(100);
+    // The shape is in the name, so that costs can be attributed to shapes.
+    let shape = match roll {
+        0..=34 => "l4-ingress",
+        35..=49 => "http-ingress",
+        50..=64 => "dns-egress",
+        65..=74 => "cidr-egress",
+        75..=84 => "egress-deny",
+        85..=89 => "world-egress",
+        _ => "public-web",
+    };
     let _ = write!(
         out,
-        "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: cnp-{k:04}, namespace: {ns}}}\nspec:\n"
+        "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: cnp-{k:04}-{shape}, namespace: {ns}}}\nspec:\n"
     );
-    let roll = rng.below(100);
     match roll {
         // In-namespace ingress on ports (numeric or named).
         0..=34 => {
@@ -464,4 +484,33 @@ pub fn extra_pods(g: &Generated, n: usize, seed: u64) -> Vec<Pod> {
             _ => None,
         })
         .collect()
+}
+
+/// The naive in-run reference: for each pod, for each compiled rule, evaluate the
+/// rule's subject selector on the pod's identity labels. No peers, no ports:
+/// just the subject scan a resolver without indexes would start with.
+pub fn naive_subject_match(objs: &[Object]) -> usize {
+    let namespaces: BTreeMap<&str, &Namespace> = objs
+        .iter()
+        .filter_map(|o| match o {
+            Object::Namespace(n) => Some((n.name.as_str(), n)),
+            _ => None,
+        })
+        .collect();
+    let rules: Vec<_> = objs
+        .iter()
+        .filter_map(|o| match o {
+            Object::Policy(p) => Some(compile(p)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut hits = 0;
+    for o in objs {
+        if let Object::Pod(p) = o {
+            let labels = pod_identity_labels(p, namespaces.get(p.namespace.as_str()).copied());
+            hits += rules.iter().filter(|r| r.subject.as_ref().is_some_and(|s| s.matches(&labels))).count();
+        }
+    }
+    hits
 }
