@@ -251,9 +251,6 @@ impl Engine {
         // Selector results were not maintained while deferred.
         self.sel_cache.clear();
         self.dirty = Dirty { pods: self.pods.keys().cloned().collect(), ..Dirty::default() };
-        for p in self.profiles.values_mut() {
-            p.endpoints.clear();
-        }
         self.profiles.clear();
         self.by_rules.clear();
         self.endpoint_profile.clear();
@@ -273,7 +270,7 @@ impl Engine {
                 self.relabel_namespace(&name);
             }
             Change::UpsertPod(pod) => self.upsert_pod(pod),
-            Change::DeletePod(key) => self.delete_pod(&key),
+            Change::DeletePod(key) => self.detach_pod(&key),
             Change::UpsertPolicy(p) => {
                 let id = PolicyId::of(&p);
                 self.remove_policy(&id);
@@ -443,10 +440,6 @@ impl Engine {
         self.pods.insert(key.clone(), PodEntry { pod: pod.clone(), identity });
         self.mark_pod_dependents(&pod, identity);
         self.dirty.pods.insert(key);
-    }
-
-    fn delete_pod(&mut self, key: &str) {
-        self.detach_pod(key);
     }
 
     /// Removes a pod from the indexes (its identity too, if it was the last).

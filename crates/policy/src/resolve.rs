@@ -288,7 +288,6 @@ struct Flattener<'c, 'a> {
 impl Flattener<'_, '_> {
     /// The verdict for a point covered by `cov` (indices into `cs`).
     fn combine(&mut self, cov: &[usize], proto: Proto, lo: u32, hi: u32) -> Option<PolicyEntry> {
-        let _ = hi;
         let refs = |pred: &dyn Fn(&Resolved<'_>) -> bool| {
             let mut r: Vec<Arc<RuleRef>> =
                 cov.iter().map(|&i| &self.cs[i]).filter(|c| pred(c)).map(|c| c.rule_ref.clone()).collect();
