@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand};
 /// Identity-based micro-segmentation for Kubernetes-style workloads.
 ///
 /// bulkhead reads the CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and
-/// NetworkPolicy YAML you already have, tells you what it means, and (with the
-/// agent) enforces it in the kernel.
+/// NetworkPolicy YAML you already have and tells you what it means: what is
+/// allowed, what is dropped, and which rule decided. (Kernel enforcement by
+/// the agent comes next; these commands need no agent and no root.)
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead", version, propagate_version = true)]
 struct Cli {
