@@ -7,6 +7,7 @@
 
 mod cilium;
 mod kube;
+mod ports;
 mod scalar;
 
 use crate::api::{Object, Protocol};
