@@ -391,15 +391,7 @@ impl Decoder<'_> {
         host: bool,
     ) -> Option<Vec<PeerRule>> {
         let node = f.value(section)?;
-        let path = f.path(section);
-        let items = self.seq(node, &path)?;
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            if let Some(r) = self.peer_rule(item, &path.index(i), egress, deny, host) {
-                out.push(r);
-            }
-        }
-        Some(out)
+        self.items(node, &f.path(section), |d, n, p| d.peer_rule(n, p, egress, deny, host))
     }
 
     fn peer_rule(&mut self, node: &Node, path: &FieldPath, egress: bool, deny: bool, host: bool) -> Option<PeerRule> {
@@ -483,14 +475,7 @@ impl Decoder<'_> {
             rule.entities = self.entities(n, &f.path(names.entities));
         }
         if let Some(n) = f.get("toFQDNs") {
-            let p = f.path("toFQDNs");
-            let mut v = Vec::new();
-            for (i, item) in self.seq(n, &p).unwrap_or_default().iter().enumerate() {
-                if let Some(s) = self.fqdn_selector(item, &p.index(i)) {
-                    v.push(s);
-                }
-            }
-            rule.fqdns = Some(v);
+            rule.fqdns = Some(self.items(n, &f.path("toFQDNs"), Self::fqdn_selector).unwrap_or_default());
         }
         if let Some(n) = f.get("toServices") {
             let p = f.path("toServices");
@@ -515,12 +500,8 @@ impl Decoder<'_> {
             );
         }
         if let Some(n) = f.value("toPorts") {
-            let p = f.path("toPorts");
-            for (i, item) in self.seq(n, &p).unwrap_or_default().iter().enumerate() {
-                if let Some(pr) = self.port_rule(item, &p.index(i), egress, deny) {
-                    rule.to_ports.push(pr);
-                }
-            }
+            rule.to_ports =
+                self.items(n, &f.path("toPorts"), |d, n, p| d.port_rule(n, p, egress, deny)).unwrap_or_default();
         }
         if let Some(n) = f.value("icmps") {
             rule.icmps = self.icmps(n, &f.path("icmps")).unwrap_or_default();
@@ -590,14 +571,7 @@ impl Decoder<'_> {
     }
 
     fn selectors(&mut self, node: &Node, path: &FieldPath) -> Option<Vec<LabelSelector>> {
-        let items = self.seq(node, path)?;
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            if let Some(s) = self.label_selector(item, &path.index(i)) {
-                out.push(s);
-            }
-        }
-        Some(out)
+        self.items(node, path, Self::label_selector)
     }
 
     fn entities(&mut self, node: &Node, path: &FieldPath) -> Option<Vec<Entity>> {

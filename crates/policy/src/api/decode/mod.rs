@@ -179,6 +179,18 @@ impl Decoder<'_> {
         }
     }
 
+    /// Reads a list whose items `item` decodes; items that fail are left
+    /// out (their errors are in the sink), so one pass reports them all.
+    pub(crate) fn items<T>(
+        &mut self,
+        node: &Node,
+        path: &FieldPath,
+        mut item: impl FnMut(&mut Self, &Node, &FieldPath) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let items = self.seq(node, path)?;
+        Some(items.iter().enumerate().filter_map(|(i, n)| item(self, n, &path.index(i))).collect())
+    }
+
     /// Reads a string-typed field. Unquoted numbers and booleans are refused,
     /// as the API server refuses them for string fields.
     pub(crate) fn string(&mut self, node: &Node, path: &FieldPath) -> Option<String> {

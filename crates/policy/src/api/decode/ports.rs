@@ -258,32 +258,11 @@ impl Decoder<'_> {
             return None;
         }
         let rules = if let Some(n) = f.value("http") {
-            let p = f.path("http");
-            let mut v = Vec::new();
-            for (i, item) in self.seq(n, &p)?.iter().enumerate() {
-                if let Some(r) = self.http_rule(item, &p.index(i)) {
-                    v.push(r);
-                }
-            }
-            L7Rules::Http(v)
+            L7Rules::Http(self.items(n, &f.path("http"), Self::http_rule)?)
         } else if let Some(n) = f.value("dns") {
-            let p = f.path("dns");
-            let mut v = Vec::new();
-            for (i, item) in self.seq(n, &p)?.iter().enumerate() {
-                if let Some(r) = self.fqdn_selector(item, &p.index(i)) {
-                    v.push(r);
-                }
-            }
-            L7Rules::Dns(v)
+            L7Rules::Dns(self.items(n, &f.path("dns"), Self::fqdn_selector)?)
         } else if let Some(n) = f.value("kafka") {
-            let p = f.path("kafka");
-            let mut v = Vec::new();
-            for (i, item) in self.seq(n, &p)?.iter().enumerate() {
-                if let Some(r) = self.kafka_rule(item, &p.index(i)) {
-                    v.push(r);
-                }
-            }
-            L7Rules::Kafka(v)
+            L7Rules::Kafka(self.items(n, &f.path("kafka"), Self::kafka_rule)?)
         } else if let Some(n) = f.value("l7proto") {
             let proto = self.string(n, &f.path("l7proto"))?;
             let mut rules = Vec::new();
