@@ -3,9 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
-if ! command -v cc >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential >/dev/null
-fi
+. scripts/deps.sh
+install_deps
 cargo build --release --locked -q -p bulkhead
 bin=target/release/bulkhead
 echo "== validate the seed policies"

@@ -6,11 +6,10 @@ cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 export CARGO_TERM_COLOR=never
 
-if ! command -v cc >/dev/null 2>&1; then
-  echo "== installing build tools (apt)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential >/dev/null
-fi
+# The eBPF programs build with clang against libbpf's headers; the privileged
+# tests wire pods with iproute2 and the reference CNI plugins.
+. scripts/deps.sh
+install_deps
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found: install Rust 1.95 (rustup) first, see README.md" >&2
   exit 1
@@ -24,6 +23,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The datapath tests need root (network namespaces, eBPF); in CI they fail
+# rather than skip when they cannot run.
 cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the
 # last of which is a doc-test run that may hold no tests).

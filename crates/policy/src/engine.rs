@@ -654,8 +654,12 @@ impl Engine {
     // ---- queries ----
 
     /// The resolved policy of an endpoint (`namespace/pod`).
-    pub fn endpoint_policy(&self, key: &str) -> Option<&EndpointPolicy> {
-        self.endpoint_profile.get(key).and_then(|k| self.profiles.get(k)).map(|p| p.policy.as_ref())
+    ///
+    /// Endpoints with the same profile share one `Arc`, and a policy that
+    /// did not change keeps its `Arc`: the datapath loads each distinct
+    /// policy once and skips endpoints whose pointer is unchanged.
+    pub fn endpoint_policy(&self, key: &str) -> Option<&Arc<EndpointPolicy>> {
+        self.endpoint_profile.get(key).and_then(|k| self.profiles.get(k)).map(|p| &p.policy)
     }
 
     /// A pod and its identity.
@@ -683,6 +687,15 @@ impl Engine {
         self.policies.values().map(|p| p.as_ref())
     }
 
+    /// What the datapath's ipcache holds: every pod address (as a host
+    /// prefix) and every policy CIDR, with its identity. A lookup takes the
+    /// longest prefix, which is [`Engine::identity_of_ip`]'s answer.
+    pub fn ipcache(&self) -> Vec<(Cidr, NumericIdentity)> {
+        let pods = self.addrs.iter().map(|(ip, (_, id))| (Cidr::host(*ip), *id));
+        let cidrs = self.cidr_ids.iter().filter(|(c, _)| !self.addrs.contains_key(&c.addr()) || c.len() < host_len(c));
+        pods.chain(cidrs.map(|(c, id)| (*c, *id))).collect()
+    }
+
     /// The identity the datapath gives a peer address: its pod's, else the
     /// longest policy prefix's, else world (per family). Also the pod key.
     pub fn identity_of_ip(&self, ip: IpAddr) -> (NumericIdentity, Option<String>) {
@@ -696,6 +709,10 @@ impl Engine {
             None => (Reserved::WorldIpv6.id(), None),
         }
     }
+}
+
+fn host_len(c: &Cidr) -> u8 {
+    if c.is_ipv4() { 32 } else { 128 }
 }
 
 /// Replaces, in `into`, the entries about `peer` (and the pod addresses in

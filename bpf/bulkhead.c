@@ -1,0 +1,650 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * bulkhead's datapath: one classifier for packets leaving a pod (attached
+ * to tc ingress of the pod's host-side veth; the pod's egress policy) and
+ * one for packets entering it (tc egress of the same veth; its ingress
+ * policy).
+ *
+ * Per packet: parse (drop what cannot be parsed), conntrack (replies and
+ * related ICMP pass; a flow already allowed under the endpoint's current
+ * policy slot passes), else look the peer's identity up in the ipcache and
+ * the policy up in at most six LPM lookups — address, identity, any peer;
+ * at each level protocol+port, then protocol-wide — whose first hit is
+ * the verdict (the agent loads entries precomputed so that this holds).
+ * No loop depends on the number of rules.
+ *
+ * Policy changes are atomic per endpoint: the agent writes a complete new
+ * policy under a fresh slot, then replaces the endpoint's value (which
+ * names the slot) in one map update.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "bulkhead.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define NS_PER_SEC 1000000000ULL
+#define CT_TCP_TIMEOUT (21600 * NS_PER_SEC)
+#define CT_TCP_CLOSING_TIMEOUT (10 * NS_PER_SEC)
+#define CT_OTHER_TIMEOUT (60 * NS_PER_SEC)
+#define CT_REFRESH (1 * NS_PER_SEC)
+
+#define IPPROTO_SCTP_ 132
+
+/* ICMP types (linux/icmp.h drags in libc headers that do not build for bpf). */
+#define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_SOURCE_QUENCH 4
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_PARAMPROB 4
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
+#define MAX_IPV6_EXT 6
+#define COUNTER_SLOTS (BH_REASON_MAX * 2 + 1)
+#define COUNTER_LOST_EVENTS (BH_REASON_MAX * 2)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct bh_endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 524288);
+	__type(key, struct bh_ipcache_key);
+	__type(value, struct bh_ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4194304);
+	__type(key, struct bh_policy_key);
+	__type(value, struct bh_policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct bh_ct_key);
+	__type(value, struct bh_ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct bh_frag_key);
+	__type(value, struct bh_frag_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_frags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct bh_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_counters SEC(".maps");
+
+/* A parsed packet: the tuple conntrack and policy need. */
+struct pkt {
+	struct bh_addr saddr;
+	struct bh_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 related;     /* an ICMP error: `inner` is the packet it is about */
+	__u8 policy_type; /* ICMP: the type the policy sees */
+	__u16 policy_port;
+	struct bh_ct_key inner;
+};
+
+static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
+{
+	__u32 idx = reason * 2 + dir;
+	struct bh_counter *c = bpf_map_lookup_elem(&bh_counters, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline void map_v4(struct bh_addr *a, __be32 v4)
+{
+	__builtin_memset(a, 0, sizeof(*a));
+	a->b[10] = 0xff;
+	a->b[11] = 0xff;
+	__builtin_memcpy(&a->b[12], &v4, 4);
+}
+
+static __always_inline int is_icmp_error(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMP)
+		return type == ICMP_DEST_UNREACH || type == ICMP_SOURCE_QUENCH || type == ICMP_TIME_EXCEEDED ||
+		       type == ICMP_PARAMETERPROB;
+	return type == ICMPV6_DEST_UNREACH || type == ICMPV6_PKT_TOOBIG || type == ICMPV6_TIME_EXCEED ||
+	       type == ICMPV6_PARAMPROB;
+}
+
+static __always_inline int is_echo(__u8 proto, __u8 type, int *reply)
+{
+	if (proto == IPPROTO_ICMP) {
+		*reply = type == ICMP_ECHOREPLY;
+		return type == ICMP_ECHO || type == ICMP_ECHOREPLY;
+	}
+	*reply = type == ICMPV6_ECHO_REPLY;
+	return type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY;
+}
+
+/*
+ * Ports of an L4 header at `off`. Returns 0, or a drop reason when the
+ * header is truncated. ICMP echo uses the identifier as a port (request:
+ * source, reply: destination) so that a reply matches its request.
+ */
+static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *t = data + off;
+
+		if ((void *)(t + 1) > end || t->doff < 5)
+			return BH_REASON_INVALID_PACKET;
+		p->sport = t->source;
+		p->dport = t->dest;
+		p->tcp_flags = ((__u8 *)t)[13];
+		p->policy_port = bpf_ntohs(t->dest);
+		return 0;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP_: {
+		/* SCTP's common header starts with the same two ports. */
+		struct udphdr *u = data + off;
+
+		if ((void *)(u + 1) > end)
+			return BH_REASON_INVALID_PACKET;
+		p->sport = u->source;
+		p->dport = u->dest;
+		p->policy_port = bpf_ntohs(u->dest);
+		return 0;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		__u8 *h = data + off;
+		int reply = 0;
+
+		if ((void *)(h + 8) > end)
+			return BH_REASON_INVALID_PACKET;
+		p->policy_type = h[0];
+		p->policy_port = h[0];
+		if (is_echo(p->proto, h[0], &reply)) {
+			__be16 id = *(__be16 *)(h + 4);
+
+			if (reply)
+				p->dport = id;
+			else
+				p->sport = id;
+		}
+		return 0;
+	}
+	default:
+		return 0;
+	}
+}
+
+/* The tuple of the packet inside an ICMP error, at `off`. */
+static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, struct pkt *p, int v6)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 *l4;
+
+	__builtin_memset(&p->inner, 0, sizeof(p->inner));
+	if (!v6) {
+		struct iphdr *ip = data + off;
+
+		if ((void *)(ip + 1) > end || ip->ihl != 5)
+			return -1;
+		map_v4(&p->inner.saddr, ip->saddr);
+		map_v4(&p->inner.daddr, ip->daddr);
+		p->inner.proto = ip->protocol;
+		l4 = (__u8 *)(ip + 1);
+	} else {
+		struct ipv6hdr *ip6 = data + off;
+
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		__builtin_memcpy(&p->inner.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(&p->inner.daddr, &ip6->daddr, 16);
+		p->inner.proto = ip6->nexthdr;
+		l4 = (__u8 *)(ip6 + 1);
+	}
+	if ((void *)(l4 + 8) > end)
+		return -1;
+	if (p->inner.proto == IPPROTO_ICMP || p->inner.proto == IPPROTO_ICMPV6) {
+		int reply = 0;
+
+		if (!is_echo(p->inner.proto, l4[0], &reply))
+			return -1;
+		if (reply)
+			p->inner.dport = *(__be16 *)(l4 + 4);
+		else
+			p->inner.sport = *(__be16 *)(l4 + 4);
+	} else {
+		p->inner.sport = *(__be16 *)l4;
+		p->inner.dport = *(__be16 *)(l4 + 2);
+	}
+	p->related = 1;
+	return 0;
+}
+
+static __always_inline int frag_ports(struct pkt *p, __u32 id, int first)
+{
+	struct bh_frag_key k = {};
+
+	k.saddr = p->saddr;
+	k.daddr = p->daddr;
+	k.id = id;
+	k.proto = p->proto;
+	if (first) {
+		struct bh_frag_value v = { .sport = p->sport, .dport = p->dport };
+
+		bpf_map_update_elem(&bh_frags, &k, &v, BPF_ANY);
+		return 0;
+	}
+	struct bh_frag_value *v = bpf_map_lookup_elem(&bh_frags, &k);
+
+	if (!v)
+		return BH_REASON_FRAG_UNKNOWN;
+	p->sport = v->sport;
+	p->dport = v->dport;
+	p->policy_port = bpf_ntohs(v->dport);
+	return 0;
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u32 hlen, off;
+	__u16 frag;
+	int r;
+
+	if ((void *)(ip + 1) > end)
+		return BH_REASON_INVALID_PACKET;
+	hlen = ip->ihl * 4;
+	if (ip->version != 4 || hlen < sizeof(*ip) || bpf_ntohs(ip->tot_len) < hlen ||
+	    bpf_ntohs(ip->tot_len) > skb->len - sizeof(struct ethhdr))
+		return BH_REASON_INVALID_PACKET;
+	map_v4(&p->saddr, ip->saddr);
+	map_v4(&p->daddr, ip->daddr);
+	p->proto = ip->protocol;
+	frag = bpf_ntohs(ip->frag_off);
+	off = sizeof(struct ethhdr) + hlen;
+	if (frag & 0x1fff)
+		return frag_ports(p, ip->id, 0);
+	r = parse_l4(skb, off, p);
+	if (r)
+		return r;
+	if (frag & 0x2000)
+		frag_ports(p, ip->id, 1);
+	if (p->proto == IPPROTO_ICMP && is_icmp_error(p->proto, p->policy_type))
+		parse_inner(skb, off + 8, p, 0);
+	return 0;
+}
+
+static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	__u32 off = sizeof(struct ethhdr) + sizeof(*ip6);
+	__u8 next;
+	int r, i;
+
+	if ((void *)(ip6 + 1) > end)
+		return BH_REASON_INVALID_PACKET;
+	if (ip6->version != 6 || bpf_ntohs(ip6->payload_len) + sizeof(*ip6) > skb->len - sizeof(struct ethhdr))
+		return BH_REASON_INVALID_PACKET;
+	__builtin_memcpy(&p->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(&p->daddr, &ip6->daddr, 16);
+	next = ip6->nexthdr;
+#pragma unroll
+	for (i = 0; i < MAX_IPV6_EXT; i++) {
+		__u8 *h = data + off;
+
+		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS &&
+		    next != IPPROTO_FRAGMENT)
+			break;
+		if ((void *)(h + 8) > end)
+			return BH_REASON_INVALID_PACKET;
+		if (next == IPPROTO_FRAGMENT) {
+			__u16 fo = bpf_ntohs(*(__be16 *)(h + 2));
+			__u32 id = *(__u32 *)(h + 4);
+
+			next = h[0];
+			off += 8;
+			p->proto = next;
+			if (fo & 0xfff8)
+				return frag_ports(p, id, 0);
+			if (off > 512)
+				return BH_REASON_INVALID_PACKET;
+			r = parse_l4(skb, off, p);
+			if (r)
+				return r;
+			if (fo & 1)
+				frag_ports(p, id, 1);
+			goto l4_done;
+		}
+		next = h[0];
+		off += (h[1] + 1) * 8;
+		if (off > 512)
+			return BH_REASON_INVALID_PACKET;
+	}
+	if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+	    next == IPPROTO_FRAGMENT)
+		return BH_REASON_INVALID_PACKET; /* more extension headers than we walk */
+	p->proto = next;
+	r = parse_l4(skb, off, p);
+	if (r)
+		return r;
+l4_done:
+	if (p->proto == IPPROTO_ICMPV6 && is_icmp_error(p->proto, p->policy_type))
+		parse_inner(skb, off + 8, p, 1);
+	return 0;
+}
+
+static __always_inline __u32 ipcache_identity(const struct bh_addr *a)
+{
+	struct bh_ipcache_key k = { .prefixlen = 128, .addr = *a };
+	struct bh_ipcache_value *v = bpf_map_lookup_elem(&bh_ipcache, &k);
+
+	if (v)
+		return v->identity;
+	/* world-ipv4 / world-ipv6, as the engine names addresses it does not know */
+	return (a->b[10] == 0xff && a->b[11] == 0xff && !a->b[0] && !a->b[8]) ? 9 : 10;
+}
+
+static __always_inline struct bh_policy_value *policy_level(struct bh_policy_key *k, __u8 level,
+							     const struct pkt *p, int has_ports)
+{
+	struct bh_policy_value *v;
+
+	k->level = level;
+	if (has_ports) {
+		k->proto = p->proto;
+		k->port = bpf_htons(p->policy_port);
+		k->prefixlen = BH_POLICY_FIXED_BITS + 16;
+		v = bpf_map_lookup_elem(&bh_policy, k);
+		if (v)
+			return v;
+	}
+	k->proto = 0;
+	k->port = 0;
+	k->prefixlen = BH_POLICY_FIXED_BITS;
+	return bpf_map_lookup_elem(&bh_policy, k);
+}
+
+/* The policy verdict for a new flow; *level is the level that decided. */
+static __always_inline struct bh_policy_value *policy_lookup(__u32 slot, const struct bh_addr *peer, __u32 peer_id,
+							      const struct pkt *p, __u8 *level)
+{
+	struct bh_policy_key k = {};
+	struct bh_policy_value *v;
+	int has_ports = p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP_ ||
+			p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6;
+
+	k.slot = slot;
+	k.peer = *peer;
+	*level = BH_LEVEL_ADDRESS;
+	v = policy_level(&k, BH_LEVEL_ADDRESS, p, has_ports);
+	if (v)
+		return v;
+	__builtin_memset(&k.peer, 0, sizeof(k.peer));
+	*(__be32 *)k.peer.b = bpf_htonl(peer_id);
+	*level = BH_LEVEL_IDENTITY;
+	v = policy_level(&k, BH_LEVEL_IDENTITY, p, has_ports);
+	if (v)
+		return v;
+	__builtin_memset(&k.peer, 0, sizeof(k.peer));
+	*level = BH_LEVEL_ANY;
+	return policy_level(&k, BH_LEVEL_ANY, p, has_ports);
+}
+
+static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep,
+				 __u32 peer_id, __u8 dir, __u8 kind, __u8 verdict, __u8 reason, __u8 level, __u32 rule,
+				 __u8 is_reply)
+{
+	struct bh_event *e = bpf_ringbuf_reserve(&bh_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(BH_REASON_MAX, 0, 0); /* COUNTER_LOST_EVENTS */
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->time = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->verdict = verdict;
+	e->reason = reason;
+	e->dir = dir;
+	e->proto = p->proto;
+	e->level = level;
+	e->is_reply = is_reply;
+	e->ifindex = skb->ifindex;
+	e->len = skb->len;
+	if (ep) {
+		e->endpoint = ep->id;
+		e->src_identity = dir == BH_DIR_EGRESS ? ep->identity : peer_id;
+		e->dst_identity = dir == BH_DIR_EGRESS ? peer_id : ep->identity;
+	}
+	e->rule = rule;
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->tcp_flags = p->tcp_flags;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep, __u32 peer_id,
+				__u8 dir, __u8 reason, __u8 level, __u32 rule)
+{
+	count(reason, dir, skb->len);
+	emit(skb, p, ep, peer_id, dir, BH_EVENT_DROP, BH_EV_DROPPED, reason, level, rule, 0);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline __u64 ct_timeout(__u8 proto, __u8 flags)
+{
+	if (proto != IPPROTO_TCP)
+		return CT_OTHER_TIMEOUT;
+	return (flags & BH_CT_CLOSING) ? CT_TCP_CLOSING_TIMEOUT : CT_TCP_TIMEOUT;
+}
+
+/* A live conntrack entry for `k`, or NULL (an expired one is removed). */
+static __always_inline struct bh_ct_value *ct_get(struct bh_ct_key *k, __u64 now)
+{
+	struct bh_ct_value *v = bpf_map_lookup_elem(&bh_ct, k);
+
+	if (v && now - v->last_seen > ct_timeout(k->proto, v->flags)) {
+		bpf_map_delete_elem(&bh_ct, k);
+		return NULL;
+	}
+	return v;
+}
+
+static __always_inline void ct_touch(struct bh_ct_value *v, __u64 now, __u8 tcp_flags, __u8 extra)
+{
+	if (tcp_flags & (0x01 | 0x04)) /* FIN or RST */
+		v->flags |= BH_CT_CLOSING;
+	v->flags |= extra;
+	if (now - v->last_seen > CT_REFRESH)
+		v->last_seen = now;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct pkt p = {};
+	struct bh_endpoint *ep;
+	struct bh_ct_key ck = {};
+	struct bh_ct_value *cv;
+	struct bh_policy_value *pv;
+	const struct bh_addr *peer;
+	__u32 ifindex = skb->ifindex, peer_id, slot, rule = 0;
+	__u64 now;
+	__u8 level = 255, audit;
+	int r;
+
+	if ((void *)(eth + 1) > end)
+		return drop(skb, &p, NULL, 0, dir, BH_REASON_INVALID_PACKET, level, 0);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		count(BH_REASON_FORWARDED, dir, skb->len);
+		return TC_ACT_OK;
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		r = parse_ipv4(skb, &p);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		r = parse_ipv6(skb, &p);
+	else
+		r = BH_REASON_UNKNOWN_L3;
+	ep = bpf_map_lookup_elem(&bh_endpoints, &ifindex);
+	if (r)
+		return drop(skb, &p, ep, 0, dir, r, level, 0);
+	if (!ep)
+		return drop(skb, &p, NULL, 0, dir, BH_REASON_NO_ENDPOINT, level, 0);
+	/* Neighbour discovery is the link working, not traffic between workloads. */
+	if (p.proto == IPPROTO_ICMPV6 && p.policy_type >= 133 && p.policy_type <= 136) {
+		count(BH_REASON_FORWARDED, dir, skb->len);
+		return TC_ACT_OK;
+	}
+
+	now = bpf_ktime_get_ns();
+	ck.ifindex = ifindex;
+	/* Replies and errors about flows this point allowed the other way. */
+	if (p.related) {
+		ck.saddr = p.inner.saddr;
+		ck.daddr = p.inner.daddr;
+		ck.sport = p.inner.sport;
+		ck.dport = p.inner.dport;
+		ck.proto = p.inner.proto;
+		ck.dir = !dir;
+		cv = ct_get(&ck, now);
+		if (cv) {
+			count(BH_REASON_FORWARDED, dir, skb->len);
+			return TC_ACT_OK;
+		}
+	}
+	ck.saddr = p.daddr;
+	ck.daddr = p.saddr;
+	ck.sport = p.dport;
+	ck.dport = p.sport;
+	ck.proto = p.proto;
+	ck.dir = !dir;
+	cv = ct_get(&ck, now);
+	if (cv) {
+		ct_touch(cv, now, p.tcp_flags, BH_CT_SEEN_REPLY);
+		count(BH_REASON_FORWARDED, dir, skb->len);
+		return TC_ACT_OK;
+	}
+
+	slot = ep->slot[dir & 1];
+	ck.saddr = p.saddr;
+	ck.daddr = p.daddr;
+	ck.sport = p.sport;
+	ck.dport = p.dport;
+	ck.dir = dir;
+	cv = ct_get(&ck, now);
+	if (cv && cv->slot == slot) {
+		ct_touch(cv, now, p.tcp_flags, 0);
+		count(BH_REASON_FORWARDED, dir, skb->len);
+		return TC_ACT_OK;
+	}
+
+	/* A new flow, or a known one under a changed policy: ask the policy. */
+	peer = dir == BH_DIR_EGRESS ? &p.daddr : &p.saddr;
+	peer_id = ipcache_identity(peer);
+	audit = ep->flags & BH_EP_AUDIT;
+	pv = policy_lookup(slot, peer, peer_id, &p, &level);
+	if (pv)
+		rule = pv->rule;
+	if (!pv) {
+		__u32 deny = dir == BH_DIR_EGRESS ? BH_EP_DEFAULT_DENY_EGRESS : BH_EP_DEFAULT_DENY_INGRESS;
+
+		level = 255;
+		if (ep->flags & deny)
+			r = BH_REASON_POLICY_DENIED;
+	} else if (pv->verdict == BH_VERDICT_DENY) {
+		r = BH_REASON_POLICY_DENY;
+	} else if (pv->verdict == BH_VERDICT_REDIRECT) {
+		/* The L7 proxies do not exist yet: a redirect fails closed. */
+		r = BH_REASON_PROXY_UNAVAILABLE;
+	} else if (pv->verdict != BH_VERDICT_ALLOW) {
+		r = BH_REASON_POLICY_DENY;
+	}
+	if (r && !audit) {
+		if (cv)
+			bpf_map_delete_elem(&bh_ct, &ck);
+		return drop(skb, &p, ep, peer_id, dir, r, level, rule);
+	}
+
+	if (cv) {
+		cv->slot = slot;
+		cv->rule = rule;
+		ct_touch(cv, now, p.tcp_flags, 0);
+	} else {
+		struct bh_ct_value nv = { .last_seen = now, .slot = slot, .rule = rule };
+
+		if (bpf_map_update_elem(&bh_ct, &ck, &nv, BPF_NOEXIST) && !audit)
+			return drop(skb, &p, ep, peer_id, dir, BH_REASON_CT_FULL, level, rule);
+	}
+	count(r ? r : BH_REASON_FORWARDED, dir, skb->len);
+	emit(skb, &p, ep, peer_id, dir, BH_EVENT_POLICY_VERDICT, r ? BH_EV_AUDIT : BH_EV_FORWARDED, r, level, rule, 0);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int bh_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, BH_DIR_EGRESS);
+}
+
+SEC("classifier")
+int bh_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, BH_DIR_INGRESS);
+}

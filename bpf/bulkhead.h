@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Structures shared by the datapath programs and the agent. Every struct
+ * here has a size assertion on both sides (_Static_assert below, and
+ * `const _: () = assert!(size_of::<T>() == N)` in crates/datapath/src/abi.rs),
+ * and BH_LAYOUT_VERSION is part of the pin path: a change to any layout
+ * must bump it, so a new agent never reuses maps of an older layout.
+ */
+#ifndef BULKHEAD_H
+#define BULKHEAD_H
+
+#include <linux/types.h>
+
+#define BH_LAYOUT_VERSION 1
+
+/* Policy map levels, most specific first (see resolve.rs). */
+#define BH_LEVEL_ADDRESS 0
+#define BH_LEVEL_IDENTITY 1
+#define BH_LEVEL_ANY 2
+
+/* Policy verdicts. */
+#define BH_VERDICT_ALLOW 1
+#define BH_VERDICT_DENY 2
+#define BH_VERDICT_REDIRECT 3
+
+/* Directions, as seen from the endpoint. */
+#define BH_DIR_INGRESS 0
+#define BH_DIR_EGRESS 1
+
+/* Endpoint flags. */
+#define BH_EP_AUDIT (1u << 0)
+#define BH_EP_DEFAULT_DENY_INGRESS (1u << 1)
+#define BH_EP_DEFAULT_DENY_EGRESS (1u << 2)
+
+/*
+ * Event and counter reasons. 0 is "forwarded"; the rest are drop reasons.
+ * Keep in step with `Reason` in crates/datapath/src/abi.rs.
+ */
+#define BH_REASON_FORWARDED 0
+#define BH_REASON_POLICY_DENIED 1   /* no entry allowed it (default deny) */
+#define BH_REASON_POLICY_DENY 2     /* an explicit deny entry */
+#define BH_REASON_INVALID_PACKET 3  /* bad or truncated header */
+#define BH_REASON_FRAG_UNKNOWN 4    /* a later fragment whose first was not seen */
+#define BH_REASON_UNKNOWN_L3 5      /* not IPv4, IPv6 or ARP */
+#define BH_REASON_PROXY_UNAVAILABLE 6 /* redirect to an L7 proxy that is not running */
+#define BH_REASON_NO_ENDPOINT 7     /* program attached to an interface the agent does not know */
+#define BH_REASON_CT_FULL 8         /* conntrack entry could not be created */
+#define BH_REASON_MAX 9
+
+/* Event kinds. */
+#define BH_EVENT_DROP 1
+#define BH_EVENT_POLICY_VERDICT 2
+
+/* Event verdicts (Hubble's). */
+#define BH_EV_FORWARDED 1
+#define BH_EV_DROPPED 2
+#define BH_EV_AUDIT 3
+#define BH_EV_REDIRECTED 4
+
+/* An IPv4 address is stored as the IPv4-mapped IPv6 address ::ffff:a.b.c.d. */
+struct bh_addr {
+	__u8 b[16];
+};
+
+/* ipcache: longest prefix → identity. Miss means world. */
+struct bh_ipcache_key {
+	__u32 prefixlen; /* over addr */
+	struct bh_addr addr;
+};
+
+struct bh_ipcache_value {
+	__u32 identity;
+};
+
+/* endpoints: host-side interface index → endpoint. */
+struct bh_endpoint {
+	__u32 id;
+	__u32 identity;
+	__u32 flags;
+	/* The policy slot of each direction (BH_DIR_*). Replacing this whole
+	 * value is how a policy change becomes visible atomically. */
+	__u32 slot[2];
+};
+
+/*
+ * policy: LPM over (slot, level, proto, peer, port). Every entry covers
+ * slot..peer exactly (BH_POLICY_FIXED_BITS) plus a prefix of the port.
+ * Protocol-wide entries use proto 0 and a port prefix of 0.
+ */
+struct bh_policy_key {
+	__u32 prefixlen;
+	__u32 slot;
+	__u8 level;
+	__u8 proto;
+	__u8 pad[2];
+	struct bh_addr peer; /* address, or identity in the first 4 bytes (BE) */
+	__be16 port;
+	__u8 pad2[2];
+};
+#define BH_POLICY_FIXED_BITS ((4 + 4 + 16) * 8)
+
+struct bh_policy_value {
+	__u8 verdict;
+	__u8 pad;
+	__u16 proxy_port;
+	__u32 rule; /* the agent's reference for the deciding rules */
+};
+
+/* conntrack: the tuple as first seen at one enforcement point. */
+struct bh_ct_key {
+	struct bh_addr saddr;
+	struct bh_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u8 pad[2];
+	__u32 ifindex;
+};
+
+struct bh_ct_value {
+	__u64 last_seen; /* bpf_ktime_get_ns */
+	__u32 slot;      /* the policy slot that allowed the flow */
+	__u32 rule;
+	__u8 flags;      /* BH_CT_* */
+	__u8 pad[7];
+};
+#define BH_CT_SEEN_REPLY (1u << 0)
+#define BH_CT_CLOSING (1u << 1)
+
+/* Fragments: a first fragment records its ports for the later ones. */
+struct bh_frag_key {
+	struct bh_addr saddr;
+	struct bh_addr daddr;
+	__u32 id;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct bh_frag_value {
+	__be16 sport;
+	__be16 dport;
+};
+
+/* Counters, per CPU, indexed by reason * 2 + direction. */
+struct bh_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* What the ring buffer carries. */
+struct bh_event {
+	__u64 time;      /* bpf_ktime_get_ns */
+	__u8 kind;       /* BH_EVENT_* */
+	__u8 verdict;    /* BH_EV_* */
+	__u8 reason;     /* BH_REASON_* */
+	__u8 dir;        /* BH_DIR_* */
+	__u8 proto;
+	__u8 level;      /* policy level that matched, 255 for none */
+	__u8 is_reply;
+	__u8 pad;
+	__u32 ifindex;
+	__u32 endpoint;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule;
+	__u32 len;
+	struct bh_addr saddr;
+	struct bh_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 tcp_flags;
+	__u8 pad2[3];
+};
+
+_Static_assert(sizeof(struct bh_ipcache_key) == 20, "bh_ipcache_key");
+_Static_assert(sizeof(struct bh_endpoint) == 20, "bh_endpoint");
+_Static_assert(sizeof(struct bh_policy_key) == 32, "bh_policy_key");
+_Static_assert(sizeof(struct bh_policy_value) == 8, "bh_policy_value");
+_Static_assert(sizeof(struct bh_ct_key) == 44, "bh_ct_key");
+_Static_assert(sizeof(struct bh_ct_value) == 24, "bh_ct_value");
+_Static_assert(sizeof(struct bh_frag_key) == 40, "bh_frag_key");
+_Static_assert(sizeof(struct bh_event) == 80, "bh_event");
+
+#endif

@@ -1,0 +1,498 @@
+//! Loading, pinning and attaching the programs, and typed access to their
+//! maps.
+//!
+//! [`Datapath::open`] loads `bpf/bulkhead.o` with every map pinned by name
+//! under `ROOT/vLAYOUT`: the first agent creates them, a later one reuses
+//! them with their contents (the pinned TCX links keep the programs that use
+//! them running in between). Attaching to an interface whose link is
+//! already pinned swaps the new program into that link atomically.
+
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use bulkhead_policy::cidr::Cidr;
+use serde::Serialize;
+
+use crate::abi::{
+    Addr, COUNTER_LOST_EVENTS, Counter, CtKey, CtValue, Endpoint, IpcacheValue, LAYOUT_VERSION, POLICY_FIXED_BITS,
+    PolicyKeyData, PolicyValue, RawEvent, Reason,
+};
+
+/// What can go wrong in the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The object or a program could not be loaded (the verifier's log follows).
+    #[error("loading the eBPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program could not be loaded, attached or replaced.
+    #[error("{what}: {source}")]
+    Program {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map has no room for another entry.
+    #[error("map {map} is full ({max} entries): {source}")]
+    Full {
+        /// The map.
+        map: &'static str,
+        /// Its capacity.
+        max: u32,
+        /// The kernel's answer.
+        #[source]
+        source: MapError,
+    },
+    /// Any other map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// The map.
+        map: &'static str,
+        /// Why.
+        #[source]
+        source: MapError,
+    },
+    /// A pin or the bpf filesystem could not be used.
+    #[error("{path}: {source}")]
+    Pin {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+/// A direction seen from the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Into the endpoint.
+    Ingress = 0,
+    /// Out of the endpoint.
+    Egress = 1,
+}
+
+impl Direction {
+    /// Both, in map index order.
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    /// Hubble's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "INGRESS",
+            Self::Egress => "EGRESS",
+        }
+    }
+}
+
+/// A policy entry as the kernel holds it, read back from the map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadedEntry {
+    /// The slot it belongs to.
+    pub slot: u32,
+    /// `address`, `identity` or `any`.
+    pub level: &'static str,
+    /// The peer address or identity; none for `any`.
+    pub peer: Option<String>,
+    /// IP protocol number (0: every protocol).
+    pub proto: u8,
+    /// First port (ICMP: type) of the prefix.
+    pub port_lo: u16,
+    /// Last port of the prefix.
+    pub port_hi: u16,
+    /// `allow`, `deny` or `redirect`.
+    pub verdict: &'static str,
+    /// The rule reference id.
+    pub rule: u32,
+}
+
+/// The datapath's counters, summed over CPUs.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Packets and bytes by reason and direction.
+    pub by_reason: Vec<(Reason, Direction, Counter)>,
+    /// Events lost because the ring buffer was full.
+    pub lost_events: u64,
+}
+
+impl Counters {
+    /// Packets counted for `reason`, both directions.
+    pub fn packets(&self, reason: Reason) -> u64 {
+        self.by_reason.iter().filter(|c| c.0 == reason).map(|c| c.2.packets).sum()
+    }
+}
+
+/// A datapath event, decoded.
+pub type Event = RawEvent;
+
+const MAP_ENDPOINTS: &str = "bh_endpoints";
+const MAP_IPCACHE: &str = "bh_ipcache";
+const MAP_POLICY: &str = "bh_policy";
+const MAP_CT: &str = "bh_ct";
+const MAP_COUNTERS: &str = "bh_counters";
+const MAP_EVENTS: &str = "bh_events";
+const PROG_FROM_POD: &str = "bh_from_pod";
+const PROG_TO_POD: &str = "bh_to_pod";
+
+/// The loaded programs and their pinned maps.
+pub struct Datapath {
+    dir: PathBuf,
+    ebpf: Ebpf,
+    endpoints: HashMap<MapData, u32, Endpoint>,
+    ipcache: LpmTrie<MapData, Addr, IpcacheValue>,
+    policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+    /// Capacity of the endpoints, ipcache and policy maps.
+    capacity: [u32; 3],
+    ct: HashMap<MapData, CtKey, CtValue>,
+    counters: PerCpuArray<MapData, Counter>,
+    events: Option<RingBuf<MapData>>,
+}
+
+/// The bpf filesystem's magic number (`statfs`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
+    move |source| DatapathError::Pin { path: path.to_owned(), source }
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+impl Datapath {
+    /// The default pin root.
+    pub const DEFAULT_ROOT: &'static str = "/sys/fs/bpf/bulkhead";
+
+    /// Loads the programs, creating or adopting the maps pinned under
+    /// `root` (which must be on a bpf filesystem; `/sys/fs/bpf` is mounted
+    /// if it is not).
+    pub fn open(root: &Path) -> Result<Self> {
+        ensure_bpffs(root)?;
+        let dir = root.join(format!("v{LAYOUT_VERSION}"));
+        std::fs::create_dir_all(dir.join("links")).map_err(pin_err(&dir))?;
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&dir).load(crate::OBJECT)?;
+        for name in [PROG_FROM_POD, PROG_TO_POD] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { what: format!("loading program {name}"), source })?;
+        }
+        let max = |name: &str| aya::maps::MapInfo::from_pin(dir.join(name)).map(|i| i.max_entries()).unwrap_or(0);
+        let capacity = [max(MAP_ENDPOINTS), max(MAP_IPCACHE), max(MAP_POLICY)];
+        Ok(Self {
+            endpoints: HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?,
+            ipcache: LpmTrie::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?,
+            policy: LpmTrie::try_from(take(&mut ebpf, MAP_POLICY)?).map_err(map_err(MAP_POLICY))?,
+            capacity,
+            ct: HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?,
+            counters: PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?,
+            events: Some(RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?),
+            dir,
+            ebpf,
+        })
+    }
+
+    /// The directory holding this layout's pins.
+    pub fn pin_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Attaches both programs to the host side of a pod's veth. A link
+    /// already pinned for this interface gets the new programs swapped in
+    /// atomically (enforcement never pauses); a stale pin (the interface
+    /// was deleted and its index reused) is replaced.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        for (prog, kind, suffix) in
+            [(PROG_FROM_POD, TcAttachType::Ingress, "from-pod"), (PROG_TO_POD, TcAttachType::Egress, "to-pod")]
+        {
+            let pin = self.link_pin(ifindex, suffix);
+            let p = classifier(&mut self.ebpf, prog)?;
+            let prog_err = |what: &str| {
+                let what = format!("{what} {prog} on {ifname}");
+                move |source| DatapathError::Program { what, source }
+            };
+            let swapped = match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| DatapathError::Pin {
+                        path: pin.clone(),
+                        source: io::Error::other(e.to_string()),
+                    })?;
+                    match p.attach_to_link(link) {
+                        Ok(id) => Some(id),
+                        Err(_) => {
+                            std::fs::remove_file(&pin).map_err(pin_err(&pin))?;
+                            None
+                        }
+                    }
+                }
+                Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(DatapathError::Pin { path: pin, source: io::Error::other(e.to_string()) });
+                }
+            };
+            let id = match swapped {
+                Some(id) => id,
+                None => p
+                    .attach_with_options(ifname, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .map_err(prog_err("attaching"))?,
+            };
+            let link = p.take_link(id).map_err(prog_err("taking the link of"))?;
+            let fd: FdLink = link.try_into().map_err(|e: LinkError| DatapathError::Pin {
+                path: pin.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+            let _ = std::fs::remove_file(&pin);
+            fd.pin(&pin)
+                .map_err(|e| DatapathError::Pin { path: pin.clone(), source: io::Error::other(e.to_string()) })?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the programs from an interface (removes its link pins).
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        for suffix in ["from-pod", "to-pod"] {
+            let pin = self.link_pin(ifindex, suffix);
+            match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(pin_err(&pin)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Interface indexes that have pinned links.
+    pub fn attached(&self) -> Result<Vec<u32>> {
+        let links = self.dir.join("links");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&links).map_err(pin_err(&links))? {
+            let e = e.map_err(pin_err(&links))?;
+            if let Some(idx) = e.file_name().to_str().and_then(|n| n.split('-').next()).and_then(|n| n.parse().ok()) {
+                out.push(idx);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn link_pin(&self, ifindex: u32, suffix: &str) -> PathBuf {
+        self.dir.join("links").join(format!("{ifindex}-{suffix}"))
+    }
+
+    // ---- endpoints ----
+
+    /// Sets an endpoint (one atomic map update).
+    pub fn set_endpoint(&mut self, ifindex: u32, ep: &Endpoint) -> Result<()> {
+        self.endpoints.insert(ifindex, ep, 0).map_err(classify(MAP_ENDPOINTS, self.capacity[0]))
+    }
+
+    /// Removes an endpoint.
+    pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
+        ignore_missing(self.endpoints.remove(&ifindex)).map_err(map_err(MAP_ENDPOINTS))
+    }
+
+    /// Every endpoint, by interface index.
+    pub fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>> {
+        self.endpoints.iter().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_ENDPOINTS))
+    }
+
+    // ---- ipcache ----
+
+    /// Maps a prefix to an identity.
+    pub fn set_ipcache(&mut self, prefix: Cidr, identity: u32) -> Result<()> {
+        let v = IpcacheValue { identity };
+        self.ipcache.insert(&ipcache_key(prefix), v, 0).map_err(classify(MAP_IPCACHE, self.capacity[1]))
+    }
+
+    /// Removes a prefix.
+    pub fn remove_ipcache(&mut self, prefix: Cidr) -> Result<()> {
+        ignore_missing(self.ipcache.remove(&ipcache_key(prefix))).map_err(map_err(MAP_IPCACHE))
+    }
+
+    /// Every prefix and its identity.
+    pub fn ipcache(&self) -> Result<Vec<(Cidr, u32)>> {
+        let mut out = Vec::new();
+        for kv in self.ipcache.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_IPCACHE))?;
+            let ip = IpAddr::from(k.data());
+            let len = k.prefix_len();
+            let len = if ip.is_ipv4() { len.saturating_sub(96) } else { len };
+            out.push((Cidr::new(ip, u8::try_from(len).unwrap_or(128)), v.identity));
+        }
+        Ok(out)
+    }
+
+    // ---- policy ----
+
+    /// Inserts one policy entry.
+    pub fn insert_policy(&mut self, key: &Key<PolicyKeyData>, value: PolicyValue) -> Result<()> {
+        self.policy.insert(key, value, 0).map_err(classify(MAP_POLICY, self.capacity[2]))
+    }
+
+    /// Removes one policy entry.
+    pub fn remove_policy(&mut self, key: &Key<PolicyKeyData>) -> Result<()> {
+        ignore_missing(self.policy.remove(key)).map_err(map_err(MAP_POLICY))
+    }
+
+    /// Every policy key (for adopting and cleaning up after another agent).
+    pub fn policy_keys(&self) -> Result<Vec<Key<PolicyKeyData>>> {
+        self.policy.keys().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_POLICY))
+    }
+
+    /// The entries of one slot, as the kernel holds them.
+    pub fn policy_entries(&self, slot: u32) -> Result<Vec<LoadedEntry>> {
+        let mut out = Vec::new();
+        for kv in self.policy.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_POLICY))?;
+            let d = k.data();
+            if d.slot != slot {
+                continue;
+            }
+            let port_bits = k.prefix_len().saturating_sub(POLICY_FIXED_BITS).min(16);
+            let lo = u16::from_be_bytes(d.port);
+            let span = if port_bits == 0 { u16::MAX } else { ((1u32 << (16 - port_bits)) - 1) as u16 };
+            let (level, peer) = match d.level {
+                crate::abi::LEVEL_ADDRESS => ("address", Some(IpAddr::from(d.peer).to_string())),
+                crate::abi::LEVEL_IDENTITY => {
+                    let id = u32::from_be_bytes([d.peer.0[0], d.peer.0[1], d.peer.0[2], d.peer.0[3]]);
+                    ("identity", Some(id.to_string()))
+                }
+                _ => ("any", None),
+            };
+            out.push(LoadedEntry {
+                slot,
+                level,
+                peer,
+                proto: d.proto,
+                port_lo: lo,
+                port_hi: lo.saturating_add(span),
+                verdict: match v.verdict {
+                    crate::abi::VERDICT_ALLOW => "allow",
+                    crate::abi::VERDICT_DENY => "deny",
+                    crate::abi::VERDICT_REDIRECT => "redirect",
+                    _ => "invalid",
+                },
+                rule: v.rule,
+            });
+        }
+        out.sort_by_key(|e| (e.level, e.peer.clone(), e.proto, e.port_lo));
+        Ok(out)
+    }
+
+    // ---- conntrack, counters, events ----
+
+    /// Number of conntrack entries.
+    pub fn conntrack_len(&self) -> usize {
+        self.ct.keys().count()
+    }
+
+    /// Forgets every conntrack entry of an interface (its endpoint is gone).
+    pub fn flush_conntrack(&mut self, ifindex: u32) -> Result<usize> {
+        let keys: Vec<CtKey> = self.ct.keys().filter_map(|k| k.ok()).filter(|k| k.ifindex == ifindex).collect();
+        for k in &keys {
+            ignore_missing(self.ct.remove(k)).map_err(map_err(MAP_CT))?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Packets and bytes by reason and direction, summed over CPUs, plus
+    /// the number of events lost because the ring buffer was full.
+    pub fn counters(&self) -> Result<Counters> {
+        let sum = |idx: u32| -> Result<Counter> {
+            let per_cpu = self.counters.get(&idx, 0).map_err(map_err(MAP_COUNTERS))?;
+            Ok(per_cpu
+                .iter()
+                .fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes }))
+        };
+        let mut out = Vec::new();
+        for r in Reason::ALL {
+            for d in Direction::BOTH {
+                out.push((r, d, sum(r as u32 * 2 + d as u32)?));
+            }
+        }
+        Ok(Counters { by_reason: out, lost_events: sum(COUNTER_LOST_EVENTS)?.packets })
+    }
+
+    /// The event ring buffer (taken once, by whoever reads events).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Removes every pin of this layout: programs stop enforcing on every
+    /// interface. For `lab down` and tests, never for a restart.
+    pub fn destroy(self) -> Result<()> {
+        let dir = self.dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&dir).map_err(pin_err(&dir))?;
+        if let Some(root) = dir.parent() {
+            let _ = std::fs::remove_dir(root);
+        }
+        Ok(())
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let missing = || DatapathError::Program {
+        what: format!("program {name}"),
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    };
+    ebpf.program_mut(name)
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(|source| DatapathError::Program { what: format!("program {name}"), source })
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name).ok_or(DatapathError::Map { map: name, source: MapError::InvalidName { name: name.into() } })
+}
+
+fn ipcache_key(prefix: Cidr) -> Key<Addr> {
+    let len = u32::from(prefix.len()) + if prefix.is_ipv4() { 96 } else { 0 };
+    Key::new(len, Addr::from(prefix.addr()))
+}
+
+/// A map that refuses an entry for lack of room says so (E2BIG from hash
+/// maps, ENOSPC from LPM tries, ENOMEM without preallocation).
+fn classify(map: &'static str, max: u32) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| {
+        let full = matches!(&source, MapError::SyscallError(e)
+            if matches!(e.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)));
+        if full { DatapathError::Full { map, max, source } } else { DatapathError::Map { map, source } }
+    }
+}
+
+fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
+fn ensure_bpffs(root: &Path) -> Result<()> {
+    let on_bpffs = |p: &Path| nix::sys::statfs::statfs(p).map(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    let base = Path::new("/sys/fs/bpf");
+    if root.starts_with(base) && !on_bpffs(base).unwrap_or(false) {
+        nix::mount::mount(Some("bpf"), base, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|e| DatapathError::Pin { path: base.into(), source: e.into() })?;
+    }
+    let probe = root.ancestors().find(|p| p.exists()).unwrap_or(base);
+    match on_bpffs(probe) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DatapathError::Pin {
+            path: root.into(),
+            source: io::Error::other("not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)"),
+        }),
+        Err(e) => Err(DatapathError::Pin { path: probe.into(), source: e.into() }),
+    }
+}

@@ -1,0 +1,40 @@
+//! Network namespaces: running work inside one without moving the process.
+//!
+//! A thread's network namespace is its own (`setns(CLONE_NEWNET)` affects
+//! the calling thread only), so work is done on a scoped thread that enters
+//! the namespace and ends with it; sockets it opens stay in that namespace.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Runs `f` on a new thread inside the network namespace at `path`
+/// (e.g. `/run/netns/NAME`).
+pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    let ns = File::open(path).map_err(|e| with_path(e, path))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| with_path(e.into(), path))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| std::io::Error::other(format!("thread in {} panicked", path.display())))?
+    })
+}
+
+/// Moves the calling thread into the network namespace at `path`. Call it
+/// before starting other threads to move a whole process.
+pub fn enter(path: &Path) -> std::io::Result<()> {
+    let ns = File::open(path).map_err(|e| with_path(e, path))?;
+    setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| with_path(e.into(), path))
+}
+
+/// The path of a named namespace (`ip netns add NAME`).
+pub fn named(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
+fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}

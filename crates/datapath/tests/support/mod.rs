@@ -1,0 +1,220 @@
+//! A node with pods, the datapath on it, and the engine that decides what
+//! the datapath should do: the fixture of the privileged tests.
+//!
+//! In CI (`CI` set) a test that cannot run here fails; elsewhere it is
+//! skipped with a message saying how to run it.
+
+#![allow(dead_code, reason = "each test binary uses part of the fixture")]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_datapath::pods::{Node, PodLink};
+use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
+use bulkhead_datapath::sync::{EndpointSpec, PolicySync};
+use bulkhead_datapath::{Datapath, netns};
+use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
+use bulkhead_policy::diag::Sink;
+use bulkhead_policy::engine::{Change, Engine};
+use bulkhead_policy::repository::Proto;
+use bulkhead_policy::resolve::{Decision, Verdict};
+
+/// Whether privileged tests can run; panics in CI when they cannot.
+pub fn privileged(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let tools = std::path::Path::new("/usr/lib/cni/ptp").exists();
+    if root && tools {
+        return true;
+    }
+    let why = if root {
+        "the CNI plugins are missing (apt-get install containernetworking-plugins)"
+    } else {
+        "it needs root"
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: cannot run in CI: {why}");
+    }
+    eprintln!("skipping {test}: {why}; run `sudo -E cargo test -p bulkhead-datapath` (CI=1 makes this a failure)");
+    false
+}
+
+/// Decodes YAML into objects, panicking on any diagnostic error.
+pub fn objects(yaml: &str) -> Vec<bulkhead_policy::api::Object> {
+    let mut sink = Sink::default();
+    let objs = decode_str(yaml, &DecodeOptions::default(), &mut sink);
+    assert_eq!(sink.error_count(), 0, "{:?}", sink.diagnostics);
+    objs
+}
+
+/// The fixture.
+pub struct Lab {
+    pub engine: Engine,
+    pub sync: PolicySync,
+    pub dp: Option<Datapath>,
+    pub pods: BTreeMap<String, PodLink>,
+    pub node: Node,
+    pub pin_root: PathBuf,
+    pub audit: bool,
+}
+
+impl Lab {
+    /// Creates the node and a pod per Pod object of `cluster`, loads the
+    /// datapath under a pin root of its own, and enforces `policies`.
+    pub fn up(tag: &str, cluster: &str, policies: &str) -> Lab {
+        let id = format!("bh{}{tag}", std::process::id() % 100_000);
+        let state = std::env::temp_dir().join(format!("{id}-state"));
+        let mut node = Node::create(&format!("{id}-node"), &state).expect("node namespace");
+        let mut engine = Engine::default();
+        for o in objects(cluster) {
+            engine.apply(match o {
+                bulkhead_policy::api::Object::Namespace(n) => Change::UpsertNamespace(n),
+                bulkhead_policy::api::Object::Pod(p) => Change::UpsertPod(p),
+                bulkhead_policy::api::Object::Policy(p) => Change::UpsertPolicy(p),
+            });
+        }
+        let mut pods = BTreeMap::new();
+        for (i, key) in engine.pod_keys().iter().enumerate() {
+            let (pod, _) = engine.pod(key).expect("listed pod");
+            let link = node.add_pod(&format!("{id}-p{i}"), &pod.ips).expect("pod through ptp");
+            pods.insert(key.clone(), link);
+        }
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/bulkhead-test-{id}"));
+        let mut dp = Datapath::open(&pin_root).expect("load the datapath");
+        let sync = PolicySync::adopt(&dp).expect("adopt");
+        let node_path = node.path();
+        netns::run_in(&node_path, || {
+            for link in pods.values() {
+                dp.attach(&link.host_if, link.ifindex).expect("attach");
+            }
+        })
+        .expect("enter node namespace");
+        let mut lab = Lab { engine, sync, dp: Some(dp), pods, node, pin_root, audit: false };
+        lab.change(objects(policies).into_iter().map(|o| match o {
+            bulkhead_policy::api::Object::Policy(p) => Change::UpsertPolicy(p),
+            other => panic!("not a policy: {other:?}"),
+        }));
+        lab
+    }
+
+    pub fn dp(&mut self) -> &mut Datapath {
+        self.dp.as_mut().expect("datapath open")
+    }
+
+    /// Applies changes to the engine and loads the result.
+    pub fn change(&mut self, changes: impl IntoIterator<Item = Change>) {
+        for c in changes {
+            self.engine.apply(c);
+        }
+        self.load();
+    }
+
+    /// Loads the engine's current state into the maps.
+    pub fn load(&mut self) {
+        let specs: Vec<EndpointSpec> = self.specs();
+        let ipcache: Vec<(bulkhead_policy::cidr::Cidr, u32)> =
+            self.engine.ipcache().into_iter().map(|(c, id)| (c, id.0)).collect();
+        let dp = self.dp.as_mut().expect("datapath open");
+        let report = self.sync.apply(dp, specs, ipcache).expect("sync");
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+    }
+
+    pub fn specs(&self) -> Vec<EndpointSpec> {
+        self.pods
+            .iter()
+            .enumerate()
+            .map(|(i, (key, link))| {
+                let (_, id) = self.engine.pod(key).expect("pod");
+                EndpointSpec {
+                    ifindex: link.ifindex,
+                    id: i as u32 + 1,
+                    identity: id.0,
+                    audit: self.audit,
+                    policy: Arc::clone(self.engine.endpoint_policy(key).expect("resolved")),
+                }
+            })
+            .collect()
+    }
+
+    /// What the kernel should do with a packet from `from` (at `src`) to
+    /// `to` (at `dst`): the engine's lookups, with a redirect dropping
+    /// while no L7 proxy runs.
+    pub fn expected(&self, from: &str, to: &str, src: IpAddr, dst: IpAddr, proto: Proto, port: u16) -> bool {
+        let (_, sid) = self.engine.pod(from).expect("pod");
+        let (_, did) = self.engine.pod(to).expect("pod");
+        let eg = self.engine.endpoint_policy(from).expect("policy").egress.lookup(Some(dst), did, proto, port);
+        let ing = self.engine.endpoint_policy(to).expect("policy").ingress.lookup(Some(src), sid, proto, port);
+        kernel_passes(&eg) && kernel_passes(&ing)
+    }
+
+    /// Probes every ordered pod pair on every address family and port;
+    /// returns the differences as readable lines and the numbers of probes
+    /// that the engine expected to pass and to drop.
+    pub fn differences(&self, ports: &[(Proto, u16)], timeout: Duration) -> (Vec<String>, [usize; 2]) {
+        let mut diffs = Vec::new();
+        let mut total = [0, 0];
+        for (from, src) in &self.pods {
+            let mut probes = Vec::new();
+            let mut meta = Vec::new();
+            for (to, dst) in &self.pods {
+                if from == to {
+                    continue;
+                }
+                for (s, d) in src.ips.iter().zip(&dst.ips) {
+                    for &(proto, port) in ports {
+                        let proto = match (proto, d) {
+                            (Proto::Icmp | Proto::Icmpv6, IpAddr::V4(_)) => Proto::Icmp,
+                            (Proto::Icmp | Proto::Icmpv6, IpAddr::V6(_)) => Proto::Icmpv6,
+                            (p, _) => p,
+                        };
+                        let policy_port = match proto {
+                            Proto::Icmp => 8,
+                            Proto::Icmpv6 => 128,
+                            _ => port,
+                        };
+                        probes.push(Probe { dst: *d, proto, port });
+                        meta.push((to.clone(), *s, *d, proto, policy_port));
+                    }
+                }
+            }
+            let outcomes =
+                probe_from(&netns::named(&src.netns), &probes, timeout, 32).expect("probe from the pod namespace");
+            for ((to, s, d, proto, port), got) in meta.into_iter().zip(outcomes) {
+                let want = self.expected(from, &to, s, d, proto, port);
+                total[usize::from(!want)] += 1;
+                let ok = match got {
+                    Outcome::Reached => want,
+                    Outcome::Dropped => !want,
+                    Outcome::Error(ref e) => panic!("probe {from} -> {to} {d} {}/{port}: {e}", proto.as_str()),
+                };
+                if !ok {
+                    diffs.push(format!(
+                        "{from} ({s}) -> {to} ({d}) {}/{port}: engine {}, kernel {:?}",
+                        proto.as_str(),
+                        if want { "allows" } else { "drops" },
+                        got
+                    ));
+                }
+            }
+        }
+        (diffs, total)
+    }
+}
+
+pub fn kernel_passes(d: &Decision<'_>) -> bool {
+    match d {
+        Decision::Entry(_, e) => e.verdict == Verdict::Allow,
+        Decision::Default { deny } => !deny,
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(dp) = self.dp.take() {
+            let _ = dp.destroy();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+    }
+}

@@ -1,0 +1,21 @@
+# Sourced by scripts/test.sh and scripts/seed.sh: installs, with apt, what
+# building and running bulkhead needs on a fresh Debian/Ubuntu machine.
+# Keep this list and the README's in step.
+BULKHEAD_APT_PACKAGES=(
+  build-essential pkg-config   # the Rust build's C side
+  clang llvm libbpf-dev        # bpf/*.c → eBPF objects (clang 14 on Debian 12)
+  iproute2                     # ip netns / ip link for the lab and the privileged tests
+  containernetworking-plugins  # ptp + host-local: the lab's main CNI plugin (/usr/lib/cni)
+)
+
+install_deps() {
+  local missing=()
+  for p in "${BULKHEAD_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "== installing with apt: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
