@@ -149,15 +149,16 @@ impl Lab {
         kernel_passes(&eg) && kernel_passes(&ing)
     }
 
-    /// Probes every ordered pod pair on every address family and port;
-    /// returns the differences as readable lines and the numbers of probes
-    /// that the engine expected to pass and to drop.
+    /// Probes every ordered pod pair on every address family and port, all
+    /// sources at once; returns the differences as readable lines and the
+    /// numbers of probes the engine expected to pass and to drop. A probe
+    /// the kernel dropped against the engine's word is sent once more with
+    /// a long timeout, so that a slow machine is not mistaken for a drop.
     pub fn differences(&self, ports: &[(Proto, u16)], timeout: Duration) -> (Vec<String>, [usize; 2]) {
-        let mut diffs = Vec::new();
-        let mut total = [0, 0];
+        type Meta = (String, IpAddr, IpAddr, Proto, u16);
+        let mut work: Vec<(&String, &PodLink, Vec<Probe>, Vec<Meta>)> = Vec::new();
         for (from, src) in &self.pods {
-            let mut probes = Vec::new();
-            let mut meta = Vec::new();
+            let (mut probes, mut meta) = (Vec::new(), Vec::new());
             for (to, dst) in &self.pods {
                 if from == to {
                     continue;
@@ -179,11 +180,28 @@ impl Lab {
                     }
                 }
             }
-            let outcomes =
-                probe_from(&netns::named(&src.netns), &probes, timeout, 32).expect("probe from the pod namespace");
-            for ((to, s, d, proto, port), got) in meta.into_iter().zip(outcomes) {
-                let want = self.expected(from, &to, s, d, proto, port);
+            work.push((from, src, probes, meta));
+        }
+        let results: Vec<Vec<Outcome>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = work
+                .iter()
+                .map(|(_, src, probes, _)| {
+                    sc.spawn(move || probe_from(&netns::named(&src.netns), probes, timeout, 16).expect("probe"))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
+        });
+        let mut diffs = Vec::new();
+        let mut total = [0, 0];
+        for ((from, src, probes, meta), outcomes) in work.iter().zip(results) {
+            for ((probe, (to, s, d, proto, port)), mut got) in probes.iter().zip(meta).zip(outcomes) {
+                let want = self.expected(from, to, *s, *d, *proto, *port);
                 total[usize::from(!want)] += 1;
+                if want && got == Outcome::Dropped {
+                    got = probe_from(&netns::named(&src.netns), &[*probe], Duration::from_secs(2), 1)
+                        .expect("probe")
+                        .remove(0);
+                }
                 let ok = match got {
                     Outcome::Reached => want,
                     Outcome::Dropped => !want,
