@@ -57,11 +57,18 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define COUNTER_SLOTS (BH_REASON_MAX * 2 + 1)
 #define COUNTER_LOST_EVENTS (BH_REASON_MAX * 2)
 
+/*
+ * Not preallocated: a preallocated hash map recycles a replaced element at
+ * once, so a program still holding it could read another endpoint's value
+ * in the middle of a policy swap. Without preallocation the old element is
+ * freed after an RCU grace period, and a reader sees the old value whole.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, struct bh_endpoint);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bh_endpoints SEC(".maps");
 
@@ -74,13 +81,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bh_ipcache SEC(".maps");
 
-struct {
+struct bh_policy_slot {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 4194304);
-	__type(key, struct bh_policy_key);
-	__type(value, struct bh_policy_value);
+	__uint(max_entries, BH_POLICY_SLOT_MAX_ENTRIES);
+	/* Sizes, not types: clang emits the structs only as forward
+	 * declarations here, which the loader cannot size. */
+	__uint(key_size, sizeof(struct bh_policy_key));
+	__uint(value_size, sizeof(struct bh_policy_value));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+/* slot → that slot's immutable policy trie (see bulkhead.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct bh_policy_slot);
 } bh_policy SEC(".maps");
 
 struct {
@@ -397,7 +414,7 @@ static __always_inline __u32 ipcache_identity(const struct bh_addr *a)
 	return (a->b[10] == 0xff && a->b[11] == 0xff && !a->b[0] && !a->b[8]) ? 9 : 10;
 }
 
-static __always_inline struct bh_policy_value *policy_level(struct bh_policy_key *k, __u8 level,
+static __always_inline struct bh_policy_value *policy_level(void *trie, struct bh_policy_key *k, __u8 level,
 							     const struct pkt *p, int has_ports)
 {
 	struct bh_policy_value *v;
@@ -407,18 +424,18 @@ static __always_inline struct bh_policy_value *policy_level(struct bh_policy_key
 		k->proto = p->proto;
 		k->port = bpf_htons(p->policy_port);
 		k->prefixlen = BH_POLICY_FIXED_BITS + 16;
-		v = bpf_map_lookup_elem(&bh_policy, k);
+		v = bpf_map_lookup_elem(trie, k);
 		if (v)
 			return v;
 	}
 	k->proto = 0;
 	k->port = 0;
 	k->prefixlen = BH_POLICY_FIXED_BITS;
-	return bpf_map_lookup_elem(&bh_policy, k);
+	return bpf_map_lookup_elem(trie, k);
 }
 
 /* The policy verdict for a new flow; *level is the level that decided. */
-static __always_inline struct bh_policy_value *policy_lookup(__u32 slot, const struct bh_addr *peer, __u32 peer_id,
+static __always_inline struct bh_policy_value *policy_lookup(void *trie, const struct bh_addr *peer, __u32 peer_id,
 							      const struct pkt *p, __u8 *level)
 {
 	struct bh_policy_key k = {};
@@ -426,21 +443,20 @@ static __always_inline struct bh_policy_value *policy_lookup(__u32 slot, const s
 	int has_ports = p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP_ ||
 			p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6;
 
-	k.slot = slot;
 	k.peer = *peer;
 	*level = BH_LEVEL_ADDRESS;
-	v = policy_level(&k, BH_LEVEL_ADDRESS, p, has_ports);
+	v = policy_level(trie, &k, BH_LEVEL_ADDRESS, p, has_ports);
 	if (v)
 		return v;
 	__builtin_memset(&k.peer, 0, sizeof(k.peer));
 	*(__be32 *)k.peer.b = bpf_htonl(peer_id);
 	*level = BH_LEVEL_IDENTITY;
-	v = policy_level(&k, BH_LEVEL_IDENTITY, p, has_ports);
+	v = policy_level(trie, &k, BH_LEVEL_IDENTITY, p, has_ports);
 	if (v)
 		return v;
 	__builtin_memset(&k.peer, 0, sizeof(k.peer));
 	*level = BH_LEVEL_ANY;
-	return policy_level(&k, BH_LEVEL_ANY, p, has_ports);
+	return policy_level(trie, &k, BH_LEVEL_ANY, p, has_ports);
 }
 
 static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep,
@@ -525,6 +541,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct bh_ct_value *cv;
 	struct bh_policy_value *pv;
 	const struct bh_addr *peer;
+	void *trie;
 	__u32 ifindex = skb->ifindex, peer_id, slot, rule = 0;
 	__u64 now;
 	__u8 level = 255, audit;
@@ -599,7 +616,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	peer = dir == BH_DIR_EGRESS ? &p.daddr : &p.saddr;
 	peer_id = ipcache_identity(peer);
 	audit = ep->flags & BH_EP_AUDIT;
-	pv = policy_lookup(slot, peer, peer_id, &p, &level);
+	trie = bpf_map_lookup_elem(&bh_policy, &slot);
+	if (!trie) /* the agent always loads a slot before naming it: fail closed */
+		return drop(skb, &p, ep, peer_id, dir, BH_REASON_NO_ENDPOINT, level, 0);
+	pv = policy_lookup(trie, peer, peer_id, &p, &level);
 	if (pv)
 		rule = pv->rule;
 	if (!pv) {

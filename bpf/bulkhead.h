@@ -11,7 +11,7 @@
 
 #include <linux/types.h>
 
-#define BH_LAYOUT_VERSION 1
+#define BH_LAYOUT_VERSION 2
 
 /* Policy map levels, most specific first (see resolve.rs). */
 #define BH_LEVEL_ADDRESS 0
@@ -43,7 +43,7 @@
 #define BH_REASON_FRAG_UNKNOWN 4    /* a later fragment whose first was not seen */
 #define BH_REASON_UNKNOWN_L3 5      /* not IPv4, IPv6 or ARP */
 #define BH_REASON_PROXY_UNAVAILABLE 6 /* redirect to an L7 proxy that is not running */
-#define BH_REASON_NO_ENDPOINT 7     /* program attached to an interface the agent does not know */
+#define BH_REASON_NO_ENDPOINT 7     /* no endpoint, or no loaded policy, for the interface */
 #define BH_REASON_CT_FULL 8         /* conntrack entry could not be created */
 #define BH_REASON_MAX 9
 
@@ -83,13 +83,16 @@ struct bh_endpoint {
 };
 
 /*
- * policy: LPM over (slot, level, proto, peer, port). Every entry covers
- * slot..peer exactly (BH_POLICY_FIXED_BITS) plus a prefix of the port.
- * Protocol-wide entries use proto 0 and a port prefix of 0.
+ * policy: one LPM trie per slot (a map in the bh_policy hash of maps), over
+ * (level, proto, peer, port). Every entry covers level..peer exactly
+ * (BH_POLICY_FIXED_BITS) plus a prefix of the port. Protocol-wide entries
+ * use proto 0 and a port prefix of 0. A slot's trie is complete before it
+ * is published and never changes while live: an LPM trie may misroute a
+ * lookup that runs concurrently with an update of the same trie, so a
+ * live one is never updated.
  */
 struct bh_policy_key {
 	__u32 prefixlen;
-	__u32 slot;
 	__u8 level;
 	__u8 proto;
 	__u8 pad[2];
@@ -97,7 +100,8 @@ struct bh_policy_key {
 	__be16 port;
 	__u8 pad2[2];
 };
-#define BH_POLICY_FIXED_BITS ((4 + 4 + 16) * 8)
+#define BH_POLICY_FIXED_BITS ((4 + 16) * 8)
+#define BH_POLICY_SLOT_MAX_ENTRIES (1 << 20)
 
 struct bh_policy_value {
 	__u8 verdict;
@@ -175,7 +179,7 @@ struct bh_event {
 
 _Static_assert(sizeof(struct bh_ipcache_key) == 20, "bh_ipcache_key");
 _Static_assert(sizeof(struct bh_endpoint) == 20, "bh_endpoint");
-_Static_assert(sizeof(struct bh_policy_key) == 32, "bh_policy_key");
+_Static_assert(sizeof(struct bh_policy_key) == 28, "bh_policy_key");
 _Static_assert(sizeof(struct bh_policy_value) == 8, "bh_policy_value");
 _Static_assert(sizeof(struct bh_ct_key) == 44, "bh_ct_key");
 _Static_assert(sizeof(struct bh_ct_value) == 24, "bh_ct_value");

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 /// Bumped with every change to a shared structure or map definition.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Policy map level: the peer's address.
 pub const LEVEL_ADDRESS: u8 = 0;
@@ -13,8 +13,10 @@ pub const LEVEL_ADDRESS: u8 = 0;
 pub const LEVEL_IDENTITY: u8 = 1;
 /// Policy map level: any peer.
 pub const LEVEL_ANY: u8 = 2;
-/// Bits of a policy key fixed for every entry (slot, level, proto, peer).
-pub const POLICY_FIXED_BITS: u32 = (4 + 4 + 16) * 8;
+/// Bits of a policy key fixed for every entry (level, proto, peer).
+pub const POLICY_FIXED_BITS: u32 = (4 + 16) * 8;
+/// Capacity of one slot's policy trie (`BH_POLICY_SLOT_MAX_ENTRIES`).
+pub const POLICY_SLOT_MAX_ENTRIES: u32 = 1 << 20;
 
 /// Policy verdict: pass.
 pub const VERDICT_ALLOW: u8 = 1;
@@ -150,8 +152,6 @@ pub struct Endpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(C)]
 pub struct PolicyKeyData {
-    /// The policy slot.
-    pub slot: u32,
     /// `LEVEL_*`.
     pub level: u8,
     /// IP protocol number; 0 for protocol-wide entries.
@@ -299,7 +299,7 @@ impl RawEvent {
 const _: () = assert!(size_of::<Addr>() == 16);
 const _: () = assert!(size_of::<aya::maps::lpm_trie::Key<Addr>>() == 20);
 const _: () = assert!(size_of::<Endpoint>() == 20);
-const _: () = assert!(size_of::<aya::maps::lpm_trie::Key<PolicyKeyData>>() == 32);
+const _: () = assert!(size_of::<aya::maps::lpm_trie::Key<PolicyKeyData>>() == 28);
 const _: () = assert!(size_of::<PolicyValue>() == 8);
 const _: () = assert!(size_of::<CtKey>() == 44);
 const _: () = assert!(size_of::<CtValue>() == 24);
@@ -348,5 +348,6 @@ mod tests {
         }
         assert!(header.contains(&format!("#define BH_REASON_MAX {}", Reason::ALL.len())));
         assert!(header.contains(&format!("#define BH_LAYOUT_VERSION {LAYOUT_VERSION}")));
+        assert!(header.contains("#define BH_POLICY_SLOT_MAX_ENTRIES (1 << 20)"));
     }
 }

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{HashMap, HashOfMaps, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::abi::{
     Addr, COUNTER_LOST_EVENTS, Counter, CtKey, CtValue, Endpoint, IpcacheValue, LAYOUT_VERSION, POLICY_FIXED_BITS,
-    PolicyKeyData, PolicyValue, RawEvent, Reason,
+    POLICY_SLOT_MAX_ENTRIES, PolicyKeyData, PolicyValue, RawEvent, Reason,
 };
 
 /// What can go wrong in the datapath.
@@ -133,6 +133,14 @@ impl Counters {
     }
 }
 
+/// One slot's policy trie.
+type SlotTrie = LpmTrie<MapData, PolicyKeyData, PolicyValue>;
+
+/// `BPF_F_NO_PREALLOC`, which LPM tries require.
+const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_NOEXIST`: a slot number is never reused.
+const BPF_NOEXIST: u64 = 1;
+
 /// A datapath event, decoded.
 pub type Event = RawEvent;
 
@@ -151,7 +159,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     endpoints: HashMap<MapData, u32, Endpoint>,
     ipcache: LpmTrie<MapData, Addr, IpcacheValue>,
-    policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+    policy: HashOfMaps<MapData, u32, SlotTrie>,
     /// Capacity of the endpoints, ipcache and policy maps.
     capacity: [u32; 3],
     ct: HashMap<MapData, CtKey, CtValue>,
@@ -192,7 +200,7 @@ impl Datapath {
         Ok(Self {
             endpoints: HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?,
             ipcache: LpmTrie::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?,
-            policy: LpmTrie::try_from(take(&mut ebpf, MAP_POLICY)?).map_err(map_err(MAP_POLICY))?,
+            policy: HashOfMaps::try_from(take(&mut ebpf, MAP_POLICY)?).map_err(map_err(MAP_POLICY))?,
             capacity,
             ct: HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?,
             counters: PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?,
@@ -334,30 +342,41 @@ impl Datapath {
 
     // ---- policy ----
 
-    /// Inserts one policy entry.
-    pub fn insert_policy(&mut self, key: &Key<PolicyKeyData>, value: PolicyValue) -> Result<()> {
-        self.policy.insert(key, value, 0).map_err(classify(MAP_POLICY, self.capacity[2]))
+    /// Publishes a complete policy under `slot`: the entries go into a
+    /// new trie, which then becomes visible in one update of the slot map.
+    /// Returns the number of map keys written.
+    pub fn write_slot(
+        &mut self,
+        slot: u32,
+        entries: impl IntoIterator<Item = (Key<PolicyKeyData>, PolicyValue)>,
+    ) -> Result<usize> {
+        let mut trie = SlotTrie::create(POLICY_SLOT_MAX_ENTRIES, BPF_F_NO_PREALLOC).map_err(map_err(MAP_POLICY))?;
+        let mut n = 0;
+        for (k, v) in entries {
+            trie.insert(&k, v, 0).map_err(classify(MAP_POLICY, POLICY_SLOT_MAX_ENTRIES))?;
+            n += 1;
+        }
+        self.policy.insert(slot, &trie, BPF_NOEXIST).map_err(classify(MAP_POLICY, self.capacity[2]))?;
+        Ok(n)
     }
 
-    /// Removes one policy entry.
-    pub fn remove_policy(&mut self, key: &Key<PolicyKeyData>) -> Result<()> {
-        ignore_missing(self.policy.remove(key)).map_err(map_err(MAP_POLICY))
+    /// Removes a slot (its trie is freed once no program uses it).
+    pub fn remove_slot(&mut self, slot: u32) -> Result<()> {
+        ignore_missing(self.policy.remove(&slot)).map_err(map_err(MAP_POLICY))
     }
 
-    /// Every policy key (for adopting and cleaning up after another agent).
-    pub fn policy_keys(&self) -> Result<Vec<Key<PolicyKeyData>>> {
+    /// Every published slot.
+    pub fn slots(&self) -> Result<Vec<u32>> {
         self.policy.keys().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_POLICY))
     }
 
     /// The entries of one slot, as the kernel holds them.
     pub fn policy_entries(&self, slot: u32) -> Result<Vec<LoadedEntry>> {
+        let trie: SlotTrie = self.policy.get(&slot, 0).map_err(map_err(MAP_POLICY))?;
         let mut out = Vec::new();
-        for kv in self.policy.iter() {
+        for kv in trie.iter() {
             let (k, v) = kv.map_err(map_err(MAP_POLICY))?;
             let d = k.data();
-            if d.slot != slot {
-                continue;
-            }
             let port_bits = k.prefix_len().saturating_sub(POLICY_FIXED_BITS).min(16);
             let lo = u16::from_be_bytes(d.port);
             let span = if port_bits == 0 { u16::MAX } else { ((1u32 << (16 - port_bits)) - 1) as u16 };

@@ -10,8 +10,8 @@
 //! period, so that a packet that read the old slot just before the swap
 //! still finds its entries.
 //!
-//! When a map is full the new slot is removed again and the endpoint keeps
-//! its previous policy; the error names the endpoint and the map.
+//! When a map is full the new slot is never published and the endpoint
+//! keeps its previous policy; the error names the endpoint and the map.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use aya::maps::lpm_trie::Key;
 use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::repository::{Proto, RuleRef};
-use bulkhead_policy::resolve::{DirectionPolicy, EndpointPolicy, Peer, PolicyKey, Verdict};
+use bulkhead_policy::resolve::{EndpointPolicy, Peer, PolicyKey, Verdict};
 
 use crate::abi::{
     Addr, EP_AUDIT, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, Endpoint, LEVEL_ADDRESS, LEVEL_ANY,
@@ -62,8 +62,9 @@ pub struct SyncReport {
 
 struct Slot {
     id: u32,
-    policy: Arc<EndpointPolicy>,
-    keys: Vec<Key<PolicyKeyData>>,
+    /// Keeps the policy alive, so that its address (the key of `slots`)
+    /// is not reused by another policy while this slot is live.
+    _policy: Arc<EndpointPolicy>,
     users: usize,
 }
 
@@ -84,7 +85,7 @@ pub struct PolicySync {
     ipcache: BTreeMap<Cidr, u32>,
     rules: Vec<Vec<Arc<RuleRef>>>,
     rule_ids: HashMap<Vec<Arc<RuleRef>>, u32>,
-    retired: Vec<(Instant, Vec<Key<PolicyKeyData>>)>,
+    retired: Vec<(Instant, u32)>,
     /// Slots written by an earlier agent, removed after the first apply.
     foreign: bool,
 }
@@ -100,7 +101,9 @@ impl PolicySync {
             s.next_slot = s.next_slot.max(ep.slot[0].max(ep.slot[1]).saturating_add(1));
         }
         s.ipcache = dp.ipcache()?.into_iter().collect();
-        s.foreign = !dp.policy_keys()?.is_empty() || !dp.endpoints()?.is_empty();
+        let slots = dp.slots()?;
+        s.next_slot = s.next_slot.max(slots.iter().max().map_or(1, |m| m.saturating_add(1)));
+        s.foreign = !slots.is_empty();
         Ok(s)
     }
 
@@ -166,10 +169,8 @@ impl PolicySync {
         let (due, keep): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.retired).into_iter().partition(|(t, _)| force || now.duration_since(*t) >= GRACE);
         self.retired = keep;
-        for (_, keys) in due {
-            for k in &keys {
-                dp.remove_policy(k)?;
-            }
+        for (_, slot) in due {
+            dp.remove_slot(slot)?;
         }
         Ok(())
     }
@@ -249,39 +250,21 @@ impl PolicySync {
             Direction::Ingress => &policy.ingress,
             Direction::Egress => &policy.egress,
         };
-        let mut keys = Vec::with_capacity(dir.entries.len());
-        if let Err(e) = self.write_slot(dp, id, dir, &mut keys) {
-            for k in &keys {
-                let _ = dp.remove_policy(k);
-            }
-            return Err(e);
-        }
-        report.slots_written += 1;
-        report.entries_written += keys.len();
-        self.slots.insert(key, Slot { id, policy: policy.clone(), keys, users: 1 });
-        Ok(id)
-    }
-
-    fn write_slot(
-        &mut self,
-        dp: &mut Datapath,
-        slot: u32,
-        dir: &DirectionPolicy,
-        keys: &mut Vec<Key<PolicyKeyData>>,
-    ) -> Result<(), DatapathError> {
+        let mut entries = Vec::with_capacity(dir.entries.len());
         for (k, e) in dir.entries.iter() {
-            let (verdict, proxy_port) = match &e.verdict {
-                Verdict::Allow => (VERDICT_ALLOW, 0),
-                Verdict::Deny => (VERDICT_DENY, 0),
-                Verdict::Redirect(_) => (VERDICT_REDIRECT, 0),
+            let verdict = match &e.verdict {
+                Verdict::Allow => VERDICT_ALLOW,
+                Verdict::Deny => VERDICT_DENY,
+                Verdict::Redirect(_) => VERDICT_REDIRECT,
             };
-            let value = PolicyValue { verdict, pad: 0, proxy_port, rule: self.rule_id(&e.refs) };
-            for key in map_keys(slot, k) {
-                dp.insert_policy(&key, value)?;
-                keys.push(key);
-            }
+            let value = PolicyValue { verdict, pad: 0, proxy_port: 0, rule: self.rule_id(&e.refs) };
+            entries.extend(map_keys(k).into_iter().map(|key| (key, value)));
         }
-        Ok(())
+        let written = dp.write_slot(id, entries)?;
+        report.slots_written += 1;
+        report.entries_written += written;
+        self.slots.insert(key, Slot { id, _policy: policy.clone(), users: 1 });
+        Ok(id)
     }
 
     fn rule_id(&mut self, refs: &[Arc<RuleRef>]) -> u32 {
@@ -310,25 +293,21 @@ impl PolicySync {
         if s.users == 0
             && let Some(s) = self.slots.remove(&key)
         {
-            drop(s.policy);
-            self.retired.push((Instant::now(), s.keys));
+            self.retired.push((Instant::now(), s.id));
         }
     }
 
-    /// Schedules for deletion every policy entry in a slot no endpoint uses.
+    /// Schedules for deletion every slot no endpoint uses.
     fn retire_foreign(&mut self, dp: &Datapath) -> Result<(), DatapathError> {
         let live: std::collections::HashSet<u32> = self.slots.values().map(|s| s.id).collect();
-        let stale: Vec<Key<PolicyKeyData>> =
-            dp.policy_keys()?.into_iter().filter(|k| !live.contains(&{ k.data().slot })).collect();
-        if !stale.is_empty() {
-            self.retired.push((Instant::now(), stale));
-        }
+        let now = Instant::now();
+        self.retired.extend(dp.slots()?.into_iter().filter(|s| !live.contains(s)).map(|s| (now, s)));
         Ok(())
     }
 }
 
-/// The LPM keys of one engine entry in `slot`.
-pub fn map_keys(slot: u32, k: &PolicyKey) -> Vec<Key<PolicyKeyData>> {
+/// The LPM keys of one engine entry.
+pub fn map_keys(k: &PolicyKey) -> Vec<Key<PolicyKeyData>> {
     let (level, peer) = match k.peer {
         Peer::Any => (LEVEL_ANY, Addr::default()),
         Peer::Identity(id) => {
@@ -339,7 +318,6 @@ pub fn map_keys(slot: u32, k: &PolicyKey) -> Vec<Key<PolicyKeyData>> {
         Peer::Address(ip) => (LEVEL_ADDRESS, Addr::from(ip)),
     };
     let data = |proto: u8, port: u16| PolicyKeyData {
-        slot,
         level,
         proto,
         pad: [0; 2],

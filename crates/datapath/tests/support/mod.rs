@@ -56,7 +56,7 @@ pub struct Lab {
     pub dp: Option<Datapath>,
     pub pods: BTreeMap<String, PodLink>,
     pub node: Node,
-    pub pin_root: PathBuf,
+    pub pin_root: PinRoot,
     pub audit: bool,
 }
 
@@ -81,8 +81,8 @@ impl Lab {
             let link = node.add_pod(&format!("{id}-p{i}"), &pod.ips).expect("pod through ptp");
             pods.insert(key.clone(), link);
         }
-        let pin_root = PathBuf::from(format!("/sys/fs/bpf/bulkhead-test-{id}"));
-        let mut dp = Datapath::open(&pin_root).expect("load the datapath");
+        let pin_root = PinRoot(PathBuf::from(format!("/sys/fs/bpf/bulkhead-test-{id}")));
+        let mut dp = Datapath::open(&pin_root.0).expect("load the datapath");
         let sync = PolicySync::adopt(&dp).expect("adopt");
         let node_path = node.path();
         netns::run_in(&node_path, || {
@@ -228,11 +228,19 @@ pub fn kernel_passes(d: &Decision<'_>) -> bool {
     }
 }
 
+/// A test's pin directory, removed however the test ends.
+pub struct PinRoot(pub PathBuf);
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if let Some(dp) = self.dp.take() {
             let _ = dp.destroy();
         }
-        let _ = std::fs::remove_dir_all(&self.pin_root);
     }
 }
