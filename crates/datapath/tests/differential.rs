@@ -12,9 +12,8 @@ mod support;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use bulkhead_policy::engine::Change;
-use bulkhead_policy::repository::{PolicyId, Proto};
-use support::{Lab, objects, privileged};
+use bulkhead_policy::repository::Proto;
+use support::{Lab, privileged};
 
 /// Six pods in two namespaces, each with a v4 and a v6 address.
 const CLUSTER: &str = r#"
@@ -272,14 +271,8 @@ fn kernel_and_engine_agree_on_random_policies() {
     let mut round = 0;
     while probes < want {
         // Replace the previous round's policies with new random ones.
-        let old: Vec<PolicyId> = lab.engine.policies().map(PolicyId::of).collect();
         let text = random_policies(&mut r, round);
-        let mut changes: Vec<Change> = old.into_iter().map(Change::DeletePolicy).collect();
-        changes.extend(objects(&text).into_iter().map(|o| match o {
-            bulkhead_policy::api::Object::Policy(p) => Change::UpsertPolicy(p),
-            other => panic!("generated a non-policy: {other:?}"),
-        }));
-        lab.change(changes);
+        lab.replace_policies(&text);
         let (diffs, [pass, drop]) = lab.differences(PORTS, Duration::from_millis(250));
         assert!(
             diffs.is_empty(),

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
 use bulkhead_datapath::sync::PolicySync;
 use bulkhead_datapath::{Datapath, netns};
-use bulkhead_policy::engine::Change;
-use bulkhead_policy::repository::{PolicyId, Proto};
-use support::{Lab, objects, privileged};
+use bulkhead_policy::repository::Proto;
+use support::{Lab, privileged};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -72,15 +71,6 @@ spec:
   ingressDeny:
   - fromEndpoints: [{matchLabels: {app: client}}]
 "#;
-
-fn policy_changes(text: &str, lab: &Lab) -> Vec<Change> {
-    let mut v: Vec<Change> = lab.engine.policies().map(|p| Change::DeletePolicy(PolicyId::of(p))).collect();
-    v.extend(objects(text).into_iter().map(|o| match o {
-        bulkhead_policy::api::Object::Policy(p) => Change::UpsertPolicy(p),
-        other => panic!("not a policy: {other:?}"),
-    }));
-    v
-}
 
 /// A UDP echo server on port 7000 (both families) in a pod; counts what it
 /// received until `stop`.
@@ -166,8 +156,7 @@ fn policy_updates_under_traffic_are_atomic_per_endpoint() {
     let started = Instant::now();
     for i in 0..100 {
         let text = if i % 2 == 0 { V2 } else { V1 };
-        let changes = policy_changes(text, &lab);
-        lab.change(changes);
+        lab.replace_policies(text);
         let (c, sv, v) = (&lab.pods["t/client"], &lab.pods["t/server"], &lab.pods["t/vault"]);
         for k in 0..2 {
             assert!(lab.expected("t/client", "t/server", c.ips[k], sv.ips[k], Proto::Udp, 7000), "premise: both allow");

@@ -92,10 +92,7 @@ impl Lab {
         })
         .expect("enter node namespace");
         let mut lab = Lab { engine, sync, dp: Some(dp), pods, node, pin_root, audit: false };
-        lab.change(objects(policies).into_iter().map(|o| match o {
-            bulkhead_policy::api::Object::Policy(p) => Change::UpsertPolicy(p),
-            other => panic!("not a policy: {other:?}"),
-        }));
+        lab.replace_policies(policies);
         lab
     }
 
@@ -109,6 +106,20 @@ impl Lab {
             self.engine.apply(c);
         }
         self.load();
+    }
+
+    /// Replaces every policy with those in `text` (one engine batch, one load).
+    pub fn replace_policies(&mut self, text: &str) {
+        let mut changes: Vec<Change> = self
+            .engine
+            .policies()
+            .map(|p| Change::DeletePolicy(bulkhead_policy::repository::PolicyId::of(p)))
+            .collect();
+        changes.extend(objects(text).into_iter().map(|o| match o {
+            bulkhead_policy::api::Object::Policy(p) => Change::UpsertPolicy(p),
+            other => panic!("not a policy: {other:?}"),
+        }));
+        self.change(changes);
     }
 
     /// Loads the engine's current state into the maps.
