@@ -88,6 +88,9 @@ pub struct PolicySync {
     retired: Vec<(Instant, u32)>,
     /// Slots written by an earlier agent, removed after the first apply.
     foreign: bool,
+    /// Endpoints an earlier agent left; the first apply removes those it
+    /// does not load.
+    adopted: Vec<u32>,
 }
 
 impl PolicySync {
@@ -96,15 +99,16 @@ impl PolicySync {
     /// policy entries are deleted once the first [`PolicySync::apply`] has
     /// replaced them.
     pub fn adopt(dp: &Datapath) -> Result<Self, DatapathError> {
-        let mut s = Self { next_slot: 1, ..Self::default() };
-        for (_, ep) in dp.endpoints()? {
-            s.next_slot = s.next_slot.max(ep.slot[0].max(ep.slot[1]).saturating_add(1));
-        }
-        s.ipcache = dp.ipcache()?.into_iter().collect();
+        // Every slot an endpoint names was published first, so the slot map
+        // alone says which numbers are taken.
         let slots = dp.slots()?;
-        s.next_slot = s.next_slot.max(slots.iter().max().map_or(1, |m| m.saturating_add(1)));
-        s.foreign = !slots.is_empty();
-        Ok(s)
+        Ok(Self {
+            next_slot: slots.iter().max().map_or(1, |m| m.saturating_add(1)),
+            foreign: !slots.is_empty(),
+            adopted: dp.endpoints()?.into_iter().map(|(ifindex, _)| ifindex).collect(),
+            ipcache: dp.ipcache()?.into_iter().collect(),
+            ..Self::default()
+        })
     }
 
     /// The rules behind a rule reference id from an event or a map value.
@@ -144,7 +148,9 @@ impl PolicySync {
                 Err(e) => report.failed.push((*ifindex, e)),
             }
         }
-        let gone: Vec<u32> = self.endpoints.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+        let adopted = std::mem::take(&mut self.adopted);
+        let gone: std::collections::BTreeSet<u32> =
+            self.endpoints.keys().chain(&adopted).filter(|k| !desired.contains_key(k)).copied().collect();
         for ifindex in gone {
             dp.remove_endpoint(ifindex)?;
             if let Some(old) = self.endpoints.remove(&ifindex) {
@@ -212,16 +218,12 @@ impl PolicySync {
         let old = self.endpoints.get(&spec.ifindex).cloned();
         if old.as_ref().is_some_and(|o| o.value == value) {
             // Same slots: the references taken above are extra.
-            for d in Direction::BOTH {
-                self.release_one(&spec.policy, d);
-            }
+            self.release(&spec.policy);
             self.endpoints.insert(spec.ifindex, Loaded { spec: spec.clone(), value });
             return Ok(false);
         }
         if let Err(e) = dp.set_endpoint(spec.ifindex, &value) {
-            for d in Direction::BOTH {
-                self.release_one(&spec.policy, d);
-            }
+            self.release(&spec.policy);
             return Err(e);
         }
         self.endpoints.insert(spec.ifindex, Loaded { spec: spec.clone(), value });

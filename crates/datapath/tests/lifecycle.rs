@@ -248,6 +248,9 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
     // the pinned links) and reconciles.
     let mut dp = Datapath::open(&lab.pin_root.0).expect("reopen");
     assert_eq!(dp.endpoints().expect("endpoints").len(), 3, "the endpoints survived");
+    // An endpoint the old agent left that the new one does not load.
+    let stale = bulkhead_datapath::abi::Endpoint { id: 99, identity: 2, flags: 0, slot: [1, 2] };
+    dp.set_endpoint(u32::MAX, &stale).expect("stale endpoint");
     lab.sync = PolicySync::adopt(&dp).expect("adopt");
     netns::run_in(&lab.node.path(), || {
         for link in lab.pods.values() {
@@ -257,6 +260,8 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
     .expect("enter node namespace");
     lab.dp = Some(dp);
     lab.load();
+    let left: Vec<u32> = lab.dp().endpoints().expect("endpoints").into_iter().map(|(i, _)| i).collect();
+    assert!(!left.contains(&u32::MAX) && left.len() == 3, "adoption kept endpoints nobody loads: {left:?}");
     std::thread::sleep(Duration::from_millis(300));
     // The new agent's policy: the old entries are gone after the grace.
     lab.sync.collect_retired(lab.dp.as_mut().expect("open"), true).expect("collect");
