@@ -4,53 +4,53 @@
 //! against them live in [`crate::l7`]. Regexes are kept as source text here
 //! and compiled once by the matchers (anchored, size-limited).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One HTTP rule (`rules.http[]`): all present fields must match (AND).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRule {
     /// Regex matched against the whole request method (`:method`, case-sensitive).
     /// `None` or an empty string means any method.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// Regex matched against the whole request target as Envoy's `:path`
     /// holds it, query string included. `None` or empty means any path.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Regex matched against the whole `:authority` (Host) value as sent,
     /// port included when the client sent one. `None` or empty means any host.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// `Name` (header present) or `Name: value` (exact value; the whitespace
     /// around the value is ignored, and Cilium's `Name value` form is accepted).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<String>,
     /// Header matches; without a mismatch action they are required, with one
     /// the request is allowed anyway and the action is reported.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub header_matches: Vec<HeaderMatch>,
 }
 
 /// `headerMatches[]` entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderMatch {
     /// Header name (case-insensitive).
     pub name: String,
     /// Expected value; empty means "present".
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
     /// What to do on mismatch; `None` means the request is refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<MismatchAction>,
     /// `secret: {namespace, name}` reference, kept for display only.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
 
 /// `headerMatches[].mismatch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum MismatchAction {
     /// Log the mismatch, allow the request.
@@ -64,7 +64,7 @@ pub enum MismatchAction {
 }
 
 /// A DNS name selector (`toFQDNs[]` and `rules.dns[]`): exactly one field set.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum FqdnSelector {
     /// Exact name, compared lowercase in fully-qualified form (trailing dot
@@ -77,7 +77,7 @@ pub enum FqdnSelector {
 }
 
 /// Kafka role shorthand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KafkaRole {
     /// produce: Produce, Metadata, ApiVersions.
@@ -88,28 +88,28 @@ pub enum KafkaRole {
 }
 
 /// One Kafka rule (`rules.kafka[]`): all present fields must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaRule {
     /// `role`, exclusive with `api_key`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<KafkaRole>,
     /// `apiKey` as its Kafka numeric key (validated from its name).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<i16>,
     /// `apiVersion`, exact.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<i16>,
     /// `clientID`, exact.
-    #[serde(rename = "clientID", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "clientID", default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// `topic`, exact; ignored for request kinds that carry no topic.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
 }
 
 /// The L7 rules of one port rule; at most one kind is non-empty (validated).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "type", content = "rules")]
 pub enum L7Rules {
     /// `rules.http`

@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cidr::Cidr;
 pub use l7::{FqdnSelector, HeaderMatch, HttpRule, KafkaRole, KafkaRule, L7Rules, MismatchAction};
 
 /// The kinds of policy object bulkhead reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum PolicyKind {
     /// `cilium.io/v2` CiliumNetworkPolicy (namespaced).
     CiliumNetworkPolicy,
@@ -49,7 +49,7 @@ impl fmt::Display for PolicyKind {
 }
 
 /// Where an object came from: file and position of its first line.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Origin {
     /// File name as given by the caller.
     pub file: String,
@@ -58,7 +58,7 @@ pub struct Origin {
 }
 
 /// A policy object.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     /// Which kind.
     pub kind: PolicyKind,
@@ -84,7 +84,7 @@ impl Policy {
 }
 
 /// What a policy says.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PolicyBody {
     /// Cilium rules (`spec` first, then `specs[]`).
     Cilium(Vec<Rule>),
@@ -94,7 +94,7 @@ pub enum PolicyBody {
 
 /// A label selector as written (`matchLabels` + `matchExpressions`). Keys keep
 /// their optional source prefix (`k8s:app`); [`crate::selector`] interprets them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
     /// `matchLabels`, in key order.
@@ -104,7 +104,7 @@ pub struct LabelSelector {
 }
 
 /// One `matchExpressions` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Requirement {
     /// The label key (with optional source prefix).
     pub key: String,
@@ -115,7 +115,7 @@ pub struct Requirement {
 }
 
 /// Selector operators (case-sensitive, as Kubernetes defines them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Operator {
     /// The label's value is one of `values`.
     In,
@@ -128,7 +128,7 @@ pub enum Operator {
 }
 
 /// Traffic direction, from the selected endpoint's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Traffic arriving at the endpoint.
@@ -157,7 +157,7 @@ impl fmt::Display for Direction {
 }
 
 /// One Cilium rule (an element of `specs`, or `spec`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
     /// Field path of this rule in its object (`spec`, `specs[1]`, `[0]`).
@@ -195,7 +195,7 @@ impl Rule {
 }
 
 /// Reserved entities (`fromEntities` / `toEntities`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Entity {
     /// Everything.
@@ -251,7 +251,7 @@ impl Entity {
 }
 
 /// A CIDR with exceptions (`toCIDRSet[]`, NetworkPolicy `ipBlock`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CidrRule {
     /// The block.
     pub cidr: Cidr,
@@ -268,7 +268,7 @@ impl CidrRule {
 
 /// One ingress or egress rule (allow or deny). `from*`/`to*` fields share one
 /// shape; the direction is known from the section it sits in.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerRule {
     /// Field path (`spec.ingress[0]`), for references and explanations.
@@ -310,7 +310,7 @@ impl PeerRule {
 }
 
 /// L4 protocols a port rule can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Protocol {
     /// TCP.
     #[serde(rename = "TCP")]
@@ -327,7 +327,7 @@ pub enum Protocol {
 }
 
 /// A port as written: a number (0 = all), or a container port name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PortSpec {
     /// A number; 0 means every port.
@@ -337,7 +337,7 @@ pub enum PortSpec {
 }
 
 /// One `ports[]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortProtocol {
     /// `port`.
@@ -349,7 +349,7 @@ pub struct PortProtocol {
 }
 
 /// One `toPorts[]` entry.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortRule {
     /// `ports`; empty means every port of every protocol.
@@ -359,7 +359,7 @@ pub struct PortRule {
 }
 
 /// ICMP family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum IcmpFamily {
     /// ICMP for IPv4.
     IPv4,
@@ -368,7 +368,7 @@ pub enum IcmpFamily {
 }
 
 /// One `icmps[].fields[]` entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct IcmpField {
     /// Address family.
     pub family: IcmpFamily,
@@ -377,7 +377,7 @@ pub struct IcmpField {
 }
 
 /// A Kubernetes NetworkPolicy spec.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
     /// `podSelector`.
@@ -393,7 +393,7 @@ pub struct NetworkPolicySpec {
 }
 
 /// One NetworkPolicy ingress or egress rule.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkPolicyRule {
     /// Field path (`spec.ingress[0]`).
     pub path: String,
@@ -404,7 +404,7 @@ pub struct NetworkPolicyRule {
 }
 
 /// One NetworkPolicy peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetworkPolicyPeer {
     /// `podSelector` and/or `namespaceSelector`.
     Pods {
@@ -418,7 +418,7 @@ pub enum NetworkPolicyPeer {
 }
 
 /// A namespace of the cluster state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
     /// `metadata.name`.
     pub name: String,
@@ -427,7 +427,7 @@ pub struct Namespace {
 }
 
 /// A named container port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NamedPort {
     /// `name` (lowercase IANA service name).
     pub name: String,
@@ -438,7 +438,7 @@ pub struct NamedPort {
 }
 
 /// A pod of the cluster state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pod {
     /// `metadata.namespace` (default `default`).
@@ -465,7 +465,7 @@ impl Pod {
 }
 
 /// Anything a document can hold that bulkhead uses.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Object {
     /// A policy.
     Policy(Policy),
