@@ -31,6 +31,10 @@ use regex::{Regex, RegexBuilder};
 
 /// Compiled-program and lazy-DFA size limit for one L7 regex, in bytes.
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Upper bound on nesting in an L7 regex: the regex compiler recurses once
+/// per level, and hostile input must not exhaust a thread's stack (a real
+/// path or method pattern nests a few levels).
+pub const REGEX_NEST_LIMIT: u32 = 32;
 
 /// Why an L7 rule could not be compiled or validated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,18 +96,24 @@ pub enum L7Error {
 /// Builds `source` as a regex under [`REGEX_SIZE_LIMIT`], reporting failures
 /// against `field` and the user's `pattern` (which may differ from `source`).
 pub(crate) fn build_regex(field: &str, pattern: &str, source: &str) -> Result<Regex, L7Error> {
-    RegexBuilder::new(source).size_limit(REGEX_SIZE_LIMIT).dfa_size_limit(REGEX_SIZE_LIMIT).build().map_err(|e| match e
-    {
-        regex::Error::CompiledTooBig(limit) => {
-            L7Error::RegexTooBig { field: field.to_owned(), pattern: pattern.to_owned(), limit }
-        }
-        regex::Error::Syntax(msg) => {
-            L7Error::RegexSyntax { field: field.to_owned(), pattern: pattern.to_owned(), reason: syntax_summary(&msg) }
-        }
-        other => {
-            L7Error::RegexSyntax { field: field.to_owned(), pattern: pattern.to_owned(), reason: other.to_string() }
-        }
-    })
+    RegexBuilder::new(source)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .nest_limit(REGEX_NEST_LIMIT)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => {
+                L7Error::RegexTooBig { field: field.to_owned(), pattern: pattern.to_owned(), limit }
+            }
+            regex::Error::Syntax(msg) => L7Error::RegexSyntax {
+                field: field.to_owned(),
+                pattern: pattern.to_owned(),
+                reason: syntax_summary(&msg),
+            },
+            other => {
+                L7Error::RegexSyntax { field: field.to_owned(), pattern: pattern.to_owned(), reason: other.to_string() }
+            }
+        })
 }
 
 /// Reduces the regex crate's multi-line syntax error to its `error:` line.

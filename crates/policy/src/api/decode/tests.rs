@@ -90,6 +90,18 @@ fn regex_size_limit() {
 }
 
 #[test]
+fn regex_nest_limit() {
+    let deep = format!("{}a{}", "(".repeat(40), ")".repeat(40));
+    let (_, diags) = decode(&format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: a}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{path: \"{deep}\"}}]}}}}]}}]\n"
+    ));
+    assert!(
+        diags.iter().any(|d| d.contains("spec.ingress[0].toPorts[0].rules.http[0].path") && d.contains("nest")),
+        "{diags:?}"
+    );
+}
+
+#[test]
 fn json_list_and_bare_rules() {
     let (objs, diags) = decode(
         r#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "n", "namespace": "x"}, "spec": {"podSelector": {}}}]}"#,
