@@ -9,6 +9,7 @@
 //! atomically. Linux only; the one crate with `unsafe`.
 
 pub mod abi;
+pub mod events;
 mod maps;
 pub mod netns;
 pub mod pods;

@@ -442,9 +442,9 @@ impl Datapath {
         Ok(Counters { by_reason: out, lost_events: sum(COUNTER_LOST_EVENTS)?.packets })
     }
 
-    /// The event ring buffer (taken once, by whoever reads events).
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.events.take()
+    /// The event ring buffer's reader (taken once, by whoever reads events).
+    pub fn take_events(&mut self) -> Option<crate::events::EventReader> {
+        self.events.take().map(crate::events::EventReader::new)
     }
 
     /// Removes every pin of this layout: programs stop enforcing on every

@@ -87,11 +87,20 @@ fn tcp(p: Probe, timeout: Duration) -> io::Result<bool> {
     }
 }
 
+/// A UDP probe's payload: a well-formed DNS query (id 0xb1b1, one
+/// question, `probe.bulkhead. A`), so that a DNS server answers it as an
+/// echo server does.
+const PAYLOAD: [u8; 32] = [
+    0xb1, 0xb1, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // header: RD, QDCOUNT 1
+    5, b'p', b'r', b'o', b'b', b'e', 8, b'b', b'u', b'l', b'k', b'h', b'e', b'a', b'd', 0, // probe.bulkhead.
+    0x00, 0x01, 0x00, 0x01, // QTYPE A, QCLASS IN
+];
+
 fn udp(p: Probe, timeout: Duration) -> io::Result<bool> {
     let s = Socket::new(domain(p.dst), Type::DGRAM, Some(Protocol::UDP))?;
     s.connect(&SocketAddr::new(p.dst, p.port).into())?;
     s.set_read_timeout(Some(timeout))?;
-    s.send(b"bulkhead-probe")?;
+    s.send(&PAYLOAD)?;
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
     match s.recv(&mut buf) {
         Ok(_) => Ok(true),

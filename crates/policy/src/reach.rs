@@ -5,14 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::repository::Proto;
 use crate::resolve::{Decision, DirectionPolicy, Verdict};
 
 /// One cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reach {
     /// Allowed at L3/L4 with no L7 rule.
@@ -62,7 +62,7 @@ impl ProbePort {
 }
 
 /// The matrix, in the JSON shape of DESIGN.md §5.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReachMatrix {
     /// Ports, as `80/TCP`.
     pub ports: Vec<String>,
