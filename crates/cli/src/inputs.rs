@@ -64,11 +64,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads and decodes every file under `paths`.
-pub fn load(paths: &[PathBuf], opts: &DecodeOptions) -> Result<Loaded> {
-    let mut loaded = Loaded::default();
+/// Reads every file under `paths`: (name for diagnostics, text).
+pub fn read(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
     for path in expand(paths)? {
-        let (name, text) = if path.as_os_str() == "-" {
+        out.push(if path.as_os_str() == "-" {
             let mut s = String::new();
             std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
             ("<stdin>".to_string(), s)
@@ -76,7 +76,15 @@ pub fn load(paths: &[PathBuf], opts: &DecodeOptions) -> Result<Loaded> {
             let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
             (path.display().to_string(), text)
-        };
+        });
+    }
+    Ok(out)
+}
+
+/// Reads and decodes every file under `paths`.
+pub fn load(paths: &[PathBuf], opts: &DecodeOptions) -> Result<Loaded> {
+    let mut loaded = Loaded::default();
+    for (name, text) in read(paths)? {
         let mut sink = Sink::new(&name);
         loaded.objects.extend(decode_str(&text, opts, &mut sink));
         loaded.diagnostics.extend(sink.diagnostics);

@@ -27,6 +27,9 @@ pub enum PolicyCommand {
     /// the destination's ingress policy, both looked up. `l7` means allowed
     /// at L3/L4 and decided per request by an L7 proxy.
     Reach(ReachArgs),
+    /// An endpoint's policy as the kernel holds it, read back from the
+    /// maps (needs the agent): every entry with its verdict and rules.
+    Get(crate::live::PolicyGetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +124,7 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Validate(a) => validate(a),
         PolicyCommand::Trace(a) => crate::explain::trace(a),
         PolicyCommand::Reach(a) => crate::explain::reach(a),
+        PolicyCommand::Get(a) => crate::live::policy_get(a),
     }
 }
 

@@ -1,0 +1,409 @@
+//! The agent's HTTP/JSON API: every request and response body, shared by
+//! the server, the CLI and the CNI plugin so that the three cannot drift.
+//!
+//! Routes (all under `/v1`, on a unix socket of mode 0600):
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | GET | `/status` | → [`Status`] |
+//! | POST | `/apply` | [`ApplyRequest`] → [`ApplyResponse`] |
+//! | POST | `/delete` | [`ApplyRequest`] → [`ApplyResponse`] |
+//! | GET | `/endpoints` | → `[`[`EndpointInfo`]`]` |
+//! | PUT | `/endpoints/{container_id}` | [`EndpointRequest`] → [`EndpointInfo`] |
+//! | GET, DELETE | `/endpoints/{container_id}` | → [`EndpointInfo`] |
+//! | GET | `/identities` | → `[`[`IdentityInfo`]`]` |
+//! | GET | `/policy?endpoint=NS/POD` | → [`PolicyDump`] |
+//! | GET | `/reach?ports=80/TCP,…` | → the `policy reach` matrix |
+//! | GET | `/events?last=N&since=NS` | → `[`[`EventView`]`]` |
+//! | PUT | `/audit` | [`AuditRequest`] → [`AuditSettings`] |
+//!
+//! Errors are a non-2xx status with an [`ErrorBody`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/bulkhead/agent.sock";
+
+/// An error answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, with the fix where one is known.
+    pub error: String,
+    /// Every diagnostic behind it (`file:line:col: field: message`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// One input file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceFile {
+    /// The name diagnostics use.
+    pub name: String,
+    /// Its text (YAML or JSON, one or more documents).
+    pub text: String,
+}
+
+/// `apply -f` / `delete -f`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    /// The files, as read by the client.
+    pub files: Vec<SourceFile>,
+    /// Namespace for namespaced objects that name none (`-n`).
+    pub namespace: String,
+    /// Check only: validate and report, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an apply or delete did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// `kind namespace/name` of objects that did not exist.
+    pub created: Vec<String>,
+    /// Objects that changed.
+    pub configured: Vec<String>,
+    /// Objects that were already so.
+    pub unchanged: Vec<String>,
+    /// Objects removed.
+    pub deleted: Vec<String>,
+    /// Objects a delete named that did not exist.
+    pub not_found: Vec<String>,
+    /// Warnings from validation.
+    pub warnings: Vec<String>,
+    /// Parts of the applied policies that the datapath does not enforce yet.
+    pub not_enforced: Vec<String>,
+    /// What reached the kernel.
+    pub enforcement: Enforcement,
+}
+
+/// The kernel side of a change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Enforcement {
+    /// Endpoints whose policy changed in the kernel.
+    pub endpoints_updated: usize,
+    /// Policies (slots) written.
+    pub slots_written: usize,
+    /// Map entries written.
+    pub entries_written: usize,
+    /// Endpoints that kept their previous policy, and why.
+    pub failed: Vec<EndpointFailure>,
+    /// Microseconds from the request to the last map write.
+    pub elapsed_us: u64,
+}
+
+/// An endpoint whose new policy could not be loaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointFailure {
+    /// `namespace/pod`.
+    pub endpoint: String,
+    /// The datapath's error.
+    pub error: String,
+}
+
+/// Registers a pod's interface (the CNI plugin's ADD).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointRequest {
+    /// The runtime's container id (`CNI_CONTAINERID`).
+    pub container_id: String,
+    /// `K8S_POD_NAMESPACE`.
+    pub namespace: String,
+    /// `K8S_POD_NAME`.
+    pub pod: String,
+    /// The pod's network namespace (`CNI_NETNS`).
+    pub netns: String,
+    /// The interface inside the pod (`CNI_IFNAME`).
+    pub ifname: String,
+    /// The host side of the pod's veth.
+    pub host_if: String,
+    /// Its interface index on the node.
+    pub host_ifindex: u32,
+    /// The pod's addresses, from the main plugin's result.
+    pub ips: Vec<IpAddr>,
+}
+
+/// An endpoint as the agent knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    /// The agent's endpoint id.
+    pub id: u32,
+    /// `namespace/pod`.
+    pub pod: String,
+    /// The runtime's container id.
+    pub container_id: String,
+    /// The numeric identity.
+    pub identity: u32,
+    /// The identity's labels (`k8s:app=frontend`, …).
+    pub labels: Vec<String>,
+    /// Addresses.
+    pub ips: Vec<IpAddr>,
+    /// The pod's network namespace.
+    pub netns: String,
+    /// The host-side interface.
+    pub host_if: String,
+    /// Its index.
+    pub host_ifindex: u32,
+    /// Whether policy is enforced (default-deny) on ingress.
+    pub ingress_enforced: bool,
+    /// Whether policy is enforced on egress.
+    pub egress_enforced: bool,
+    /// Audit mode in effect (would-be drops pass, reported as AUDIT).
+    pub audit: bool,
+    /// `ready`, or `not-ready: <why>` when its latest policy could not be loaded.
+    pub state: String,
+}
+
+/// An identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityInfo {
+    /// The number.
+    pub id: u32,
+    /// Its labels.
+    pub labels: Vec<String>,
+    /// Pods (`namespace/name`) that have it.
+    pub pods: Vec<String>,
+}
+
+/// `policy get`: an endpoint's entries as the kernel holds them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyDump {
+    /// `namespace/pod`.
+    pub endpoint: String,
+    /// Its identity.
+    pub identity: u32,
+    /// Ingress.
+    pub ingress: DirectionDump,
+    /// Egress.
+    pub egress: DirectionDump,
+}
+
+/// One direction of a [`PolicyDump`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectionDump {
+    /// Whether traffic no entry allows is dropped.
+    pub default_deny: bool,
+    /// The slot the endpoint's map value names.
+    pub slot: u32,
+    /// The slot's entries, read back from the kernel.
+    pub entries: Vec<EntryDump>,
+}
+
+/// One kernel policy entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryDump {
+    /// `address`, `identity` or `any`.
+    pub level: String,
+    /// The peer: an address, or an identity number.
+    pub peer: Option<String>,
+    /// The peer identity's labels (identity level).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_labels: Vec<String>,
+    /// `TCP`, `UDP`, … or `ANY`.
+    pub protocol: String,
+    /// First port (ICMP: type).
+    pub port: u16,
+    /// Last port.
+    pub end_port: u16,
+    /// `allow`, `deny` or `redirect`.
+    pub verdict: String,
+    /// The rules behind the entry.
+    pub rules: Vec<String>,
+}
+
+/// `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Whether the agent is serving and its datapath loaded.
+    pub healthy: bool,
+    /// The agent's process id.
+    pub pid: u32,
+    /// Its version.
+    pub version: String,
+    /// Seconds since it started.
+    pub uptime_s: u64,
+    /// Its state directory.
+    pub state_dir: String,
+    /// Where its programs and maps are pinned.
+    pub pin_dir: String,
+    /// The network namespace holding the host side of pod interfaces.
+    pub node_netns: String,
+    /// Object and kernel counts.
+    pub counts: Counts,
+    /// Audit settings.
+    pub audit: AuditSettings,
+    /// Packets dropped, by reason (Hubble's names) and direction.
+    pub drops: BTreeMap<String, u64>,
+    /// Packets forwarded.
+    pub forwarded: u64,
+    /// Datapath events lost because the ring buffer was full.
+    pub lost_events: u64,
+    /// Events kept for `observe`.
+    pub events_buffered: usize,
+    /// Endpoints whose latest policy is not loaded.
+    pub endpoints_not_ready: usize,
+}
+
+/// Counts for [`Status`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counts {
+    /// Policies.
+    pub policies: usize,
+    /// Namespaces.
+    pub namespaces: usize,
+    /// Pods known (with or without a local endpoint).
+    pub pods: usize,
+    /// Local endpoints.
+    pub endpoints: usize,
+    /// Identities.
+    pub identities: usize,
+    /// ipcache prefixes in the kernel.
+    pub ipcache: usize,
+    /// Policy slots in the kernel.
+    pub policy_slots: usize,
+    /// Conntrack entries.
+    pub conntrack: usize,
+}
+
+/// Audit mode at three scopes; the narrowest set one wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditSettings {
+    /// Every endpoint.
+    pub global: bool,
+    /// Per namespace.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, bool>,
+    /// Per endpoint (`namespace/pod`).
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, bool>,
+}
+
+impl AuditSettings {
+    /// Whether audit mode applies to the pod `namespace/name`.
+    pub fn effective(&self, pod_key: &str) -> bool {
+        let ns = pod_key.split_once('/').map_or("", |(ns, _)| ns);
+        self.endpoints.get(pod_key).or_else(|| self.namespaces.get(ns)).copied().unwrap_or(self.global)
+    }
+}
+
+/// The scope of an [`AuditRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "scope", content = "name")]
+pub enum AuditScope {
+    /// Every endpoint.
+    Global,
+    /// One namespace.
+    Namespace(String),
+    /// One endpoint, `namespace/pod`.
+    Endpoint(String),
+}
+
+/// Sets audit mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditRequest {
+    /// Where.
+    #[serde(flatten)]
+    pub scope: AuditScope,
+    /// On, off, or `None` to remove the setting (inherit the wider scope).
+    pub enabled: Option<bool>,
+}
+
+/// A datapath event, in Hubble's field names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventView {
+    /// RFC 3339 time.
+    pub time: String,
+    /// Nanoseconds since the Unix epoch (for `since`).
+    pub time_ns: u64,
+    /// `FORWARDED`, `DROPPED`, `AUDIT`, `REDIRECTED`.
+    pub verdict: String,
+    /// The drop reason (`POLICY_DENIED`, …); absent when forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason_desc: Option<String>,
+    /// `INGRESS` or `EGRESS`, seen from the endpoint that decided.
+    pub traffic_direction: String,
+    /// `drop` or `policy-verdict`.
+    pub event_type: String,
+    /// Whether the packet is a reply.
+    pub is_reply: bool,
+    /// `TCP`, `UDP`, `SCTP`, `ICMPv4`, `ICMPv6`, or the number.
+    pub protocol: String,
+    /// Source address.
+    pub source_ip: IpAddr,
+    /// Destination address.
+    pub destination_ip: IpAddr,
+    /// Source port (ICMP: 0).
+    pub source_port: u16,
+    /// Destination port (ICMP: type).
+    pub destination_port: u16,
+    /// TCP flags (`SYN`, `ACK`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_flags: Vec<String>,
+    /// The source.
+    pub source: EventPeer,
+    /// The destination.
+    pub destination: EventPeer,
+    /// The rules that decided (allow, deny or redirect), as `Kind ns/name spec.ingress[0]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// Packet length.
+    pub length: u32,
+}
+
+/// One side of an [`EventView`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EventPeer {
+    /// Numeric identity.
+    pub identity: u32,
+    /// Pod namespace, when a pod.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Pod name, when a pod.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_name: String,
+    /// Identity labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+impl EventPeer {
+    /// `ns/pod`, or the identity's first label, or its number.
+    pub fn display(&self) -> String {
+        if !self.pod_name.is_empty() {
+            format!("{}/{}", self.namespace, self.pod_name)
+        } else if let Some(l) = self.labels.first() {
+            l.clone()
+        } else {
+            format!("identity {}", self.identity)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrowest_audit_setting_wins() {
+        let mut a = AuditSettings::default();
+        assert!(!a.effective("prod/web"));
+        a.global = true;
+        assert!(a.effective("prod/web"));
+        a.namespaces.insert("prod".into(), false);
+        assert!(!a.effective("prod/web"));
+        assert!(a.effective("staging/web"));
+        a.endpoints.insert("prod/web".into(), true);
+        assert!(a.effective("prod/web"));
+        assert!(!a.effective("prod/db"));
+    }
+
+    #[test]
+    fn audit_request_json() {
+        let r: AuditRequest =
+            serde_json::from_str(r#"{"scope":"namespace","name":"prod","enabled":true}"#).expect("valid request");
+        assert_eq!(r.scope, AuditScope::Namespace("prod".into()));
+        let g: AuditRequest = serde_json::from_str(r#"{"scope":"global","enabled":null}"#).expect("valid request");
+        assert_eq!(g.scope, AuditScope::Global);
+    }
+}

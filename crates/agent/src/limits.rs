@@ -1,0 +1,73 @@
+//! What the applied policies ask for that this datapath cannot do yet, said
+//! plainly at `apply` time rather than discovered as silent drops.
+//!
+//! Until the L7 and DNS proxies exist, an L7 rule's traffic is redirected
+//! to a proxy that is not there and dropped (`PROXY_UNAVAILABLE`: fail
+//! closed), and `toFQDNs` matches no address, because names are learnt
+//! only from DNS answers the proxy sees.
+
+use bulkhead_policy::api::{L7Rules, Policy, PolicyBody};
+
+/// One line per rule that is not enforced as written.
+pub fn not_enforced<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in policies {
+        let PolicyBody::Cilium(rules) = &p.body else { continue };
+        let name = format!("{} {}", p.kind, p.display_name());
+        for rule in rules {
+            let sections = [&rule.ingress, &rule.egress].into_iter().flatten().flatten();
+            for peer in sections {
+                for pr in &peer.to_ports {
+                    let what = match &pr.rules {
+                        Some(L7Rules::Http(_)) => "HTTP rules",
+                        Some(L7Rules::Dns(_)) => "DNS rules",
+                        Some(L7Rules::Kafka(_)) => "Kafka rules",
+                        Some(L7Rules::Tls(_)) => "TLS serverNames",
+                        Some(L7Rules::Generic { .. }) => "l7proto rules",
+                        None => continue,
+                    };
+                    out.push(format!(
+                        "{name} {}: {what} need the L7 proxy, which bulkhead does not have yet: this traffic is dropped (PROXY_UNAVAILABLE)",
+                        peer.path
+                    ));
+                }
+                if peer.fqdns.is_some() {
+                    out.push(format!(
+                        "{name} {}: toFQDNs needs the DNS proxy, which bulkhead does not have yet: it matches no address",
+                        peer.path
+                    ));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use bulkhead_policy::api::Object;
+    use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
+    use bulkhead_policy::diag::Sink;
+
+    #[test]
+    fn names_the_seed_rules_that_need_proxies() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/seed/policies");
+        let mut policies = Vec::new();
+        for f in ["restrict-backend-api.yaml", "allow-stripe-api-only.yaml"] {
+            let text = std::fs::read_to_string(format!("{dir}/{f}")).expect("seed policy");
+            let mut sink = Sink::default();
+            let opts = DecodeOptions { default_namespace: "production".into() };
+            policies.extend(decode_str(&text, &opts, &mut sink).into_iter().filter_map(|o| match o {
+                Object::Policy(p) => Some(p),
+                _ => None,
+            }));
+        }
+        let lines = super::not_enforced(&policies);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].contains("allow-stripe-api-only spec.egress[0]: toFQDNs"), "{lines:#?}");
+        assert!(lines[1].contains("allow-stripe-api-only spec.egress[1]: DNS rules"), "{lines:#?}");
+        assert!(lines[2].contains("restrict-backend-api spec.ingress[0]: HTTP rules"), "{lines:#?}");
+    }
+}

@@ -1,0 +1,282 @@
+//! The agent's durable state: the objects applied to it, the endpoints the
+//! CNI plugin registered, and the audit settings, in one JSON file under
+//! the state directory.
+//!
+//! Every change is written to a temporary file, synced, and renamed over
+//! the old one (then the directory is synced) before the agent answers, so
+//! a crash at any point leaves either the old state or the new one. The
+//! trade-off is a whole-file rewrite per change, which is cheap at the
+//! sizes one node holds (thousands of objects) and needs no database.
+//! An exclusive lock on `agent.lock` keeps a second agent off the same
+//! directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bulkhead_policy::api::Object;
+use bulkhead_policy::repository::PolicyId;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{AuditSettings, EndpointRequest};
+
+/// What can go wrong with the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The state file is not what this agent writes.
+    #[error("{path}: not a bulkhead state file ({message}); move it away to start empty, or restore it from a backup")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        message: String,
+    },
+    /// Another agent holds the directory.
+    #[error(
+        "{path}: another agent is using this state directory (pid {pid}); stop it first or pass another --state-dir"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The pid written in it.
+        pid: String,
+    },
+}
+
+/// Identifies a stored object, as `kubectl` names them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKey {
+    /// A policy.
+    Policy(PolicyId),
+    /// A namespace.
+    Namespace(String),
+    /// A pod, `namespace/name`.
+    Pod(String),
+}
+
+impl ObjectKey {
+    /// The key of an object.
+    pub fn of(o: &Object) -> Self {
+        match o {
+            Object::Policy(p) => Self::Policy(PolicyId::of(p)),
+            Object::Namespace(n) => Self::Namespace(n.name.clone()),
+            Object::Pod(p) => Self::Pod(p.key()),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Policy(id) => match &id.namespace {
+                Some(ns) => write!(f, "{} {ns}/{}", id.kind, id.name),
+                None => write!(f, "{} {}", id.kind, id.name),
+            },
+            Self::Namespace(n) => write!(f, "Namespace {n}"),
+            Self::Pod(k) => write!(f, "Pod {k}"),
+        }
+    }
+}
+
+/// A registered endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// The agent's endpoint id (never reused).
+    pub id: u32,
+    /// What the CNI plugin registered.
+    pub request: EndpointRequest,
+}
+
+impl EndpointRecord {
+    /// `namespace/pod`.
+    pub fn pod_key(&self) -> String {
+        format!("{}/{}", self.request.namespace, self.request.pod)
+    }
+}
+
+/// The state file's format version.
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct OnDisk {
+    version: u32,
+    objects: Vec<Object>,
+    endpoints: Vec<EndpointRecord>,
+    audit: AuditSettings,
+    next_endpoint_id: u32,
+}
+
+/// The state, in memory, and where it is saved.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    _lock: Flock<File>,
+    /// Applied objects.
+    pub objects: BTreeMap<ObjectKey, Object>,
+    /// Endpoints by container id.
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// Audit settings.
+    pub audit: AuditSettings,
+    next_endpoint_id: u32,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_owned(), source }
+}
+
+impl Store {
+    /// Opens (creating if needed) the state under `dir`, taking its lock.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        set_mode(dir, 0o700)?;
+        let lock = lock(&dir.join("agent.lock"))?;
+        let path = dir.join("state.json");
+        let mut store = Store {
+            path,
+            _lock: lock,
+            objects: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            audit: AuditSettings::default(),
+            next_endpoint_id: 1,
+        };
+        let bytes = match std::fs::read(&store.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(store),
+            Err(e) => return Err(io_err(&store.path)(e)),
+        };
+        let disk: OnDisk = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Corrupt { path: store.path.clone(), message: e.to_string() })?;
+        if disk.version != VERSION {
+            return Err(StoreError::Corrupt {
+                path: store.path.clone(),
+                message: format!("format version {} (this agent reads {VERSION})", disk.version),
+            });
+        }
+        store.objects = disk.objects.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
+        store.endpoints = disk.endpoints.into_iter().map(|e| (e.request.container_id.clone(), e)).collect();
+        store.audit = disk.audit;
+        store.next_endpoint_id = disk.next_endpoint_id.max(1);
+        Ok(store)
+    }
+
+    /// A new endpoint id.
+    pub fn allocate_endpoint_id(&mut self) -> u32 {
+        let id = self.next_endpoint_id;
+        self.next_endpoint_id = self.next_endpoint_id.saturating_add(1);
+        id
+    }
+
+    /// Writes the state durably (see the module documentation).
+    pub fn save(&self) -> Result<(), StoreError> {
+        let disk = OnDisk {
+            version: VERSION,
+            objects: self.objects.values().cloned().collect(),
+            endpoints: self.endpoints.values().cloned().collect(),
+            audit: self.audit.clone(),
+            next_endpoint_id: self.next_endpoint_id,
+        };
+        let bytes = serde_json::to_vec(&disk)
+            .map_err(|e| StoreError::Corrupt { path: self.path.clone(), message: e.to_string() })?;
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io_err(&tmp))?;
+            f.write_all(&bytes).map_err(io_err(&tmp))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        }
+        Ok(())
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))
+}
+
+/// Takes an exclusive lock on `path` (held until the guard drops) and
+/// writes our pid into it.
+fn lock(path: &Path) -> Result<Flock<File>, StoreError> {
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err(path))?;
+    let mut held = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => held,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(path).unwrap_or_default().trim().to_string();
+            return Err(StoreError::Locked { path: path.to_owned(), pid });
+        }
+        Err((_, e)) => return Err(io_err(path)(e.into())),
+    };
+    held.set_len(0).map_err(io_err(path))?;
+    write!(held, "{}", std::process::id()).map_err(io_err(path))?;
+    Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bulkhead-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn saves_and_reloads_everything() {
+        let dir = tempdir("reload");
+        {
+            let mut s = Store::open(&dir).expect("open");
+            let ns = bulkhead_policy::api::Namespace { name: "prod".into(), labels: BTreeMap::new() };
+            s.objects.insert(ObjectKey::Namespace("prod".into()), Object::Namespace(ns));
+            let id = s.allocate_endpoint_id();
+            let request = EndpointRequest {
+                container_id: "c1".into(),
+                namespace: "prod".into(),
+                pod: "web".into(),
+                netns: "/run/netns/x".into(),
+                ifname: "eth0".into(),
+                host_if: "veth1".into(),
+                host_ifindex: 7,
+                ips: vec!["198.18.0.5".parse().expect("ip")],
+            };
+            s.endpoints.insert("c1".into(), EndpointRecord { id, request });
+            s.audit.global = true;
+            s.save().expect("save");
+        }
+        let mut s = Store::open(&dir).expect("reopen");
+        assert_eq!(s.objects.len(), 1);
+        assert_eq!(s.endpoints["c1"].request.host_ifindex, 7);
+        assert!(s.audit.global);
+        assert_eq!(s.allocate_endpoint_id(), 2, "ids are never reused");
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_agent_is_refused_and_corrupt_state_is_not_discarded() {
+        let dir = tempdir("lock");
+        let first = Store::open(&dir).expect("open");
+        let err = Store::open(&dir).expect_err("locked");
+        assert!(err.to_string().contains("another agent"), "{err}");
+        drop(first);
+        std::fs::write(dir.join("state.json"), b"{not json").expect("write");
+        let err = Store::open(&dir).expect_err("corrupt");
+        assert!(err.to_string().contains("not a bulkhead state file"), "{err}");
+        assert_eq!(std::fs::read(dir.join("state.json")).expect("still there"), b"{not json");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

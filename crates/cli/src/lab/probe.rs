@@ -1,0 +1,399 @@
+//! `lab probe`: real probes between every pod pair, beside what the
+//! policies say (the agent's engine), with every difference marked, and
+//! the kernel's own account of why (its events) grouped by policy.
+//!
+//! A cell is `allowed` when every address family got through and `denied`
+//! when none did; a pod pair whose families disagree is a difference. An
+//! `l7` cell is expected to be dropped until the L7 proxy exists (the
+//! datapath fails closed); that is reported, not counted as a difference.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, bail};
+use bulkhead_agent::api::EventView;
+use bulkhead_agent::client::Client;
+use bulkhead_datapath::netns;
+use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
+use bulkhead_policy::reach::{ProbePort, Reach, ReachMatrix};
+use bulkhead_policy::repository::Proto;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::LabState;
+use crate::live::{explain, urlencode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeOutput {
+    /// One grid per port, then the differences and the reasons.
+    Table,
+    /// The `policy reach` shape with observed `verdicts`, plus `expected` and `differences`.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Ports to probe, comma-separated (default: every container port in the cluster).
+    #[arg(long, value_name = "80/TCP,53/UDP", value_delimiter = ',')]
+    pub ports: Vec<String>,
+    /// How long a probe waits for an answer, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 400)]
+    pub timeout_ms: u64,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ProbeOutput::Table)]
+    pub output: ProbeOutput,
+}
+
+/// `grid[from][to][port]`.
+type Grid<T> = BTreeMap<String, BTreeMap<String, BTreeMap<String, T>>>;
+
+/// One observed cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Seen {
+    Allowed,
+    Denied,
+    /// Address families disagreed.
+    Mixed,
+    /// Not probed (a pod to itself, or a protocol the lab cannot send).
+    Skipped,
+}
+
+#[derive(Debug, Serialize)]
+struct Difference {
+    from: String,
+    to: String,
+    port: String,
+    expected: Reach,
+    observed: Seen,
+    /// Per family: `198.18.1.10 -> 198.18.1.20: reached`.
+    detail: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    ports: Vec<String>,
+    pods: Vec<String>,
+    verdicts: Grid<Seen>,
+    expected: Grid<Reach>,
+    differences: Vec<Difference>,
+    /// What the kernel reported for the probes, grouped: verdict, reason,
+    /// direction and rules, with the probes each covers.
+    reasons: Vec<ReasonGroup>,
+    probes: usize,
+}
+
+#[derive(Serialize)]
+struct ReasonGroup {
+    /// The endpoint whose policy decided (the source for egress, the destination for ingress).
+    endpoint: String,
+    verdict: String,
+    drop_reason_desc: Option<String>,
+    traffic_direction: String,
+    policies: Vec<String>,
+    probes: Vec<String>,
+}
+
+struct Sent {
+    from: String,
+    to: String,
+    port: String,
+    src: IpAddr,
+    dst: IpAddr,
+    probe: Probe,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
+    let st = LabState::require(name)?;
+    let client = Client::new(&st.socket);
+    let q = a.ports.iter().map(|p| urlencode(p)).collect::<Vec<_>>().join(",");
+    let expected: ReachMatrix = client.get(&format!("/reach?ports={q}")).map_err(explain)?;
+    let pods: Vec<String> = expected.pods.iter().filter(|k| st.pods.iter().any(|p| &p.key == *k)).cloned().collect();
+    if pods.len() < 2 {
+        bail!("the lab has fewer than two pods; nothing to probe");
+    }
+    let ports: Vec<(String, ProbePort)> = expected
+        .ports
+        .iter()
+        .map(|l| ProbePort::parse(l).map(|p| (l.clone(), p)).map_err(|e| anyhow::anyhow!(e)))
+        .collect::<Result<_>>()?;
+
+    // What to send, per source pod.
+    let mut sent: BTreeMap<String, Vec<Sent>> = BTreeMap::new();
+    for from in &pods {
+        let src = st.pod(from)?;
+        for to in pods.iter().filter(|t| *t != from) {
+            let dst = st.pod(to)?;
+            for (label, p) in &ports {
+                for (s, d) in src.ips.iter().zip(&dst.ips).filter(|(s, d)| s.is_ipv4() == d.is_ipv4()) {
+                    let proto = match (p.proto, d) {
+                        (Proto::Icmp, IpAddr::V6(_)) | (Proto::Icmpv6, IpAddr::V4(_)) | (Proto::Sctp, _) => continue,
+                        (pr, _) => pr,
+                    };
+                    sent.entry(from.clone()).or_default().push(Sent {
+                        from: from.clone(),
+                        to: to.clone(),
+                        port: label.clone(),
+                        src: *s,
+                        dst: *d,
+                        probe: Probe { dst: *d, proto, port: p.port },
+                    });
+                }
+            }
+        }
+    }
+    let total: usize = sent.values().map(Vec::len).sum();
+    if a.output == ProbeOutput::Table {
+        eprintln!("probing: {total} probes between {} pods on {} port(s)…", pods.len(), ports.len());
+    }
+    let since = now_ns();
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let results: Vec<(&Sent, Outcome)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = sent
+            .iter()
+            .map(|(from, list)| {
+                let ns =
+                    netns::named(&st.pods.iter().find(|p| &p.key == from).map(|p| p.netns.clone()).unwrap_or_default());
+                sc.spawn(move || {
+                    let probes: Vec<Probe> = list.iter().map(|s| s.probe).collect();
+                    let got = probe_from(&ns, &probes, timeout, 16)?;
+                    Ok::<_, std::io::Error>(list.iter().zip(got).collect::<Vec<_>>())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("probe thread panicked"))?.map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    // Kernel events of this run: at most a few per probe.
+    let events: Vec<EventView> =
+        client.get(&format!("/events?last={}&since={since}", total * 6 + 64)).map_err(explain)?;
+
+    // (from, to, port) → each family's probe and whether it got through.
+    type Cells<'a> = BTreeMap<(String, String, String), Vec<(&'a Sent, bool)>>;
+    let mut by_cell: Cells = BTreeMap::new();
+    for (s, outcome) in &results {
+        let reached = match outcome {
+            Outcome::Reached => true,
+            Outcome::Dropped => false,
+            Outcome::Error(e) => bail!("probe {} -> {} {}: {e}", s.from, s.to, s.port),
+        };
+        by_cell.entry((s.from.clone(), s.to.clone(), s.port.clone())).or_default().push((s, reached));
+    }
+    let mut verdicts: Grid<Seen> = BTreeMap::new();
+    let mut differences = Vec::new();
+    for from in &pods {
+        for to in &pods {
+            for (label, _) in &ports {
+                let cell = by_cell.get(&(from.clone(), to.clone(), label.clone()));
+                let seen = match cell {
+                    None => Seen::Skipped,
+                    Some(v) if v.iter().all(|(_, r)| *r) => Seen::Allowed,
+                    Some(v) if v.iter().all(|(_, r)| !*r) => Seen::Denied,
+                    Some(_) => Seen::Mixed,
+                };
+                verdicts.entry(from.clone()).or_default().entry(to.clone()).or_default().insert(label.clone(), seen);
+                let want = expected.verdicts.get(from).and_then(|r| r.get(to)).and_then(|c| c.get(label)).copied();
+                let Some(want) = want else { continue };
+                let ok = matches!(
+                    (want, seen),
+                    (_, Seen::Skipped) | (Reach::Allowed, Seen::Allowed) | (Reach::Denied | Reach::L7, Seen::Denied)
+                );
+                if !ok {
+                    differences.push(Difference {
+                        from: from.clone(),
+                        to: to.clone(),
+                        port: label.clone(),
+                        expected: want,
+                        observed: seen,
+                        detail: cell
+                            .map(|v| {
+                                v.iter()
+                                    .map(|(s, r)| {
+                                        format!("{} -> {}: {}", s.src, s.dst, if *r { "reached" } else { "dropped" })
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    });
+                }
+            }
+        }
+    }
+    let reasons = group_reasons(&results, &events);
+    let report = Report {
+        ports: ports.iter().map(|(l, _)| l.clone()).collect(),
+        pods: pods.clone(),
+        verdicts,
+        expected: expected.verdicts.clone(),
+        differences,
+        reasons,
+        probes: total,
+    };
+    match a.output {
+        ProbeOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ProbeOutput::Table => print!("{}", render(&report)),
+    }
+    Ok(if report.differences.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The event that decided a probe: a drop if there was one, else the
+/// first-packet verdicts (egress at the source, ingress at the destination).
+fn deciding<'a>(s: &Sent, events: &'a [EventView]) -> Vec<&'a EventView> {
+    let proto = match s.probe.proto {
+        Proto::Icmp => "ICMPv4",
+        p => p.as_str(),
+    };
+    let matches = |e: &&EventView| {
+        e.source_ip == s.src
+            && e.destination_ip == s.dst
+            && !e.is_reply
+            && e.protocol.eq_ignore_ascii_case(proto)
+            && (matches!(s.probe.proto, Proto::Icmp | Proto::Icmpv6) || e.destination_port == s.probe.port)
+    };
+    let mine: Vec<&EventView> = events.iter().filter(matches).collect();
+    if let Some(d) = mine.iter().rev().find(|e| e.verdict == "DROPPED") {
+        return vec![*d];
+    }
+    let mut out: Vec<&EventView> = Vec::new();
+    for dir in ["EGRESS", "INGRESS"] {
+        if let Some(e) = mine.iter().rev().find(|e| e.traffic_direction == dir) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+fn group_reasons(results: &[(&Sent, Outcome)], events: &[EventView]) -> Vec<ReasonGroup> {
+    type Key = (String, String, Option<String>, String, Vec<String>);
+    let mut groups: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+    for (s, _) in results {
+        for e in deciding(s, events) {
+            // Default allow is the same story for every pod; name none.
+            let endpoint = match (e.traffic_direction.as_str(), e.policies.is_empty() && e.drop_reason_desc.is_none()) {
+                (_, true) => String::new(),
+                ("EGRESS", _) => s.from.clone(),
+                _ => s.to.clone(),
+            };
+            let key = (
+                endpoint,
+                e.verdict.clone(),
+                e.drop_reason_desc.clone(),
+                e.traffic_direction.clone(),
+                e.policies.clone(),
+            );
+            let label = format!("{} -> {} {}", s.from, s.to, s.port);
+            let list = groups.entry(key).or_default();
+            if list.last() != Some(&label) {
+                list.push(label);
+            }
+        }
+    }
+    let mut v: Vec<ReasonGroup> = groups
+        .into_iter()
+        .map(|((endpoint, verdict, drop_reason_desc, traffic_direction, policies), mut probes)| {
+            probes.dedup();
+            ReasonGroup { endpoint, verdict, drop_reason_desc, traffic_direction, policies, probes }
+        })
+        .collect();
+    v.sort_by(|a, b| (a.verdict != "DROPPED", &a.endpoint).cmp(&(b.verdict != "DROPPED", &b.endpoint)));
+    v
+}
+
+fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let width = r.pods.iter().map(String::len).max().unwrap_or(0).max(4);
+    for port in &r.ports {
+        let _ = writeln!(
+            s,
+            "{port}   (. allowed   X dropped   7 L7 rule: dropped until the L7 proxy exists   !x differs from the policy   - not probed)"
+        );
+        let _ = write!(s, "{:>w$}  ", "from \\ to", w = width + 4);
+        for i in 0..r.pods.len() {
+            let _ = write!(s, "{:>3}", i + 1);
+        }
+        s.push('\n');
+        for (i, from) in r.pods.iter().enumerate() {
+            let _ = write!(s, "{:>2}. {from:<width$}  ", i + 1);
+            for to in &r.pods {
+                let seen = r.verdicts.get(from).and_then(|x| x.get(to)).and_then(|c| c.get(port)).copied();
+                let want = r.expected.get(from).and_then(|x| x.get(to)).and_then(|c| c.get(port)).copied();
+                let differs = r.differences.iter().any(|d| &d.from == from && &d.to == to && &d.port == port);
+                let c = match (seen, want) {
+                    (Some(Seen::Skipped), _) | (None, _) => {
+                        if from == to {
+                            ".".into()
+                        } else {
+                            "-".to_string()
+                        }
+                    }
+                    (Some(Seen::Denied), Some(Reach::L7)) if !differs => "7".into(),
+                    (Some(Seen::Allowed), _) if !differs => ".".into(),
+                    (Some(Seen::Denied), _) if !differs => "X".into(),
+                    (Some(Seen::Allowed), _) => "!.".into(),
+                    (Some(Seen::Denied), _) => "!X".into(),
+                    (Some(Seen::Mixed), _) => "!~".into(),
+                };
+                let _ = write!(s, "{c:>3}");
+            }
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+    if r.differences.is_empty() {
+        let _ = writeln!(s, "{} probes: every one as the policies say.", r.probes);
+    } else {
+        let _ = writeln!(s, "{} probes, {} difference(s) from the policies:", r.probes, r.differences.len());
+        for d in &r.differences {
+            let _ = writeln!(
+                s,
+                "  {} -> {} {}: policy says {}, observed {} ({})",
+                d.from,
+                d.to,
+                d.port,
+                d.expected.as_str(),
+                serde_json::to_value(d.observed).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                d.detail.join("; ")
+            );
+        }
+    }
+    let _ = writeln!(s, "\nwhy, as the kernel reported it:");
+    for g in &r.reasons {
+        let reason = g.drop_reason_desc.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+        let by = if g.policies.is_empty() {
+            match g.drop_reason_desc.as_deref() {
+                Some("POLICY_DENIED") => "no rule allows it (default deny)".to_string(),
+                None => "(no policy selects this direction)".to_string(),
+                Some(_) => String::new(),
+            }
+        } else {
+            format!("by {}", g.policies.join("; "))
+        };
+        let shown: Vec<&String> = g.probes.iter().take(4).collect();
+        let more = g.probes.len().saturating_sub(shown.len());
+        let at = if g.endpoint.is_empty() {
+            g.traffic_direction.clone()
+        } else {
+            format!("{} of {}", g.traffic_direction, g.endpoint)
+        };
+        let _ = writeln!(
+            s,
+            "  {}{reason} at {at} {by}: {}{}",
+            g.verdict,
+            shown.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        );
+    }
+    s
+}

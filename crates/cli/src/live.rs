@@ -1,0 +1,454 @@
+//! Commands that talk to a running agent: apply, delete, endpoint,
+//! identity, policy get, status, observe, audit.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use bulkhead_agent::api::{
+    ApplyRequest, ApplyResponse, AuditRequest, AuditScope, AuditSettings, EndpointInfo, EventView, IdentityInfo,
+    PolicyDump, SourceFile, Status,
+};
+use bulkhead_agent::client::{Client, ClientError};
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::inputs;
+
+/// How to reach the agent.
+#[derive(Debug, Clone, Args)]
+pub struct AgentAddr {
+    /// The agent's API socket.
+    #[arg(long, value_name = "PATH", env = "BULKHEAD_SOCKET", default_value = bulkhead_agent::api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+impl AgentAddr {
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+}
+
+/// An agent error with every diagnostic behind it, one per line.
+pub fn explain(e: ClientError) -> anyhow::Error {
+    match &e {
+        ClientError::Refused { body, .. } if !body.details.is_empty() => {
+            anyhow::anyhow!("{}\n{}", body.details.join("\n"), body.error)
+        }
+        _ => anyhow::Error::new(e),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListOutput {
+    /// Aligned columns.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TextOutput {
+    /// Human-readable text.
+    Text,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Files or directories (recursed; .yaml, .yml, .json); `-` reads stdin.
+    /// Namespaces, Pods, CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies, NetworkPolicies.
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Namespace for namespaced objects that name none (like kubectl -n).
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Validate and report what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = TextOutput::Text)]
+    pub output: TextOutput,
+    #[command(flatten)]
+    pub agent: AgentAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Every local endpoint: pod, identity, addresses, enforcement, state.
+    List(ListArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Every identity with its labels and the pods that have it.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ListOutput::Table)]
+    pub output: ListOutput,
+    #[command(flatten)]
+    pub agent: AgentAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyGetArgs {
+    /// The endpoint: NAMESPACE/POD, an endpoint id, or a container id.
+    pub endpoint: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ListOutput::Table)]
+    pub output: ListOutput,
+    #[command(flatten)]
+    pub agent: AgentAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = TextOutput::Text)]
+    pub output: TextOutput,
+    #[command(flatten)]
+    pub agent: AgentAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObserveOutput {
+    /// One line per event.
+    Compact,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    /// How many of the most recent events to show.
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ObserveOutput::Compact)]
+    pub output: ObserveOutput,
+    #[command(flatten)]
+    pub agent: AgentAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditMode {
+    /// Would-be drops pass and are reported with verdict AUDIT.
+    On,
+    /// Enforce.
+    Off,
+    /// Remove this scope's setting: the wider scope decides.
+    Inherit,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The mode.
+    #[arg(value_enum)]
+    pub mode: AuditMode,
+    /// Only this namespace.
+    #[arg(short = 'n', long, conflicts_with = "endpoint")]
+    pub namespace: Option<String>,
+    /// Only this endpoint (NAMESPACE/POD).
+    #[arg(long, value_name = "NS/POD")]
+    pub endpoint: Option<String>,
+    #[command(flatten)]
+    pub agent: AgentAddr,
+}
+
+pub fn apply(a: ApplyArgs, delete: bool) -> Result<ExitCode> {
+    let files = inputs::read(&a.files)?.into_iter().map(|(name, text)| SourceFile { name, text }).collect::<Vec<_>>();
+    let req = ApplyRequest { files, namespace: a.namespace, dry_run: a.dry_run };
+    let path = if delete { "/delete" } else { "/apply" };
+    let resp: ApplyResponse = a.agent.client().send(hyper::Method::POST, path, &req).map_err(explain)?;
+    if a.output == TextOutput::Json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else {
+        print!("{}", render_apply(&resp, a.dry_run));
+    }
+    Ok(if resp.enforcement.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn render_apply(r: &ApplyResponse, dry_run: bool) -> String {
+    let mut s = String::new();
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    for w in &r.warnings {
+        let _ = writeln!(s, "{w}");
+    }
+    for (list, verb) in [
+        (&r.created, "created"),
+        (&r.configured, "configured"),
+        (&r.unchanged, "unchanged"),
+        (&r.deleted, "deleted"),
+        (&r.not_found, "not found"),
+    ] {
+        for o in list {
+            let _ = writeln!(s, "{o} {verb}{suffix}");
+        }
+    }
+    let e = &r.enforcement;
+    if !dry_run && (e.endpoints_updated > 0 || e.slots_written > 0) {
+        let _ = writeln!(
+            s,
+            "enforced: {} endpoint(s) updated, {} policy slot(s) with {} map entries written, in {:.1} ms",
+            e.endpoints_updated,
+            e.slots_written,
+            e.entries_written,
+            e.elapsed_us as f64 / 1000.0
+        );
+    }
+    for f in &e.failed {
+        let _ = writeln!(s, "error: {} keeps its previous policy: {}", f.endpoint, f.error);
+    }
+    for n in &r.not_enforced {
+        let _ = writeln!(s, "not enforced yet: {n}");
+    }
+    s
+}
+
+pub fn endpoints(a: ListArgs) -> Result<ExitCode> {
+    let eps: Vec<EndpointInfo> = a.agent.client().get("/endpoints").map_err(explain)?;
+    if a.output == ListOutput::Json {
+        println!("{}", serde_json::to_string_pretty(&eps)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let on = |b: bool| if b { "Enabled" } else { "Disabled" };
+    let rows: Vec<Vec<String>> = eps
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.to_string(),
+                e.pod.clone(),
+                e.identity.to_string(),
+                on(e.ingress_enforced).into(),
+                on(e.egress_enforced).into(),
+                if e.audit { "on".into() } else { "off".into() },
+                e.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                e.host_if.clone(),
+                e.state.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["ENDPOINT", "POD", "IDENTITY", "INGRESS", "EGRESS", "AUDIT", "IPS", "INTERFACE", "STATE"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn identities(a: ListArgs) -> Result<ExitCode> {
+    let ids: Vec<IdentityInfo> = a.agent.client().get("/identities").map_err(explain)?;
+    if a.output == ListOutput::Json {
+        println!("{}", serde_json::to_string_pretty(&ids)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = ids
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                if i.pods.is_empty() { "-".into() } else { i.pods.join(",") },
+                short_labels(&i.labels),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["ID", "PODS", "LABELS"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn policy_get(a: PolicyGetArgs) -> Result<ExitCode> {
+    let q = format!("/policy?endpoint={}", urlencode(&a.endpoint));
+    let d: PolicyDump = a.agent.client().get(&q).map_err(explain)?;
+    if a.output == ListOutput::Json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("endpoint {} (identity {}), entries as the kernel holds them:", d.endpoint, d.identity);
+    for (name, dir) in [("INGRESS", &d.ingress), ("EGRESS", &d.egress)] {
+        println!();
+        println!(
+            "{name} (slot {}): {}",
+            dir.slot,
+            if dir.default_deny { "default deny" } else { "no policy selects this direction: all allowed" }
+        );
+        let rows: Vec<Vec<String>> = dir
+            .entries
+            .iter()
+            .map(|e| {
+                let peer = e.peer.clone().unwrap_or_else(|| "any".into());
+                let port = match (e.protocol.as_str(), e.port, e.end_port) {
+                    ("ANY", _, _) | (_, 0, 65535) => "*".to_string(),
+                    (_, lo, hi) if lo == hi => lo.to_string(),
+                    (_, lo, hi) => format!("{lo}-{hi}"),
+                };
+                vec![
+                    e.verdict.clone(),
+                    e.level.clone(),
+                    peer,
+                    e.protocol.clone(),
+                    port,
+                    e.rules.join("; "),
+                    short_labels(&e.peer_labels),
+                ]
+            })
+            .collect();
+        print!("{}", table(&["VERDICT", "LEVEL", "PEER", "PROTO", "PORT", "RULES", "PEER LABELS"], &rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(a: StatusArgs) -> Result<ExitCode> {
+    let s: Status = a.agent.client().get("/status").map_err(explain)?;
+    if a.output == TextOutput::Json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", render_status(&s, &a.agent.socket));
+    }
+    Ok(if s.healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn render_status(s: &Status, socket: &std::path::Path) -> String {
+    let mut o = String::new();
+    let c = &s.counts;
+    let _ = writeln!(
+        o,
+        "agent:      {} (pid {}, version {}, up {} s)",
+        if s.healthy { "Ok" } else { "Failing" },
+        s.pid,
+        s.version,
+        s.uptime_s
+    );
+    let _ = writeln!(o, "socket:     {}", socket.display());
+    let _ = writeln!(o, "state:      {}", s.state_dir);
+    let _ = writeln!(o, "pins:       {}", s.pin_dir);
+    let _ = writeln!(o, "node netns: {}", s.node_netns);
+    let _ = writeln!(o, "objects:    {} policies, {} namespaces, {} pods", c.policies, c.namespaces, c.pods);
+    let _ =
+        writeln!(o, "endpoints:  {} ({} not ready), {} identities", c.endpoints, s.endpoints_not_ready, c.identities);
+    let _ = writeln!(
+        o,
+        "kernel:     {} ipcache prefixes, {} policy slots, {} conntrack entries",
+        c.ipcache, c.policy_slots, c.conntrack
+    );
+    let _ = writeln!(o, "audit:      {}", render_audit(&s.audit));
+    let _ = writeln!(o, "forwarded:  {} packets", s.forwarded);
+    if s.drops.is_empty() {
+        let _ = writeln!(o, "drops:      none");
+    }
+    for (k, n) in &s.drops {
+        let _ = writeln!(o, "drops:      {n} {k}");
+    }
+    let _ = writeln!(o, "events:     {} kept for observe, {} lost in the kernel", s.events_buffered, s.lost_events);
+    o
+}
+
+fn render_audit(a: &AuditSettings) -> String {
+    let mut parts = vec![format!("global {}", if a.global { "on" } else { "off" })];
+    parts.extend(a.namespaces.iter().map(|(n, v)| format!("namespace {n} {}", if *v { "on" } else { "off" })));
+    parts.extend(a.endpoints.iter().map(|(n, v)| format!("endpoint {n} {}", if *v { "on" } else { "off" })));
+    parts.join(", ")
+}
+
+pub fn observe(a: ObserveArgs) -> Result<ExitCode> {
+    let events: Vec<EventView> = a.agent.client().get(&format!("/events?last={}", a.last)).map_err(explain)?;
+    for e in &events {
+        match a.output {
+            ObserveOutput::Json => println!("{}", serde_json::to_string(e)?),
+            ObserveOutput::Compact => println!("{}", render_event(e)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `TIME SRC:PORT -> DST:PORT PROTO VERDICT (REASON) DIRECTION by POLICY`.
+pub fn render_event(e: &EventView) -> String {
+    let end = |p: &bulkhead_agent::api::EventPeer, ip: std::net::IpAddr, port: u16| {
+        let who = p.display();
+        if port == 0 { format!("{who} ({ip})") } else { format!("{who} ({ip}):{port}") }
+    };
+    let time = e.time.get(11..23).unwrap_or(&e.time);
+    let mut s = format!(
+        "{time}  {} -> {}  {}",
+        end(&e.source, e.source_ip, e.source_port),
+        end(&e.destination, e.destination_ip, e.destination_port),
+        e.protocol
+    );
+    if !e.tcp_flags.is_empty() {
+        let _ = write!(s, " {}", e.tcp_flags.join(","));
+    }
+    let _ = write!(s, "  {}", e.verdict);
+    if let Some(r) = &e.drop_reason_desc {
+        let _ = write!(s, " ({r})");
+    }
+    let _ = write!(s, " {} {}", e.traffic_direction, e.event_type);
+    if !e.policies.is_empty() {
+        let _ = write!(s, "  by {}", e.policies.join("; "));
+    }
+    s
+}
+
+pub fn audit(a: AuditArgs) -> Result<ExitCode> {
+    let scope = match (&a.namespace, &a.endpoint) {
+        (Some(n), _) => AuditScope::Namespace(n.clone()),
+        (_, Some(e)) => AuditScope::Endpoint(e.clone()),
+        _ => AuditScope::Global,
+    };
+    let enabled = match a.mode {
+        AuditMode::On => Some(true),
+        AuditMode::Off => Some(false),
+        AuditMode::Inherit => None,
+    };
+    let s: AuditSettings =
+        a.agent.client().send(hyper::Method::PUT, "/audit", &AuditRequest { scope, enabled }).map_err(explain)?;
+    println!("audit: {}", render_audit(&s));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Labels for a table: without the namespace-label and cluster copies
+/// Cilium adds (`io.cilium.k8s.*`; `-o json` has them all).
+fn short_labels(labels: &[String]) -> String {
+    labels.iter().filter(|l| !l.contains(":io.cilium.k8s.")).cloned().collect::<Vec<_>>().join(" ")
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.chars().count());
+            }
+        }
+    }
+    let mut s = String::new();
+    let line = |cells: Vec<&str>, s: &mut String| {
+        let last = cells.len().saturating_sub(1);
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                s.push_str(c);
+            } else {
+                let _ = write!(s, "{c:<width$}  ", width = w[i]);
+            }
+        }
+        s.push('\n');
+    };
+    line(header.to_vec(), &mut s);
+    for r in rows {
+        line(r.iter().map(String::as_str).collect(), &mut s);
+    }
+    s
+}
+
+/// Percent-encodes a query value.
+pub fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
