@@ -6,6 +6,8 @@ BULKHEAD_APT_PACKAGES=(
   clang llvm libbpf-dev        # bpf/*.c → eBPF objects (clang 14 on Debian 12)
   iproute2                     # ip netns / ip link for the lab and the privileged tests
   containernetworking-plugins  # ptp + host-local: the lab's main CNI plugin (/usr/lib/cni)
+  dnsmasq-base                 # the lab's DNS (POD.NAMESPACE names)
+  curl procps                  # HTTP into lab pods and pgrep, in the end-to-end tests
 )
 
 install_deps() {

@@ -45,10 +45,10 @@ pub struct LabArgs {
 }
 
 fn lab_name(s: &str) -> Result<String, String> {
-    if !s.is_empty() && s.len() <= 8 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+    if !s.is_empty() && s.len() <= 16 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
         Ok(s.into())
     } else {
-        Err("a lab name is 1-8 lowercase letters or digits (it becomes part of interface and namespace names)".into())
+        Err("a lab name is 1-16 lowercase letters or digits (it becomes part of namespace and file names)".into())
     }
 }
 
@@ -406,7 +406,7 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
             continue;
         }
         let mut cmd = Command::new(&me);
-        cmd.args(["lab", "respond", "--pod", &lp.key, "--ports", &ports.join(",")]);
+        cmd.args(["lab", "--name", &st.name, "respond", "--pod", &lp.key, "--ports", &ports.join(",")]);
         let log = lab_dir(&st.name).join("responders.log");
         let pid =
             spawn_ready(&netns::named(&lp.netns), cmd, &log).with_context(|| format!("responder of {}", lp.key))?;

@@ -1,0 +1,122 @@
+//! The seed scenario on a live lab (root): `lab up` through the CNI chain,
+//! `apply`, `lab probe` against the engine, names and HTTP inside the lab,
+//! the agent's read commands, audit mode, and `lab down` leaving nothing.
+
+mod support;
+
+use support::{Lab, assert_gone, privileged, repo};
+
+#[test]
+fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
+    if !privileged("seed_lab_probe_matches_the_policies_and_down_leaves_nothing") {
+        return;
+    }
+    let cluster = repo().join("examples/seed/cluster.yaml");
+    let policies = repo().join("examples/seed/policies");
+    let lab = Lab::up("seed", &cluster, &[]);
+    let out = lab.ok(&["apply", "-f", policies.to_str().expect("path"), "-n", "production"]);
+    assert!(out.contains("CiliumNetworkPolicy production/restrict-backend-api created"), "{out}");
+    assert!(
+        out.contains(
+            "not enforced yet: CiliumNetworkPolicy production/restrict-backend-api spec.ingress[0]: HTTP rules"
+        ),
+        "{out}"
+    );
+
+    // Every probe as the engine says, on both families.
+    let out = lab.lab(&["probe", "-o", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    assert!(out.status.success(), "differences: {:#}", report["differences"]);
+    assert_eq!(report["differences"].as_array().map(Vec::len), Some(0));
+    assert!(report["probes"].as_u64().unwrap_or(0) >= 150, "{}", report["probes"]);
+    let cell = |from: &str, to: &str, port: &str| {
+        (report["verdicts"][from][to][port].clone(), report["expected"][from][to][port].clone())
+    };
+    // The L7 rule's traffic fails closed until the proxy exists.
+    assert_eq!(cell("production/frontend", "production/backend", "8080/TCP"), ("denied".into(), "l7".into()));
+    // Lateral movement from staging is stopped by default deny.
+    assert_eq!(cell("staging/debug-tools", "production/backend", "8080/TCP"), ("denied".into(), "denied".into()));
+    assert_eq!(cell("staging/debug-tools", "production/frontend", "80/TCP"), ("allowed".into(), "allowed".into()));
+    assert_eq!(cell("production/payment-processor", "kube-system/kube-dns", "53/UDP"), ("denied".into(), "l7".into()));
+    assert_eq!(
+        cell("production/payment-processor", "production/frontend", "80/TCP"),
+        ("denied".into(), "denied".into())
+    );
+    let reasons = report["reasons"].as_array().expect("reasons");
+    let proxy = reasons
+        .iter()
+        .find(|g| g["drop_reason_desc"] == "PROXY_UNAVAILABLE" && g["endpoint"] == "production/backend")
+        .expect("the kernel reports the L7 redirect drop");
+    assert_eq!(proxy["policies"][0], "CiliumNetworkPolicy production/restrict-backend-api spec.ingress[0]");
+    assert!(
+        reasons
+            .iter()
+            .any(|g| g["drop_reason_desc"] == "POLICY_DENIED" && g["endpoint"] == "production/payment-processor")
+    );
+
+    // Names and HTTP inside the lab: kube-dns → frontend's http port.
+    let out = lab.lab(&["exec", "kube-system/kube-dns", "--", "curl", "-s", "-m", "5", "http://frontend.production/x"]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && body.contains("\"pod\":\"production/frontend\""), "{body} {:?}", out);
+    let out = lab.lab(&["exec", "staging/debug-tools", "--", "getent", "ahostsv4", "backend.production"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("198.18.1.20"), "{out:?}");
+
+    // What the agent holds.
+    let eps = lab.json(&["endpoint", "list", "-o", "json"]);
+    let eps = eps.as_array().expect("endpoints");
+    assert_eq!(eps.len(), 5);
+    assert!(eps.iter().all(|e| e["state"] == "ready"), "{eps:?}");
+    let backend = eps.iter().find(|e| e["pod"] == "production/backend").expect("backend endpoint");
+    assert_eq!(backend["ingress_enforced"], true);
+    assert_eq!(backend["egress_enforced"], false);
+    let ids = lab.json(&["identity", "list", "-o", "json"]);
+    assert!(ids.as_array().expect("ids").iter().any(|i| i["pods"][0] == "production/frontend"));
+    let dump = lab.json(&["policy", "get", "production/backend", "-o", "json"]);
+    assert_eq!(dump["ingress"]["default_deny"], true);
+    let redirect = dump["ingress"]["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["verdict"] == "redirect")
+        .expect("the L7 rule's entry, read back from the kernel");
+    assert_eq!((redirect["protocol"].as_str(), redirect["port"].as_u64()), (Some("TCP"), Some(8080)));
+    assert_eq!(
+        redirect["peer"].as_str().and_then(|p| p.parse::<u64>().ok()),
+        Some(eps.iter().find(|e| e["pod"] == "production/frontend").expect("fe")["identity"].as_u64().expect("id"))
+    );
+    let status = lab.json(&["status", "-o", "json"]);
+    assert_eq!(status["healthy"], true);
+    assert_eq!(status["pid"], lab.state()["agent_pid"]);
+    assert_eq!(status["counts"]["endpoints"], 5);
+    assert_eq!(status["counts"]["policies"], 2);
+    assert!(status["drops"]["POLICY_DENIED INGRESS"].as_u64().unwrap_or(0) > 0, "{status}");
+
+    // Audit on the backend: the would-be drop passes and is reported as AUDIT.
+    let out = lab.ok(&["audit", "on", "--endpoint", "production/backend"]);
+    assert!(out.contains("endpoint production/backend on"), "{out}");
+    let out = lab.lab(&["probe", "--ports", "8080/TCP", "-o", "json"]);
+    let audited: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    assert_eq!(audited["verdicts"]["staging/debug-tools"]["production/backend"]["8080/TCP"], "allowed");
+    assert!(!out.status.success(), "audit mode lets through what the policy denies: a difference");
+    let events = lab.ok(&["observe", "--last", "2000", "-o", "json"]);
+    assert!(
+        events.lines().any(|l| l.contains("\"verdict\":\"AUDIT\"") && l.contains("\"pod_name\":\"debug-tools\"")),
+        "no AUDIT event in {events}"
+    );
+    lab.ok(&["audit", "inherit", "--endpoint", "production/backend"]);
+    let out = lab.lab(&["probe", "--ports", "8080/TCP", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Bad input changes nothing and says where.
+    let bad = std::env::temp_dir().join(format!("bulkhead-bad-{}.yaml", std::process::id()));
+    std::fs::write(&bad, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x, namespace: production}\nspec:\n  endpointSelector: {}\n  ingress: [{fromEndpoint: [{}]}]\n").expect("write");
+    let out = support::run(&lab.socket, &["apply", "-f", bad.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(":6:") && err.contains("fromEndpoints"), "{err}");
+    assert_eq!(lab.json(&["status", "-o", "json"])["counts"]["policies"], 2);
+
+    let (name, socket) = (lab.name.clone(), lab.socket.clone());
+    drop(lab);
+    assert_gone(&name, &socket);
+}

@@ -1,0 +1,168 @@
+//! The privileged end-to-end tests' fixture: the built binaries, a lab
+//! that is taken down however the test ends, and JSON from commands.
+//!
+//! In CI (`CI` set) a test that cannot run here fails; elsewhere it is
+//! skipped with a message saying how to run it.
+
+#![allow(dead_code, reason = "each test binary uses part of the fixture")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Whether privileged tests can run; panics in CI when they cannot.
+pub fn privileged(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    let missing: Vec<&str> = ["/usr/lib/cni/ptp", "/usr/sbin/dnsmasq", "/usr/bin/curl"]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if root && missing.is_empty() {
+        return true;
+    }
+    let why = if root {
+        format!("{} missing (bash scripts/test.sh installs them)", missing.join(", "))
+    } else {
+        "it needs root".to_string()
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: cannot run in CI: {why}");
+    }
+    eprintln!("skipping {test}: {why}; run `sudo -E cargo test -p bulkhead` (CI=1 makes this a failure)");
+    false
+}
+
+pub fn bulkhead() -> &'static str {
+    env!("CARGO_BIN_EXE_bulkhead")
+}
+
+pub fn cni() -> &'static str {
+    env!("CARGO_BIN_EXE_bulkhead-cni")
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A lab name (lowercase letters and digits), unique to this process and `tag`.
+pub fn unique(tag: &str) -> String {
+    format!("{tag}{}", std::process::id() % 100_000)
+}
+
+/// Runs `bulkhead ARGS` with the socket of `socket`.
+pub fn run(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bulkhead()).args(args).env("BULKHEAD_SOCKET", socket).output().expect("run bulkhead")
+}
+
+/// Runs `bulkhead ARGS`, asserts success, returns stdout.
+pub fn ok(socket: &Path, args: &[&str]) -> String {
+    let out = run(socket, args);
+    assert!(
+        out.status.success(),
+        "bulkhead {}: {}\n{}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `bulkhead ARGS -o json` (ARGS include the `-o json`), parses stdout.
+pub fn json(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let text = ok(socket, args);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bulkhead {}: not JSON ({e}): {text}", args.join(" ")))
+}
+
+/// A lab that is taken down when dropped.
+pub struct Lab {
+    pub name: String,
+    pub socket: PathBuf,
+}
+
+impl Lab {
+    /// `bulkhead lab up CLUSTER [EXTRA…]` under a unique name and socket.
+    pub fn up(tag: &str, cluster: &Path, extra: &[&str]) -> Lab {
+        let name = unique(tag);
+        let socket = PathBuf::from(format!("/run/bulkhead/{name}.sock"));
+        let lab = Lab { name, socket };
+        let _ = run(&lab.socket, &["lab", "--name", &lab.name, "down"]);
+        let cluster = cluster.to_str().expect("UTF-8 path");
+        let mut args = vec!["lab", "--name", &lab.name, "up", cluster];
+        args.extend_from_slice(extra);
+        ok(&lab.socket, &args);
+        lab
+    }
+
+    /// `bulkhead ARGS` against this lab's agent.
+    pub fn ok(&self, args: &[&str]) -> String {
+        ok(&self.socket, args)
+    }
+
+    /// `bulkhead ARGS` with JSON output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        json(&self.socket, args)
+    }
+
+    /// `bulkhead lab --name NAME ARGS`.
+    pub fn lab(&self, args: &[&str]) -> Output {
+        let mut a = vec!["lab", "--name", &self.name];
+        a.extend_from_slice(args);
+        run(&self.socket, &a)
+    }
+
+    /// The lab's recorded state.
+    pub fn state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(format!("/run/bulkhead/{}/state.json", self.name)).expect("lab state");
+        serde_json::from_str(&text).expect("lab state JSON")
+    }
+
+    /// The network namespace path of pod `key`.
+    pub fn netns(&self, key: &str) -> PathBuf {
+        let st = self.state();
+        let pod = st["pods"].as_array().expect("pods").iter().find(|p| p["key"] == key).expect("lab pod");
+        Path::new("/run/netns").join(pod["netns"].as_str().expect("netns name"))
+    }
+
+    /// The first address of pod `key` in the family of `v4`.
+    pub fn ip(&self, key: &str, v4: bool) -> std::net::IpAddr {
+        let st = self.state();
+        let pod = st["pods"].as_array().expect("pods").iter().find(|p| p["key"] == key).expect("lab pod");
+        pod["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .filter_map(|i| i.as_str()?.parse::<std::net::IpAddr>().ok())
+            .find(|i| i.is_ipv4() == v4)
+            .expect("address of that family")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = self.lab(&["down"]);
+        if !out.status.success() {
+            eprintln!("lab down: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// Nothing of lab `name` is left on the machine.
+pub fn assert_gone(name: &str, socket: &Path) {
+    let prefix = format!("bh-{name}-");
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(!Path::new(&format!("/sys/fs/bpf/bulkhead/{name}")).exists(), "pins left");
+    assert!(!Path::new(&format!("/run/bulkhead/{name}")).exists(), "lab files left");
+    assert!(!socket.exists(), "socket left");
+    for pattern in [format!("/run/bulkhead/{name}/"), format!("lab --name {name} respond")] {
+        let procs = Command::new("pgrep").args(["-f", &pattern]).output().expect("pgrep");
+        assert!(procs.stdout.is_empty(), "processes left ({pattern}): {}", String::from_utf8_lossy(&procs.stdout));
+    }
+}
