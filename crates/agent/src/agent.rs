@@ -46,6 +46,9 @@ pub struct Config {
     pub node_netns: Option<PathBuf>,
     /// How many datapath events `observe` can look back over.
     pub event_capacity: usize,
+    /// Entries one policy (one direction of one endpoint policy) may hold
+    /// in the kernel; a policy that needs more is refused.
+    pub policy_map_entries: u32,
 }
 
 /// What a request can fail with; each maps to an HTTP status.
@@ -119,7 +122,8 @@ impl Agent {
     /// reconciled with the stored state.
     pub fn start(config: Config) -> Result<Self> {
         let mut store = Store::open(&config.state_dir)?;
-        let dp = Datapath::open(&config.pin_root)?;
+        let mut dp = Datapath::open(&config.pin_root)?;
+        dp.set_slot_capacity(config.policy_map_entries);
         let sync = PolicySync::adopt(&dp)?;
         let events = Arc::new(EventLog::new(config.event_capacity));
         let gone: Vec<String> = store

@@ -24,6 +24,11 @@ pub struct AgentArgs {
     /// How many datapath events `observe` can look back over.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub event_buffer: usize,
+    /// Entries one endpoint policy (per direction) may hold in the kernel;
+    /// a policy that needs more is refused and the endpoint keeps its
+    /// previous one (like Cilium's --bpf-policy-map-max).
+    #[arg(long, value_name = "N", default_value_t = bulkhead_datapath::abi::POLICY_SLOT_MAX_ENTRIES)]
+    pub policy_map_max_entries: u32,
     /// Log filter (tracing's syntax: info, debug, bulkhead_agent=debug, …).
     #[arg(long, value_name = "FILTER", env = "BULKHEAD_LOG", default_value = "info")]
     pub log: String,
@@ -47,6 +52,7 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         pin_root: a.pin_root,
         node_netns: a.node_netns,
         event_capacity: a.event_buffer,
+        policy_map_entries: a.policy_map_max_entries,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -66,6 +66,7 @@ impl Fixture {
             .arg(self.pins())
             .arg("--node-netns")
             .arg(self.node())
+            .args(["--policy-map-max-entries", "64"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -201,6 +202,34 @@ fn chained_after_ptp_add_check_del_and_errors() {
     assert!(reached(&client, server_ip[1], 80), "allowed by the policy (IPv6)");
     assert!(!reached(&client, server_ip[0], 81), "default deny");
     assert!(reached(&server, client_ip[0], 81), "client has no policy");
+
+    // A policy too big for the policy map (64 entries here): a clear error,
+    // and the server keeps enforcing its previous policy.
+    let ranges: Vec<String> = (1..=40)
+        .map(|i| format!("{{port: \"{}\", endPort: {}, protocol: TCP}}", i * 1000 + 1, i * 1000 + 999))
+        .collect();
+    let big = fx.dir.join("big.yaml");
+    std::fs::write(&big, format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: big, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n    toPorts: [{{ports: [{}]}}]\n",
+        ranges.join(", ")
+    )).expect("write");
+    let out = support::run(&fx.socket(), &["apply", "-f", big.to_str().expect("path")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("error: shop/server keeps its previous policy: map bh_policy slot is full (64 entries)"),
+        "{text}"
+    );
+    let eps = support::json(&fx.socket(), &["endpoint", "list", "-o", "json"]);
+    let state =
+        eps.as_array().expect("list").iter().find(|e| e["pod"] == "shop/server").expect("server")["state"].clone();
+    assert!(state.as_str().unwrap_or("").starts_with("not-ready: "), "{state}");
+    assert!(reached(&client, server_ip[0], 80), "the previous policy still allows 80");
+    assert!(!reached(&client, server_ip[0], 1001), "the refused policy is not half-loaded");
+    assert!(!reached(&client, server_ip[0], 81), "never a silent allow");
+    support::ok(&fx.socket(), &["delete", "-f", big.to_str().expect("path")]);
+    let eps = support::json(&fx.socket(), &["endpoint", "list", "-o", "json"]);
+    assert!(eps.as_array().expect("list").iter().all(|e| e["state"] == "ready"), "{eps}");
 
     // CHECK through the whole chain.
     chain.check(&node, &client).expect("CHECK");

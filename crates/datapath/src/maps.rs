@@ -162,6 +162,8 @@ pub struct Datapath {
     policy: HashOfMaps<MapData, u32, SlotTrie>,
     /// Capacity of the endpoints, ipcache and policy maps.
     capacity: [u32; 3],
+    /// Entries one policy slot (one direction of one policy) may hold.
+    slot_capacity: u32,
     ct: HashMap<MapData, CtKey, CtValue>,
     counters: PerCpuArray<MapData, Counter>,
     events: Option<RingBuf<MapData>>,
@@ -202,12 +204,20 @@ impl Datapath {
             ipcache: LpmTrie::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?,
             policy: HashOfMaps::try_from(take(&mut ebpf, MAP_POLICY)?).map_err(map_err(MAP_POLICY))?,
             capacity,
+            slot_capacity: POLICY_SLOT_MAX_ENTRIES,
             ct: HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?,
             counters: PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?,
             events: Some(RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?),
             dir,
             ebpf,
         })
+    }
+
+    /// Limits the entries of one policy slot (default and maximum
+    /// [`POLICY_SLOT_MAX_ENTRIES`]): a policy that needs more is refused
+    /// with [`DatapathError::Full`] and its endpoints keep their previous one.
+    pub fn set_slot_capacity(&mut self, entries: u32) {
+        self.slot_capacity = entries.clamp(1, POLICY_SLOT_MAX_ENTRIES);
     }
 
     /// The directory holding this layout's pins.
@@ -350,10 +360,10 @@ impl Datapath {
         slot: u32,
         entries: impl IntoIterator<Item = (Key<PolicyKeyData>, PolicyValue)>,
     ) -> Result<usize> {
-        let mut trie = SlotTrie::create(POLICY_SLOT_MAX_ENTRIES, BPF_F_NO_PREALLOC).map_err(map_err(MAP_POLICY))?;
+        let mut trie = SlotTrie::create(self.slot_capacity, BPF_F_NO_PREALLOC).map_err(map_err(MAP_POLICY))?;
         let mut n = 0;
         for (k, v) in entries {
-            trie.insert(&k, v, 0).map_err(classify(MAP_POLICY, POLICY_SLOT_MAX_ENTRIES))?;
+            trie.insert(&k, v, 0).map_err(classify("bh_policy slot", self.slot_capacity))?;
             n += 1;
         }
         self.policy.insert(slot, &trie, BPF_NOEXIST).map_err(classify(MAP_POLICY, self.capacity[2]))?;

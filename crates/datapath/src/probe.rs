@@ -125,3 +125,75 @@ fn echo(p: Probe, timeout: Duration) -> io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+/// A raw Ethernet socket on one interface of the calling thread's network
+/// namespace: sends frames exactly as given (malformed ones, SCTP, which
+/// this kernel cannot originate) and captures what arrives, before any
+/// protocol stack looks at it.
+pub struct RawLink {
+    sock: Socket,
+}
+
+/// `ETH_P_ALL`: every protocol.
+const ETH_P_ALL: u16 = 0x0003;
+
+impl RawLink {
+    /// Opens the interface `ifname`.
+    pub fn open(ifname: &str) -> io::Result<RawLink> {
+        let ifindex = nix::net::if_::if_nametoindex(ifname).map_err(|e| io::Error::other(format!("{ifname}: {e}")))?;
+        let proto = Protocol::from(i32::from(ETH_P_ALL.to_be()));
+        let sock = Socket::new(Domain::PACKET, Type::RAW, Some(proto))?;
+        let ll = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as u16,
+            sll_protocol: ETH_P_ALL.to_be(),
+            sll_ifindex: i32::try_from(ifindex).map_err(io::Error::other)?,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 0,
+            sll_addr: [0; 8],
+        };
+        let mut storage = socket2::SockAddrStorage::zeroed();
+        // SAFETY: sockaddr_ll is one of this platform's sockaddr types and
+        // fits in the storage (view_as asserts the size); the length given
+        // to SockAddr::new is exactly the bytes initialised.
+        #[expect(unsafe_code, reason = "socket2 has no safe constructor for link-layer addresses")]
+        let addr = unsafe {
+            *storage.view_as::<libc::sockaddr_ll>() = ll;
+            socket2::SockAddr::new(storage, size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+        };
+        sock.bind(&addr)?;
+        Ok(RawLink { sock })
+    }
+
+    /// Sends one frame.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        let n = self.sock.send(frame)?;
+        if n == frame.len() { Ok(()) } else { Err(io::Error::other(format!("sent {n} of {} bytes", frame.len()))) }
+    }
+
+    /// Every frame received until `deadline` passes, for which `keep` holds.
+    pub fn capture(&self, timeout: Duration, keep: impl Fn(&[u8]) -> bool) -> io::Result<Vec<Vec<u8>>> {
+        let end = std::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(out);
+            }
+            self.sock.set_read_timeout(Some(left))?;
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+            match self.sock.recv(&mut buf) {
+                Ok(n) => {
+                    // SAFETY: recv initialised the first n bytes.
+                    #[expect(unsafe_code, reason = "socket2 receives into uninitialised memory")]
+                    let frame: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+                    if keep(&frame) {
+                        out.push(frame);
+                    }
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(out),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
