@@ -216,12 +216,25 @@ impl Agent {
         for (key, o) in &changed {
             self.store.objects.insert(key.clone(), o.clone());
         }
+        let t_decoded = t0.elapsed();
         self.store.save()?;
+        let t_saved = t0.elapsed();
+        let n = changed.len();
         for (_, o) in changed {
             let c = self.change_for(o);
             self.engine.apply(c);
         }
+        let t_resolved = t0.elapsed();
         resp.enforcement = self.reconcile_timed(t0)?;
+        tracing::info!(
+            objects = n,
+            endpoints_updated = resp.enforcement.endpoints_updated,
+            decode_ms = t_decoded.as_secs_f64() * 1e3,
+            save_ms = (t_saved - t_decoded).as_secs_f64() * 1e3,
+            resolve_ms = (t_resolved - t_saved).as_secs_f64() * 1e3,
+            total_ms = resp.enforcement.elapsed_us as f64 / 1e3,
+            "applied"
+        );
         Ok(resp)
     }
 
