@@ -130,16 +130,20 @@ impl Agent {
             .endpoints
             .iter()
             .filter(|(_, e)| {
-                in_node(&config, || interface_index(&e.request.host_if)).ok().flatten() != Some(e.request.host_ifindex)
+                in_node(&config, || interface_index(&e.request.host_if)).ok().and_then(|r| r.ok()).flatten()
+                    != Some(e.request.host_ifindex)
             })
             .map(|(k, _)| k.clone())
             .collect();
         for k in &gone {
             tracing::info!(container_id = %k, "endpoint's interface is gone; dropping it");
-            store.endpoints.remove(k);
         }
         if !gone.is_empty() {
-            store.save()?;
+            store.update(|st| {
+                for k in &gone {
+                    st.endpoints.remove(k);
+                }
+            })?;
         }
         let mut agent = Agent {
             engine: Engine::default(),
@@ -190,7 +194,14 @@ impl Agent {
     pub fn apply(&mut self, req: ApplyRequest) -> Result<ApplyResponse> {
         let t0 = Instant::now();
         let (objects, warnings) = decode_files(&req)?;
-        let mut resp = ApplyResponse { warnings, ..ApplyResponse::default() };
+        let mut resp = ApplyResponse {
+            warnings,
+            not_enforced: crate::limits::not_enforced(objects.iter().filter_map(|o| match o {
+                Object::Policy(p) => Some(p),
+                _ => None,
+            })),
+            ..ApplyResponse::default()
+        };
         let mut changed = Vec::new();
         for o in objects {
             let key = ObjectKey::of(&o);
@@ -204,20 +215,15 @@ impl Agent {
             }
             changed.push((key, o));
         }
-        resp.not_enforced = crate::limits::not_enforced(
-            self.store.objects.values().chain(changed.iter().map(|(_, o)| o)).filter_map(|o| match o {
-                Object::Policy(p) => Some(p),
-                _ => None,
-            }),
-        );
         if req.dry_run || changed.is_empty() {
             return Ok(resp);
         }
-        for (key, o) in &changed {
-            self.store.objects.insert(key.clone(), o.clone());
-        }
         let t_decoded = t0.elapsed();
-        self.store.save()?;
+        self.store.update(|st| {
+            for (key, o) in &changed {
+                st.objects.insert(key.clone(), o.clone());
+            }
+        })?;
         let t_saved = t0.elapsed();
         let n = changed.len();
         for (_, o) in changed {
@@ -256,10 +262,11 @@ impl Agent {
         if req.dry_run || gone.is_empty() {
             return Ok(resp);
         }
-        for key in &gone {
-            self.store.objects.remove(key);
-        }
-        self.store.save()?;
+        self.store.update(|st| {
+            for key in &gone {
+                st.objects.remove(key);
+            }
+        })?;
         for key in gone {
             self.engine.apply(match key {
                 ObjectKey::Policy(id) => Change::DeletePolicy(id),
@@ -306,9 +313,9 @@ impl Agent {
         if let Some(old) = self.store.endpoints.get(&req.container_id)
             && old.request == req
         {
-            return self.endpoint_info(&self.store.endpoints[&req.container_id].clone());
+            return self.endpoint_info(old);
         }
-        let found = in_node(&self.config, || interface_index(&req.host_if))?;
+        let found = in_node(&self.config, || interface_index(&req.host_if))??;
         if found != Some(req.host_ifindex) {
             return Err(AgentError::Invalid {
                 message: format!(
@@ -331,10 +338,12 @@ impl Agent {
         for c in stale {
             self.remove_endpoint(&c)?;
         }
-        let id = self.store.allocate_endpoint_id();
-        let record = EndpointRecord { id, request: req.clone() };
-        self.store.endpoints.insert(req.container_id.clone(), record.clone());
-        self.store.save()?;
+        let record = self.store.update(|st| {
+            let record = EndpointRecord { id: st.allocate_endpoint_id(), request: req.clone() };
+            st.endpoints.insert(req.container_id.clone(), record.clone());
+            record
+        })?;
+        let id = record.id;
         self.engine.apply(Change::UpsertPod(self.with_endpoint_ips(pod)));
         // The endpoint's map value goes in before its programs, so its
         // first packet already meets its policy.
@@ -359,8 +368,7 @@ impl Agent {
         let Some(record) = self.store.endpoints.get(container_id).cloned() else { return Ok(None) };
         let info = self.endpoint_info(&record).ok();
         self.dp.detach(record.request.host_ifindex)?;
-        self.store.endpoints.remove(container_id);
-        self.store.save()?;
+        self.store.update(|st| st.endpoints.remove(container_id))?;
         let key = record.pod_key();
         if let Some(Object::Pod(p)) = self.store.objects.get(&ObjectKey::Pod(key.clone())).cloned() {
             self.engine.apply(Change::UpsertPod(p));
@@ -555,30 +563,44 @@ impl Agent {
             lost_events: counters.lost_events,
             events_buffered: self.events.len(),
             endpoints_not_ready: self.not_ready.len(),
+            programs: self
+                .dp
+                .program_stats()?
+                .into_iter()
+                .map(|p| crate::api::ProgramStat {
+                    name: p.name.into(),
+                    run_count: p.run_count,
+                    run_time_ns: p.run_time_ns,
+                })
+                .collect(),
         })
     }
 
     /// Sets or clears audit mode at a scope, and enforces the result.
     pub fn set_audit(&mut self, req: AuditRequest) -> Result<AuditSettings> {
-        let a = &mut self.store.audit;
-        match (&req.scope, req.enabled) {
-            (AuditScope::Global, v) => a.global = v.unwrap_or(false),
-            (AuditScope::Namespace(ns), Some(v)) => {
-                a.namespaces.insert(ns.clone(), v);
+        let endpoint = match &req.scope {
+            AuditScope::Endpoint(ep) => Some(self.find_endpoint(ep)?.pod_key()),
+            _ => None,
+        };
+        self.store.update(|st| {
+            let a = &mut st.audit;
+            match (&req.scope, endpoint, req.enabled) {
+                (AuditScope::Global, _, v) => a.global = v.unwrap_or(false),
+                (AuditScope::Namespace(ns), _, Some(v)) => {
+                    a.namespaces.insert(ns.clone(), v);
+                }
+                (AuditScope::Namespace(ns), _, None) => {
+                    a.namespaces.remove(ns);
+                }
+                (AuditScope::Endpoint(_), Some(key), Some(v)) => {
+                    a.endpoints.insert(key, v);
+                }
+                (AuditScope::Endpoint(_), Some(key), None) => {
+                    a.endpoints.remove(&key);
+                }
+                (AuditScope::Endpoint(_), None, _) => {}
             }
-            (AuditScope::Namespace(ns), None) => {
-                a.namespaces.remove(ns);
-            }
-            (AuditScope::Endpoint(ep), v) => {
-                let key = self.find_endpoint(ep)?.pod_key();
-                let a = &mut self.store.audit;
-                match v {
-                    Some(v) => a.endpoints.insert(key, v),
-                    None => a.endpoints.remove(&key),
-                };
-            }
-        }
-        self.store.save()?;
+        })?;
         self.reconcile()?;
         Ok(self.store.audit.clone())
     }
@@ -621,7 +643,7 @@ impl Agent {
         }
         let mut ipcache: Vec<(Cidr, u32)> = self.engine.ipcache().into_iter().map(|(c, id)| (c, id.0)).collect();
         ipcache.extend(
-            in_node(&self.config, node_addresses)?.into_iter().map(|ip| (Cidr::host(ip), Reserved::Host.id().0)),
+            in_node(&self.config, node_addresses)??.into_iter().map(|ip| (Cidr::host(ip), Reserved::Host.id().0)),
         );
         let report = self.sync.apply(&mut self.dp, specs, ipcache)?;
         let failed: Vec<EndpointFailure> = report
@@ -632,17 +654,12 @@ impl Agent {
                 error: e.to_string(),
             })
             .collect();
-        let ok: BTreeSet<&String> = pod_of.values().collect();
-        self.not_ready.retain(|k, _| ok.contains(k));
         for f in &failed {
             tracing::warn!(endpoint = %f.endpoint, error = %f.error, "endpoint keeps its previous policy");
         }
-        for k in pod_of.values() {
-            match failed.iter().find(|f| &f.endpoint == k) {
-                Some(f) => self.not_ready.insert(k.clone(), f.error.clone()),
-                None => self.not_ready.remove(k),
-            };
-        }
+        // Every reconcile retries every endpoint not yet at its policy, so
+        // the endpoints not ready are exactly this round's failures.
+        self.not_ready = failed.iter().map(|f| (f.endpoint.clone(), f.error.clone())).collect();
         Ok(Enforcement {
             endpoints_updated: report.endpoints_updated,
             slots_written: report.slots_written,
@@ -654,10 +671,7 @@ impl Agent {
 
     fn attach(&mut self, req: &EndpointRequest) -> Result<()> {
         let dp = &mut self.dp;
-        match &self.config.node_netns {
-            Some(ns) => netns::run_in(ns, || dp.attach(&req.host_if, req.host_ifindex))??,
-            None => dp.attach(&req.host_if, req.host_ifindex)?,
-        }
+        in_node(&self.config, || dp.attach(&req.host_if, req.host_ifindex))??;
         Ok(())
     }
 
@@ -731,11 +745,12 @@ fn check_endpoint_request(r: &EndpointRequest) -> Result<()> {
     }
 }
 
-/// Runs `f` in the node's network namespace.
-fn in_node<T: Send>(config: &Config, f: impl FnOnce() -> std::io::Result<T> + Send) -> std::io::Result<T> {
+/// Runs `f` in the node's network namespace (fails only when that
+/// namespace cannot be entered).
+fn in_node<T: Send>(config: &Config, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
     match &config.node_netns {
-        Some(ns) => netns::run_in(ns, f)?,
-        None => f(),
+        Some(ns) => netns::run_in(ns, f),
+        None => Ok(f()),
     }
 }
 

@@ -243,6 +243,20 @@ pub struct Status {
     pub events_buffered: usize,
     /// Endpoints whose latest policy is not loaded.
     pub endpoints_not_ready: usize,
+    /// The programs' run counts and time (zero unless
+    /// `sysctl kernel.bpf_stats_enabled=1`).
+    pub programs: Vec<ProgramStat>,
+}
+
+/// One program's run statistics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramStat {
+    /// `bh_from_pod` (egress policy) or `bh_to_pod` (ingress policy).
+    pub name: String,
+    /// Packets it ran on.
+    pub run_count: u64,
+    /// Nanoseconds it ran.
+    pub run_time_ns: u64,
 }
 
 /// Counts for [`Status`].

@@ -2,9 +2,11 @@
 //! CNI plugin registered, and the audit settings, in one JSON file under
 //! the state directory.
 //!
-//! Every change is written to a temporary file, synced, and renamed over
-//! the old one (then the directory is synced) before the agent answers, so
-//! a crash at any point leaves either the old state or the new one. The
+//! Every change goes through [`Store::update`]: it is made on a copy, the
+//! copy is written to a temporary file, synced, and renamed over the old
+//! one (then the directory is synced), and only then does it replace the
+//! state in memory. A crash at any point leaves either the old state or the
+//! new one on disk, and a failed write leaves memory as it was. The
 //! trade-off is a whole-file rewrite per change, which is cheap at the
 //! sizes one node holds (thousands of objects) and needs no database.
 //! An exclusive lock on `agent.lock` keeps a second agent off the same
@@ -118,11 +120,9 @@ struct OnDisk {
     next_endpoint_id: u32,
 }
 
-/// The state, in memory, and where it is saved.
-#[derive(Debug)]
-pub struct Store {
-    path: PathBuf,
-    _lock: Flock<File>,
+/// What the agent keeps.
+#[derive(Debug, Clone, Default)]
+pub struct State {
     /// Applied objects.
     pub objects: BTreeMap<ObjectKey, Object>,
     /// Endpoints by container id.
@@ -130,6 +130,31 @@ pub struct Store {
     /// Audit settings.
     pub audit: AuditSettings,
     next_endpoint_id: u32,
+}
+
+impl State {
+    /// A new endpoint id (never reused).
+    pub fn allocate_endpoint_id(&mut self) -> u32 {
+        let id = self.next_endpoint_id.max(1);
+        self.next_endpoint_id = id.saturating_add(1);
+        id
+    }
+}
+
+/// The state and where it is saved; reads go through `Deref`, changes
+/// through [`Store::update`].
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    _lock: Flock<File>,
+    state: State,
+}
+
+impl std::ops::Deref for Store {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -143,14 +168,7 @@ impl Store {
         set_mode(dir, 0o700)?;
         let lock = lock(&dir.join("agent.lock"))?;
         let path = dir.join("state.json");
-        let mut store = Store {
-            path,
-            _lock: lock,
-            objects: BTreeMap::new(),
-            endpoints: BTreeMap::new(),
-            audit: AuditSettings::default(),
-            next_endpoint_id: 1,
-        };
+        let mut store = Store { path, _lock: lock, state: State::default() };
         let bytes = match std::fs::read(&store.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(store),
@@ -164,28 +182,32 @@ impl Store {
                 message: format!("format version {} (this agent reads {VERSION})", disk.version),
             });
         }
-        store.objects = disk.objects.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
-        store.endpoints = disk.endpoints.into_iter().map(|e| (e.request.container_id.clone(), e)).collect();
-        store.audit = disk.audit;
-        store.next_endpoint_id = disk.next_endpoint_id.max(1);
+        store.state = State {
+            objects: disk.objects.into_iter().map(|o| (ObjectKey::of(&o), o)).collect(),
+            endpoints: disk.endpoints.into_iter().map(|e| (e.request.container_id.clone(), e)).collect(),
+            audit: disk.audit,
+            next_endpoint_id: disk.next_endpoint_id,
+        };
         Ok(store)
     }
 
-    /// A new endpoint id.
-    pub fn allocate_endpoint_id(&mut self) -> u32 {
-        let id = self.next_endpoint_id;
-        self.next_endpoint_id = self.next_endpoint_id.saturating_add(1);
-        id
+    /// Makes a change durably: `f` changes a copy, the copy is saved, and
+    /// only then does it become the state. Returns what `f` returned.
+    pub fn update<T>(&mut self, f: impl FnOnce(&mut State) -> T) -> Result<T, StoreError> {
+        let mut next = self.state.clone();
+        let out = f(&mut next);
+        self.save(&next)?;
+        self.state = next;
+        Ok(out)
     }
 
-    /// Writes the state durably (see the module documentation).
-    pub fn save(&self) -> Result<(), StoreError> {
+    fn save(&self, state: &State) -> Result<(), StoreError> {
         let disk = OnDisk {
             version: VERSION,
-            objects: self.objects.values().cloned().collect(),
-            endpoints: self.endpoints.values().cloned().collect(),
-            audit: self.audit.clone(),
-            next_endpoint_id: self.next_endpoint_id,
+            objects: state.objects.values().cloned().collect(),
+            endpoints: state.endpoints.values().cloned().collect(),
+            audit: state.audit.clone(),
+            next_endpoint_id: state.next_endpoint_id,
         };
         let bytes = serde_json::to_vec(&disk)
             .map_err(|e| StoreError::Corrupt { path: self.path.clone(), message: e.to_string() })?;
@@ -240,28 +262,46 @@ mod tests {
         let dir = tempdir("reload");
         {
             let mut s = Store::open(&dir).expect("open");
-            let ns = bulkhead_policy::api::Namespace { name: "prod".into(), labels: BTreeMap::new() };
-            s.objects.insert(ObjectKey::Namespace("prod".into()), Object::Namespace(ns));
-            let id = s.allocate_endpoint_id();
-            let request = EndpointRequest {
-                container_id: "c1".into(),
-                namespace: "prod".into(),
-                pod: "web".into(),
-                netns: "/run/netns/x".into(),
-                ifname: "eth0".into(),
-                host_if: "veth1".into(),
-                host_ifindex: 7,
-                ips: vec!["198.18.0.5".parse().expect("ip")],
-            };
-            s.endpoints.insert("c1".into(), EndpointRecord { id, request });
-            s.audit.global = true;
-            s.save().expect("save");
+            s.update(|st| {
+                let ns = bulkhead_policy::api::Namespace { name: "prod".into(), labels: BTreeMap::new() };
+                st.objects.insert(ObjectKey::Namespace("prod".into()), Object::Namespace(ns));
+                let id = st.allocate_endpoint_id();
+                let request = EndpointRequest {
+                    container_id: "c1".into(),
+                    namespace: "prod".into(),
+                    pod: "web".into(),
+                    netns: "/run/netns/x".into(),
+                    ifname: "eth0".into(),
+                    host_if: "veth1".into(),
+                    host_ifindex: 7,
+                    ips: vec!["198.18.0.5".parse().expect("ip")],
+                };
+                st.endpoints.insert("c1".into(), EndpointRecord { id, request });
+                st.audit.global = true;
+            })
+            .expect("save");
         }
         let mut s = Store::open(&dir).expect("reopen");
         assert_eq!(s.objects.len(), 1);
         assert_eq!(s.endpoints["c1"].request.host_ifindex, 7);
         assert!(s.audit.global);
-        assert_eq!(s.allocate_endpoint_id(), 2, "ids are never reused");
+        assert_eq!(s.update(State::allocate_endpoint_id).expect("save"), 2, "ids are never reused");
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing() {
+        let dir = tempdir("failed");
+        let mut s = Store::open(&dir).expect("open");
+        // A directory where the temporary file must go: the write fails.
+        std::fs::create_dir_all(dir.join("state.json.tmp")).expect("block the temp file");
+        let r = s.update(|st| st.audit.global = true);
+        assert!(r.is_err());
+        assert!(!s.audit.global, "memory keeps the old state");
+        std::fs::remove_dir(dir.join("state.json.tmp")).expect("unblock");
+        s.update(|st| st.audit.global = true).expect("save");
+        assert!(s.audit.global);
         drop(s);
         let _ = std::fs::remove_dir_all(&dir);
     }

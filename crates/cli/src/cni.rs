@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use bulkhead_agent::api::{DEFAULT_SOCKET, EndpointInfo, EndpointRequest};
 use bulkhead_agent::client::{Client, ClientError};
+use bulkhead_datapath::pods;
 use serde_json::{Value, json};
 
 const SUPPORTED: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
@@ -74,20 +75,14 @@ fn pod_from_args(args: &str) -> Result<(String, String), CniError> {
     }
 }
 
-/// The host-side interface and the pod's addresses from a main plugin's
-/// result. The host side of the veth is the last interface without a
-/// `sandbox` (ptp lists [host, container]; bridge [bridge, host, container]).
+/// The host-side interface ([`pods::host_interface`]) and the pod's
+/// addresses from a main plugin's result.
 fn from_prev_result(prev: &Value, netns: &str, ifname: &str) -> Result<(String, Vec<IpAddr>), CniError> {
     let bad = |m: &str| CniError::new(code::INVALID_CONFIG, m.to_string()).details(prev.to_string());
     let ifaces = prev["interfaces"].as_array().ok_or_else(|| bad("prevResult has no interfaces"))?;
-    let host = ifaces
-        .iter()
-        .filter(|i| i["sandbox"].as_str().unwrap_or("").is_empty())
-        .filter_map(|i| i["name"].as_str())
-        .next_back()
-        .ok_or_else(|| {
-            bad("prevResult names no host-side interface: chain bulkhead-cni after a veth-based plugin (ptp, bridge)")
-        })?;
+    let host = pods::host_interface(prev).ok_or_else(|| {
+        bad("prevResult names no host-side interface: chain bulkhead-cni after a veth-based plugin (ptp, bridge)")
+    })?;
     let container =
         ifaces.iter().position(|i| i["sandbox"].as_str() == Some(netns) && i["name"].as_str() == Some(ifname));
     let mut ips = Vec::new();

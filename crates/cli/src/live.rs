@@ -30,7 +30,7 @@ impl AgentAddr {
 }
 
 /// An agent error with every diagnostic behind it, one per line.
-pub fn explain(e: ClientError) -> anyhow::Error {
+pub fn with_details(e: ClientError) -> anyhow::Error {
     match &e {
         ClientError::Refused { body, .. } if !body.details.is_empty() => {
             anyhow::anyhow!("{}\n{}", body.details.join("\n"), body.error)
@@ -164,7 +164,7 @@ pub fn apply(a: ApplyArgs, delete: bool) -> Result<ExitCode> {
     let files = inputs::read(&a.files)?.into_iter().map(|(name, text)| SourceFile { name, text }).collect::<Vec<_>>();
     let req = ApplyRequest { files, namespace: a.namespace, dry_run: a.dry_run };
     let path = if delete { "/delete" } else { "/apply" };
-    let resp: ApplyResponse = a.agent.client().send(hyper::Method::POST, path, &req).map_err(explain)?;
+    let resp: ApplyResponse = a.agent.client().send(hyper::Method::POST, path, &req).map_err(with_details)?;
     if a.output == TextOutput::Json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
@@ -211,7 +211,7 @@ pub fn render_apply(r: &ApplyResponse, dry_run: bool) -> String {
 }
 
 pub fn endpoints(a: ListArgs) -> Result<ExitCode> {
-    let eps: Vec<EndpointInfo> = a.agent.client().get("/endpoints").map_err(explain)?;
+    let eps: Vec<EndpointInfo> = a.agent.client().get("/endpoints").map_err(with_details)?;
     if a.output == ListOutput::Json {
         println!("{}", serde_json::to_string_pretty(&eps)?);
         return Ok(ExitCode::SUCCESS);
@@ -241,7 +241,7 @@ pub fn endpoints(a: ListArgs) -> Result<ExitCode> {
 }
 
 pub fn identities(a: ListArgs) -> Result<ExitCode> {
-    let ids: Vec<IdentityInfo> = a.agent.client().get("/identities").map_err(explain)?;
+    let ids: Vec<IdentityInfo> = a.agent.client().get("/identities").map_err(with_details)?;
     if a.output == ListOutput::Json {
         println!("{}", serde_json::to_string_pretty(&ids)?);
         return Ok(ExitCode::SUCCESS);
@@ -262,7 +262,7 @@ pub fn identities(a: ListArgs) -> Result<ExitCode> {
 
 pub fn policy_get(a: PolicyGetArgs) -> Result<ExitCode> {
     let q = format!("/policy?endpoint={}", urlencode(&a.endpoint));
-    let d: PolicyDump = a.agent.client().get(&q).map_err(explain)?;
+    let d: PolicyDump = a.agent.client().get(&q).map_err(with_details)?;
     if a.output == ListOutput::Json {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(ExitCode::SUCCESS);
@@ -302,7 +302,7 @@ pub fn policy_get(a: PolicyGetArgs) -> Result<ExitCode> {
 }
 
 pub fn status(a: StatusArgs) -> Result<ExitCode> {
-    let s: Status = a.agent.client().get("/status").map_err(explain)?;
+    let s: Status = a.agent.client().get("/status").map_err(with_details)?;
     if a.output == TextOutput::Json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
@@ -343,6 +343,15 @@ fn render_status(s: &Status, socket: &std::path::Path) -> String {
         let _ = writeln!(o, "drops:      {n} {k}");
     }
     let _ = writeln!(o, "events:     {} kept for observe, {} lost in the kernel", s.events_buffered, s.lost_events);
+    for p in s.programs.iter().filter(|p| p.run_count > 0) {
+        let _ = writeln!(
+            o,
+            "program:    {} {:.0} ns per packet over {} packets",
+            p.name,
+            p.run_time_ns as f64 / p.run_count as f64,
+            p.run_count
+        );
+    }
     o
 }
 
@@ -354,7 +363,7 @@ fn render_audit(a: &AuditSettings) -> String {
 }
 
 pub fn observe(a: ObserveArgs) -> Result<ExitCode> {
-    let events: Vec<EventView> = a.agent.client().get(&format!("/events?last={}", a.last)).map_err(explain)?;
+    let events: Vec<EventView> = a.agent.client().get(&format!("/events?last={}", a.last)).map_err(with_details)?;
     for e in &events {
         match a.output {
             ObserveOutput::Json => println!("{}", serde_json::to_string(e)?),
@@ -403,7 +412,7 @@ pub fn audit(a: AuditArgs) -> Result<ExitCode> {
         AuditMode::Inherit => None,
     };
     let s: AuditSettings =
-        a.agent.client().send(hyper::Method::PUT, "/audit", &AuditRequest { scope, enabled }).map_err(explain)?;
+        a.agent.client().send(hyper::Method::PUT, "/audit", &AuditRequest { scope, enabled }).map_err(with_details)?;
     println!("audit: {}", render_audit(&s));
     Ok(ExitCode::SUCCESS)
 }

@@ -84,6 +84,9 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
         redirect["peer"].as_str().and_then(|p| p.parse::<u64>().ok()),
         Some(eps.iter().find(|e| e["pod"] == "production/frontend").expect("fe")["identity"].as_u64().expect("id"))
     );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&lab.socket).expect("socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the API socket is root's alone");
     let status = lab.json(&["status", "-o", "json"]);
     assert_eq!(status["healthy"], true);
     assert_eq!(status["pid"], lab.state()["agent_pid"]);

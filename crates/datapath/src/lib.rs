@@ -16,7 +16,7 @@ pub mod pods;
 pub mod probe;
 pub mod sync;
 
-pub use maps::{Counters, Datapath, DatapathError, Direction, Event, LoadedEntry};
+pub use maps::{Counters, Datapath, DatapathError, Direction, Event, LoadedEntry, ProgramStats};
 
 /// The compiled programs (`bpf/bulkhead.c`).
 pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bulkhead.o"));

@@ -117,6 +117,18 @@ pub struct LoadedEntry {
     pub rule: u32,
 }
 
+/// A program's run statistics (kept by the kernel while
+/// `kernel.bpf_stats_enabled` is 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProgramStats {
+    /// The program.
+    pub name: &'static str,
+    /// Runs (packets) counted.
+    pub run_count: u64,
+    /// Nanoseconds spent in them.
+    pub run_time_ns: u64,
+}
+
 /// The datapath's counters, summed over CPUs.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
@@ -452,6 +464,24 @@ impl Datapath {
         Ok(Counters { by_reason: out, lost_events: sum(COUNTER_LOST_EVENTS)?.packets })
     }
 
+    /// Run statistics of this datapath's two programs.
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>> {
+        [PROG_FROM_POD, PROG_TO_POD]
+            .into_iter()
+            .map(|name| {
+                let info = classifier_ref(&self.ebpf, name)?.info().map_err(|source| DatapathError::Program {
+                    what: format!("reading {name}'s statistics"),
+                    source,
+                })?;
+                Ok(ProgramStats {
+                    name,
+                    run_count: info.run_count(),
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect()
+    }
+
     /// The event ring buffer's reader (taken once, by whoever reads events).
     pub fn take_events(&mut self) -> Option<crate::events::EventReader> {
         self.events.take().map(crate::events::EventReader::new)
@@ -471,14 +501,19 @@ impl Datapath {
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    let missing = || DatapathError::Program {
-        what: format!("program {name}"),
-        source: aya::programs::ProgramError::UnexpectedProgramType,
-    };
-    ebpf.program_mut(name)
-        .ok_or_else(missing)?
-        .try_into()
-        .map_err(|source| DatapathError::Program { what: format!("program {name}"), source })
+    ebpf.program_mut(name).ok_or_else(|| not_a_classifier(name))?.try_into().map_err(program_err(name))
+}
+
+fn classifier_ref<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier> {
+    ebpf.program(name).ok_or_else(|| not_a_classifier(name))?.try_into().map_err(program_err(name))
+}
+
+fn not_a_classifier(name: &str) -> DatapathError {
+    program_err(name)(aya::programs::ProgramError::UnexpectedProgramType)
+}
+
+fn program_err(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError + '_ {
+    move |source| DatapathError::Program { what: format!("program {name}"), source }
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {

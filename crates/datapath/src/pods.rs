@@ -252,33 +252,39 @@ impl Chain {
         })??;
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         if !out.status.success() {
-            let msg =
-                v["msg"].as_str().map_or_else(|| String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from);
-            return Err(io::Error::other(format!(
-                "{ty} {command} for {}: {msg}{}{}",
-                a.container_id,
-                v["details"].as_str().filter(|d| !d.is_empty()).map(|d| format!(" ({d})")).unwrap_or_default(),
-                Some(String::from_utf8_lossy(&out.stderr).trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .map(|s| format!("; stderr: {s}"))
-                    .unwrap_or_default()
-            )));
+            let mut msg = format!("{ty} {command} for {}: ", a.container_id);
+            match v["msg"].as_str() {
+                Some(m) => msg.push_str(m),
+                None => msg.push_str(String::from_utf8_lossy(&out.stdout).trim()),
+            }
+            if let Some(d) = v["details"].as_str().filter(|d| !d.is_empty()) {
+                msg.push_str(&format!(" ({d})"));
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !stderr.trim().is_empty() {
+                msg.push_str(&format!("; stderr: {}", stderr.trim()));
+            }
+            return Err(io::Error::other(msg));
         }
         Ok(v)
     }
 }
 
-/// The host side of the pod's veth in a main plugin's result (the last
-/// interface without a sandbox), and its index in the node namespace.
+/// The host side of the pod's veth in a main plugin's result: the last
+/// interface without a sandbox (ptp lists [host, container], bridge
+/// [bridge, host, container]).
+pub fn host_interface(result: &Value) -> Option<&str> {
+    result["interfaces"]
+        .as_array()?
+        .iter()
+        .filter(|i| i["sandbox"].as_str().unwrap_or("").is_empty())
+        .filter_map(|i| i["name"].as_str())
+        .next_back()
+}
+
+/// [`host_interface`] and its index in the node namespace.
 pub fn host_link(result: &Value, node: &Path) -> io::Result<(String, u32)> {
-    let name = result["interfaces"]
-        .as_array()
-        .and_then(|ifs| {
-            ifs.iter()
-                .filter(|i| i["sandbox"].as_str().unwrap_or("").is_empty())
-                .filter_map(|i| i["name"].as_str())
-                .next_back()
-        })
+    let name = host_interface(result)
         .ok_or_else(|| io::Error::other(format!("the CNI result names no host interface: {result}")))?
         .to_string();
     let n = name.clone();

@@ -30,7 +30,7 @@ use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::inputs;
-use crate::live::{AgentAddr, explain};
+use crate::live::{AgentAddr, with_details};
 
 pub use probe::ProbeArgs;
 
@@ -328,7 +328,7 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
     }
     let _: ApplyResponse = client
         .send(hyper::Method::POST, "/apply", &ApplyRequest { files, namespace: a.namespace.clone(), dry_run: false })
-        .map_err(explain)?;
+        .map_err(with_details)?;
 
     let chain = st.chain()?;
     std::fs::write(lab_dir(&st.name).join("bulkhead.conflist"), serde_json::to_vec_pretty(&chain.conflist())?)?;
@@ -422,11 +422,11 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
                 "/apply",
                 &ApplyRequest { files, namespace: a.namespace.clone(), dry_run: false },
             )
-            .map_err(explain)?;
+            .map_err(with_details)?;
         print!("{}", crate::live::render_apply(&r, false));
     }
 
-    let eps: Vec<bulkhead_agent::api::EndpointInfo> = client.get("/endpoints").map_err(explain)?;
+    let eps: Vec<bulkhead_agent::api::EndpointInfo> = client.get("/endpoints").map_err(with_details)?;
     let rows: Vec<Vec<String>> = eps
         .iter()
         .map(|e| {

@@ -24,7 +24,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::LabState;
-use crate::live::{explain, urlencode};
+use crate::live::{urlencode, with_details};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProbeOutput {
@@ -114,7 +114,7 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
     let st = LabState::require(name)?;
     let client = Client::new(&st.socket);
     let q = a.ports.iter().map(|p| urlencode(p)).collect::<Vec<_>>().join(",");
-    let expected: ReachMatrix = client.get(&format!("/reach?ports={q}")).map_err(explain)?;
+    let expected: ReachMatrix = client.get(&format!("/reach?ports={q}")).map_err(with_details)?;
     let pods: Vec<String> = expected.pods.iter().filter(|k| st.pods.iter().any(|p| &p.key == *k)).cloned().collect();
     if pods.len() < 2 {
         bail!("the lab has fewer than two pods; nothing to probe");
@@ -178,7 +178,7 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
     .collect();
     // Kernel events of this run: at most a few per probe.
     let events: Vec<EventView> =
-        client.get(&format!("/events?last={}&since={since}", total * 6 + 64)).map_err(explain)?;
+        client.get(&format!("/events?last={}&since={since}", total * 6 + 64)).map_err(with_details)?;
 
     // (from, to, port) → each family's probe and whether it got through.
     type Cells<'a> = BTreeMap<(String, String, String), Vec<(&'a Sent, bool)>>;
