@@ -107,7 +107,22 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
         "no AUDIT event in {events}"
     );
     lab.ok(&["audit", "inherit", "--endpoint", "production/backend"]);
-    let out = lab.lab(&["probe", "--ports", "8080/TCP", "-o", "json"]);
+    let observed = |ports: &str| -> serde_json::Value {
+        let out = lab.lab(&["probe", "--ports", ports, "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("probe JSON")["verdicts"].clone()
+    };
+    // Per namespace, and globally; an endpoint's own setting wins over both.
+    lab.ok(&["audit", "on", "-n", "production"]);
+    assert_eq!(observed("8080/TCP")["staging/debug-tools"]["production/backend"]["8080/TCP"], "allowed");
+    lab.ok(&["audit", "off", "--endpoint", "production/backend"]);
+    assert_eq!(observed("8080/TCP")["staging/debug-tools"]["production/backend"]["8080/TCP"], "denied");
+    lab.ok(&["audit", "inherit", "--endpoint", "production/backend"]);
+    lab.ok(&["audit", "inherit", "-n", "production"]);
+    lab.ok(&["audit", "on"]);
+    assert_eq!(observed("80/TCP")["production/payment-processor"]["production/frontend"]["80/TCP"], "allowed");
+    let out = lab.ok(&["audit", "off"]);
+    assert_eq!(out.trim(), "audit: global off", "no setting is left behind");
+    let out = lab.lab(&["probe", "--ports", "8080/TCP,80/TCP", "-o", "json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 
     // Bad input changes nothing and says where.
@@ -122,4 +137,31 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
     let (name, socket) = (lab.name.clone(), lab.socket.clone());
     drop(lab);
     assert_gone(&name, &socket);
+}
+
+/// `lab down` after a crash: the agent killed and the state file lost
+/// still removes every namespace, process, pin and file of the lab.
+#[test]
+fn down_after_a_crash_removes_everything() {
+    if !privileged("down_after_a_crash_removes_everything") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("bulkhead-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cluster = dir.join("cluster.yaml");
+    std::fs::write(
+        &cluster,
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: c}}\n\
+         - {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: c}, spec: {containers: [{name: a, ports: [{name: http, containerPort: 80}]}]}}\n\
+         - {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: c}}\n",
+    )
+    .expect("write");
+    let lab = Lab::up("crash", &cluster, &[]);
+    let pid = lab.state()["agent_pid"].as_i64().expect("agent pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    std::fs::remove_file(format!("/run/bulkhead/{}/state.json", lab.name)).expect("lose the state");
+    let (name, socket) = (lab.name.clone(), lab.socket.clone());
+    drop(lab);
+    assert_gone(&name, &socket);
+    let _ = std::fs::remove_dir_all(&dir);
 }

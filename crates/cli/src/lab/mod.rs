@@ -93,7 +93,11 @@ pub struct UpArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DownArgs {}
+pub struct DownArgs {
+    /// The lab agent's socket, when the lab's state file is lost (else the one it recorded).
+    #[command(flatten)]
+    pub agent: AgentAddr,
+}
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
@@ -113,8 +117,6 @@ pub struct LabState {
     pub pin_root: PathBuf,
     pub agent_pid: Option<u32>,
     pub pods: Vec<LabPod>,
-    /// Servers started in pods or on the node (responders, dnsmasq).
-    pub processes: Vec<u32>,
     pub dns: Option<IpAddr>,
 }
 
@@ -196,7 +198,7 @@ pub fn run(a: LabArgs) -> Result<ExitCode> {
     }
     match a.command {
         LabCommand::Up(u) => up(&a.name, u),
-        LabCommand::Down(_) => down(&a.name).map(|()| ExitCode::SUCCESS),
+        LabCommand::Down(d) => down(&a.name, &d.agent.socket).map(|()| ExitCode::SUCCESS),
         LabCommand::Exec(e) => exec(&a.name, e),
         LabCommand::Probe(p) => probe::run(&a.name, p),
         LabCommand::Respond(r) => respond::run(r),
@@ -297,7 +299,7 @@ fn up(name: &str, a: UpArgs) -> Result<ExitCode> {
         if st.agent_pid.is_some() {
             eprint!("{}", log_tail(name));
         }
-        let _ = down(name);
+        let _ = down(name, &a.agent.socket);
         return Err(e);
     }
     Ok(ExitCode::SUCCESS)
@@ -371,8 +373,7 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
     for ip in &dns_ips {
         cmd.arg(format!("--listen-address={ip}"));
     }
-    let pid = spawn_in(&dns_ns, cmd)?;
-    st.processes.push(pid);
+    spawn_in(&dns_ns, cmd)?;
     st.dns = dns_ips.first().copied();
     st.save()?;
 
@@ -408,10 +409,7 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
         let mut cmd = Command::new(&me);
         cmd.args(["lab", "--name", &st.name, "respond", "--pod", &lp.key, "--ports", &ports.join(",")]);
         let log = lab_dir(&st.name).join("responders.log");
-        let pid =
-            spawn_ready(&netns::named(&lp.netns), cmd, &log).with_context(|| format!("responder of {}", lp.key))?;
-        st.processes.push(pid);
-        st.save()?;
+        spawn_ready(&netns::named(&lp.netns), cmd, &log).with_context(|| format!("responder of {}", lp.key))?;
     }
 
     if !a.policies.is_empty() {
@@ -525,16 +523,17 @@ fn start_agent(st: &mut LabState, node: &Path) -> Result<()> {
 }
 
 /// Starts `cmd` inside the network namespace at `ns`, detached from this
-/// process (its own process group, no terminal); returns its pid.
-fn spawn_in(ns: &Path, mut cmd: Command) -> Result<u32> {
+/// process (its own process group, no terminal; `down` finds it by its
+/// command line).
+fn spawn_in(ns: &Path, mut cmd: Command) -> Result<()> {
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).process_group(0);
-    let child = netns::run_in(ns, move || cmd.spawn())??;
-    Ok(child.id())
+    netns::run_in(ns, move || cmd.spawn())??;
+    Ok(())
 }
 
 /// Like [`spawn_in`] (with stderr to `log`), and waits for the child to
 /// print `ready`.
-fn spawn_ready(ns: &Path, mut cmd: Command, log: &Path) -> Result<u32> {
+fn spawn_ready(ns: &Path, mut cmd: Command, log: &Path) -> Result<()> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log).process_group(0);
     let mut child = netns::run_in(ns, move || cmd.spawn())??;
@@ -545,33 +544,54 @@ fn spawn_ready(ns: &Path, mut cmd: Command, log: &Path) -> Result<u32> {
         let _ = child.kill();
         bail!("it did not start (said {:?})", line.trim());
     }
-    Ok(child.id())
+    Ok(())
 }
 
-/// Sends SIGTERM, then SIGKILL after 3 s, to a process of ours (checked by
-/// its command line, so a reused pid is never hit).
-fn stop_process(pid: u32, must_contain: &[&str]) {
+/// Every process lab `name` started: its agent (state under the lab's
+/// directory), dnsmasq (hosts file there) and the responders (`lab --name
+/// NAME respond`). Found by command line, so a crash that lost the state
+/// file loses none of them.
+fn lab_processes(name: &str) -> Vec<nix::unistd::Pid> {
+    let markers = [format!("/run/bulkhead/{name}/"), format!("lab --name {name} respond")];
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            markers.iter().any(|m| cmdline.contains(m.as_str()))
+        })
+        .map(|pid| nix::unistd::Pid::from_raw(pid as i32))
+        .collect()
+}
+
+/// SIGTERM to each, then SIGKILL to those still there after 3 s.
+fn stop_processes(pids: &[nix::unistd::Pid]) {
     use nix::sys::signal::{Signal, kill};
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    if !must_contain.iter().any(|m| cmdline.contains(m)) {
-        return;
+    for p in pids {
+        let _ = kill(*p, Signal::SIGTERM);
     }
-    let p = nix::unistd::Pid::from_raw(pid as i32);
-    let _ = kill(p, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(3);
-    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+    let alive = |p: &nix::unistd::Pid| {
         // Reap it if it is our child (lab up failing midway).
-        let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        let _ = nix::sys::wait::waitpid(*p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        Path::new(&format!("/proc/{p}")).exists()
+    };
+    while pids.iter().any(alive) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = kill(p, Signal::SIGKILL);
+    for p in pids.iter().filter(|p| alive(p)) {
+        let _ = kill(*p, Signal::SIGKILL);
+    }
 }
 
 /// Removes everything lab `name` created that still exists.
-pub fn down(name: &str) -> Result<()> {
+pub fn down(name: &str, socket: &Path) -> Result<()> {
     let st = LabState::load(name)?.unwrap_or_else(|| LabState {
         name: name.into(),
+        socket: socket.to_owned(),
         node_netns: node_name(name),
         pin_root: Path::new(bulkhead_datapath::Datapath::DEFAULT_ROOT).join(name),
         ..LabState::default()
@@ -592,12 +612,7 @@ pub fn down(name: &str) -> Result<()> {
             }
         }
     }
-    for pid in &st.processes {
-        stop_process(*pid, &["bulkhead", "dnsmasq"]);
-    }
-    if let Some(pid) = st.agent_pid {
-        stop_process(pid, &["bulkhead"]);
-    }
+    stop_processes(&lab_processes(name));
     // Whatever is left by the name pattern (a crash before the state was saved).
     let prefix = format!("bh-{name}-");
     if let Ok(rd) = std::fs::read_dir("/run/netns") {
@@ -622,7 +637,8 @@ pub fn down(name: &str) -> Result<()> {
     if let Some(parent) = st.pin_root.parent() {
         let _ = std::fs::remove_dir(parent); // only when no other agent pins there
     }
-    if !st.socket.as_os_str().is_empty() {
+    // The socket, unless some other agent serves it.
+    if Client::new(&st.socket).with_timeout(Duration::from_secs(1)).get::<Status>("/status").is_err() {
         let _ = std::fs::remove_file(&st.socket);
     }
     let dir = lab_dir(name);
