@@ -124,25 +124,33 @@ pub fn reach(a: ReachArgs) -> Result<ExitCode> {
 
 /// One grid per port: `.` allowed, `X` denied, `7` decided by an L7 proxy.
 pub fn render_matrix(m: &ReachMatrix) -> String {
+    grids(&m.pods, &m.ports, "(. allowed   X denied   7 allowed, L7 decides per request)", |from, to, port| {
+        match m.verdicts.get(from).and_then(|r| r.get(to)).and_then(|c| c.get(port)) {
+            Some(Reach::Allowed) => ".",
+            Some(Reach::Denied) => "X",
+            Some(Reach::L7) => "7",
+            None => "?",
+        }
+        .to_string()
+    })
+}
+
+/// One pod × pod grid per port (rows are sources, columns destinations,
+/// numbered), each headed by the port and `legend`; `cell` draws a cell.
+pub fn grids(pods: &[String], ports: &[String], legend: &str, cell: impl Fn(&str, &str, &str) -> String) -> String {
     let mut s = String::new();
-    let width = m.pods.iter().map(String::len).max().unwrap_or(0).max(4);
-    for port in &m.ports {
-        let _ = writeln!(s, "{port}   (. allowed   X denied   7 allowed, L7 decides per request)");
+    let width = pods.iter().map(String::len).max().unwrap_or(0).max(4);
+    for port in ports {
+        let _ = writeln!(s, "{port}   {legend}");
         let _ = write!(s, "{:>w$}  ", "from \\ to", w = width + 4);
-        for i in 0..m.pods.len() {
+        for i in 0..pods.len() {
             let _ = write!(s, "{:>3}", i + 1);
         }
         s.push('\n');
-        for (i, from) in m.pods.iter().enumerate() {
+        for (i, from) in pods.iter().enumerate() {
             let _ = write!(s, "{:>2}. {from:<width$}  ", i + 1);
-            for to in &m.pods {
-                let c = match m.verdicts.get(from).and_then(|r| r.get(to)).and_then(|c| c.get(port)) {
-                    Some(Reach::Allowed) => ".",
-                    Some(Reach::Denied) => "X",
-                    Some(Reach::L7) => "7",
-                    None => "?",
-                };
-                let _ = write!(s, "{c:>3}");
+            for to in pods {
+                let _ = write!(s, "{:>3}", cell(from, to, port));
             }
             s.push('\n');
         }

@@ -9,7 +9,7 @@ mod support;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bulkhead_datapath::pods::{self, Attachment, Chain, NODE_SYSCTLS, POD_SYSCTLS};
 use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
@@ -55,28 +55,16 @@ impl Fixture {
     }
 
     fn start_agent(&mut self) {
-        let log = std::fs::File::create(self.dir.join("agent.log")).expect("log");
-        let child = Command::new(support::bulkhead())
-            .arg("agent")
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--pin-root")
-            .arg(self.pins())
-            .arg("--node-netns")
-            .arg(self.node())
-            .args(["--policy-map-max-entries", "64"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the agent");
-        self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while support::run(&self.socket(), &["status"]).status.code() != Some(0) {
-            assert!(Instant::now() < deadline, "agent did not start: {}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let state = self.dir.join("state");
+        let extra = ["--policy-map-max-entries", "64"];
+        self.agent = Some(support::spawn_agent(
+            &state,
+            &self.socket(),
+            &self.pins(),
+            &self.node(),
+            &extra,
+            &self.dir.join("agent.log"),
+        ));
     }
 
     fn stop_agent(&mut self) {

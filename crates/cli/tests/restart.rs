@@ -9,10 +9,9 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bulkhead_datapath::netns;
 use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
@@ -118,26 +117,14 @@ fn kill_9_the_agent_under_traffic_and_start_it_again() {
 
     // A new agent on the same state and pins.
     let name = &lab.name;
-    let log = std::fs::File::create(dir.join("agent2.log")).expect("log");
-    let mut agent = Command::new(support::bulkhead())
-        .args(["agent", "--state-dir", &format!("/run/bulkhead/{name}/agent")])
-        .arg("--socket")
-        .arg(&lab.socket)
-        .args([
-            "--pin-root",
-            &format!("/sys/fs/bpf/bulkhead/{name}"),
-            "--node-netns",
-            &format!("/run/netns/bh-{name}-node"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the new agent");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while support::run(&lab.socket, &["status"]).status.code() != Some(0) {
-        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(dir.join("agent2.log")).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut agent = support::spawn_agent(
+        Path::new(&format!("/run/bulkhead/{name}/agent")),
+        &lab.socket,
+        Path::new(&format!("/sys/fs/bpf/bulkhead/{name}")),
+        Path::new(&format!("/run/netns/bh-{name}-node")),
+        &[],
+        &dir.join("agent2.log"),
+    );
     std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::Relaxed);
     for t in threads {

@@ -312,45 +312,23 @@ fn group_reasons(results: &[(&Sent, Outcome)], events: &[EventView]) -> Vec<Reas
 }
 
 fn render(r: &Report) -> String {
-    let mut s = String::new();
-    let width = r.pods.iter().map(String::len).max().unwrap_or(0).max(4);
-    for port in &r.ports {
-        let _ = writeln!(
-            s,
-            "{port}   (. allowed   X dropped   7 L7 rule: dropped until the L7 proxy exists   !x differs from the policy   - not probed)"
-        );
-        let _ = write!(s, "{:>w$}  ", "from \\ to", w = width + 4);
-        for i in 0..r.pods.len() {
-            let _ = write!(s, "{:>3}", i + 1);
+    let legend = "(. allowed   X dropped   7 L7 rule: dropped until the L7 proxy exists   !x differs from the policy   - not probed)";
+    let mut s = crate::explain::grids(&r.pods, &r.ports, legend, |from, to, port| {
+        let seen = r.verdicts.get(from).and_then(|x| x.get(to)).and_then(|c| c.get(port)).copied();
+        let want = r.expected.get(from).and_then(|x| x.get(to)).and_then(|c| c.get(port)).copied();
+        let differs = r.differences.iter().any(|d| d.from == from && d.to == to && d.port == port);
+        match (seen, want) {
+            (Some(Seen::Skipped) | None, _) if from == to => ".",
+            (Some(Seen::Skipped) | None, _) => "-",
+            (Some(Seen::Denied), Some(Reach::L7)) if !differs => "7",
+            (Some(Seen::Allowed), _) if !differs => ".",
+            (Some(Seen::Denied), _) if !differs => "X",
+            (Some(Seen::Allowed), _) => "!.",
+            (Some(Seen::Denied), _) => "!X",
+            (Some(Seen::Mixed), _) => "!~",
         }
-        s.push('\n');
-        for (i, from) in r.pods.iter().enumerate() {
-            let _ = write!(s, "{:>2}. {from:<width$}  ", i + 1);
-            for to in &r.pods {
-                let seen = r.verdicts.get(from).and_then(|x| x.get(to)).and_then(|c| c.get(port)).copied();
-                let want = r.expected.get(from).and_then(|x| x.get(to)).and_then(|c| c.get(port)).copied();
-                let differs = r.differences.iter().any(|d| &d.from == from && &d.to == to && &d.port == port);
-                let c = match (seen, want) {
-                    (Some(Seen::Skipped), _) | (None, _) => {
-                        if from == to {
-                            ".".into()
-                        } else {
-                            "-".to_string()
-                        }
-                    }
-                    (Some(Seen::Denied), Some(Reach::L7)) if !differs => "7".into(),
-                    (Some(Seen::Allowed), _) if !differs => ".".into(),
-                    (Some(Seen::Denied), _) if !differs => "X".into(),
-                    (Some(Seen::Allowed), _) => "!.".into(),
-                    (Some(Seen::Denied), _) => "!X".into(),
-                    (Some(Seen::Mixed), _) => "!~".into(),
-                };
-                let _ = write!(s, "{c:>3}");
-            }
-            s.push('\n');
-        }
-        s.push('\n');
-    }
+        .to_string()
+    });
     if r.differences.is_empty() {
         let _ = writeln!(s, "{} probes: every one as the policies say.", r.probes);
     } else {

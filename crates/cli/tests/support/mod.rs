@@ -73,6 +73,45 @@ pub fn json(socket: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("bulkhead {}: not JSON ({e}): {text}", args.join(" ")))
 }
 
+/// Starts `bulkhead agent` with a state directory, socket, pin root and
+/// node namespace (plus `extra` flags), its log in `log`, and waits until it
+/// answers.
+pub fn spawn_agent(
+    state: &Path,
+    socket: &Path,
+    pins: &Path,
+    node: &Path,
+    extra: &[&str],
+    log: &Path,
+) -> std::process::Child {
+    let out = std::fs::File::create(log).expect("agent log");
+    let child = Command::new(bulkhead())
+        .arg("agent")
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--pin-root")
+        .arg(pins)
+        .arg("--node-netns")
+        .arg(node)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("start the agent");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while run(socket, &["status"]).status.code() != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
 /// A lab that is taken down when dropped.
 pub struct Lab {
     pub name: String,
