@@ -16,6 +16,14 @@
  * Policy changes are atomic per endpoint: the agent writes a complete new
  * policy under a fresh slot, then replaces the endpoint's value (which
  * names the slot) in one map update.
+ *
+ * Events go to the agent through a ring buffer, aggregated per connection
+ * so that a flood cannot drown it: a policy verdict for a flow's first
+ * packet, a trace event when a tracked connection changes state (its first
+ * reply; the first FIN or RST each way, with its packet count), and drops,
+ * of which repeats of the same tuple and reason within a second are only
+ * counted and the count rides on the next report. The per-CPU counters see
+ * every packet regardless.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -117,8 +125,17 @@ struct {
 } bh_frags SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct bh_drop_key);
+	__type(value, struct bh_drop_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_drops SEC(".maps");
+
+/* 16 MiB: about 190,000 events, two seconds of a sustained 100,000/s. */
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 * 1024 * 1024);
+	__uint(max_entries, 16 * 1024 * 1024);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bh_events SEC(".maps");
 
@@ -140,6 +157,7 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 related;     /* an ICMP error: `inner` is the packet it is about */
 	__u8 policy_type; /* ICMP: the type the policy sees */
+	__u8 icmp_code;
 	__u16 policy_port;
 	struct bh_ct_key inner;
 };
@@ -224,6 +242,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 		if ((void *)(h + 8) > end)
 			return BH_REASON_INVALID_PACKET;
 		p->policy_type = h[0];
+		p->icmp_code = h[1];
 		p->policy_port = h[0];
 		if (is_echo(p->proto, h[0], &reply)) {
 			__be16 id = *(__be16 *)(h + 4);
@@ -459,9 +478,22 @@ static __always_inline struct bh_policy_value *policy_lookup(void *trie, const s
 	return policy_level(trie, &k, BH_LEVEL_ANY, p, has_ports);
 }
 
+/* What one report says, beyond the packet itself. */
+struct report {
+	__u32 peer_id;
+	__u32 rule;
+	__u32 count;
+	__u8 dir;
+	__u8 kind;
+	__u8 verdict;
+	__u8 reason;
+	__u8 level;
+	__u8 match;
+	__u8 is_reply;
+};
+
 static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep,
-				 __u32 peer_id, __u8 dir, __u8 kind, __u8 verdict, __u8 reason, __u8 level, __u32 rule,
-				 __u8 is_reply)
+				 const struct report *r)
 {
 	struct bh_event *e = bpf_ringbuf_reserve(&bh_events, sizeof(*e), 0);
 
@@ -471,35 +503,115 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, con
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->time = bpf_ktime_get_ns();
-	e->kind = kind;
-	e->verdict = verdict;
-	e->reason = reason;
-	e->dir = dir;
+	e->kind = r->kind;
+	e->verdict = r->verdict;
+	e->reason = r->reason;
+	e->dir = r->dir;
 	e->proto = p->proto;
-	e->level = level;
-	e->is_reply = is_reply;
+	e->level = r->level;
+	e->match = r->match;
+	e->is_reply = r->is_reply;
 	e->ifindex = skb->ifindex;
 	e->len = skb->len;
+	e->count = r->count;
+	/* A reply travels against the connection's direction at this point:
+	 * its source is the endpoint on ingress, the peer on egress. */
 	if (ep) {
+		int ep_is_src = (r->dir == BH_DIR_EGRESS) != (r->is_reply == 1);
+
 		e->endpoint = ep->id;
-		e->src_identity = dir == BH_DIR_EGRESS ? ep->identity : peer_id;
-		e->dst_identity = dir == BH_DIR_EGRESS ? peer_id : ep->identity;
+		e->src_identity = ep_is_src ? ep->identity : r->peer_id;
+		e->dst_identity = ep_is_src ? r->peer_id : ep->identity;
 	}
-	e->rule = rule;
+	e->rule = r->rule;
 	e->saddr = p->saddr;
 	e->daddr = p->daddr;
 	e->sport = p->sport;
 	e->dport = p->dport;
 	e->tcp_flags = p->tcp_flags;
+	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		e->icmp_type = p->policy_type;
+		e->icmp_code = p->icmp_code;
+	}
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep, __u32 peer_id,
-				__u8 dir, __u8 reason, __u8 level, __u32 rule)
+/*
+ * Whether a drop is reported: the first of a tuple and reason is, repeats
+ * within BH_DROP_AGGREGATION_NS are counted into the entry, and the next
+ * report after that carries them (*count). A full table only means more
+ * reports, never fewer drops.
+ */
+static __always_inline int drop_report(struct __sk_buff *skb, const struct pkt *p, __u8 dir, __u8 reason, __u32 *count)
 {
+	struct bh_drop_key k = {};
+	struct bh_drop_value *v, nv = {};
+	__u64 now = bpf_ktime_get_ns();
+
+	k.tuple.saddr = p->saddr;
+	k.tuple.daddr = p->daddr;
+	k.tuple.sport = p->sport;
+	k.tuple.dport = p->dport;
+	k.tuple.proto = p->proto;
+	k.tuple.dir = dir;
+	k.tuple.ifindex = skb->ifindex;
+	k.reason = reason;
+	v = bpf_map_lookup_elem(&bh_drops, &k);
+	if (v && now - v->reported < BH_DROP_AGGREGATION_NS) {
+		__sync_fetch_and_add(&v->repeats, 1);
+		return 0;
+	}
+	*count = 1;
+	if (v) {
+		*count += v->repeats;
+		v->reported = now;
+		v->repeats = 0;
+		return 1;
+	}
+	nv.reported = now;
+	bpf_map_update_elem(&bh_drops, &k, &nv, BPF_ANY);
+	return 1;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep, __u32 peer_id,
+				__u8 dir, __u8 reason, __u8 level, __u8 match, __u32 rule)
+{
+	struct report r = { .peer_id = peer_id, .rule = rule, .dir = dir, .kind = BH_EVENT_DROP,
+			    .verdict = BH_EV_DROPPED, .reason = reason, .level = level, .match = match,
+			    /* a parsed packet not in conntrack opens a flow; an unparsed one is unknown */
+			    .is_reply = reason == BH_REASON_POLICY_DENIED || reason == BH_REASON_POLICY_DENY ||
+						reason == BH_REASON_PROXY_UNAVAILABLE ? 0 : 2 };
+
 	count(reason, dir, skb->len);
-	emit(skb, p, ep, peer_id, dir, BH_EVENT_DROP, BH_EV_DROPPED, reason, level, rule, 0);
+	if (drop_report(skb, p, dir, reason, &r.count))
+		emit(skb, p, ep, &r);
 	return TC_ACT_SHOT;
+}
+
+/*
+ * A tracked connection's state changes are reported once each: its first
+ * reply, and the first FIN or RST in each direction (with the packets the
+ * connection carried so far). `dir` is the classifier's direction (the
+ * packet's), `reply` whether the packet goes against the connection's; the
+ * report carries the connection's direction, as Hubble's do.
+ */
+static __always_inline void ct_report(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep,
+				      struct bh_ct_value *cv, __u8 dir, int reply)
+{
+	__u8 close_bit = reply ? BH_CT_CLOSE_SEEN_REV : BH_CT_CLOSE_SEEN_FWD;
+	__u8 first_reply = reply && !(cv->flags & BH_CT_SEEN_REPLY);
+	__u8 closing = (p->tcp_flags & (0x01 | 0x04)) && p->proto == IPPROTO_TCP && !(cv->flags & close_bit);
+	struct report r = { .rule = cv->rule, .dir = reply ? !dir : dir, .kind = BH_EVENT_TRACE,
+			    .verdict = BH_EV_FORWARDED, .level = 255, .is_reply = reply ? 1 : 0 };
+
+	__sync_fetch_and_add(&cv->packets, 1);
+	if (!first_reply && !closing)
+		return;
+	if (closing)
+		cv->flags |= close_bit;
+	r.count = cv->packets;
+	r.peer_id = ipcache_identity(dir == BH_DIR_EGRESS ? &p->daddr : &p->saddr);
+	emit(skb, p, ep, &r);
 }
 
 static __always_inline __u64 ct_timeout(__u8 proto, __u8 flags)
@@ -544,11 +656,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	void *trie;
 	__u32 ifindex = skb->ifindex, peer_id, slot, rule = 0;
 	__u64 now;
-	__u8 level = 255, audit;
+	__u8 level = 255, match = 0, audit;
 	int r;
 
 	if ((void *)(eth + 1) > end)
-		return drop(skb, &p, NULL, 0, dir, BH_REASON_INVALID_PACKET, level, 0);
+		return drop(skb, &p, NULL, 0, dir, BH_REASON_INVALID_PACKET, level, 0, 0);
 	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
 		count(BH_REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
@@ -561,11 +673,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		r = BH_REASON_UNKNOWN_L3;
 	ep = bpf_map_lookup_elem(&bh_endpoints, &ifindex);
 	if (r)
-		return drop(skb, &p, ep, 0, dir, r, level, 0);
+		return drop(skb, &p, ep, 0, dir, r, level, 0, 0);
 	if (!ep)
-		return drop(skb, &p, NULL, 0, dir, BH_REASON_NO_ENDPOINT, level, 0);
-	/* Neighbour discovery is the link working, not traffic between workloads. */
-	if (p.proto == IPPROTO_ICMPV6 && p.policy_type >= 133 && p.policy_type <= 136) {
+		return drop(skb, &p, NULL, 0, dir, BH_REASON_NO_ENDPOINT, level, 0, 0);
+	/* Neighbour discovery (133-136) and multicast listener discovery (130-132,
+	 * 143) are the link working, not traffic between workloads: they pass
+	 * unreported, whatever the policy. */
+	if (p.proto == IPPROTO_ICMPV6 &&
+	    ((p.policy_type >= 133 && p.policy_type <= 136) || (p.policy_type >= 130 && p.policy_type <= 132) ||
+	     p.policy_type == 143)) {
 		count(BH_REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
 	}
@@ -594,6 +710,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ck.dir = !dir;
 	cv = ct_get(&ck, now);
 	if (cv) {
+		ct_report(skb, &p, ep, cv, dir, 1);
 		ct_touch(cv, now, p.tcp_flags, BH_CT_SEEN_REPLY);
 		count(BH_REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
@@ -607,6 +724,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ck.dir = dir;
 	cv = ct_get(&ck, now);
 	if (cv && cv->slot == slot) {
+		ct_report(skb, &p, ep, cv, dir, 0);
 		ct_touch(cv, now, p.tcp_flags, 0);
 		count(BH_REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
@@ -618,10 +736,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	audit = ep->flags & BH_EP_AUDIT;
 	trie = bpf_map_lookup_elem(&bh_policy, &slot);
 	if (!trie) /* the agent always loads a slot before naming it: fail closed */
-		return drop(skb, &p, ep, peer_id, dir, BH_REASON_NO_ENDPOINT, level, 0);
+		return drop(skb, &p, ep, peer_id, dir, BH_REASON_NO_ENDPOINT, level, 0, 0);
 	pv = policy_lookup(trie, peer, peer_id, &p, &level);
-	if (pv)
+	if (pv) {
 		rule = pv->rule;
+		match = pv->match;
+	}
 	if (!pv) {
 		__u32 deny = dir == BH_DIR_EGRESS ? BH_EP_DEFAULT_DENY_EGRESS : BH_EP_DEFAULT_DENY_INGRESS;
 
@@ -639,7 +759,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (r && !audit) {
 		if (cv)
 			bpf_map_delete_elem(&bh_ct, &ck);
-		return drop(skb, &p, ep, peer_id, dir, r, level, rule);
+		return drop(skb, &p, ep, peer_id, dir, r, level, match, rule);
 	}
 
 	if (cv) {
@@ -647,13 +767,19 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		cv->rule = rule;
 		ct_touch(cv, now, p.tcp_flags, 0);
 	} else {
-		struct bh_ct_value nv = { .last_seen = now, .slot = slot, .rule = rule };
+		struct bh_ct_value nv = { .last_seen = now, .slot = slot, .rule = rule, .packets = 1 };
 
 		if (bpf_map_update_elem(&bh_ct, &ck, &nv, BPF_NOEXIST) && !audit)
-			return drop(skb, &p, ep, peer_id, dir, BH_REASON_CT_FULL, level, rule);
+			return drop(skb, &p, ep, peer_id, dir, BH_REASON_CT_FULL, level, match, rule);
 	}
 	count(r ? r : BH_REASON_FORWARDED, dir, skb->len);
-	emit(skb, &p, ep, peer_id, dir, BH_EVENT_POLICY_VERDICT, r ? BH_EV_AUDIT : BH_EV_FORWARDED, r, level, rule, 0);
+	{
+		struct report rep = { .peer_id = peer_id, .rule = rule, .count = 1, .dir = dir,
+				      .kind = BH_EVENT_POLICY_VERDICT, .verdict = r ? BH_EV_AUDIT : BH_EV_FORWARDED,
+				      .reason = r, .level = level, .match = match, .is_reply = 0 };
+
+		emit(skb, &p, ep, &rep);
+	}
 	return TC_ACT_OK;
 }
 

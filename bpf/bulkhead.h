@@ -11,7 +11,7 @@
 
 #include <linux/types.h>
 
-#define BH_LAYOUT_VERSION 2
+#define BH_LAYOUT_VERSION 3
 
 /* Policy map levels, most specific first (see resolve.rs). */
 #define BH_LEVEL_ADDRESS 0
@@ -50,6 +50,16 @@
 /* Event kinds. */
 #define BH_EVENT_DROP 1
 #define BH_EVENT_POLICY_VERDICT 2
+#define BH_EVENT_TRACE 3 /* a tracked connection changed state (first reply, FIN, RST) */
+
+/* What part of a policy key matched (bh_policy_value.match). */
+#define BH_MATCH_ALL_PROTOCOLS 0
+#define BH_MATCH_PROTOCOL 1
+#define BH_MATCH_PORT 2
+
+/* Repeats of one drop (same tuple, interface and reason) within this
+ * interval are counted, not reported: the next report carries the count. */
+#define BH_DROP_AGGREGATION_NS 1000000000ULL
 
 /* Event verdicts (Hubble's). */
 #define BH_EV_FORWARDED 1
@@ -105,7 +115,7 @@ struct bh_policy_key {
 
 struct bh_policy_value {
 	__u8 verdict;
-	__u8 pad;
+	__u8 match;      /* BH_MATCH_*: what the entry's key covers */
 	__u16 proxy_port;
 	__u32 rule; /* the agent's reference for the deciding rules */
 };
@@ -127,10 +137,26 @@ struct bh_ct_value {
 	__u32 slot;      /* the policy slot that allowed the flow */
 	__u32 rule;
 	__u8 flags;      /* BH_CT_* */
-	__u8 pad[7];
+	__u8 pad[3];
+	__u32 packets;   /* both directions, for the closing report */
 };
 #define BH_CT_SEEN_REPLY (1u << 0)
 #define BH_CT_CLOSING (1u << 1)
+#define BH_CT_CLOSE_SEEN_FWD (1u << 2) /* FIN or RST reported, original direction */
+#define BH_CT_CLOSE_SEEN_REV (1u << 3) /* FIN or RST reported, reply direction */
+
+/* Drop aggregation: one entry per (tuple, interface, direction, reason). */
+struct bh_drop_key {
+	struct bh_ct_key tuple;
+	__u8 reason;
+	__u8 pad[3];
+};
+
+struct bh_drop_value {
+	__u64 reported; /* bpf_ktime_get_ns of the last report */
+	__u32 repeats;  /* drops since then */
+	__u32 pad;
+};
 
 /* Fragments: a first fragment records its ports for the later ones. */
 struct bh_frag_key {
@@ -161,8 +187,8 @@ struct bh_event {
 	__u8 dir;        /* BH_DIR_* */
 	__u8 proto;
 	__u8 level;      /* policy level that matched, 255 for none */
-	__u8 is_reply;
-	__u8 pad;
+	__u8 is_reply;   /* 0 no, 1 yes, 2 unknown */
+	__u8 match;      /* BH_MATCH_* of the entry that decided */
 	__u32 ifindex;
 	__u32 endpoint;
 	__u32 src_identity;
@@ -174,7 +200,11 @@ struct bh_event {
 	__be16 sport;
 	__be16 dport;
 	__u8 tcp_flags;
-	__u8 pad2[3];
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 pad2;
+	__u32 count;     /* packets it stands for: aggregated drops, a closing connection's packets */
+	__u32 pad3;
 };
 
 _Static_assert(sizeof(struct bh_ipcache_key) == 20, "bh_ipcache_key");
@@ -184,6 +214,8 @@ _Static_assert(sizeof(struct bh_policy_value) == 8, "bh_policy_value");
 _Static_assert(sizeof(struct bh_ct_key) == 44, "bh_ct_key");
 _Static_assert(sizeof(struct bh_ct_value) == 24, "bh_ct_value");
 _Static_assert(sizeof(struct bh_frag_key) == 40, "bh_frag_key");
-_Static_assert(sizeof(struct bh_event) == 80, "bh_event");
+_Static_assert(sizeof(struct bh_event) == 88, "bh_event");
+_Static_assert(sizeof(struct bh_drop_key) == 48, "bh_drop_key");
+_Static_assert(sizeof(struct bh_drop_value) == 16, "bh_drop_value");
 
 #endif

@@ -29,7 +29,8 @@ use crate::api::{
     ApplyRequest, ApplyResponse, AuditRequest, AuditScope, AuditSettings, Counts, DirectionDump, EndpointFailure,
     EndpointInfo, EndpointRequest, Enforcement, EntryDump, IdentityInfo, PolicyDump, Status,
 };
-use crate::events::EventLog;
+use crate::observer::Observer;
+use crate::observer::convert::{Converter, Names};
 use crate::store::{EndpointRecord, ObjectKey, Store, StoreError};
 
 /// Where the agent keeps things.
@@ -44,8 +45,14 @@ pub struct Config {
     /// The network namespace that holds the host side of pod interfaces
     /// (`None`: the agent's own).
     pub node_netns: Option<PathBuf>,
-    /// How many datapath events `observe` can look back over.
-    pub event_capacity: usize,
+    /// Bytes of recent flows `observe` can look back over.
+    pub flow_buffer_bytes: usize,
+    /// The node's name in flows.
+    pub node_name: String,
+    /// The signed flow log (`None`: no log).
+    pub flow_log: Option<crate::observer::flowlog::FlowLogConfig>,
+    /// Where metrics and the service map are served over HTTP (`None`: not served).
+    pub web_listen: Option<std::net::SocketAddr>,
     /// Entries one policy (one direction of one endpoint policy) may hold
     /// in the kernel; a policy that needs more is refused.
     pub policy_map_entries: u32,
@@ -112,7 +119,15 @@ pub struct Agent {
     /// Endpoints (by pod key) whose latest policy is not loaded, and why.
     not_ready: BTreeMap<String, String>,
     started: Instant,
-    events: Arc<EventLog>,
+    observer: Arc<Observer>,
+    /// Bumped by every change of state, so that caches of names know.
+    generation: u64,
+    /// Host-side interface names by index, for flows.
+    interfaces: std::collections::HashMap<u32, String>,
+    /// Pods by endpoint id, for flows.
+    endpoint_pods: std::collections::HashMap<u32, String>,
+    /// The flow log writer's counters, once it runs.
+    flow_log: Option<Arc<crate::observer::flowlog::FlowLogStats>>,
 }
 
 impl Agent {
@@ -120,12 +135,11 @@ impl Agent {
     /// pinned: endpoints whose interface is gone are dropped, the rest get
     /// this agent's programs swapped into their links, and the maps are
     /// reconciled with the stored state.
-    pub fn start(config: Config) -> Result<Self> {
+    pub fn start(config: Config, observer: Arc<Observer>) -> Result<Self> {
         let mut store = Store::open(&config.state_dir)?;
         let mut dp = Datapath::open(&config.pin_root)?;
         dp.set_slot_capacity(config.policy_map_entries);
         let sync = PolicySync::adopt(&dp)?;
-        let events = Arc::new(EventLog::new(config.event_capacity));
         let gone: Vec<String> = store
             .endpoints
             .iter()
@@ -153,7 +167,11 @@ impl Agent {
             sync,
             not_ready: BTreeMap::new(),
             started: Instant::now(),
-            events,
+            observer,
+            generation: 0,
+            interfaces: std::collections::HashMap::new(),
+            endpoint_pods: std::collections::HashMap::new(),
+            flow_log: None,
         };
         let changes: Vec<Change> = agent.store.objects.values().map(|o| agent.change_for(o.clone())).collect();
         for c in changes {
@@ -178,9 +196,56 @@ impl Agent {
         &self.config
     }
 
-    /// The event log the reader thread fills.
-    pub fn events(&self) -> Arc<EventLog> {
-        Arc::clone(&self.events)
+    /// Where flows go.
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
+
+    /// Reports the flow log writer's counters in `status`.
+    pub fn set_flow_log(&mut self, stats: Arc<crate::observer::flowlog::FlowLogStats>) {
+        self.flow_log = Some(stats);
+    }
+
+    /// Turns a batch of datapath events into flows, with names as the
+    /// agent knows them now.
+    pub fn flows(
+        &self,
+        conv: &mut Converter,
+        events: &[(bulkhead_datapath::abi::RawEvent, u64)],
+    ) -> Vec<bulkhead_flow::Flow> {
+        let names = Names {
+            engine: &self.engine,
+            sync: &self.sync,
+            interfaces: &self.interfaces,
+            pods: &self.endpoint_pods,
+            generation: self.generation,
+        };
+        events.iter().map(|(ev, t)| conv.convert(&names, ev, *t)).collect()
+    }
+
+    /// The values metrics read at scrape time.
+    pub fn metrics_snapshot(&self) -> Result<crate::metrics::Snapshot> {
+        let counters = self.dp.counters()?;
+        let mut snap = crate::metrics::Snapshot::default();
+        for (reason, dir, c) in &counters.by_reason {
+            if *reason == bulkhead_datapath::abi::Reason::Forwarded {
+                snap.forwarded.push((dir.as_str().to_string(), c.packets, c.bytes));
+            } else {
+                snap.drops.push((reason.as_str().into(), dir.as_str().to_string(), c.packets, c.bytes));
+            }
+        }
+        let o = self.observer.stats();
+        snap.lost = vec![
+            ("datapath_ring".into(), counters.lost_events),
+            ("observer_ring".into(), o.overwritten),
+            ("flow_log".into(), o.log_lost),
+        ];
+        snap.map_pressure = self.dp.map_pressure()?;
+        snap.endpoints = self.store.endpoints.len() as u64;
+        snap.identities = self.engine.identities().count() as u64;
+        snap.flows_buffered = o.flows;
+        snap.flow_buffer_bytes = o.bytes;
+        Ok(snap)
     }
 
     /// The datapath's event reader, for a thread of its own (once).
@@ -231,7 +296,7 @@ impl Agent {
             self.engine.apply(c);
         }
         let t_resolved = t0.elapsed();
-        resp.enforcement = self.reconcile_timed(t0)?;
+        resp.enforcement = self.reconcile_timed(t0, "apply")?;
         tracing::info!(
             objects = n,
             endpoints_updated = resp.enforcement.endpoints_updated,
@@ -274,7 +339,7 @@ impl Agent {
                 ObjectKey::Pod(k) => Change::DeletePod(k),
             });
         }
-        resp.enforcement = self.reconcile_timed(t0)?;
+        resp.enforcement = self.reconcile_timed(t0, "delete")?;
         Ok(resp)
     }
 
@@ -560,8 +625,7 @@ impl Agent {
             audit: self.store.audit.clone(),
             drops,
             forwarded,
-            lost_events: counters.lost_events,
-            events_buffered: self.events.len(),
+            flows: self.flow_status(counters.lost_events),
             endpoints_not_ready: self.not_ready.len(),
             programs: self
                 .dp
@@ -605,26 +669,56 @@ impl Agent {
         Ok(self.store.audit.clone())
     }
 
-    /// Turns datapath events into their API form (names, labels, rules).
-    pub fn event_views(&self, last: usize, since_ns: u64) -> Vec<crate::api::EventView> {
-        self.events
-            .recent(last, since_ns)
-            .into_iter()
-            .map(|(ev, t)| crate::events::view(&ev, t, &self.engine, &self.sync))
-            .collect()
+    fn flow_status(&self, datapath_lost: u64) -> crate::api::FlowStatus {
+        let o = self.observer.stats();
+        let log = self.flow_log.as_ref();
+        crate::api::FlowStatus {
+            buffered: o.flows,
+            buffer_bytes: o.bytes,
+            buffer_max_bytes: o.max_bytes,
+            seen: o.seen,
+            lost: crate::api::LostEvents {
+                datapath_ring: datapath_lost,
+                observer_ring: o.overwritten,
+                flow_log: o.log_lost,
+            },
+            log_dir: self.config.flow_log.as_ref().map(|c| c.dir.display().to_string()).unwrap_or_default(),
+            log_written: log.map_or(0, |s| s.written.load(std::sync::atomic::Ordering::Relaxed)),
+            log_checkpoint: log.map_or(0, |s| s.checkpoint_seq.load(std::sync::atomic::Ordering::Relaxed)),
+            log_error: log.and_then(|s| s.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()),
+            web: self.config.web_listen.map(|a| format!("http://{a}/")).unwrap_or_default(),
+        }
+    }
+
+    /// The flow log's public key and directory.
+    pub fn flow_key(&self) -> Result<crate::api::FlowKey> {
+        let dir =
+            self.config.flow_log.as_ref().ok_or_else(|| {
+                AgentError::Conflict("this agent keeps no flow log (started with --no-flow-log)".into())
+            })?;
+        let key = crate::observer::flowlog::load_or_create_key(&self.config.state_dir)?;
+        Ok(crate::api::FlowKey {
+            public_key: bulkhead_flow::log::to_hex(key.verifying_key().as_bytes()),
+            dir: dir.dir.display().to_string(),
+        })
     }
 
     // ---- the kernel ----
 
-    fn reconcile_timed(&mut self, t0: Instant) -> Result<Enforcement> {
+    fn reconcile_timed(&mut self, t0: Instant, source: &str) -> Result<Enforcement> {
         let mut e = self.reconcile()?;
         e.elapsed_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.observer.metrics().implementation_delay(source, t0.elapsed().as_secs_f64());
         Ok(e)
     }
 
     /// Makes the maps hold the engine's view of every local endpoint.
     fn reconcile(&mut self) -> Result<Enforcement> {
         let t0 = Instant::now();
+        self.generation += 1;
+        self.interfaces =
+            self.store.endpoints.values().map(|r| (r.request.host_ifindex, r.request.host_if.clone())).collect();
+        self.endpoint_pods = self.store.endpoints.values().map(|r| (r.id, r.pod_key())).collect();
         let mut specs = Vec::new();
         let mut pod_of = BTreeMap::new();
         for r in self.store.endpoints.values() {

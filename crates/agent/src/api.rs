@@ -14,14 +14,18 @@
 //! | GET | `/identities` | → `[`[`IdentityInfo`]`]` |
 //! | GET | `/policy?endpoint=NS/POD` | → [`PolicyDump`] |
 //! | GET | `/reach?ports=80/TCP,…` | → the `policy reach` matrix |
-//! | GET | `/events?last=N&since=NS` | → `[`[`EventView`]`]` |
+//! | POST | `/flows` | [`FlowsRequest`] → [`FlowsPage`] |
+//! | GET | `/flows/key` | → [`FlowKey`] |
 //! | PUT | `/audit` | [`AuditRequest`] → [`AuditSettings`] |
 //!
 //! Errors are a non-2xx status with an [`ErrorBody`].
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use bulkhead_flow::Filters;
+use bulkhead_flow::model::Flow;
 use serde::{Deserialize, Serialize};
 
 /// The default socket path.
@@ -237,10 +241,8 @@ pub struct Status {
     pub drops: BTreeMap<String, u64>,
     /// Packets forwarded.
     pub forwarded: u64,
-    /// Datapath events lost because the ring buffer was full.
-    pub lost_events: u64,
-    /// Events kept for `observe`.
-    pub events_buffered: usize,
+    /// The flow pipeline: buffer, losses, the flow log.
+    pub flows: FlowStatus,
     /// Endpoints whose latest policy is not loaded.
     pub endpoints_not_ready: usize,
     /// The programs' run counts and time (zero unless
@@ -323,75 +325,78 @@ pub struct AuditRequest {
     pub enabled: Option<bool>,
 }
 
-/// A datapath event, in Hubble's field names.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventView {
-    /// RFC 3339 time.
-    pub time: String,
-    /// Nanoseconds since the Unix epoch (for `since`).
-    pub time_ns: u64,
-    /// `FORWARDED`, `DROPPED`, `AUDIT`, `REDIRECTED`.
-    pub verdict: String,
-    /// The drop reason (`POLICY_DENIED`, …); absent when forwarded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drop_reason_desc: Option<String>,
-    /// `INGRESS` or `EGRESS`, seen from the endpoint that decided.
-    pub traffic_direction: String,
-    /// `drop` or `policy-verdict`.
-    pub event_type: String,
-    /// Whether the packet is a reply.
-    pub is_reply: bool,
-    /// `TCP`, `UDP`, `SCTP`, `ICMPv4`, `ICMPv6`, or the number.
-    pub protocol: String,
-    /// Source address.
-    pub source_ip: IpAddr,
-    /// Destination address.
-    pub destination_ip: IpAddr,
-    /// Source port (ICMP: 0).
-    pub source_port: u16,
-    /// Destination port (ICMP: type).
-    pub destination_port: u16,
-    /// TCP flags (`SYN`, `ACK`, …).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tcp_flags: Vec<String>,
-    /// The source.
-    pub source: EventPeer,
-    /// The destination.
-    pub destination: EventPeer,
-    /// The rules that decided (allow, deny or redirect), as `Kind ns/name spec.ingress[0]`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub policies: Vec<String>,
-    /// Packet length.
-    pub length: u32,
-}
-
-/// One side of an [`EventView`].
+/// `observe`: which flows, how many, from where.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct EventPeer {
-    /// Numeric identity.
-    pub identity: u32,
-    /// Pod namespace, when a pod.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
-    /// Pod name, when a pod.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub pod_name: String,
-    /// Identity labels.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub labels: Vec<String>,
+#[serde(default)]
+pub struct FlowsRequest {
+    /// Hubble-style allow and deny filters and a time window.
+    pub filters: Filters,
+    /// At most this many (the newest that match).
+    pub last: usize,
+    /// Only flows with a sequence number at or after this (a follower's
+    /// `next` from its previous page); none: from the oldest kept.
+    pub after: Option<u64>,
+    /// When nothing matches yet, wait up to this long for a flow that does.
+    pub wait_ms: u64,
 }
 
-impl EventPeer {
-    /// `ns/pod`, or the identity's first label, or its number.
-    pub fn display(&self) -> String {
-        if !self.pod_name.is_empty() {
-            format!("{}/{}", self.namespace, self.pod_name)
-        } else if let Some(l) = self.labels.first() {
-            l.clone()
-        } else {
-            format!("identity {}", self.identity)
-        }
-    }
+/// A page of flows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FlowsPage {
+    /// Matching flows, oldest first.
+    pub flows: Vec<Arc<Flow>>,
+    /// The `after` to ask with next.
+    pub next: u64,
+    /// Flows after the requested point that were overwritten before they
+    /// could be read (the reader fell behind).
+    pub missed: u64,
+}
+
+/// `flows key`: the flow log's public key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowKey {
+    /// ed25519 public key, hex.
+    pub public_key: String,
+    /// The log directory.
+    pub dir: String,
+}
+
+/// Where events were lost, for `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LostEvents {
+    /// The kernel's ring buffer was full.
+    pub datapath_ring: u64,
+    /// Flows overwritten in the observer's ring.
+    pub observer_ring: u64,
+    /// Flows the flow log's queue could not take.
+    pub flow_log: u64,
+}
+
+/// The flow pipeline, for `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FlowStatus {
+    /// Flows in the observer's ring.
+    pub buffered: u64,
+    /// Bytes they hold, and the bound.
+    pub buffer_bytes: u64,
+    /// The ring's bound.
+    pub buffer_max_bytes: u64,
+    /// Flows seen since the agent started.
+    pub seen: u64,
+    /// Losses.
+    pub lost: LostEvents,
+    /// The flow log's directory (empty: no log).
+    pub log_dir: String,
+    /// Flow records written.
+    pub log_written: u64,
+    /// The newest signed checkpoint.
+    pub log_checkpoint: u64,
+    /// The flow log's last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_error: Option<String>,
+    /// Where metrics and the service map are served (empty: not served).
+    pub web: String,
 }
 
 #[cfg(test)]

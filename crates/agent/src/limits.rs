@@ -2,7 +2,7 @@
 //! plainly at `apply` time rather than discovered as silent drops.
 //!
 //! Until the L7 and DNS proxies exist, an L7 rule's traffic is redirected
-//! to a proxy that is not there and dropped (`PROXY_UNAVAILABLE`: fail
+//! to a proxy that is not there and dropped (`SOCKET_LOOKUP_FAILED`: fail
 //! closed), and `toFQDNs` matches no address, because names are learnt
 //! only from DNS answers the proxy sees.
 
@@ -27,7 +27,7 @@ pub fn not_enforced<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<S
                         None => continue,
                     };
                     out.push(format!(
-                        "{name} {}: {what} need the L7 proxy, which bulkhead does not have yet: this traffic is dropped (PROXY_UNAVAILABLE)",
+                        "{name} {}: {what} need the L7 proxy, which bulkhead does not have yet: this traffic is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)",
                         peer.path
                     ));
                 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -15,9 +15,38 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, AgentError};
-use crate::api::{ApplyRequest, AuditRequest, EndpointRequest, ErrorBody};
+use crate::api::{ApplyRequest, AuditRequest, EndpointRequest, ErrorBody, FlowsRequest};
+use crate::observer::Observer;
 
-type Shared = Arc<Mutex<Agent>>;
+/// The agent behind its lock.
+pub type Shared = Arc<Mutex<Agent>>;
+
+/// What handlers reach: the agent, and the observer (read without the
+/// agent's lock, so `observe` never waits behind a policy change).
+#[derive(Clone)]
+pub struct AppState {
+    /// The agent.
+    pub agent: Shared,
+    /// Its flows.
+    pub observer: Arc<Observer>,
+}
+
+impl FromRef<AppState> for Shared {
+    fn from_ref(s: &AppState) -> Self {
+        Arc::clone(&s.agent)
+    }
+}
+
+impl FromRef<AppState> for Arc<Observer> {
+    fn from_ref(s: &AppState) -> Self {
+        Arc::clone(&s.observer)
+    }
+}
+
+/// A 400 answer.
+pub fn bad_request(error: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(ErrorBody { error, details: Vec::new() })).into_response()
+}
 
 /// Runs `f` on the agent, off the async threads, and answers with JSON.
 async fn call<T, F>(agent: Shared, f: F) -> Response
@@ -57,20 +86,15 @@ struct ReachQuery {
     ports: String,
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
-    #[serde(default = "default_last")]
-    last: usize,
-    #[serde(default)]
-    since: u64,
-}
-
-fn default_last() -> usize {
-    20
+async fn flows(State(o): State<Arc<Observer>>, Json(r): Json<FlowsRequest>) -> Response {
+    match o.follow(&r).await {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => bad_request(format!("filter: {e}")),
+    }
 }
 
 /// The API's routes.
-pub fn router(agent: Shared) -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/status", get(|State(a): State<Shared>| call(a, |a| a.status())))
         .route("/v1/apply", post(|State(a): State<Shared>, Json(r): Json<ApplyRequest>| call(a, |a| a.apply(r))))
@@ -107,12 +131,8 @@ pub fn router(agent: Shared) -> Router {
                 })
             }),
         )
-        .route(
-            "/v1/events",
-            get(|State(a): State<Shared>, Query(q): Query<EventsQuery>| {
-                call(a, move |a| Ok(a.event_views(q.last, q.since)))
-            }),
-        )
+        .route("/v1/flows", post(flows))
+        .route("/v1/flows/key", get(|State(a): State<Shared>| call(a, |a| a.flow_key())))
         .route("/v1/audit", put(|State(a): State<Shared>, Json(r): Json<AuditRequest>| call(a, |a| a.set_audit(r))))
         .fallback(|| async {
             (
@@ -121,7 +141,7 @@ pub fn router(agent: Shared) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(256 << 20))
-        .with_state(agent)
+        .with_state(state)
 }
 
 /// Binds the socket: refuses when another agent answers on it, replaces a

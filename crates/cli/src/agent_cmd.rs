@@ -21,9 +21,37 @@ pub struct AgentArgs {
     /// (default: the agent's own; `bulkhead lab` runs its node in one).
     #[arg(long, value_name = "PATH")]
     pub node_netns: Option<PathBuf>,
-    /// How many datapath events `observe` can look back over.
-    #[arg(long, value_name = "N", default_value_t = 65_536)]
-    pub event_buffer: usize,
+    /// Memory for recent flows that `observe` can look back over
+    /// (`64Mi`, `512Ki`, or bytes); the oldest are overwritten first.
+    #[arg(long, value_name = "SIZE", default_value = "64Mi", value_parser = parse_size)]
+    pub flow_buffer: u64,
+    /// The node's name in flows (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Where the signed flow log goes (default: STATE_DIR/flows).
+    #[arg(long, value_name = "DIR")]
+    pub flow_log_dir: Option<PathBuf>,
+    /// Keep no flow log.
+    #[arg(long, conflicts_with = "flow_log_dir")]
+    pub no_flow_log: bool,
+    /// Start a new flow-log segment past this size.
+    #[arg(long, value_name = "SIZE", default_value = "64Mi", value_parser = parse_size)]
+    pub flow_log_segment: u64,
+    /// Delete the oldest segments while the log exceeds this.
+    #[arg(long, value_name = "SIZE", default_value = "1Gi", value_parser = parse_size)]
+    pub flow_log_max_size: u64,
+    /// Delete segments last written longer ago than this (`7d`, `12h`).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub flow_log_max_age: std::time::Duration,
+    /// Sign the flow log's chain (and fsync it) this often.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub flow_log_checkpoint: std::time::Duration,
+    /// Serve Prometheus metrics (/metrics) and the service map (/) here.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9962", conflicts_with = "no_web")]
+    pub web_listen: std::net::SocketAddr,
+    /// Serve neither metrics nor the service map.
+    #[arg(long)]
+    pub no_web: bool,
     /// Entries one endpoint policy (per direction) may hold in the kernel;
     /// a policy that needs more is refused and the endpoint keeps its
     /// previous one (like Cilium's --bpf-policy-map-max).
@@ -46,13 +74,48 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!("the agent loads eBPF programs and must run as root");
     }
+    let flow_log = (!a.no_flow_log).then(|| bulkhead_agent::observer::flowlog::FlowLogConfig {
+        dir: a.flow_log_dir.clone().unwrap_or_else(|| a.state_dir.join("flows")),
+        segment_bytes: a.flow_log_segment,
+        max_bytes: a.flow_log_max_size,
+        max_age: a.flow_log_max_age,
+        checkpoint_every: a.flow_log_checkpoint,
+    });
+    let node_name = a.node_name.unwrap_or_else(|| {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "node".into())
+    });
     bulkhead_agent::run(bulkhead_agent::Config {
         state_dir: a.state_dir,
         socket: a.socket,
         pin_root: a.pin_root,
         node_netns: a.node_netns,
-        event_capacity: a.event_buffer,
+        flow_buffer_bytes: usize::try_from(a.flow_buffer).unwrap_or(usize::MAX),
+        node_name,
+        flow_log,
+        web_listen: (!a.no_web).then_some(a.web_listen),
         policy_map_entries: a.policy_map_max_entries,
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `64Mi`, `512Ki`, `1Gi`, `10M`, or bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "Ki" => 1 << 10,
+        "M" => 1_000_000,
+        "Mi" => 1 << 20,
+        "G" => 1_000_000_000,
+        "Gi" => 1 << 30,
+        _ => return Err(format!("`{s}`: use bytes or a suffix: Ki, Mi, Gi (or K, M, G)")),
+    };
+    n.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).ok_or_else(|| format!("`{s}` is not a size (e.g. 64Mi)"))
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    bulkhead_flow::time::parse_duration(s)
+        .map(std::time::Duration::from_nanos)
+        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 500ms, 30s, 12h, 7d)"))
 }

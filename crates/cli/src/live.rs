@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use bulkhead_agent::api::{
-    ApplyRequest, ApplyResponse, AuditRequest, AuditScope, AuditSettings, EndpointInfo, EventView, IdentityInfo,
-    PolicyDump, SourceFile, Status,
+    ApplyRequest, ApplyResponse, AuditRequest, AuditScope, AuditSettings, EndpointInfo, IdentityInfo, PolicyDump,
+    SourceFile, Status,
 };
 use bulkhead_agent::client::{Client, ClientError};
 use clap::{Args, Subcommand, ValueEnum};
@@ -111,26 +111,6 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = TextOutput::Text)]
     pub output: TextOutput,
-    #[command(flatten)]
-    pub agent: AgentAddr,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ObserveOutput {
-    /// One line per event.
-    Compact,
-    /// One JSON object per line.
-    Json,
-}
-
-#[derive(Debug, Args)]
-pub struct ObserveArgs {
-    /// How many of the most recent events to show.
-    #[arg(long, default_value_t = 20)]
-    pub last: usize,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = ObserveOutput::Compact)]
-    pub output: ObserveOutput,
     #[command(flatten)]
     pub agent: AgentAddr,
 }
@@ -342,7 +322,29 @@ fn render_status(s: &Status, socket: &std::path::Path) -> String {
     for (k, n) in &s.drops {
         let _ = writeln!(o, "drops:      {n} {k}");
     }
-    let _ = writeln!(o, "events:     {} kept for observe, {} lost in the kernel", s.events_buffered, s.lost_events);
+    let f = &s.flows;
+    let _ = writeln!(
+        o,
+        "flows:      {} seen, {} kept for observe ({} of {} MiB)",
+        f.seen,
+        f.buffered,
+        f.buffer_bytes >> 20,
+        f.buffer_max_bytes >> 20
+    );
+    let _ = writeln!(
+        o,
+        "lost:       {} in the kernel ring, {} overwritten in the agent, {} not logged",
+        f.lost.datapath_ring, f.lost.observer_ring, f.lost.flow_log
+    );
+    if !f.log_dir.is_empty() {
+        let _ = writeln!(o, "flow log:   {} ({} records, signed up to {})", f.log_dir, f.log_written, f.log_checkpoint);
+    }
+    if let Some(e) = &f.log_error {
+        let _ = writeln!(o, "flow log:   STOPPED: {e}");
+    }
+    if !f.web.is_empty() {
+        let _ = writeln!(o, "web:        {} (service map), {}metrics", f.web, f.web);
+    }
     for p in s.programs.iter().filter(|p| p.run_count > 0) {
         let _ = writeln!(
             o,
@@ -360,44 +362,6 @@ fn render_audit(a: &AuditSettings) -> String {
     parts.extend(a.namespaces.iter().map(|(n, v)| format!("namespace {n} {}", if *v { "on" } else { "off" })));
     parts.extend(a.endpoints.iter().map(|(n, v)| format!("endpoint {n} {}", if *v { "on" } else { "off" })));
     parts.join(", ")
-}
-
-pub fn observe(a: ObserveArgs) -> Result<ExitCode> {
-    let events: Vec<EventView> = a.agent.client().get(&format!("/events?last={}", a.last)).map_err(with_details)?;
-    for e in &events {
-        match a.output {
-            ObserveOutput::Json => println!("{}", serde_json::to_string(e)?),
-            ObserveOutput::Compact => println!("{}", render_event(e)),
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `TIME SRC:PORT -> DST:PORT PROTO VERDICT (REASON) DIRECTION by POLICY`.
-pub fn render_event(e: &EventView) -> String {
-    let end = |p: &bulkhead_agent::api::EventPeer, ip: std::net::IpAddr, port: u16| {
-        let who = p.display();
-        if port == 0 { format!("{who} ({ip})") } else { format!("{who} ({ip}):{port}") }
-    };
-    let time = e.time.get(11..23).unwrap_or(&e.time);
-    let mut s = format!(
-        "{time}  {} -> {}  {}",
-        end(&e.source, e.source_ip, e.source_port),
-        end(&e.destination, e.destination_ip, e.destination_port),
-        e.protocol
-    );
-    if !e.tcp_flags.is_empty() {
-        let _ = write!(s, " {}", e.tcp_flags.join(","));
-    }
-    let _ = write!(s, "  {}", e.verdict);
-    if let Some(r) = &e.drop_reason_desc {
-        let _ = write!(s, " ({r})");
-    }
-    let _ = write!(s, " {} {}", e.traffic_direction, e.event_type);
-    if !e.policies.is_empty() {
-        let _ = write!(s, "  by {}", e.policies.join("; "));
-    }
-    s
 }
 
 pub fn audit(a: AuditArgs) -> Result<ExitCode> {

@@ -2,14 +2,16 @@
 
 mod agent_cmd;
 mod explain;
+mod flows_cmd;
 mod inputs;
 mod lab;
 mod live;
+mod observe;
 mod policy_cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Identity-based micro-segmentation for Kubernetes-style workloads.
 ///
@@ -49,8 +51,16 @@ enum Command {
     Identity(live::IdentityCommand),
     /// The agent's health, pid and counts.
     Status(live::StatusArgs),
-    /// Recent datapath events: drops and first-packet policy verdicts.
-    Observe(live::ObserveArgs),
+    /// Flows: every verdict with the workloads and the policy behind it,
+    /// filtered as `hubble observe` filters (live, or from exported files).
+    ///
+    /// Examples: bulkhead observe --verdict DROPPED -n production;
+    /// bulkhead observe -f --to-pod production/backend --not --verdict FORWARDED;
+    /// bulkhead observe --input-file flows.json --http-status 5+
+    Observe(Box<observe::ObserveArgs>),
+    /// The signed flow log: its public key, and verification of a log.
+    #[command(subcommand)]
+    Flows(flows_cmd::FlowsCommand),
     /// Audit mode, globally, per namespace or per endpoint: would-be drops
     /// pass and are reported with verdict AUDIT.
     ///
@@ -62,7 +72,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Agent(a) => agent_cmd::run(a),
@@ -71,7 +82,11 @@ fn main() -> ExitCode {
         Command::Endpoint(live::EndpointCommand::List(a)) => live::endpoints(a),
         Command::Identity(live::IdentityCommand::List(a)) => live::identities(a),
         Command::Status(a) => live::status(a),
-        Command::Observe(a) => live::observe(a),
+        Command::Observe(a) => match matches.subcommand_matches("observe") {
+            Some(m) => observe::run(*a, m),
+            None => Err(anyhow::anyhow!("observe: no arguments")),
+        },
+        Command::Flows(cmd) => flows_cmd::run(cmd),
         Command::Audit(a) => live::audit(a),
         Command::Lab(a) => lab::run(a),
     };

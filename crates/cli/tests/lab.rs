@@ -45,7 +45,7 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
     let reasons = report["reasons"].as_array().expect("reasons");
     let proxy = reasons
         .iter()
-        .find(|g| g["drop_reason_desc"] == "PROXY_UNAVAILABLE" && g["endpoint"] == "production/backend")
+        .find(|g| g["drop_reason_desc"] == "SOCKET_LOOKUP_FAILED" && g["endpoint"] == "production/backend")
         .expect("the kernel reports the L7 redirect drop");
     assert_eq!(proxy["policies"][0], "CiliumNetworkPolicy production/restrict-backend-api spec.ingress[0]");
     assert!(

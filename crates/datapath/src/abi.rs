@@ -4,8 +4,10 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
+use bulkhead_flow::model::DropReason;
+
 /// Bumped with every change to a shared structure or map definition.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Policy map level: the peer's address.
 pub const LEVEL_ADDRESS: u8 = 0;
@@ -17,6 +19,13 @@ pub const LEVEL_ANY: u8 = 2;
 pub const POLICY_FIXED_BITS: u32 = (4 + 16) * 8;
 /// Capacity of one slot's policy trie (`BH_POLICY_SLOT_MAX_ENTRIES`).
 pub const POLICY_SLOT_MAX_ENTRIES: u32 = 1 << 20;
+
+/// Policy value `match`: the entry covers every protocol.
+pub const MATCH_ALL_PROTOCOLS: u8 = 0;
+/// Policy value `match`: the entry covers a whole protocol.
+pub const MATCH_PROTOCOL: u8 = 1;
+/// Policy value `match`: the entry covers a port or port range.
+pub const MATCH_PORT: u8 = 2;
 
 /// Policy verdict: pass.
 pub const VERDICT_ALLOW: u8 = 1;
@@ -81,17 +90,33 @@ impl Reason {
         Self::ALL.get(usize::from(n)).copied()
     }
 
-    /// Hubble's `drop_reason_desc` spelling.
+    /// Hubble's drop reason for it (none for `Forwarded`).
+    pub fn drop_reason(self) -> DropReason {
+        match self {
+            Self::Forwarded => DropReason::UNKNOWN,
+            Self::PolicyDenied => DropReason::POLICY_DENIED,
+            Self::PolicyDeny => DropReason::POLICY_DENY,
+            Self::InvalidPacket => DropReason::INVALID_PACKET,
+            Self::FragUnknown => DropReason::FRAGMENT_NOT_FOUND,
+            Self::UnknownL3 => DropReason::UNSUPPORTED_L3_PROTOCOL,
+            Self::ProxyUnavailable => DropReason::SOCKET_LOOKUP_FAILED,
+            Self::NoEndpoint => DropReason::ENDPOINT_NOT_READY,
+            Self::CtFull => DropReason::CT_MAP_INSERTION_FAILED,
+        }
+    }
+
+    /// `FORWARDED`, or Hubble's `drop_reason_desc` name (a test keeps the
+    /// two spellings equal).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Forwarded => "FORWARDED",
             Self::PolicyDenied => "POLICY_DENIED",
             Self::PolicyDeny => "POLICY_DENY",
-            Self::InvalidPacket => "INVALID_PACKET",
-            Self::FragUnknown => "FRAG_NOT_FOUND",
-            Self::UnknownL3 => "UNKNOWN_L3_PROTOCOL",
-            Self::ProxyUnavailable => "PROXY_UNAVAILABLE",
-            Self::NoEndpoint => "NO_ENDPOINT",
+            Self::InvalidPacket => "INVALID_PACKET_DROPPED",
+            Self::FragUnknown => "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
+            Self::UnknownL3 => "UNSUPPORTED_L3_PROTOCOL",
+            Self::ProxyUnavailable => "SOCKET_LOOKUP_FAILED",
+            Self::NoEndpoint => "DROP_EP_NOT_READY",
             Self::CtFull => "CT_MAP_INSERTION_FAILED",
         }
     }
@@ -172,8 +197,8 @@ pub struct PolicyKeyData {
 pub struct PolicyValue {
     /// `VERDICT_*`.
     pub verdict: u8,
-    /// Zero.
-    pub pad: u8,
+    /// `MATCH_*`: what the entry's key covers (for the match type flows report).
+    pub r#match: u8,
     /// The L7 proxy port of a redirect.
     pub proxy_port: u16,
     /// The agent's reference for the deciding rules.
@@ -215,7 +240,9 @@ pub struct CtValue {
     /// `BH_CT_*` flags.
     pub flags: u8,
     /// Zero.
-    pub pad: [u8; 7],
+    pub pad: [u8; 3],
+    /// Packets of the connection, both directions.
+    pub packets: u32,
 }
 
 /// A per-CPU counter.
@@ -232,6 +259,15 @@ pub struct Counter {
 pub const EVENT_DROP: u8 = 1;
 /// Event kind: the policy verdict on a flow's first packet.
 pub const EVENT_POLICY_VERDICT: u8 = 2;
+/// Event kind: a tracked connection's first reply, or its first FIN or RST one way.
+pub const EVENT_TRACE: u8 = 3;
+
+/// Event `is_reply`: not a reply.
+pub const REPLY_NO: u8 = 0;
+/// Event `is_reply`: a reply.
+pub const REPLY_YES: u8 = 1;
+/// Event `is_reply`: not known (the packet did not parse).
+pub const REPLY_UNKNOWN: u8 = 2;
 
 /// What the ring buffer carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -251,10 +287,10 @@ pub struct RawEvent {
     pub proto: u8,
     /// The policy level that decided, 255 for none.
     pub level: u8,
-    /// Whether the packet is a reply.
+    /// `REPLY_*`.
     pub is_reply: u8,
-    /// Zero.
-    pub pad: u8,
+    /// `MATCH_*` of the entry that decided.
+    pub r#match: u8,
     /// The interface.
     pub ifindex: u32,
     /// The endpoint id.
@@ -277,8 +313,17 @@ pub struct RawEvent {
     pub dport: [u8; 2],
     /// TCP flags byte.
     pub tcp_flags: u8,
+    /// ICMP type.
+    pub icmp_type: u8,
+    /// ICMP code.
+    pub icmp_code: u8,
     /// Zero.
-    pub pad2: [u8; 3],
+    pub pad2: u8,
+    /// Packets it stands for: repeats of an aggregated drop, or the packets
+    /// of a connection a FIN or RST closes.
+    pub count: u32,
+    /// Zero.
+    pub pad3: u32,
 }
 
 impl RawEvent {
@@ -303,7 +348,7 @@ const _: () = assert!(size_of::<aya::maps::lpm_trie::Key<PolicyKeyData>>() == 28
 const _: () = assert!(size_of::<PolicyValue>() == 8);
 const _: () = assert!(size_of::<CtKey>() == 44);
 const _: () = assert!(size_of::<CtValue>() == 24);
-const _: () = assert!(size_of::<RawEvent>() == 80);
+const _: () = assert!(size_of::<RawEvent>() == 88);
 
 macro_rules! plain_data {
     ($($t:ty),*) => {$(
@@ -347,6 +392,9 @@ mod tests {
             assert!(header.contains(&needle), "bulkhead.h lacks `{needle}`");
         }
         assert!(header.contains(&format!("#define BH_REASON_MAX {}", Reason::ALL.len())));
+        for r in &Reason::ALL[1..] {
+            assert_eq!(r.as_str(), r.drop_reason().name(), "{r:?}");
+        }
         assert!(header.contains(&format!("#define BH_LAYOUT_VERSION {LAYOUT_VERSION}")));
         assert!(header.contains("#define BH_POLICY_SLOT_MAX_ENTRIES (1 << 20)"));
     }

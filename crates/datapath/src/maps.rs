@@ -437,6 +437,19 @@ impl Datapath {
         self.ct.keys().count()
     }
 
+    /// How full the maps that can fill up are (entries / capacity):
+    /// endpoints, ipcache, policy slots and conntrack.
+    pub fn map_pressure(&self) -> Result<Vec<(String, f64)>> {
+        let ratio = |n: usize, max: u32| if max == 0 { 0.0 } else { n as f64 / f64::from(max) };
+        let ct_max = aya::maps::MapInfo::from_pin(self.dir.join(MAP_CT)).map(|i| i.max_entries()).unwrap_or(0);
+        Ok(vec![
+            (MAP_ENDPOINTS.into(), ratio(self.endpoints.keys().count(), self.capacity[0])),
+            (MAP_IPCACHE.into(), ratio(self.ipcache.iter().count(), self.capacity[1])),
+            (MAP_POLICY.into(), ratio(self.slots()?.len(), self.capacity[2])),
+            (MAP_CT.into(), ratio(self.conntrack_len(), ct_max)),
+        ])
+    }
+
     /// Forgets every conntrack entry of an interface (its endpoint is gone).
     pub fn flush_conntrack(&mut self, ifindex: u32) -> Result<usize> {
         let keys: Vec<CtKey> = self.ct.keys().filter_map(|k| k.ok()).filter(|k| k.ifindex == ifindex).collect();

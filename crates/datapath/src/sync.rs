@@ -24,7 +24,8 @@ use bulkhead_policy::resolve::{EndpointPolicy, Peer, PolicyKey, Verdict};
 
 use crate::abi::{
     Addr, EP_AUDIT, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, Endpoint, LEVEL_ADDRESS, LEVEL_ANY,
-    LEVEL_IDENTITY, POLICY_FIXED_BITS, PolicyKeyData, PolicyValue, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
+    LEVEL_IDENTITY, MATCH_ALL_PROTOCOLS, MATCH_PORT, MATCH_PROTOCOL, POLICY_FIXED_BITS, PolicyKeyData, PolicyValue,
+    VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
 };
 use crate::{Datapath, DatapathError, Direction};
 
@@ -259,7 +260,7 @@ impl PolicySync {
                 Verdict::Deny => VERDICT_DENY,
                 Verdict::Redirect(_) => VERDICT_REDIRECT,
             };
-            let value = PolicyValue { verdict, pad: 0, proxy_port: 0, rule: self.rule_id(&e.refs) };
+            let value = PolicyValue { verdict, r#match: match_kind(k), proxy_port: 0, rule: self.rule_id(&e.refs) };
             entries.extend(map_keys(k).into_iter().map(|key| (key, value)));
         }
         let written = dp.write_slot(id, entries)?;
@@ -305,6 +306,15 @@ impl PolicySync {
         let now = Instant::now();
         self.retired.extend(dp.slots()?.into_iter().filter(|s| !live.contains(s)).map(|s| (now, s)));
         Ok(())
+    }
+}
+
+/// What an entry's key covers, for the match type flows report.
+fn match_kind(k: &PolicyKey) -> u8 {
+    match (k.proto, k.lo, k.hi) {
+        (Proto::Any, _, _) => MATCH_ALL_PROTOCOLS,
+        (_, 0, u16::MAX) => MATCH_PROTOCOL,
+        _ => MATCH_PORT,
     }
 }
 

@@ -535,6 +535,24 @@ pub struct SegmentFile<'a> {
     pub bytes: &'a [u8],
 }
 
+/// A log in memory: segment files (index, bytes) and the HEAD file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogImage {
+    /// Segment files, in index order.
+    pub segments: Vec<(u64, Vec<u8>)>,
+    /// The HEAD file, if present.
+    pub head: Option<Vec<u8>>,
+}
+
+impl LogImage {
+    /// [`verify`]s it.
+    pub fn verify(&self, key: Option<&VerifyingKey>) -> Report {
+        let segs: Vec<SegmentFile<'_>> =
+            self.segments.iter().map(|(i, b)| SegmentFile { index: *i, bytes: b }).collect();
+        verify(&segs, self.head.as_deref(), key)
+    }
+}
+
 /// Verifies a log: segments (any order), the head file's bytes, and the
 /// public key to trust (otherwise the one the log names, which proves
 /// integrity only against accidents, and the report says so).

@@ -137,6 +137,11 @@ impl Proto {
         }
     }
 
+    /// The protocol with this IP protocol number (none for others).
+    pub fn from_number(n: u8) -> Option<Self> {
+        [Self::Icmp, Self::Tcp, Self::Udp, Self::Icmpv6, Self::Sctp].into_iter().find(|p| *p as u8 == n)
+    }
+
     /// Parses `TCP`, `udp`, `ICMPv6`, ... (case-insensitive).
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_uppercase().as_str() {

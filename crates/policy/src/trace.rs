@@ -248,6 +248,27 @@ fn l7_decision(rules: &L7Rules, allow_all: bool, http: Option<&HttpProbe>, host:
     }
 }
 
+/// Why `endpoint`'s policy in `dir` decides as it does for one packet the
+/// datapath saw, given its peer's address and identity: the verdict, the
+/// deciding rules and, when nothing allowed it, the rules that came
+/// closest. `None` when the engine does not know the endpoint.
+pub fn explain_packet(
+    engine: &Engine,
+    endpoint: &str,
+    dir: Direction,
+    peer_addr: IpAddr,
+    peer_id: NumericIdentity,
+    port: ProbePort,
+) -> Option<DirectionTrace> {
+    let (_, id) = engine.pod(endpoint)?;
+    let pol = engine.endpoint_policy(endpoint)?;
+    let pol = match dir {
+        Direction::Ingress => &pol.ingress,
+        Direction::Egress => &pol.egress,
+    };
+    Some(explain(engine, endpoint, id, dir, pol, Some(peer_addr), peer_id, port.proto, port.port))
+}
+
 #[expect(clippy::too_many_arguments, reason = "one lookup's full key, kept flat for clarity")]
 fn explain(
     engine: &Engine,

@@ -464,6 +464,16 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
         st.socket.display(),
         st.dns.map_or("-".into(), |d| d.to_string())
     );
+    if let Ok(s) = Client::new(&st.socket).get::<Status>("/status")
+        && !s.flows.web.is_empty()
+    {
+        println!(
+            "service map {} · metrics {}metrics · flows: bulkhead observe --socket {}",
+            s.flows.web,
+            s.flows.web,
+            st.socket.display()
+        );
+    }
     Ok(())
 }
 
@@ -501,6 +511,9 @@ fn start_agent(st: &mut LabState, node: &Path) -> Result<()> {
         .arg(&st.pin_root)
         .arg("--node-netns")
         .arg(node)
+        // Several labs can run side by side: each serves its metrics and
+        // service map on a port of its own (`status` names it).
+        .args(["--web-listen", "127.0.0.1:0", "--node-name", &format!("lab-{}", st.name)])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

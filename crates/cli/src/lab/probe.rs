@@ -14,10 +14,13 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
-use bulkhead_agent::api::EventView;
+use bulkhead_agent::api::{FlowsPage, FlowsRequest};
 use bulkhead_agent::client::Client;
 use bulkhead_datapath::netns;
 use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
+use bulkhead_flow::filter::EventTypeFilter;
+use bulkhead_flow::model::{Flow, TrafficDirection, Verdict};
+use bulkhead_flow::{Filters, FlowFilter, Timestamp};
 use bulkhead_policy::reach::{ProbePort, Reach, ReachMatrix};
 use bulkhead_policy::repository::Proto;
 use clap::{Args, ValueEnum};
@@ -176,9 +179,20 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
     .into_iter()
     .flatten()
     .collect();
-    // Kernel events of this run: at most a few per probe.
-    let events: Vec<EventView> =
-        client.get(&format!("/events?last={}&since={since}", total * 6 + 64)).map_err(with_details)?;
+    // The kernel's verdicts of this run: drops and first-packet verdicts,
+    // at most a few per probe.
+    let decisions = ["drop", "policy-verdict"].map(|t| EventTypeFilter::parse(t).expect("a known event type"));
+    let req = FlowsRequest {
+        filters: Filters {
+            allow: vec![FlowFilter { event_type: decisions.to_vec(), ..FlowFilter::default() }],
+            since: Some(Timestamp::from_nanos(since)),
+            ..Filters::default()
+        },
+        last: total * 6 + 64,
+        ..FlowsRequest::default()
+    };
+    let page: FlowsPage = client.send(hyper::Method::POST, "/flows", &req).map_err(with_details)?;
+    let events: Vec<&Flow> = page.flows.iter().map(|f| &**f).collect();
 
     // (from, to, port) → each family's probe and whether it got through.
     type Cells<'a> = BTreeMap<(String, String, String), Vec<(&'a Sent, bool)>>;
@@ -248,51 +262,48 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
     Ok(if report.differences.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// The event that decided a probe: a drop if there was one, else the
+/// The flows that decided a probe: a drop if there was one, else the
 /// first-packet verdicts (egress at the source, ingress at the destination).
-fn deciding<'a>(s: &Sent, events: &'a [EventView]) -> Vec<&'a EventView> {
+fn deciding<'a>(s: &Sent, flows: &[&'a Flow]) -> Vec<&'a Flow> {
     let proto = match s.probe.proto {
         Proto::Icmp => "ICMPv4",
         p => p.as_str(),
     };
-    let matches = |e: &&EventView| {
-        e.source_ip == s.src
-            && e.destination_ip == s.dst
-            && !e.is_reply
-            && e.protocol.eq_ignore_ascii_case(proto)
-            && (matches!(s.probe.proto, Proto::Icmp | Proto::Icmpv6) || e.destination_port == s.probe.port)
+    let matches = |f: &&&Flow| {
+        f.ip.as_ref().is_some_and(|ip| ip.source == s.src && ip.destination == s.dst)
+            && f.is_reply != Some(true)
+            && f.l4.as_ref().is_some_and(|l4| l4.name().eq_ignore_ascii_case(proto))
+            && (matches!(s.probe.proto, Proto::Icmp | Proto::Icmpv6)
+                || f.ports().is_some_and(|(_, d)| d == u32::from(s.probe.port)))
     };
-    let mine: Vec<&EventView> = events.iter().filter(matches).collect();
-    if let Some(d) = mine.iter().rev().find(|e| e.verdict == "DROPPED") {
+    let mine: Vec<&Flow> = flows.iter().filter(matches).copied().collect();
+    if let Some(d) = mine.iter().rev().find(|f| f.verdict == Verdict::Dropped) {
         return vec![*d];
     }
-    let mut out: Vec<&EventView> = Vec::new();
-    for dir in ["EGRESS", "INGRESS"] {
-        if let Some(e) = mine.iter().rev().find(|e| e.traffic_direction == dir) {
-            out.push(e);
+    let mut out: Vec<&Flow> = Vec::new();
+    for dir in [TrafficDirection::Egress, TrafficDirection::Ingress] {
+        if let Some(f) = mine.iter().rev().find(|f| f.traffic_direction == dir) {
+            out.push(f);
         }
     }
     out
 }
 
-fn group_reasons(results: &[(&Sent, Outcome)], events: &[EventView]) -> Vec<ReasonGroup> {
+fn group_reasons(results: &[(&Sent, Outcome)], flows: &[&Flow]) -> Vec<ReasonGroup> {
     type Key = (String, String, Option<String>, String, Vec<String>);
     let mut groups: BTreeMap<Key, Vec<String>> = BTreeMap::new();
     for (s, _) in results {
-        for e in deciding(s, events) {
+        for f in deciding(s, flows) {
+            let policies: Vec<String> = f.deciding_policies().map(ToString::to_string).collect();
+            let reason = (!f.drop_reason_desc.is_zero()).then(|| f.drop_reason_desc.name().into_owned());
             // Default allow is the same story for every pod; name none.
-            let endpoint = match (e.traffic_direction.as_str(), e.policies.is_empty() && e.drop_reason_desc.is_none()) {
+            let endpoint = match (f.traffic_direction, policies.is_empty() && reason.is_none()) {
                 (_, true) => String::new(),
-                ("EGRESS", _) => s.from.clone(),
+                (TrafficDirection::Egress, _) => s.from.clone(),
                 _ => s.to.clone(),
             };
-            let key = (
-                endpoint,
-                e.verdict.clone(),
-                e.drop_reason_desc.clone(),
-                e.traffic_direction.clone(),
-                e.policies.clone(),
-            );
+            let key =
+                (endpoint, f.verdict.as_str().to_string(), reason, f.traffic_direction.as_str().to_string(), policies);
             let label = format!("{} -> {} {}", s.from, s.to, s.port);
             let list = groups.entry(key).or_default();
             if list.last() != Some(&label) {

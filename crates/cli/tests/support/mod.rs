@@ -95,6 +95,7 @@ pub fn spawn_agent(
         .arg(pins)
         .arg("--node-netns")
         .arg(node)
+        .args(["--web-listen", "127.0.0.1:0"])
         .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(out)

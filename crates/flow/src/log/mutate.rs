@@ -9,16 +9,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{Hash, Head, decode_segment};
-
-/// A log in memory: segment files (index, bytes) and the HEAD file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogImage {
-    /// Segment files, in index order.
-    pub segments: Vec<(u64, Vec<u8>)>,
-    /// The HEAD file, if present.
-    pub head: Option<Vec<u8>>,
-}
+use super::{Hash, Head, LogImage, decode_segment};
 
 /// What a mutation did, for the failure message.
 pub type Described = String;

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 
-use super::mutate::{LogImage, mutate};
+use super::mutate::mutate;
 use super::*;
 use crate::model::{Endpoint, Flow, Verdict};
 use crate::time::Timestamp;
@@ -64,8 +64,7 @@ fn build(n: u64, per_segment: u64, every: u64, close: bool) -> LogImage {
 }
 
 fn check(img: &LogImage, key: Option<&VerifyingKey>) -> Report {
-    let segs: Vec<SegmentFile<'_>> = img.segments.iter().map(|(i, b)| SegmentFile { index: *i, bytes: b }).collect();
-    verify(&segs, img.head.as_deref(), key)
+    img.verify(key)
 }
 
 #[test]

@@ -1,0 +1,477 @@
+//! The agent's Prometheus metrics, named as Cilium and Hubble users know
+//! them (`bulkhead_drop_total{reason,direction}` beside Cilium's
+//! `cilium_drop_count_total`, `bulkhead_flows_processed_total` beside
+//! Hubble's `hubble_flows_processed_total`).
+//!
+//! Two kinds: counters the flow pipeline increments as flows pass
+//! ([`Metrics::observe`]: flows, policy verdicts, and the HTTP, DNS and
+//! Kafka families the L7 proxies' flows fill), and values read when
+//! scraped ([`Snapshot`]: the kernel's per-reason packet counters, lost
+//! events, map pressure, buffer sizes), which the scrape handler refreshes
+//! just before encoding.
+
+use std::sync::Mutex;
+
+use bulkhead_flow::model::{Flow, L7FlowType, TrafficDirection, Verdict, event_types};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    r#type: String,
+    subtype: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    action: String,
+    r#match: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DelayLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    protocol: String,
+    reporter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpResponseLabels {
+    method: String,
+    status: String,
+    reporter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpDurationLabels {
+    method: String,
+    reporter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    rcode: String,
+    qtypes: String,
+    ips_returned: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KafkaLabels {
+    topic: String,
+    api_key: String,
+    error_code: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+}
+
+/// Values read from the kernel and the pipeline at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Dropped packets and bytes by (reason, direction).
+    pub drops: Vec<(String, String, u64, u64)>,
+    /// Forwarded packets and bytes by direction.
+    pub forwarded: Vec<(String, u64, u64)>,
+    /// Lost events by where they were lost.
+    pub lost: Vec<(String, u64)>,
+    /// Map fill ratio by map name.
+    pub map_pressure: Vec<(String, f64)>,
+    /// Endpoints managed.
+    pub endpoints: u64,
+    /// Identities known.
+    pub identities: u64,
+    /// Flows in the observer's ring.
+    pub flows_buffered: u64,
+    /// Bytes the ring holds.
+    pub flow_buffer_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct SnapshotCollector(Mutex<Snapshot>);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut counter =
+            |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, u64)>| -> Result<(), std::fmt::Error> {
+                let mut m = enc.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+                for (l, v) in rows {
+                    let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    ConstCounter::new(v).encode(m.encode_family(&l)?)?;
+                }
+                Ok(())
+            };
+        counter(
+            "drop",
+            "Packets dropped by the datapath, by reason (Hubble's drop reason names) and direction",
+            s.drops.iter().map(|(r, d, p, _)| (vec![("reason", r.clone()), ("direction", d.clone())], *p)).collect(),
+        )?;
+        counter(
+            "drop_bytes",
+            "Bytes dropped by the datapath, by reason and direction",
+            s.drops.iter().map(|(r, d, _, b)| (vec![("reason", r.clone()), ("direction", d.clone())], *b)).collect(),
+        )?;
+        counter(
+            "forward",
+            "Packets forwarded by the datapath, by direction",
+            s.forwarded.iter().map(|(d, p, _)| (vec![("direction", d.clone())], *p)).collect(),
+        )?;
+        counter(
+            "forward_bytes",
+            "Bytes forwarded by the datapath, by direction",
+            s.forwarded.iter().map(|(d, _, b)| (vec![("direction", d.clone())], *b)).collect(),
+        )?;
+        counter(
+            "lost_events",
+            "Events lost: datapath_ring (the kernel ring buffer was full), observer_ring (overwritten before any reader saw them), flow_log (the flow log fell behind)",
+            s.lost.iter().map(|(src, n)| (vec![("source", src.clone())], *n)).collect(),
+        )?;
+        let mut gauge =
+            |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>| -> Result<(), std::fmt::Error> {
+                let mut m = enc.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+                for (l, v) in rows {
+                    let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    ConstGauge::new(v).encode(m.encode_family(&l)?)?;
+                }
+                Ok(())
+            };
+        gauge(
+            "bpf_map_pressure",
+            "Fill ratio of each datapath map (entries / capacity)",
+            s.map_pressure.iter().map(|(n, v)| (vec![("map_name", n.clone())], *v)).collect(),
+        )?;
+        gauge("endpoints", "Endpoints the agent manages", vec![(vec![], s.endpoints as f64)])?;
+        gauge("identities", "Security identities the agent knows", vec![(vec![], s.identities as f64)])?;
+        gauge("flows_buffered", "Flows in the observer's ring", vec![(vec![], s.flows_buffered as f64)])?;
+        gauge("flow_buffer_bytes", "Bytes the observer's ring holds", vec![(vec![], s.flow_buffer_bytes as f64)])?;
+        Ok(())
+    }
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    snapshot: std::sync::Arc<SnapshotCollector>,
+    flows: Family<FlowLabels, Counter>,
+    verdicts: Family<VerdictLabels, Counter>,
+    delay: Family<DelayLabels, Histogram>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_responses: Family<HttpResponseLabels, Counter>,
+    http_duration: Family<HttpDurationLabels, Histogram>,
+    dns_queries: Family<DnsLabels, Counter>,
+    dns_responses: Family<DnsLabels, Counter>,
+    kafka_requests: Family<KafkaLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family under the `bulkhead_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bulkhead");
+        let snapshot = std::sync::Arc::new(SnapshotCollector::default());
+        registry.register_collector(Box::new(std::sync::Arc::clone(&snapshot)));
+        let m = Self {
+            registry,
+            snapshot,
+            flows: Family::default(),
+            verdicts: Family::default(),
+            delay: Family::new_with_constructor(latency_histogram),
+            http_requests: Family::default(),
+            http_responses: Family::default(),
+            http_duration: Family::new_with_constructor(latency_histogram),
+            dns_queries: Family::default(),
+            dns_responses: Family::default(),
+            kafka_requests: Family::default(),
+        };
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register("flows_processed", "Flows processed, by event type, sub-type and verdict", m.flows.clone());
+        r.register(
+            "policy_verdicts",
+            "Policy decisions on new connections: action (allow, deny, audit, redirect), match type and direction",
+            m.verdicts.clone(),
+        );
+        r.register_with_unit(
+            "policy_implementation_delay",
+            "Time from a change reaching the agent (apply, endpoint added) to its enforcement in the kernel",
+            Unit::Seconds,
+            m.delay.clone(),
+        );
+        r.register("http_requests", "HTTP requests seen by the L7 proxy", m.http_requests.clone());
+        r.register("http_responses", "HTTP responses seen by the L7 proxy", m.http_responses.clone());
+        r.register_with_unit(
+            "http_request_duration",
+            "HTTP request to response latency",
+            Unit::Seconds,
+            m.http_duration.clone(),
+        );
+        r.register("dns_queries", "DNS queries seen by the DNS proxy", m.dns_queries.clone());
+        r.register("dns_responses", "DNS responses seen by the DNS proxy", m.dns_responses.clone());
+        r.register("kafka_requests", "Kafka requests seen by the L7 proxy", m.kafka_requests.clone());
+        m
+    }
+
+    /// Counts a flow.
+    pub fn observe(&self, f: &Flow) {
+        let kind = f.event_kind();
+        let subtype = match (kind, &f.l7) {
+            (_, Some(l7)) if l7.http.is_some() => "http",
+            (_, Some(l7)) if l7.dns.is_some() => "dns",
+            (_, Some(l7)) if l7.kafka.is_some() => "kafka",
+            (event_types::TRACE, _) => match f.trace_observation_point.as_str() {
+                "TO_ENDPOINT" => "to-endpoint",
+                "FROM_ENDPOINT" => "from-endpoint",
+                _ => "",
+            },
+            _ => "",
+        };
+        let count = f.count.max(1);
+        self.flows
+            .get_or_create(&FlowLabels {
+                r#type: event_types::name(kind).into(),
+                subtype: subtype.into(),
+                verdict: f.verdict.as_str().into(),
+            })
+            .inc_by(count);
+        let policy_decision = kind == event_types::POLICY_VERDICT
+            || (kind == event_types::DROP && matches!(f.drop_reason_desc.0, 133 | 181));
+        if policy_decision {
+            let action = match f.verdict {
+                Verdict::Dropped => "deny",
+                Verdict::Audit => "audit",
+                Verdict::Redirected => "redirect",
+                _ => "allow",
+            };
+            let direction = match f.traffic_direction {
+                TrafficDirection::Ingress => "ingress",
+                TrafficDirection::Egress => "egress",
+                TrafficDirection::Unknown => "unknown",
+            };
+            self.verdicts
+                .get_or_create(&VerdictLabels {
+                    action: action.into(),
+                    r#match: match_name(f.policy_match_type).into(),
+                    direction: direction.into(),
+                })
+                .inc_by(count);
+        }
+        if let Some(l7) = &f.l7 {
+            let reporter = match f.traffic_direction {
+                TrafficDirection::Ingress => "server",
+                _ => "client",
+            };
+            if let Some(h) = &l7.http {
+                match l7.kind {
+                    L7FlowType::Request => {
+                        self.http_requests
+                            .get_or_create(&HttpLabels {
+                                method: h.method.clone(),
+                                protocol: h.protocol.clone(),
+                                reporter: reporter.into(),
+                            })
+                            .inc();
+                    }
+                    L7FlowType::Response => {
+                        self.http_responses
+                            .get_or_create(&HttpResponseLabels {
+                                method: h.method.clone(),
+                                status: h.code.to_string(),
+                                reporter: reporter.into(),
+                            })
+                            .inc();
+                        self.http_duration
+                            .get_or_create(&HttpDurationLabels { method: h.method.clone(), reporter: reporter.into() })
+                            .observe(l7.latency_ns as f64 / 1e9);
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(d) = &l7.dns {
+                let labels = DnsLabels {
+                    rcode: if l7.kind == L7FlowType::Response { rcode_name(d.rcode).into() } else { String::new() },
+                    qtypes: d.qtypes.join(","),
+                    ips_returned: d.ips.len().to_string(),
+                };
+                match l7.kind {
+                    L7FlowType::Request => self.dns_queries.get_or_create(&labels).inc(),
+                    _ => self.dns_responses.get_or_create(&labels).inc(),
+                };
+            }
+            if let Some(k) = &l7.kafka {
+                self.kafka_requests
+                    .get_or_create(&KafkaLabels {
+                        topic: k.topic.clone(),
+                        api_key: k.api_key.clone(),
+                        error_code: k.error_code.to_string(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// Records how long a change took to reach the kernel.
+    pub fn implementation_delay(&self, source: &str, seconds: f64) {
+        self.delay.get_or_create(&DelayLabels { source: source.into() }).observe(seconds);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4, which every scraper
+    /// and `promtool check metrics` reads), with `snapshot` as the scraped
+    /// values.
+    pub fn encode(&self, snapshot: Snapshot) -> String {
+        *self.snapshot.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        openmetrics_to_prometheus(&out)
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// prometheus-client writes OpenMetrics, where a counter family is named
+/// without `_total` and `# UNIT` and `# EOF` lines appear; the Prometheus
+/// text format names the family as its samples are named and has neither.
+fn openmetrics_to_prometheus(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        om.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Cilium's policy match type names.
+fn match_name(t: u32) -> &'static str {
+    match t {
+        1 => "L3-Only",
+        2 => "L3-L4",
+        3 => "L4-Only",
+        4 => "all",
+        5 => "L3-Proto",
+        6 => "Proto-Only",
+        _ => "none",
+    }
+}
+
+fn rcode_name(r: u32) -> &'static str {
+    match r {
+        0 => "No Error",
+        1 => "Format Error",
+        2 => "Server Failure",
+        3 => "Non-Existent Domain",
+        4 => "Not Implemented",
+        5 => "Query Refused",
+        _ => "Other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bulkhead_flow::model::{Dns, DropReason, Endpoint, EventType, Http, Layer7};
+
+    use super::*;
+
+    #[test]
+    fn flows_fill_the_families() {
+        let m = Metrics::new();
+        m.observe(&Flow {
+            verdict: Verdict::Dropped,
+            drop_reason_desc: DropReason::POLICY_DENIED,
+            traffic_direction: TrafficDirection::Ingress,
+            event_type: Some(EventType { kind: event_types::DROP, sub_type: 133 }),
+            count: 3,
+            ..Flow::default()
+        });
+        m.observe(&Flow {
+            verdict: Verdict::Forwarded,
+            traffic_direction: TrafficDirection::Egress,
+            policy_match_type: 2,
+            event_type: Some(EventType { kind: event_types::POLICY_VERDICT, sub_type: 0 }),
+            ..Flow::default()
+        });
+        m.observe(&Flow {
+            verdict: Verdict::Forwarded,
+            traffic_direction: TrafficDirection::Ingress,
+            source: Arc::new(Endpoint::default()),
+            l7: Some(Layer7 {
+                kind: L7FlowType::Response,
+                latency_ns: 2_000_000,
+                http: Some(Http { code: 403, method: "GET".into(), protocol: "HTTP/1.1".into(), ..Http::default() }),
+                ..Layer7::default()
+            }),
+            event_type: Some(EventType { kind: event_types::L7, sub_type: 0 }),
+            ..Flow::default()
+        });
+        m.observe(&Flow {
+            verdict: Verdict::Forwarded,
+            traffic_direction: TrafficDirection::Egress,
+            l7: Some(Layer7 {
+                kind: L7FlowType::Request,
+                dns: Some(Dns { query: "api.stripe.com.".into(), qtypes: vec!["A".into()], ..Dns::default() }),
+                ..Layer7::default()
+            }),
+            event_type: Some(EventType { kind: event_types::L7, sub_type: 0 }),
+            ..Flow::default()
+        });
+        m.implementation_delay("apply", 0.04);
+        let text = m.encode(Snapshot {
+            drops: vec![("POLICY_DENIED".into(), "INGRESS".into(), 7, 420)],
+            lost: vec![("datapath_ring".into(), 0)],
+            ..Snapshot::default()
+        });
+        for want in [
+            r#"bulkhead_flows_processed_total{type="drop",subtype="",verdict="DROPPED"} 3"#,
+            r#"bulkhead_policy_verdicts_total{action="deny",match="none",direction="ingress"} 3"#,
+            r#"bulkhead_policy_verdicts_total{action="allow",match="L3-L4",direction="egress"} 1"#,
+            r#"bulkhead_http_responses_total{method="GET",status="403",reporter="server"} 1"#,
+            r#"bulkhead_drop_total{reason="POLICY_DENIED",direction="INGRESS"} 7"#,
+            r#"bulkhead_lost_events_total{source="datapath_ring"} 0"#,
+            "bulkhead_policy_implementation_delay_seconds_count{source=\"apply\"} 1",
+            "# TYPE bulkhead_dns_queries_total counter",
+            r#"bulkhead_dns_queries_total{rcode="",qtypes="A",ips_returned="0"} 1"#,
+            "# HELP bulkhead_drop_total Packets dropped",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in:\n{text}");
+        }
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+    }
+}
