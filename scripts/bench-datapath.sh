@@ -148,7 +148,7 @@ for ((r = 1; r <= rounds; r++)); do
   if [[ -n $agent_pid ]]; then kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=; fi
   kill "$lab_agent" 2>/dev/null || true
   while "$bin" status >/dev/null 2>&1; do sleep 0.1; done
-  rm -f /sys/fs/bpf/bulkhead/$name/v2/links/*
+  rm -f /sys/fs/bpf/bulkhead/$name/v*/links/*
   clear_filters
   measure none "$r"
   for n in 1000 10000; do

@@ -1,6 +1,7 @@
 # Sourced by scripts/test.sh and scripts/seed.sh: installs, with apt, what
-# building and running bulkhead needs on a fresh Debian/Ubuntu machine.
-# Keep this list and the README's in step.
+# building and running bulkhead needs on a fresh Debian/Ubuntu machine
+# (`install_deps`), and what the tests need besides (`install_deps test`).
+# Keep these lists and the README's in step.
 BULKHEAD_APT_PACKAGES=(
   build-essential pkg-config   # the Rust build's C side
   clang llvm libbpf-dev        # bpf/*.c → eBPF objects (clang 14 on Debian 12)
@@ -9,10 +10,15 @@ BULKHEAD_APT_PACKAGES=(
   dnsmasq-base                 # the lab's DNS (POD.NAMESPACE names)
   curl procps                  # HTTP into lab pods and pgrep, in the end-to-end tests
 )
+BULKHEAD_TEST_APT_PACKAGES=(
+  prometheus                   # promtool: the metrics test checks the agent's exposition with it
+  chromium                     # the service map test drives headless Chromium
+)
 
 install_deps() {
-  local missing=()
-  for p in "${BULKHEAD_APT_PACKAGES[@]}"; do
+  local want=("${BULKHEAD_APT_PACKAGES[@]}") missing=()
+  [ "${1:-}" = test ] && want+=("${BULKHEAD_TEST_APT_PACKAGES[@]}")
+  for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if ((${#missing[@]})); then

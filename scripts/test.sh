@@ -9,7 +9,7 @@ export CARGO_TERM_COLOR=never
 # The eBPF programs build with clang against libbpf's headers; the privileged
 # tests wire pods with iproute2 and the reference CNI plugins.
 . scripts/deps.sh
-install_deps
+install_deps test
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found: install Rust 1.95 (rustup) first, see README.md" >&2
   exit 1

@@ -124,8 +124,9 @@ pub struct Agent {
     generation: u64,
     /// Host-side interface names by index, for flows.
     interfaces: std::collections::HashMap<u32, String>,
-    /// Pods by endpoint id, for flows.
+    /// Pods by endpoint id, and ids by pod, for flows.
     endpoint_pods: std::collections::HashMap<u32, String>,
+    endpoint_ids: std::collections::HashMap<String, u32>,
     /// The flow log writer's counters, once it runs.
     flow_log: Option<Arc<crate::observer::flowlog::FlowLogStats>>,
 }
@@ -171,6 +172,7 @@ impl Agent {
             generation: 0,
             interfaces: std::collections::HashMap::new(),
             endpoint_pods: std::collections::HashMap::new(),
+            endpoint_ids: std::collections::HashMap::new(),
             flow_log: None,
         };
         let changes: Vec<Change> = agent.store.objects.values().map(|o| agent.change_for(o.clone())).collect();
@@ -218,6 +220,7 @@ impl Agent {
             sync: &self.sync,
             interfaces: &self.interfaces,
             pods: &self.endpoint_pods,
+            ids: &self.endpoint_ids,
             generation: self.generation,
         };
         events.iter().map(|(ev, t)| conv.convert(&names, ev, *t)).collect()
@@ -719,6 +722,7 @@ impl Agent {
         self.interfaces =
             self.store.endpoints.values().map(|r| (r.request.host_ifindex, r.request.host_if.clone())).collect();
         self.endpoint_pods = self.store.endpoints.values().map(|r| (r.id, r.pod_key())).collect();
+        self.endpoint_ids = self.endpoint_pods.iter().map(|(id, pod)| (pod.clone(), *id)).collect();
         let mut specs = Vec::new();
         let mut pod_of = BTreeMap::new();
         for r in self.store.endpoints.values() {

@@ -143,6 +143,11 @@ impl Collector for SnapshotCollector {
             |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>| -> Result<(), std::fmt::Error> {
                 let mut m = enc.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
                 for (l, v) in rows {
+                    if l.is_empty() {
+                        // A single value: no label set, not even an empty one.
+                        ConstGauge::new(v).encode(m)?;
+                        break;
+                    }
                     let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
                     ConstGauge::new(v).encode(m.encode_family(&l)?)?;
                 }

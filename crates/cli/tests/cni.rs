@@ -252,7 +252,7 @@ fn chained_after_ptp_add_check_del_and_errors() {
     chain.del(&node, &server).expect("DEL server");
     let eps = support::json(&fx.socket(), &["endpoint", "list", "-o", "json"]);
     assert!(eps.as_array().expect("list").iter().all(|e| e["pod"] != "shop/server"));
-    let links = fx.pins().join("v2/links");
+    let links = fx.pins().join(format!("v{}/links", bulkhead_datapath::abi::LAYOUT_VERSION));
     let pinned: Vec<String> =
         std::fs::read_dir(&links).expect("links").flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
     assert!(!pinned.iter().any(|p| p.starts_with(&format!("{server_if}-"))), "{pinned:?}");

@@ -46,6 +46,8 @@ pub struct Names<'a> {
     pub interfaces: &'a HashMap<u32, String>,
     /// Local endpoints' pods (`namespace/name`) by endpoint id.
     pub pods: &'a HashMap<u32, String>,
+    /// Local endpoints' ids by pod.
+    pub ids: &'a HashMap<String, u32>,
     /// Changes whenever the agent's state does.
     pub generation: u64,
 }
@@ -183,6 +185,8 @@ impl Converter {
             // an address no pod record holds, like a link-local one); the far
             // end by its address.
             let pod = n.pods.get(&id).cloned().or_else(|| n.engine.identity_of_ip(ip).1);
+            // The far end may be a local endpoint too (as Hubble, name its id).
+            let id = if id == 0 { pod.as_ref().and_then(|p| n.ids.get(p).copied()).unwrap_or(0) } else { id };
             let (namespace, pod_name) = pod
                 .as_deref()
                 .and_then(|k| k.split_once('/'))

@@ -6,6 +6,8 @@
 
 #![allow(dead_code, reason = "each test binary uses part of the fixture")]
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
