@@ -260,7 +260,7 @@ fn observe_metrics_and_the_signed_flow_log() {
     let image = read_log(&log_dir).expect("read the log");
     let pk = parse_public_key(&key).expect("key");
     assert!(image.verify(Some(&pk)).ok());
-    let mut seed = 0x5EED_0F_F10Eu64;
+    let mut seed = 0x5EED_F10E_u64;
     let mut rand = |n: usize| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
