@@ -238,16 +238,13 @@ impl Agent {
             }
         }
         let o = self.observer.stats();
-        snap.lost = vec![
-            ("datapath_ring".into(), counters.lost_events),
-            ("observer_ring".into(), o.overwritten),
-            ("flow_log".into(), o.log_lost),
-        ];
+        snap.lost = vec![("datapath_ring".into(), counters.lost_events), ("flow_log".into(), o.log_lost)];
         snap.map_pressure = self.dp.map_pressure()?;
         snap.endpoints = self.store.endpoints.len() as u64;
         snap.identities = self.engine.identities().count() as u64;
         snap.flows_buffered = o.flows;
         snap.flow_buffer_bytes = o.bytes;
+        snap.flows_evicted = o.overwritten;
         Ok(snap)
     }
 
@@ -677,14 +674,11 @@ impl Agent {
         let log = self.flow_log.as_ref();
         crate::api::FlowStatus {
             buffered: o.flows,
+            evicted: o.overwritten,
             buffer_bytes: o.bytes,
             buffer_max_bytes: o.max_bytes,
             seen: o.seen,
-            lost: crate::api::LostEvents {
-                datapath_ring: datapath_lost,
-                observer_ring: o.overwritten,
-                flow_log: o.log_lost,
-            },
+            lost: crate::api::LostEvents { datapath_ring: datapath_lost, flow_log: o.log_lost },
             log_dir: self.config.flow_log.as_ref().map(|c| c.dir.display().to_string()).unwrap_or_default(),
             log_written: log.map_or(0, |s| s.written.load(std::sync::atomic::Ordering::Relaxed)),
             log_checkpoint: log.map_or(0, |s| s.checkpoint_seq.load(std::sync::atomic::Ordering::Relaxed)),

@@ -367,8 +367,6 @@ pub struct FlowKey {
 pub struct LostEvents {
     /// The kernel's ring buffer was full.
     pub datapath_ring: u64,
-    /// Flows overwritten in the observer's ring.
-    pub observer_ring: u64,
     /// Flows the flow log's queue could not take.
     pub flow_log: u64,
 }
@@ -378,6 +376,9 @@ pub struct LostEvents {
 pub struct FlowStatus {
     /// Flows in the observer's ring.
     pub buffered: u64,
+    /// The oldest flows the ring let go to make room (not a loss: they were
+    /// processed, logged and counted).
+    pub evicted: u64,
     /// Bytes they hold, and the bound.
     pub buffer_bytes: u64,
     /// The ring's bound.

@@ -97,6 +97,8 @@ pub struct Snapshot {
     pub flows_buffered: u64,
     /// Bytes the ring holds.
     pub flow_buffer_bytes: u64,
+    /// Flows the ring let go to make room.
+    pub flows_evicted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -109,6 +111,10 @@ impl Collector for SnapshotCollector {
             |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, u64)>| -> Result<(), std::fmt::Error> {
                 let mut m = enc.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
                 for (l, v) in rows {
+                    if l.is_empty() {
+                        ConstCounter::new(v).encode(m)?;
+                        break;
+                    }
                     let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
                     ConstCounter::new(v).encode(m.encode_family(&l)?)?;
                 }
@@ -136,8 +142,13 @@ impl Collector for SnapshotCollector {
         )?;
         counter(
             "lost_events",
-            "Events lost: datapath_ring (the kernel ring buffer was full), observer_ring (overwritten before any reader saw them), flow_log (the flow log fell behind)",
+            "Events lost: datapath_ring (the kernel ring buffer was full), flow_log (the flow log's queue was full)",
             s.lost.iter().map(|(src, n)| (vec![("source", src.clone())], *n)).collect(),
+        )?;
+        counter(
+            "flows_evicted",
+            "Flows the observer's ring let go to make room (processed, logged and counted; no longer in `observe`'s reach)",
+            vec![(vec![], s.flows_evicted)],
         )?;
         let mut gauge =
             |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>| -> Result<(), std::fmt::Error> {

@@ -61,8 +61,9 @@ pub struct ObserveArgs {
     /// Flows before this time: RFC 3339, or a duration ago.
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
-    /// Read exported flows (JSON lines: ours, or `hubble observe -o json` /
-    /// Hubble exporter output) from FILE (`-`: stdin) instead of the agent.
+    /// Read flows from FILE instead of the agent: JSON lines (ours, or
+    /// `hubble observe -o json` / Hubble exporter output; `-` for stdin), or
+    /// a signed flow log (its directory or a segment file).
     #[arg(long, value_name = "FILE")]
     pub input_file: Option<PathBuf>,
     /// Output format.
@@ -457,8 +458,54 @@ fn follow(a: &ObserveArgs, filters: Filters, out: &mut Printer<'_>) -> Result<Ex
     }
 }
 
+/// Whether `path` is a flow log: its directory, or one of its segment files.
+fn flow_log(path: &std::path::Path) -> Option<Vec<Vec<u8>>> {
+    if path.is_dir() {
+        let log = bulkhead_agent::observer::flowlog::read_log(path).ok()?;
+        return Some(log.segments.into_iter().map(|(_, b)| b).collect());
+    }
+    let name = path.file_name()?.to_string_lossy();
+    bulkhead_agent::observer::flowlog::segment_index(&name)?;
+    std::fs::read(path).ok().map(|b| vec![b])
+}
+
 fn from_file(path: &PathBuf, filters: &Filters, last: Option<usize>, out: &mut Printer<'_>) -> Result<ExitCode> {
     let m = filters.compile().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(segments) = flow_log(path) {
+        let keep = last.unwrap_or(usize::MAX);
+        let mut kept: VecDeque<Flow> = VecDeque::new();
+        let (mut bad, mut closed) = (0usize, false);
+        for seg in &segments {
+            bulkhead_flow::log::read_flows(seg, |f| match f {
+                Ok(f) if m.matches(&f) => {
+                    if keep == usize::MAX {
+                        closed = closed || out.print(&f).is_err();
+                    } else {
+                        if kept.len() == keep {
+                            kept.pop_front();
+                        }
+                        kept.push_back(f);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => bad += 1,
+            });
+            if closed {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        for f in &kept {
+            if out.print(f).is_err() {
+                break;
+            }
+        }
+        out.finish()?;
+        if bad > 0 {
+            eprintln!("{}: {bad} record(s) did not decode (run `bulkhead flows verify` on the log)", path.display());
+            return Ok(ExitCode::from(1));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -677,7 +724,7 @@ fn extras(f: &Flow) -> Vec<String> {
             out.push(format!("{what} {}", names(v)));
         }
     }
-    for m in &f.near_misses {
+    for m in f.near_misses.iter() {
         out.push(format!("closest: {}: {}", m.policy, m.reason));
     }
     out

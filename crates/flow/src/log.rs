@@ -29,6 +29,9 @@
 use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+
+use crate::codec::{CodecError, Decoder, Encoder};
+use crate::model::Flow;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -53,10 +56,12 @@ pub const GENESIS: Hash = [0; 32];
 pub enum Kind {
     /// Opens a segment: index (u64 LE), public key (32), previous hash (32).
     Segment = 1,
-    /// A flow, as JSON.
+    /// A flow, in the binary encoding of [`crate::codec`].
     Flow = 2,
     /// A signature (64) over the sequence number and the hash before it.
     Checkpoint = 3,
+    /// A definition later flow records of the segment refer to ([`crate::codec`]).
+    Define = 4,
 }
 
 impl Kind {
@@ -65,6 +70,7 @@ impl Kind {
             1 => Some(Self::Segment),
             2 => Some(Self::Flow),
             3 => Some(Self::Checkpoint),
+            4 => Some(Self::Define),
             _ => None,
         }
     }
@@ -230,6 +236,10 @@ pub fn parse_public_key(s: &str) -> Option<VerifyingKey> {
 /// knows where the chain stands. The caller writes the bytes, in order.
 pub struct Writer {
     key: SigningKey,
+    encoder: Encoder,
+    /// Scratch buffers for one flow's definitions and record.
+    defs: Vec<Vec<u8>>,
+    rec: Vec<u8>,
     prev: Hash,
     next_seq: u64,
     segment: u64,
@@ -277,6 +287,9 @@ impl Writer {
     pub fn new(key: SigningKey, pos: Position) -> Self {
         Self {
             key,
+            encoder: Encoder::new(),
+            defs: Vec::new(),
+            rec: Vec::new(),
             prev: pos.prev,
             next_seq: pos.next_seq,
             segment: pos.segment,
@@ -319,16 +332,25 @@ impl Writer {
     /// Opens segment `segment + 1`: the bytes that start its file.
     pub fn start_segment(&mut self, time: u64, out: &mut Vec<u8>) -> u64 {
         self.segment += 1;
+        self.encoder.reset();
         let payload = [&self.segment.to_le_bytes()[..], self.key.verifying_key().as_bytes(), &self.prev].concat();
         self.record(out, Kind::Segment, time, &payload);
         self.segment
     }
 
-    /// Appends a flow (its JSON). Payloads beyond [`MAX_BODY`] are cut
-    /// (no flow comes near it).
-    pub fn append(&mut self, time: u64, json: &[u8], out: &mut Vec<u8>) {
-        let n = json.len().min(MAX_BODY - HEADER_BYTES);
-        self.record(out, Kind::Flow, time, &json[..n]);
+    /// Appends a flow: the definitions it needs that this segment does not
+    /// hold yet, then the flow's record.
+    pub fn append(&mut self, f: &Flow, out: &mut Vec<u8>) {
+        let (mut defs, mut rec) = (std::mem::take(&mut self.defs), std::mem::take(&mut self.rec));
+        defs.clear();
+        rec.clear();
+        self.encoder.encode(f, &mut defs, &mut rec);
+        let time = f.time.as_nanos();
+        for d in &defs {
+            self.record(out, Kind::Define, time, d);
+        }
+        self.record(out, Kind::Flow, time, &rec);
+        (self.defs, self.rec) = (defs, rec);
     }
 
     /// Signs the chain so far: the checkpoint record's bytes, and the
@@ -535,6 +557,25 @@ pub struct SegmentFile<'a> {
     pub bytes: &'a [u8],
 }
 
+/// Decodes the flows of one segment, in order, giving each (or the reason
+/// it does not decode) to `f`. Records are read up to the first that does
+/// not frame; hashes are not checked here (that is [`verify`]'s work).
+pub fn read_flows(segment: &[u8], mut f: impl FnMut(Result<Flow, CodecError>)) {
+    let mut dec = Decoder::new();
+    let (records, _) = decode_segment(segment);
+    for r in &records {
+        match Kind::from_u8(r.kind) {
+            Some(Kind::Define) => {
+                if let Err(e) = dec.define(r.payload) {
+                    f(Err(e));
+                }
+            }
+            Some(Kind::Flow) => f(dec.flow(r.payload)),
+            _ => {}
+        }
+    }
+}
+
 /// A log in memory: segment files (index, bytes) and the HEAD file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogImage {
@@ -697,6 +738,7 @@ impl Walk {
         }
         match Kind::from_u8(rec.kind) {
             Some(Kind::Flow) => r.flows += 1,
+            Some(Kind::Define) => {}
             Some(Kind::Checkpoint) => {
                 let ok = self.key.as_ref().is_some_and(|k| {
                     Signature::from_slice(rec.payload)

@@ -885,21 +885,21 @@ pub struct Flow {
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub proxy_port: u32,
     /// Policies that allowed it on egress.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub egress_allowed_by: Vec<Policy>,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub egress_allowed_by: Arc<[Policy]>,
     /// Policies that allowed it on ingress.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ingress_allowed_by: Vec<Policy>,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub ingress_allowed_by: Arc<[Policy]>,
     /// Deny policies that dropped it on egress.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub egress_denied_by: Vec<Policy>,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub egress_denied_by: Arc<[Policy]>,
     /// Deny policies that dropped it on ingress.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub ingress_denied_by: Vec<Policy>,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub ingress_denied_by: Arc<[Policy]>,
     /// Ours: for a default-deny drop, the rules that came closest and why
     /// they did not match.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub near_misses: Vec<NearMiss>,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub near_misses: Arc<[NearMiss]>,
     /// Ours: the packets this record stands for, when the datapath
     /// aggregated repeats of it (absent: one).
     #[serde(skip_serializing_if = "is_at_most_one")]
@@ -921,9 +921,9 @@ impl Flow {
     pub fn deciding_policies(&self) -> impl Iterator<Item = &Policy> {
         self.egress_allowed_by
             .iter()
-            .chain(&self.ingress_allowed_by)
-            .chain(&self.egress_denied_by)
-            .chain(&self.ingress_denied_by)
+            .chain(self.ingress_allowed_by.iter())
+            .chain(self.egress_denied_by.iter())
+            .chain(self.ingress_denied_by.iter())
     }
 
     /// A rough size in memory, for byte-bounded buffers: the struct plus
@@ -990,6 +990,10 @@ pub fn decode_json(line: &[u8]) -> Result<Flow, serde_json::Error> {
         // No "flow" key: the line is a flow itself.
         Wrapped { flow: None, .. } => serde_json::from_slice(line),
     }
+}
+
+fn is_empty<T>(v: &Arc<[T]>) -> bool {
+    v.is_empty()
 }
 
 fn is_zero_u32(v: &u32) -> bool {
@@ -1068,7 +1072,7 @@ mod tests {
             traffic_direction: TrafficDirection::Ingress,
             drop_reason_desc: DropReason::POLICY_DENIED,
             is_reply: Some(false),
-            near_misses: vec![NearMiss {
+            near_misses: Arc::from([NearMiss {
                 policy: Policy {
                     name: "restrict-backend-api".into(),
                     namespace: "production".into(),
@@ -1077,7 +1081,7 @@ mod tests {
                     ..Policy::default()
                 },
                 reason: "peer lacks app=frontend".into(),
-            }],
+            }]),
             count: 3,
             ..Flow::default()
         };

@@ -162,9 +162,9 @@ impl Converter {
                 Direction::Egress => (&mut f.egress_allowed_by, &mut f.egress_denied_by),
             };
             match reason {
-                Reason::PolicyDeny => denied.extend(rules.iter().cloned()),
+                Reason::PolicyDeny => *denied = rules,
                 Reason::PolicyDenied => {}
-                _ => allowed.extend(rules.iter().cloned()),
+                _ => *allowed = rules,
             }
         }
         if reason == Reason::PolicyDenied {
@@ -174,7 +174,7 @@ impl Converter {
                 (&f.destination, src_ip, ev.src_identity)
             };
             let local = local.pod();
-            f.near_misses = self.near_misses(n, local, dir, peer_ip, peer_id, ev).to_vec();
+            f.near_misses = self.near_misses(n, local, dir, peer_ip, peer_id, ev);
         }
         f
     }

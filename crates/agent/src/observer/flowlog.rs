@@ -190,11 +190,9 @@ impl Log {
         Ok(())
     }
 
-    fn append(&mut self, f: &Flow) -> std::io::Result<()> {
-        let json = serde_json::to_vec(f).map_err(std::io::Error::other)?;
-        self.writer.append(f.time.as_nanos(), &json, &mut self.buf);
+    fn append(&mut self, f: &Flow) {
+        self.writer.append(f, &mut self.buf);
         self.stats.written.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     fn checkpoint(&mut self) -> std::io::Result<()> {
@@ -280,10 +278,10 @@ fn run(mut log: Log, rx: &Receiver<Arc<Flow>>) -> std::io::Result<()> {
         let wait = next_checkpoint.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(f) => {
-                log.append(&f)?;
+                log.append(&f);
                 // Everything queued goes out in one write.
                 while let Ok(f) = rx.try_recv() {
-                    log.append(&f)?;
+                    log.append(&f);
                     if log.buf.len() >= 1 << 20 {
                         break;
                     }

@@ -9,9 +9,10 @@
 //! `observe`; followers wait on a notification instead of polling.
 //!
 //! Loss is counted where it happens: the kernel's ring buffer full
-//! (`datapath_ring`, a kernel counter), flows overwritten in the ring
-//! before a reader saw them (`observer_ring`), and flows the flow log's
-//! queue had no room for (`flow_log`).
+//! (`datapath_ring`, a kernel counter) and flows the flow log's queue had
+//! no room for (`flow_log`). The ring letting its oldest flows go is
+//! eviction, not loss (they were processed and logged); a follower that
+//! falls behind it is told how many it missed.
 
 pub mod convert;
 pub mod flowlog;
