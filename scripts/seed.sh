@@ -45,8 +45,11 @@ echo
 echo "== lab probe: real packets between every pod pair, beside what the policies say"
 "$bin" lab "${lab[@]}" probe
 echo
-echo "== the last datapath events"
-"$bin" observe --last 8
+echo "== flows: the last drops, each with the policy that decided it (or the closest rule and why it missed)"
+"$bin" observe --verdict DROPPED --last 6 --color never
+echo
+echo "== the same flows as numbers: $("$bin" status -o json | sed -n 's/.*"web":"\([^"]*\)".*/\1/p')metrics (and the service map at /)"
+"$bin" status | grep -E '^(flows|lost|flow log|web):'
 echo
 echo "== why is staging/debug-tools kept out of the backend? (offline trace, same engine)"
 "$bin" policy trace --cluster examples/seed/cluster.yaml --policies examples/seed/policies -n production \
@@ -55,5 +58,6 @@ if $keep; then
   echo
   echo "the lab is still up: export BULKHEAD_SOCKET=$BULKHEAD_SOCKET, then e.g."
   echo "  $bin lab ${lab[*]} exec kube-system/kube-dns -- curl -s http://frontend.production/"
-  echo "  $bin endpoint list; $bin observe --last 20; $bin lab ${lab[*]} down"
+  echo "  $bin endpoint list; $bin observe -f; $bin lab ${lab[*]} down"
+  echo "  the service map: $("$bin" status -o json | sed -n 's/.*"web":"\([^"]*\)".*/\1/p')"
 fi

@@ -12,9 +12,10 @@
 
 use std::sync::Mutex;
 
-use bulkhead_flow::model::{Flow, L7FlowType, TrafficDirection, Verdict, event_types};
+use bulkhead_flow::model::{Flow, L7FlowType, TrafficDirection, Verdict, event_types, policy_match_name};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -104,75 +105,100 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 struct SnapshotCollector(Mutex<Snapshot>);
 
+/// Label names and values of one row.
+type Labels = Vec<(&'static str, String)>;
+
+/// Encodes one family read at scrape time; a row without labels is a
+/// single value (no label set, not even an empty one).
+fn encode_rows<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (l, v) in rows {
+        if l.is_empty() {
+            return v.encode(m);
+        }
+        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        v.encode(m.encode_family(&l)?)?;
+    }
+    Ok(())
+}
+
+fn counters(rows: impl IntoIterator<Item = (Labels, u64)>) -> impl Iterator<Item = (Labels, ConstCounter<u64>)> {
+    rows.into_iter().map(|(l, v)| (l, ConstCounter::new(v)))
+}
+
+fn gauges(rows: impl IntoIterator<Item = (Labels, f64)>) -> impl Iterator<Item = (Labels, ConstGauge<f64>)> {
+    rows.into_iter().map(|(l, v)| (l, ConstGauge::new(v)))
+}
+
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let mut counter =
-            |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, u64)>| -> Result<(), std::fmt::Error> {
-                let mut m = enc.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
-                for (l, v) in rows {
-                    if l.is_empty() {
-                        ConstCounter::new(v).encode(m)?;
-                        break;
-                    }
-                    let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    ConstCounter::new(v).encode(m.encode_family(&l)?)?;
-                }
-                Ok(())
-            };
-        counter(
+        let e = &mut enc;
+        let (counter, gauge) = (MetricType::Counter, MetricType::Gauge);
+        let reason_dir = |r: &String, d: &String| vec![("reason", r.clone()), ("direction", d.clone())];
+        encode_rows(
+            e,
             "drop",
             "Packets dropped by the datapath, by reason (Hubble's drop reason names) and direction",
-            s.drops.iter().map(|(r, d, p, _)| (vec![("reason", r.clone()), ("direction", d.clone())], *p)).collect(),
+            counter,
+            counters(s.drops.iter().map(|(r, d, p, _)| (reason_dir(r, d), *p))),
         )?;
-        counter(
+        encode_rows(
+            e,
             "drop_bytes",
             "Bytes dropped by the datapath, by reason and direction",
-            s.drops.iter().map(|(r, d, _, b)| (vec![("reason", r.clone()), ("direction", d.clone())], *b)).collect(),
+            counter,
+            counters(s.drops.iter().map(|(r, d, _, b)| (reason_dir(r, d), *b))),
         )?;
-        counter(
+        encode_rows(
+            e,
             "forward",
             "Packets forwarded by the datapath, by direction",
-            s.forwarded.iter().map(|(d, p, _)| (vec![("direction", d.clone())], *p)).collect(),
+            counter,
+            counters(s.forwarded.iter().map(|(d, p, _)| (vec![("direction", d.clone())], *p))),
         )?;
-        counter(
+        encode_rows(
+            e,
             "forward_bytes",
             "Bytes forwarded by the datapath, by direction",
-            s.forwarded.iter().map(|(d, _, b)| (vec![("direction", d.clone())], *b)).collect(),
+            counter,
+            counters(s.forwarded.iter().map(|(d, _, b)| (vec![("direction", d.clone())], *b))),
         )?;
-        counter(
+        encode_rows(
+            e,
             "lost_events",
             "Events lost: datapath_ring (the kernel ring buffer was full), flow_log (the flow log's queue was full)",
-            s.lost.iter().map(|(src, n)| (vec![("source", src.clone())], *n)).collect(),
+            counter,
+            counters(s.lost.iter().map(|(src, n)| (vec![("source", src.clone())], *n))),
         )?;
-        counter(
+        encode_rows(
+            e,
             "flows_evicted",
             "Flows the observer's ring let go to make room (processed, logged and counted; no longer in `observe`'s reach)",
-            vec![(vec![], s.flows_evicted)],
+            counter,
+            counters([(vec![], s.flows_evicted)]),
         )?;
-        let mut gauge =
-            |name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>| -> Result<(), std::fmt::Error> {
-                let mut m = enc.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
-                for (l, v) in rows {
-                    if l.is_empty() {
-                        // A single value: no label set, not even an empty one.
-                        ConstGauge::new(v).encode(m)?;
-                        break;
-                    }
-                    let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    ConstGauge::new(v).encode(m.encode_family(&l)?)?;
-                }
-                Ok(())
-            };
-        gauge(
+        encode_rows(
+            e,
             "bpf_map_pressure",
             "Fill ratio of each datapath map (entries / capacity)",
-            s.map_pressure.iter().map(|(n, v)| (vec![("map_name", n.clone())], *v)).collect(),
+            gauge,
+            gauges(s.map_pressure.iter().map(|(n, v)| (vec![("map_name", n.clone())], *v))),
         )?;
-        gauge("endpoints", "Endpoints the agent manages", vec![(vec![], s.endpoints as f64)])?;
-        gauge("identities", "Security identities the agent knows", vec![(vec![], s.identities as f64)])?;
-        gauge("flows_buffered", "Flows in the observer's ring", vec![(vec![], s.flows_buffered as f64)])?;
-        gauge("flow_buffer_bytes", "Bytes the observer's ring holds", vec![(vec![], s.flow_buffer_bytes as f64)])?;
+        for (name, help, v) in [
+            ("endpoints", "Endpoints the agent manages", s.endpoints),
+            ("identities", "Security identities the agent knows", s.identities),
+            ("flows_buffered", "Flows in the observer's ring", s.flows_buffered),
+            ("flow_buffer_bytes", "Bytes the observer's ring holds", s.flow_buffer_bytes),
+        ] {
+            encode_rows(e, name, help, gauge, gauges([(vec![], v as f64)]))?;
+        }
         Ok(())
     }
 }
@@ -285,7 +311,7 @@ impl Metrics {
             self.verdicts
                 .get_or_create(&VerdictLabels {
                     action: action.into(),
-                    r#match: match_name(f.policy_match_type).into(),
+                    r#match: policy_match_name(f.policy_match_type).into(),
                     direction: direction.into(),
                 })
                 .inc_by(count);
@@ -391,19 +417,6 @@ fn openmetrics_to_prometheus(om: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Cilium's policy match type names.
-fn match_name(t: u32) -> &'static str {
-    match t {
-        1 => "L3-Only",
-        2 => "L3-L4",
-        3 => "L4-Only",
-        4 => "all",
-        5 => "L3-Proto",
-        6 => "Proto-Only",
-        _ => "none",
-    }
 }
 
 fn rcode_name(r: u32) -> &'static str {

@@ -18,7 +18,7 @@ use bulkhead_agent::api::{FlowsPage, FlowsRequest};
 use bulkhead_flow::filter::EventTypeFilter;
 use bulkhead_flow::model::{
     DropReason, Endpoint, Flow, FlowRecord, IpVersion, L7FlowType, Layer4, TcpFlags, TrafficDirection, Verdict,
-    decode_json, event_types,
+    decode_json, event_types, policy_match_name,
 };
 use bulkhead_flow::{Filters, FlowFilter, Timestamp};
 use clap::{ArgMatches, Args, ValueEnum};
@@ -469,88 +469,89 @@ fn flow_log(path: &std::path::Path) -> Option<Vec<Vec<u8>>> {
     std::fs::read(path).ok().map(|b| vec![b])
 }
 
-fn from_file(path: &PathBuf, filters: &Filters, last: Option<usize>, out: &mut Printer<'_>) -> Result<ExitCode> {
-    let m = filters.compile().map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(segments) = flow_log(path) {
-        let keep = last.unwrap_or(usize::MAX);
-        let mut kept: VecDeque<Flow> = VecDeque::new();
-        let (mut bad, mut closed) = (0usize, false);
-        for seg in &segments {
-            bulkhead_flow::log::read_flows(seg, |f| match f {
-                Ok(f) if m.matches(&f) => {
-                    if keep == usize::MAX {
-                        closed = closed || out.print(&f).is_err();
-                    } else {
-                        if kept.len() == keep {
-                            kept.pop_front();
-                        }
-                        kept.push_back(f);
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => bad += 1,
-            });
-            if closed {
-                return Ok(ExitCode::SUCCESS);
-            }
+/// What `--last` keeps of a stream of flows: each printed as it comes, or
+/// the newest N printed at the end.
+struct Newest {
+    keep: usize,
+    kept: VecDeque<Flow>,
+    /// The output went away (a closed pipe): stop.
+    closed: bool,
+}
+
+impl Newest {
+    fn new(last: Option<usize>) -> Self {
+        Self { keep: last.unwrap_or(usize::MAX), kept: VecDeque::new(), closed: false }
+    }
+
+    fn offer(&mut self, f: Flow, out: &mut Printer<'_>) {
+        if self.keep == usize::MAX {
+            self.closed = self.closed || out.print(&f).is_err();
+            return;
         }
-        for f in &kept {
-            if out.print(f).is_err() {
+        if self.kept.len() == self.keep {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(f);
+    }
+
+    fn finish(self, out: &mut Printer<'_>) -> Result<()> {
+        for f in &self.kept {
+            if self.closed || out.print(f).is_err() {
                 break;
             }
         }
-        out.finish()?;
-        if bad > 0 {
-            eprintln!("{}: {bad} record(s) did not decode (run `bulkhead flows verify` on the log)", path.display());
-            return Ok(ExitCode::from(1));
-        }
-        return Ok(ExitCode::SUCCESS);
+        out.finish()
     }
-    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?,
-        ))
-    };
-    let keep = last.unwrap_or(usize::MAX);
-    let mut kept: VecDeque<Flow> = VecDeque::new();
+}
+
+fn from_file(path: &PathBuf, filters: &Filters, last: Option<usize>, out: &mut Printer<'_>) -> Result<ExitCode> {
+    let m = filters.compile().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut newest = Newest::new(last);
     let mut bad = 0usize;
-    for (n, line) in reader.split(b'\n').enumerate() {
-        let line = line.with_context(|| format!("{}: read error", path.display()))?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match decode_json(&line) {
-            Ok(f) if m.matches(&f) => {
-                if keep == usize::MAX {
-                    if out.print(&f).is_err() {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                } else {
-                    if kept.len() == keep {
-                        kept.pop_front();
-                    }
-                    kept.push_back(f);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                bad += 1;
-                if bad <= 10 {
-                    eprintln!("{}:{}: not a flow: {e}", path.display(), n + 1);
-                }
+    let what = if let Some(segments) = flow_log(path) {
+        for seg in &segments {
+            bulkhead_flow::log::read_flows(seg, |f| match f {
+                Ok(f) if m.matches(&f) => newest.offer(f, out),
+                Ok(_) => {}
+                Err(_) => bad += 1,
+            });
+            if newest.closed {
+                break;
             }
         }
-    }
-    for f in &kept {
-        if out.print(f).is_err() {
-            break;
+        "record(s) did not decode (run `bulkhead flows verify` on the log)"
+    } else {
+        let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?,
+            ))
+        };
+        for (n, line) in reader.split(b'\n').enumerate() {
+            let line = line.with_context(|| format!("{}: read error", path.display()))?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match decode_json(&line) {
+                Ok(f) if m.matches(&f) => newest.offer(f, out),
+                Ok(_) => {}
+                Err(e) => {
+                    bad += 1;
+                    if bad <= 10 {
+                        eprintln!("{}:{}: not a flow: {e}", path.display(), n + 1);
+                    }
+                }
+            }
+            if newest.closed {
+                break;
+            }
         }
-    }
-    out.finish()?;
+        "line(s) were not flows"
+    };
+    newest.finish(out)?;
     if bad > 0 {
-        eprintln!("{}: {bad} line(s) were not flows", path.display());
+        eprintln!("{}: {bad} {what}", path.display());
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -634,16 +635,7 @@ fn flow_type(f: &Flow) -> String {
     match f.event_kind() {
         event_types::DROP => f.drop_reason_desc.description().to_string(),
         event_types::POLICY_VERDICT => {
-            let m = match f.policy_match_type {
-                1 => "L3-Only",
-                2 => "L3-L4",
-                3 => "L4-Only",
-                4 => "all",
-                5 => "L3-Proto",
-                6 => "Proto-Only",
-                _ => "none",
-            };
-            format!("policy-verdict:{m} {}", f.traffic_direction)
+            format!("policy-verdict:{} {}", policy_match_name(f.policy_match_type), f.traffic_direction)
         }
         event_types::TRACE => f.trace_observation_point.as_str().to_ascii_lowercase().replace('_', "-"),
         // Exported flows without an event type still say why they dropped.

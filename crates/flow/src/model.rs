@@ -266,6 +266,20 @@ pub mod event_types {
     }
 }
 
+/// Cilium's name for a policy match type (`policy_match_type`), as
+/// `hubble observe` prints it in `policy-verdict:L3-L4`.
+pub fn policy_match_name(t: u32) -> &'static str {
+    match t {
+        1 => "L3-Only",
+        2 => "L3-L4",
+        3 => "L4-Only",
+        4 => "all",
+        5 => "L3-Proto",
+        6 => "Proto-Only",
+        _ => "none",
+    }
+}
+
 /// Hubble's drop reasons: the number, the enum name, and the words Hubble
 /// prints for it. The ones bulkhead's datapath produces are named as
 /// constants on [`DropReason`].

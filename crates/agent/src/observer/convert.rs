@@ -36,6 +36,10 @@ use bulkhead_policy::trace::explain_packet;
 /// New near-miss explanations computed per second at most.
 pub const NEAR_MISS_BUDGET: u32 = 500;
 
+/// Entries a cache holds before it starts over: a scan of many addresses
+/// or ports must not grow the agent without bound.
+const CACHE_MAX: usize = 1 << 16;
+
 /// What the converter reads from the agent, borrowed under its lock.
 pub struct Names<'a> {
     /// The policy engine (pods, identities, policies).
@@ -180,6 +184,9 @@ impl Converter {
     }
 
     fn endpoint(&mut self, n: &Names<'_>, ip: IpAddr, identity: u32, id: u32) -> Arc<Endpoint> {
+        if self.endpoints.len() >= CACHE_MAX && !self.endpoints.contains_key(&(ip, identity, id)) {
+            self.endpoints.clear();
+        }
         Arc::clone(self.endpoints.entry((ip, identity, id)).or_insert_with(|| {
             // The local endpoint is known by its id (its packets may come from
             // an address no pod record holds, like a link-local one); the far
@@ -234,6 +241,9 @@ impl Converter {
             return Arc::from([]);
         }
         self.budget.1 += 1;
+        if self.near.len() >= CACHE_MAX {
+            self.near.clear();
+        }
         let misses: Arc<[NearMiss]> =
             explain_packet(n.engine, &key.0, dir, peer_ip, NumericIdentity(peer_id), ProbePort { proto, port })
                 .map(|t| {
