@@ -278,7 +278,7 @@ impl Position {
     pub fn after(segment: u64, oldest_segment: u64, bytes: &[u8]) -> Option<Self> {
         let (records, _) = decode_segment(bytes);
         let last = records.last()?;
-        Some(Self { prev: last.hash, next_seq: last.seq + 1, segment, oldest_segment })
+        Some(Self { prev: last.hash, next_seq: last.seq.checked_add(1)?, segment, oldest_segment })
     }
 }
 
@@ -718,7 +718,7 @@ impl Walk {
             } else {
                 Problem::Deleted { first_missing: expected, segment }
             }
-        } else if records.iter().filter(|x| x.seq == found).count() > 1 || found + 1 == expected {
+        } else if records.iter().filter(|x| x.seq == found).count() > 1 || found.saturating_add(1) == expected {
             Problem::Inserted { expected, found, segment }
         } else {
             Problem::Reordered { expected, found, segment }
@@ -748,17 +748,17 @@ impl Walk {
                     return Err(Problem::BadCheckpoint { seq: rec.seq, since: self.last_checkpoint, segment });
                 }
                 r.checkpoints += 1;
-                self.last_checkpoint = rec.seq + 1;
+                self.last_checkpoint = rec.seq.saturating_add(1);
                 self.checkpoint_hashes.push((rec.seq, rec.hash));
             }
             Some(Kind::Segment) if rec.offset == 0 => {}
             _ => return Err(Problem::Edited { seq: rec.seq, segment, offset: rec.offset }),
         }
         self.prev = Some(rec.hash);
-        self.expected = Some(rec.seq + 1);
+        self.expected = Some(rec.seq.saturating_add(1));
         r.records += 1;
         r.last_seq = rec.seq;
-        r.unsigned_tail = rec.seq + 1 - self.last_checkpoint;
+        r.unsigned_tail = rec.seq.saturating_add(1).saturating_sub(self.last_checkpoint);
         Ok(())
     }
 
@@ -783,18 +783,18 @@ impl Walk {
                 ),
             });
         }
-        if let Some(gap) = segs.windows(2).find(|w| w[1].index != w[0].index + 1) {
+        if let Some(gap) = segs.windows(2).find(|w| w[1].index != w[0].index.saturating_add(1)) {
             return Err(Problem::Segments {
                 detail: format!(
                     "segment {} is missing (segments {} and {} are present)",
-                    gap[0].index + 1,
+                    gap[0].index.saturating_add(1),
                     gap[0].index,
                     gap[1].index
                 ),
             });
         }
         if head.seq > r.last_seq || r.records == 0 {
-            return Err(Problem::Truncated { first_missing: r.last_seq + 1, head_seq: head.seq });
+            return Err(Problem::Truncated { first_missing: r.last_seq.saturating_add(1), head_seq: head.seq });
         }
         match self.checkpoint_hashes.iter().find(|(s, _)| *s == head.seq) {
             Some((_, h)) if to_hex(h) == head.hash => {}
@@ -811,7 +811,7 @@ impl Walk {
         // the remains of a record (no writer was running to leave them).
         let incomplete_after = r.incomplete.iter().copied().find(|s| *s > head.seq);
         if head.closed && (r.last_seq > head.seq || incomplete_after.is_some()) {
-            return Err(Problem::Appended { first: head.seq + 1, closed_at: head.seq });
+            return Err(Problem::Appended { first: head.seq.saturating_add(1), closed_at: head.seq });
         }
         Ok(())
     }
