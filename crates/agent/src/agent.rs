@@ -367,6 +367,7 @@ impl Agent {
     /// answering. Registering the same container again is a no-op; a new
     /// container for the same pod replaces the old one.
     pub fn add_endpoint(&mut self, req: EndpointRequest) -> Result<EndpointInfo> {
+        let t0 = Instant::now();
         check_endpoint_request(&req)?;
         let key = format!("{}/{}", req.namespace, req.pod);
         let Some(Object::Pod(pod)) = self.store.objects.get(&ObjectKey::Pod(key.clone())).cloned() else {
@@ -424,6 +425,7 @@ impl Agent {
             return Err(e);
         }
         tracing::info!(pod = %key, ifname = %req.host_if, ifindex = req.host_ifindex, endpoint = id, "endpoint added");
+        self.observer.metrics().implementation_delay("endpoint", t0.elapsed().as_secs_f64());
         self.endpoint_info(&record)
     }
 

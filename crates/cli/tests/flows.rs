@@ -232,6 +232,7 @@ fn observe_metrics_and_the_signed_flow_log() {
         (r#"bulkhead_flows_processed_total{type="policy-verdict",subtype="",verdict="FORWARDED"}"#, 1.0),
         (r#"bulkhead_policy_verdicts_total{action="deny",match="none",direction="ingress"}"#, 1.0),
         (r#"bulkhead_policy_implementation_delay_seconds_count{source="apply"}"#, 2.0),
+        (r#"bulkhead_policy_implementation_delay_seconds_count{source="endpoint"}"#, 5.0),
         (r#"bulkhead_forward_total{direction="EGRESS"}"#, 1.0),
         (r#"bulkhead_endpoints"#, 5.0),
     ] {

@@ -914,9 +914,10 @@ pub struct Flow {
     /// they did not match.
     #[serde(skip_serializing_if = "is_empty")]
     pub near_misses: Arc<[NearMiss]>,
-    /// Ours: the packets this record stands for, when the datapath
-    /// aggregated repeats of it (absent: one).
-    #[serde(skip_serializing_if = "is_at_most_one")]
+    /// Ours: the packets this record stands for when more than one (the
+    /// datapath aggregated repeats of a drop, or a closing connection's
+    /// packets); 0 (absent) means one.
+    #[serde(skip_serializing_if = "is_zero_u64")]
     pub count: u64,
 }
 
@@ -1020,10 +1021,6 @@ fn is_zero_u64(v: &u64) -> bool {
 
 fn is_zero_i32(v: &i32) -> bool {
     *v == 0
-}
-
-fn is_at_most_one(v: &u64) -> bool {
-    *v <= 1
 }
 
 fn is_false(v: &bool) -> bool {

@@ -156,7 +156,7 @@ impl Converter {
                 .interfaces
                 .get(&ev.ifindex)
                 .map(|name| NetworkInterface { index: ev.ifindex, name: name.clone() }),
-            count: u64::from(ev.count),
+            count: if ev.count > 1 { u64::from(ev.count) } else { 0 },
             ..Flow::default()
         };
         if ev.kind != EVENT_TRACE {
