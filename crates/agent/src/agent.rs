@@ -30,7 +30,7 @@ use crate::api::{
     EndpointInfo, EndpointRequest, Enforcement, EntryDump, IdentityInfo, PolicyDump, Status,
 };
 use crate::observer::Observer;
-use crate::observer::convert::{Converter, Names};
+use crate::observer::convert::{Converter, Local, Names};
 use crate::store::{EndpointRecord, ObjectKey, Store, StoreError};
 
 /// Where the agent keeps things.
@@ -122,11 +122,8 @@ pub struct Agent {
     observer: Arc<Observer>,
     /// Bumped by every change of state, so that caches of names know.
     generation: u64,
-    /// Host-side interface names by index, for flows.
-    interfaces: std::collections::HashMap<u32, String>,
-    /// Pods by endpoint id, and ids by pod, for flows.
-    endpoint_pods: std::collections::HashMap<u32, String>,
-    endpoint_ids: std::collections::HashMap<String, u32>,
+    /// The local endpoints as flows name them.
+    local: Local,
     /// The flow log writer's counters, once it runs.
     flow_log: Option<Arc<crate::observer::flowlog::FlowLogStats>>,
 }
@@ -170,9 +167,7 @@ impl Agent {
             started: Instant::now(),
             observer,
             generation: 0,
-            interfaces: std::collections::HashMap::new(),
-            endpoint_pods: std::collections::HashMap::new(),
-            endpoint_ids: std::collections::HashMap::new(),
+            local: Local::default(),
             flow_log: None,
         };
         let changes: Vec<Change> = agent.store.objects.values().map(|o| agent.change_for(o.clone())).collect();
@@ -215,14 +210,7 @@ impl Agent {
         conv: &mut Converter,
         events: &[(bulkhead_datapath::abi::RawEvent, u64)],
     ) -> Vec<bulkhead_flow::Flow> {
-        let names = Names {
-            engine: &self.engine,
-            sync: &self.sync,
-            interfaces: &self.interfaces,
-            pods: &self.endpoint_pods,
-            ids: &self.endpoint_ids,
-            generation: self.generation,
-        };
+        let names = Names { engine: &self.engine, sync: &self.sync, local: &self.local, generation: self.generation };
         events.iter().map(|(ev, t)| conv.convert(&names, ev, *t)).collect()
     }
 
@@ -715,10 +703,12 @@ impl Agent {
     fn reconcile(&mut self) -> Result<Enforcement> {
         let t0 = Instant::now();
         self.generation += 1;
-        self.interfaces =
-            self.store.endpoints.values().map(|r| (r.request.host_ifindex, r.request.host_if.clone())).collect();
-        self.endpoint_pods = self.store.endpoints.values().map(|r| (r.id, r.pod_key())).collect();
-        self.endpoint_ids = self.endpoint_pods.iter().map(|(id, pod)| (pod.clone(), *id)).collect();
+        self.local = Local::new(
+            self.store
+                .endpoints
+                .values()
+                .map(|r| (r.id, r.request.host_ifindex, r.request.host_if.clone(), r.pod_key())),
+        );
         let mut specs = Vec::new();
         let mut pod_of = BTreeMap::new();
         for r in self.store.endpoints.values() {

@@ -7,8 +7,9 @@
 //! `observe`, a signed flow log, the service map) and metrics
 //! ([`metrics`]), and serves all of it as HTTP/JSON on a unix socket
 //! ([`server`], [`api`]; [`client`] is the other end) and, for metrics and
-//! the service map, over HTTP on localhost ([`web`]). Enforcement does not depend on the agent running: programs,
-//! maps and links are pinned, and a new agent adopts them.
+//! the service map, over HTTP on localhost ([`web`]). Enforcement does not
+//! depend on the agent running: programs, maps and links are pinned, and a
+//! new agent adopts them.
 
 pub mod agent;
 pub mod api;
@@ -126,6 +127,7 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
     tracing::info!("agent stopped; enforcement continues from the pinned programs and maps");
     served.map_err(AgentError::Io)
 }
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {

@@ -40,18 +40,38 @@ pub const NEAR_MISS_BUDGET: u32 = 500;
 /// or ports must not grow the agent without bound.
 const CACHE_MAX: usize = 1 << 16;
 
+/// The local endpoints as flows name them, rebuilt when they change.
+#[derive(Debug, Default)]
+pub struct Local {
+    /// Host-side interface names by index.
+    interfaces: HashMap<u32, String>,
+    /// Pods (`namespace/name`) by endpoint id.
+    pods: HashMap<u32, String>,
+    /// Endpoint ids by pod.
+    ids: HashMap<String, u32>,
+}
+
+impl Local {
+    /// From (endpoint id, host interface index, its name, `namespace/pod`).
+    pub fn new(endpoints: impl IntoIterator<Item = (u32, u32, String, String)>) -> Self {
+        let mut l = Self::default();
+        for (id, ifindex, host_if, pod) in endpoints {
+            l.interfaces.insert(ifindex, host_if);
+            l.ids.insert(pod.clone(), id);
+            l.pods.insert(id, pod);
+        }
+        l
+    }
+}
+
 /// What the converter reads from the agent, borrowed under its lock.
 pub struct Names<'a> {
     /// The policy engine (pods, identities, policies).
     pub engine: &'a Engine,
     /// The datapath's rule references.
     pub sync: &'a PolicySync,
-    /// Host-side interface names by index.
-    pub interfaces: &'a HashMap<u32, String>,
-    /// Local endpoints' pods (`namespace/name`) by endpoint id.
-    pub pods: &'a HashMap<u32, String>,
-    /// Local endpoints' ids by pod.
-    pub ids: &'a HashMap<String, u32>,
+    /// The local endpoints.
+    pub local: &'a Local,
     /// Changes whenever the agent's state does.
     pub generation: u64,
 }
@@ -153,6 +173,7 @@ impl Converter {
                 _ => None,
             },
             interface: n
+                .local
                 .interfaces
                 .get(&ev.ifindex)
                 .map(|name| NetworkInterface { index: ev.ifindex, name: name.clone() }),
@@ -191,9 +212,9 @@ impl Converter {
             // The local endpoint is known by its id (its packets may come from
             // an address no pod record holds, like a link-local one); the far
             // end by its address.
-            let pod = n.pods.get(&id).cloned().or_else(|| n.engine.identity_of_ip(ip).1);
+            let pod = n.local.pods.get(&id).cloned().or_else(|| n.engine.identity_of_ip(ip).1);
             // The far end may be a local endpoint too (as Hubble, name its id).
-            let id = if id == 0 { pod.as_ref().and_then(|p| n.ids.get(p).copied()).unwrap_or(0) } else { id };
+            let id = if id == 0 { pod.as_ref().and_then(|p| n.local.ids.get(p).copied()).unwrap_or(0) } else { id };
             let (namespace, pod_name) = pod
                 .as_deref()
                 .and_then(|k| k.split_once('/'))
