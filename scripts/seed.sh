@@ -48,7 +48,7 @@ echo
 echo "== flows: the last drops, each with the policy that decided it (or the closest rule and why it missed)"
 "$bin" observe --verdict DROPPED --last 6 --color never
 echo
-echo "== the same flows as numbers: $("$bin" status -o json | sed -n 's/.*"web":"\([^"]*\)".*/\1/p')metrics (and the service map at /)"
+echo "== the flow pipeline: counts, losses, the signed flow log, and where the service map and metrics are served"
 "$bin" status | grep -E '^(flows|lost|flow log|web):'
 echo
 echo "== why is staging/debug-tools kept out of the backend? (offline trace, same engine)"
@@ -59,5 +59,5 @@ if $keep; then
   echo "the lab is still up: export BULKHEAD_SOCKET=$BULKHEAD_SOCKET, then e.g."
   echo "  $bin lab ${lab[*]} exec kube-system/kube-dns -- curl -s http://frontend.production/"
   echo "  $bin endpoint list; $bin observe -f; $bin lab ${lab[*]} down"
-  echo "  the service map: $("$bin" status -o json | sed -n 's/.*"web":"\([^"]*\)".*/\1/p')"
+  "$bin" status | grep -E '^web:' | sed 's/^web: */  the service map: /'
 fi
