@@ -272,15 +272,15 @@ fn apply(t: &mut Tracker, flag: &str, v: &str) -> Result<()> {
         "http_method" => t.both(|f| f.http_method.push(s.clone())),
         "http_path" => t.both(|f| f.http_path.push(s.clone())),
         "tcp_flags" => {
-            let mut flags = TcpFlags::default();
+            let mut bits = 0u8;
             for name in v.split(',').map(str::trim) {
                 let bit = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"]
                     .iter()
                     .position(|n| n.eq_ignore_ascii_case(name))
                     .ok_or_else(|| bad(flag, v, "flags are FIN, SYN, RST, PSH, ACK, URG, ECE, CWR"))?;
-                let one = TcpFlags::from_byte(1 << bit);
-                flags = TcpFlags::from_byte(flag_byte(flags) | flag_byte(one));
+                bits |= 1 << bit;
             }
+            let flags = TcpFlags::from_byte(bits);
             t.both(|f| f.tcp_flags.push(flags));
         }
         "ip_version" => {
@@ -300,13 +300,6 @@ fn apply(t: &mut Tracker, flag: &str, v: &str) -> Result<()> {
         _ => {}
     }
     Ok(())
-}
-
-fn flag_byte(f: TcpFlags) -> u8 {
-    [f.fin, f.syn, f.rst, f.psh, f.ack, f.urg, f.ece, f.cwr]
-        .iter()
-        .enumerate()
-        .fold(0, |b, (i, set)| if *set { b | (1 << i) } else { b })
 }
 
 /// Every filter flag, by its argument id.

@@ -319,7 +319,7 @@ impl Encoder {
                 put_u(out, t.source_port.into());
                 put_u(out, t.destination_port.into());
                 let fl = t.flags.unwrap_or_default();
-                put_u(out, u64::from(flag_bits(fl)));
+                put_u(out, u64::from(fl.bits()));
             }
             Some(Layer4::Udp(p)) => {
                 out.push(2);
@@ -365,19 +365,6 @@ impl Encoder {
             }
         }
     }
-}
-
-fn flag_bits(f: TcpFlags) -> u16 {
-    [f.fin, f.syn, f.rst, f.psh, f.ack, f.urg, f.ece, f.cwr, f.ns]
-        .iter()
-        .enumerate()
-        .fold(0, |b, (i, set)| if *set { b | (1 << i) } else { b })
-}
-
-fn flags_of(b: u16) -> TcpFlags {
-    let mut f = TcpFlags::from_byte(b as u8);
-    f.ns = b & 0x100 != 0;
-    f
 }
 
 /// The 16 bytes of a canonical UUID (`8-4-4-4-12` lower-case hex).
@@ -564,7 +551,7 @@ impl Decoder {
                 Some(Layer4::Tcp(Tcp {
                     source_port: s,
                     destination_port: d,
-                    flags: (tag == 1).then(|| flags_of(bits)),
+                    flags: (tag == 1).then(|| TcpFlags::from_bits(bits)),
                 }))
             }
             2 => Some(Layer4::Udp(Ports { source_port: port(&mut c)?, destination_port: port(&mut c)? })),

@@ -520,6 +520,20 @@ impl TcpFlags {
         }
     }
 
+    /// The flags as bits: the TCP header's flags byte (FIN is bit 0), and
+    /// NS as bit 8.
+    pub fn bits(&self) -> u16 {
+        [self.fin, self.syn, self.rst, self.psh, self.ack, self.urg, self.ece, self.cwr, self.ns]
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, set)| if *set { b | (1 << i) } else { b })
+    }
+
+    /// From [`TcpFlags::bits`].
+    pub fn from_bits(b: u16) -> Self {
+        Self { ns: b & 0x100 != 0, ..Self::from_byte(b as u8) }
+    }
+
     /// The flags that are set, by name, in header order.
     pub fn names(&self) -> Vec<&'static str> {
         [
