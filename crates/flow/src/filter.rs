@@ -50,7 +50,8 @@ impl EventTypeFilter {
         let sub_type = match sub {
             None => None,
             Some(sub) if kind == event_types::TRACE => {
-                Some(TraceObservationPoint::from_name(&sub.replace('-', "_")).ok_or_else(bad)?.number())
+                let point = TraceObservationPoint::from_name(&sub.replace('-', "_"));
+                Some(point.and_then(TraceObservationPoint::monitor_sub_type).ok_or_else(bad)?)
             }
             Some(sub) if kind == event_types::DROP => {
                 Some(i32::try_from(DropReason::from_name(sub).ok_or_else(bad)?.0).map_err(|_| bad())?)
@@ -642,6 +643,22 @@ mod tests {
     }
 
     #[test]
+    fn trace_points_use_the_monitor_sub_types() {
+        let mut f = flow();
+        for (name, point) in
+            [("to-endpoint", TraceObservationPoint::ToEndpoint), ("from-endpoint", TraceObservationPoint::FromEndpoint)]
+        {
+            f.event_type =
+                Some(EventType { kind: event_types::TRACE, sub_type: point.monitor_sub_type().expect("known") });
+            f.trace_observation_point = point;
+            let want = EventTypeFilter::parse(&format!("trace:{name}")).expect("parses");
+            assert!(one(FlowFilter { event_type: vec![want], ..Default::default() }).matches(&f), "{name}");
+        }
+        let other = EventTypeFilter::parse("trace:to-endpoint").expect("parses");
+        assert!(!one(FlowFilter { event_type: vec![other], ..Default::default() }).matches(&f), "from ≠ to");
+    }
+
+    #[test]
     fn deny_and_time_window() {
         let f = flow();
         let m = Filters {
@@ -678,6 +695,8 @@ mod tests {
         let e = one_err(FlowFilter { http_path: vec!["(".into()], ..Default::default() });
         assert!(e.contains("http_path"), "{e}");
         assert!(EventTypeFilter::parse("drops").is_err());
+        assert!(EventTypeFilter::parse("trace:to-nowhere").is_err());
+        assert!(EventTypeFilter::parse("trace:unknown-point").is_err());
     }
 
     fn one_err(f: FlowFilter) -> String {

@@ -229,6 +229,29 @@ proto_enum! {
     }
 }
 
+impl TraceObservationPoint {
+    /// The sub-type a trace event carries for this point (`event_type.sub_type`):
+    /// Cilium's monitor numbers, which differ from this enum's (to-endpoint
+    /// is 0 there, 101 here). `None` for the unknown point.
+    pub fn monitor_sub_type(self) -> Option<i32> {
+        Some(match self {
+            Self::Unknown => return None,
+            Self::ToEndpoint => 0,
+            Self::ToProxy => 1,
+            Self::ToHost => 2,
+            Self::ToStack => 3,
+            Self::ToOverlay => 4,
+            Self::FromEndpoint => 5,
+            Self::FromProxy => 6,
+            Self::FromHost => 7,
+            Self::FromStack => 8,
+            Self::FromOverlay => 9,
+            Self::FromNetwork => 10,
+            Self::ToNetwork => 11,
+        })
+    }
+}
+
 /// Cilium's monitor message types (`event_type.type`).
 pub mod event_types {
     /// A dropped packet.

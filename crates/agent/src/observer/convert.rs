@@ -134,8 +134,11 @@ impl Converter {
                 (event_types::DROP, i32::try_from(drop_reason.0).unwrap_or(0), TraceObservationPoint::Unknown)
             }
             EVENT_POLICY_VERDICT => (event_types::POLICY_VERDICT, 0, TraceObservationPoint::Unknown),
-            EVENT_TRACE if ep_is_src => (event_types::TRACE, 5, TraceObservationPoint::FromEndpoint),
-            EVENT_TRACE => (event_types::TRACE, 0, TraceObservationPoint::ToEndpoint),
+            EVENT_TRACE => {
+                let point =
+                    if ep_is_src { TraceObservationPoint::FromEndpoint } else { TraceObservationPoint::ToEndpoint };
+                (event_types::TRACE, point.monitor_sub_type().unwrap_or(0), point)
+            }
             _ => (0, 0, TraceObservationPoint::Unknown),
         };
         let mut f = Flow {
