@@ -130,13 +130,6 @@ impl Observer {
         }
     }
 
-    /// Reads flows now.
-    pub fn read(&self, req: &FlowsRequest) -> Result<FlowsPage, FilterError> {
-        let m = req.filters.compile()?;
-        let page = self.ring().read(req.after, req.last, &m);
-        Ok(FlowsPage { flows: page.flows.into_iter().map(|(_, f)| f).collect(), next: page.next, missed: page.missed })
-    }
-
     /// Reads flows; when none match and `req.wait_ms` is set, waits up to
     /// that long for new ones (a follower's long poll).
     pub async fn follow(&self, req: &FlowsRequest) -> Result<FlowsPage, FilterError> {
