@@ -7,9 +7,7 @@
 //! that is the point (a flipped bit, a cut file). The random source is a
 //! caller-supplied function, so the crate needs no random-number library.
 
-use sha2::{Digest, Sha256};
-
-use super::{Hash, Head, LogImage, decode_segment};
+use super::{Hash, Head, Kind, LogImage, chain, decode_segment};
 
 /// What a mutation did, for the failure message.
 pub type Described = String;
@@ -27,14 +25,23 @@ fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
 
 fn rehash_from(bytes: &mut [u8], first_frame: usize, mut prev: Hash) {
     for (start, end) in frames(bytes).into_iter().skip(first_frame) {
-        let body = start + 4..end - 32;
-        let mut d = Sha256::new();
-        d.update(prev);
-        d.update(&bytes[body.clone()]);
-        let h: Hash = d.finalize().into();
+        let h = chain(&prev, &bytes[start + 4..end - 32]);
         bytes[end - 32..end].copy_from_slice(&h);
         prev = h;
     }
+}
+
+/// A flow record numbered `seq` that chains correctly after `prev`, as a
+/// forger who knows the format (and SHA-256) would write it.
+fn forge(prev: &Hash, seq: u64, time: u64, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![Kind::Flow as u8];
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.extend_from_slice(&time.to_le_bytes());
+    body.extend_from_slice(payload);
+    let mut frame = u32::try_from(body.len()).unwrap_or(0).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(&chain(prev, &body));
+    frame
 }
 
 fn hash_before(bytes: &[u8], frame: usize) -> Option<Hash> {
@@ -129,20 +136,9 @@ pub fn mutate(img: &mut LogImage, rand: &mut impl FnMut(usize) -> usize) -> Opti
             };
             let seq = {
                 let (records, _) = decode_segment(&img.segments[s].1);
-                records.get(i).map_or_else(|| records.last().map_or(1, |r| r.seq + 1), |r| r.seq)
+                records.get(i).map_or_else(|| records.last().map_or(1, |r| r.seq.saturating_add(1)), |r| r.seq)
             };
-            let payload = br#"{"verdict":"FORWARDED"}"#;
-            let mut body = vec![2u8];
-            body.extend_from_slice(&seq.to_le_bytes());
-            body.extend_from_slice(&0u64.to_le_bytes());
-            body.extend_from_slice(payload);
-            let mut frame = u32::try_from(body.len()).unwrap_or(0).to_le_bytes().to_vec();
-            frame.extend_from_slice(&body);
-            let mut d = Sha256::new();
-            d.update(prev);
-            d.update(&body);
-            let h: Hash = d.finalize().into();
-            frame.extend_from_slice(&h);
+            let frame = forge(&prev, seq, 0, br#"{"verdict":"FORWARDED"}"#);
             let at = f.get(i).map_or(img.segments[s].1.len(), |(a, _)| *a);
             img.segments[s].1.splice(at..at, frame);
             Some(format!("inserted a forged record numbered {seq} at byte {at} of segment {}", img.segments[s].0))
@@ -210,18 +206,9 @@ pub fn mutate(img: &mut LogImage, rand: &mut impl FnMut(usize) -> usize) -> Opti
             let last = img.segments.last_mut()?;
             let (records, _) = decode_segment(&last.1);
             let r = records.last()?;
-            let mut body = vec![2u8];
-            body.extend_from_slice(&(r.seq + 1).to_le_bytes());
-            body.extend_from_slice(&r.time.to_le_bytes());
-            body.extend_from_slice(b"{}");
-            let mut d = Sha256::new();
-            d.update(r.hash);
-            d.update(&body);
-            let h: Hash = d.finalize().into();
-            let seq = r.seq + 1;
-            last.1.extend_from_slice(&u32::try_from(body.len()).unwrap_or(0).to_le_bytes());
-            last.1.extend_from_slice(&body);
-            last.1.extend_from_slice(&h);
+            let seq = r.seq.saturating_add(1);
+            let frame = forge(&r.hash, seq, r.time, b"{}");
+            last.1.extend_from_slice(&frame);
             Some(format!("appended a forged record {seq} to segment {}", last.0))
         }
         _ => {
