@@ -280,14 +280,7 @@ fn observe_metrics_and_the_signed_flow_log() {
     }
 
     // kill -9 while flows are being written: the log still verifies.
-    let agent = support::spawn_agent(
-        Path::new(&format!("/run/bulkhead/{}/agent", lab.name)),
-        &lab.socket,
-        Path::new(&format!("/sys/fs/bpf/bulkhead/{}", lab.name)),
-        Path::new(&format!("/run/netns/bh-{}-node", lab.name)),
-        &["--flow-log-checkpoint", "5s"],
-        &dir.join("agent2.log"),
-    );
+    let agent = lab.spawn_agent(&["--flow-log-checkpoint", "5s"], &dir.join("agent2.log"));
     let writer = {
         let (ns, dst) = (lab.netns("staging/debug-tools"), lab.ip("production/backend", true));
         std::thread::spawn(move || {
@@ -324,14 +317,7 @@ fn observe_metrics_and_the_signed_flow_log() {
     assert!(ok, "a torn last record is a loss, not tampering: {report}");
     assert_eq!(report["incomplete"], serde_json::json!([last.seq]), "{report}");
     // A new agent continues the log after the torn record and closes it cleanly.
-    let mut agent = support::spawn_agent(
-        Path::new(&format!("/run/bulkhead/{}/agent", lab.name)),
-        &lab.socket,
-        Path::new(&format!("/sys/fs/bpf/bulkhead/{}", lab.name)),
-        Path::new(&format!("/run/netns/bh-{}-node", lab.name)),
-        &[],
-        &dir.join("agent3.log"),
-    );
+    let mut agent = lab.spawn_agent(&[], &dir.join("agent3.log"));
     lab.lab(&["probe", "--ports", "80/TCP"]);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .expect("stop");

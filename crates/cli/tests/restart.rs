@@ -116,15 +116,7 @@ fn kill_9_the_agent_under_traffic_and_start_it_again() {
     assert!(during > before + 20, "the stream kept flowing with no agent ({before} → {during})");
 
     // A new agent on the same state and pins.
-    let name = &lab.name;
-    let mut agent = support::spawn_agent(
-        Path::new(&format!("/run/bulkhead/{name}/agent")),
-        &lab.socket,
-        Path::new(&format!("/sys/fs/bpf/bulkhead/{name}")),
-        Path::new(&format!("/run/netns/bh-{name}-node")),
-        &[],
-        &dir.join("agent2.log"),
-    );
+    let mut agent = lab.spawn_agent(&[], &dir.join("agent2.log"));
     std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::Relaxed);
     for t in threads {

@@ -152,6 +152,20 @@ impl Lab {
         run(&self.socket, &a)
     }
 
+    /// Starts another agent on this lab's state, pins and node (after its
+    /// own was stopped or killed), with `extra` flags and its log in `log`.
+    pub fn spawn_agent(&self, extra: &[&str], log: &Path) -> std::process::Child {
+        let name = &self.name;
+        spawn_agent(
+            Path::new(&format!("/run/bulkhead/{name}/agent")),
+            &self.socket,
+            Path::new(&format!("/sys/fs/bpf/bulkhead/{name}")),
+            Path::new(&format!("/run/netns/bh-{name}-node")),
+            extra,
+            log,
+        )
+    }
+
     /// The lab's recorded state.
     pub fn state(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(format!("/run/bulkhead/{}/state.json", self.name)).expect("lab state");
