@@ -124,8 +124,8 @@ pub struct Agent {
     generation: u64,
     /// The local endpoints as flows name them.
     local: Local,
-    /// The flow log writer's counters, once it runs.
-    flow_log: Option<Arc<crate::observer::flowlog::FlowLogStats>>,
+    /// The flow log writer's counters and its public key (hex), once it runs.
+    flow_log: Option<(Arc<crate::observer::flowlog::FlowLogStats>, String)>,
 }
 
 impl Agent {
@@ -198,9 +198,14 @@ impl Agent {
         &self.observer
     }
 
-    /// Reports the flow log writer's counters in `status`.
-    pub fn set_flow_log(&mut self, stats: Arc<crate::observer::flowlog::FlowLogStats>) {
-        self.flow_log = Some(stats);
+    /// Reports the running flow log writer: its counters in `status`, the
+    /// key it signs with in `flows key`.
+    pub fn set_flow_log(
+        &mut self,
+        stats: Arc<crate::observer::flowlog::FlowLogStats>,
+        key: &ed25519_dalek::VerifyingKey,
+    ) {
+        self.flow_log = Some((stats, bulkhead_flow::log::to_hex(key.as_bytes())));
     }
 
     /// Turns a batch of datapath events into flows, with names as the
@@ -661,7 +666,7 @@ impl Agent {
 
     fn flow_status(&self, datapath_lost: u64) -> crate::api::FlowStatus {
         let o = self.observer.stats();
-        let log = self.flow_log.as_ref();
+        let log = self.flow_log.as_ref().map(|(s, _)| s);
         crate::api::FlowStatus {
             buffered: o.flows,
             evicted: o.overwritten,
@@ -679,15 +684,12 @@ impl Agent {
 
     /// The flow log's public key and directory.
     pub fn flow_key(&self) -> Result<crate::api::FlowKey> {
-        let dir =
-            self.config.flow_log.as_ref().ok_or_else(|| {
-                AgentError::Conflict("this agent keeps no flow log (started with --no-flow-log)".into())
-            })?;
-        let key = crate::observer::flowlog::load_or_create_key(&self.config.state_dir)?;
-        Ok(crate::api::FlowKey {
-            public_key: bulkhead_flow::log::to_hex(key.verifying_key().as_bytes()),
-            dir: dir.dir.display().to_string(),
-        })
+        match (&self.config.flow_log, &self.flow_log) {
+            (Some(cfg), Some((_, key))) => {
+                Ok(crate::api::FlowKey { public_key: key.clone(), dir: cfg.dir.display().to_string() })
+            }
+            _ => Err(AgentError::Conflict("this agent keeps no flow log (started with --no-flow-log)".into())),
+        }
     }
 
     // ---- the kernel ----

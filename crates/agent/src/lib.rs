@@ -61,9 +61,9 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
             let key = observer::flowlog::load_or_create_key(&config.state_dir)?;
             let (tx, rx) = std::sync::mpsc::sync_channel(FLOW_LOG_QUEUE);
             let stats = Arc::new(observer::flowlog::FlowLogStats::default());
-            let handle = observer::flowlog::start(cfg.clone(), key, rx, Arc::clone(&stats))?;
+            agent.set_flow_log(Arc::clone(&stats), &key.verifying_key());
+            let handle = observer::flowlog::start(cfg.clone(), key, rx, stats)?;
             observer.attach_log(tx);
-            agent.set_flow_log(stats);
             Some(handle)
         }
         None => None,
