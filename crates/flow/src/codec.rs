@@ -159,6 +159,32 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The number of shared list `v` in `defined` (0 for an empty list, else
+/// its definition's number + 1), defining it first if this segment has not.
+fn define_list<T>(
+    defined: &mut HashMap<usize, (Arc<[T]>, u64)>,
+    v: &Arc<[T]>,
+    kind: u8,
+    defs: &mut Vec<Vec<u8>>,
+    put: impl Fn(&mut Vec<u8>, &T),
+) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    if let Some((_, id)) = defined.get(&(v.as_ptr() as usize)) {
+        return id + 1;
+    }
+    let id = defined.len() as u64;
+    let mut d = vec![kind];
+    put_u(&mut d, v.len() as u64);
+    for x in v.iter() {
+        put(&mut d, x);
+    }
+    defs.push(d);
+    defined.insert(v.as_ptr() as usize, (Arc::clone(v), id));
+    id + 1
+}
+
 /// Definitions already written in this segment, keyed by the address of
 /// the shared value (flows share their endpoints' and policies' `Arc`s);
 /// each entry holds its value, so the address cannot be reused for another
@@ -206,40 +232,14 @@ impl Encoder {
 
     /// 0 for none, else the definition's number + 1.
     fn policies(&mut self, p: &Arc<[Policy]>, defs: &mut Vec<Vec<u8>>) -> u64 {
-        if p.is_empty() {
-            return 0;
-        }
-        if let Some((_, id)) = self.policies.get(&(p.as_ptr() as usize)) {
-            return id + 1;
-        }
-        let id = self.policies.len() as u64;
-        let mut d = vec![DEF_POLICIES];
-        put_u(&mut d, p.len() as u64);
-        for x in p.iter() {
-            put_policy(&mut d, x);
-        }
-        defs.push(d);
-        self.policies.insert(p.as_ptr() as usize, (Arc::clone(p), id));
-        id + 1
+        define_list(&mut self.policies, p, DEF_POLICIES, defs, put_policy)
     }
 
     fn misses(&mut self, m: &Arc<[NearMiss]>, defs: &mut Vec<Vec<u8>>) -> u64 {
-        if m.is_empty() {
-            return 0;
-        }
-        if let Some((_, id)) = self.misses.get(&(m.as_ptr() as usize)) {
-            return id + 1;
-        }
-        let id = self.misses.len() as u64;
-        let mut d = vec![DEF_MISSES];
-        put_u(&mut d, m.len() as u64);
-        for x in m.iter() {
-            put_policy(&mut d, &x.policy);
-            put_s(&mut d, &x.reason);
-        }
-        defs.push(d);
-        self.misses.insert(m.as_ptr() as usize, (Arc::clone(m), id));
-        id + 1
+        define_list(&mut self.misses, m, DEF_MISSES, defs, |d, x| {
+            put_policy(d, &x.policy);
+            put_s(d, &x.reason);
+        })
     }
 
     fn string(&mut self, s: &str, defs: &mut Vec<Vec<u8>>) -> u64 {
