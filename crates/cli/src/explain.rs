@@ -29,11 +29,16 @@ fn load_engine(i: &Inputs) -> Result<(Engine, usize)> {
     }
     let mut objects: Vec<Object> = cluster.objects.into_iter().filter(|o| !matches!(o, Object::Policy(_))).collect();
     let npol = policies.objects.iter().filter(|o| matches!(o, Object::Policy(_))).count();
+    let named = || i.policies.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    if npol == 0 && !policies.objects.is_empty() {
+        // Namespaces or Pods where policies were expected: a mix-up of the
+        // two arguments, not a cluster without policies.
+        bail!("no policies in {}, only Namespaces and Pods: those go to --cluster", named());
+    }
     if npol == 0 {
-        bail!(
-            "no policies found in {}",
-            i.policies.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        );
+        // An empty list, as `kubectl get cnp -A -o yaml` prints on a cluster
+        // without policies: nothing is enforced.
+        eprintln!("note: no policies in {}: nothing is enforced, every connection is allowed", named());
     }
     objects.extend(policies.objects.into_iter().filter(|o| matches!(o, Object::Policy(_))));
     Ok((Engine::from_objects(objects), npol))

@@ -67,6 +67,29 @@ fn reach_json_has_the_design_shape() {
 }
 
 #[test]
+fn reach_with_an_empty_policy_list_allows_everything() {
+    let args = |policies: &str| {
+        let v = ["policy", "reach", "--cluster", "examples/seed/cluster.yaml", "--policies", policies];
+        v.iter().chain(&["--ports", "8080/TCP", "-o", "json"]).map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let (code, out, err) = run_owned(args("crates/cli/tests/fixtures/no-policies.yaml"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no policies in crates/cli/tests/fixtures/no-policies.yaml"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let verdicts = v["verdicts"].as_object().expect("verdicts");
+    assert_eq!(verdicts.len(), 5, "{out}");
+    for row in verdicts.values() {
+        for cell in row.as_object().expect("row").values() {
+            assert_eq!(cell["8080/TCP"], "allowed", "{out}");
+        }
+    }
+    // Pods where policies belong is a mix-up, not an empty policy set.
+    let (code, _, err) = run_owned(args("examples/seed/cluster.yaml"));
+    assert_eq!(code, 2);
+    assert!(err.contains("only Namespaces and Pods: those go to --cluster"), "{err}");
+}
+
+#[test]
 fn trace_allowed_by_l7_rule() {
     let (code, out, err) = run_owned(seed(
         &["policy", "trace"],
@@ -140,7 +163,7 @@ fn trace_fqdn() {
 
 #[test]
 fn validate_as_published_fails_with_fixes() {
-    let (code, out, _) = run(&["policy", "validate", "../shared/corpus/seed/as-published"]);
+    let (code, out, _) = run(&["policy", "validate", "testdata/corpus/seed/as-published"]);
     assert_eq!(code, 1);
     golden("validate-as-published.txt", &out);
 }
@@ -275,13 +298,13 @@ fn observe_filters_combine_as_hubbles_do() {
 #[test]
 fn observe_reads_hubbles_own_export() {
     let (code, out, err) =
-        run(&["observe", "--input-file", "../shared/corpus/hubble/export-sample-flows.jsonl", "--color", "never"]);
+        run(&["observe", "--input-file", "testdata/corpus/hubble/export-sample-flows.jsonl", "--color", "never"]);
     assert_eq!(code, 0, "{err}");
     golden("observe-hubble.txt", &out);
     let (code, out, _) = run(&[
         "observe",
         "--input-file",
-        "../shared/corpus/hubble/export-sample-flows.jsonl",
+        "testdata/corpus/hubble/export-sample-flows.jsonl",
         "--from-pod",
         "default/xwing",
         "--drop-reason",

@@ -630,7 +630,7 @@ mod tests {
     fn fixture() -> Vec<Flow> {
         include_str!("../../cli/tests/golden/flows.jsonl")
             .lines()
-            .chain(include_str!("../../../../shared/corpus/hubble/export-sample-flows.jsonl").lines())
+            .chain(include_str!("../../../testdata/corpus/hubble/export-sample-flows.jsonl").lines())
             .map(|l| decode_json(l.as_bytes()).expect("fixture flow"))
             .collect()
     }

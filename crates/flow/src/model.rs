@@ -1068,7 +1068,7 @@ fn is_false(v: &bool) -> bool {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = include_str!("../../../../shared/corpus/hubble/export-sample-flows.jsonl");
+    const SAMPLE: &str = include_str!("../../../testdata/corpus/hubble/export-sample-flows.jsonl");
 
     #[test]
     fn hubble_export_samples_read() {

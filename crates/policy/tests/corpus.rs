@@ -1,4 +1,4 @@
-//! Walks ../shared/corpus: every file validates, or is rejected for the
+//! Walks testdata/corpus (copied from upstream; see its README): every file validates, or is rejected for the
 //! reason the corpus README documents, with a message that says so.
 
 use std::path::{Path, PathBuf};
@@ -7,8 +7,8 @@ use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
 use bulkhead_policy::diag::{Severity, Sink};
 
 fn corpus() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus");
-    assert!(p.is_dir(), "the shared corpus must sit beside the repository at {} (CI provides it)", p.display());
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/corpus");
+    assert!(p.is_dir(), "the policy corpus is missing at {}", p.display());
     p
 }
 
