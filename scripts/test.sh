@@ -20,6 +20,26 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the offline CLI (no default features): policy validate|trace|reach, no eBPF"
+# What CI pipelines run to check policies: it must build where there is no
+# clang, libbpf or aya. BPF_CLANG=false makes any eBPF compile fail, and a
+# target dir of its own makes sure nothing is reused from the full build.
+if cargo tree -p bulkhead --no-default-features -e normal --prefix none --locked |
+    grep -E '^(aya|aya-obj|bulkhead-datapath|bulkhead-agent|bulkhead-lab|axum) '; then
+  echo "error: the featureless CLI depends on the crates above" >&2
+  exit 1
+fi
+BPF_CLANG=false CARGO_TARGET_DIR=target/offline cargo build -p bulkhead --no-default-features --locked
+echo "== bulkhead-cni links neither the policy engine nor the web stack"
+cargo build --bin bulkhead-cni --locked
+if nm -C target/debug/bulkhead-cni | grep -E -m3 'bulkhead_policy::|bulkhead_datapath::|axum::'; then
+  echo "error: bulkhead-cni links the code above" >&2
+  exit 1
+fi
+if cargo tree -p bulkhead-cni -e normal --prefix none --locked | grep -E '^(bulkhead-policy|bulkhead-datapath|axum|aya) '; then
+  echo "error: bulkhead-cni depends on the crates above" >&2
+  exit 1
+fi
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

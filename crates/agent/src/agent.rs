@@ -25,13 +25,13 @@ use bulkhead_policy::engine::{Change, Engine};
 use bulkhead_policy::identity::{NumericIdentity, Reserved};
 use bulkhead_policy::reach::{ProbePort, ReachMatrix, default_ports, reach};
 
-use crate::api::{
-    ApplyRequest, ApplyResponse, AuditRequest, AuditScope, AuditSettings, Counts, DirectionDump, EndpointFailure,
-    EndpointInfo, EndpointRequest, Enforcement, EntryDump, IdentityInfo, PolicyDump, Status,
-};
 use crate::observer::Observer;
 use crate::observer::convert::{Converter, Local, Names};
 use crate::store::{EndpointRecord, ObjectKey, Store, StoreError};
+use bulkhead_api::{
+    ApplyRequest, ApplyResponse, AuditRequest, AuditScope, AuditSettings, Counts, DirectionDump, EndpointFailure,
+    EndpointInfo, EndpointRequest, Enforcement, EntryDump, IdentityInfo, PolicyDump, Status,
+};
 
 /// Where the agent keeps things.
 #[derive(Debug, Clone)]
@@ -626,7 +626,7 @@ impl Agent {
                 .dp
                 .program_stats()?
                 .into_iter()
-                .map(|p| crate::api::ProgramStat {
+                .map(|p| bulkhead_api::ProgramStat {
                     name: p.name.into(),
                     run_count: p.run_count,
                     run_time_ns: p.run_time_ns,
@@ -664,16 +664,16 @@ impl Agent {
         Ok(self.store.audit.clone())
     }
 
-    fn flow_status(&self, datapath_lost: u64) -> crate::api::FlowStatus {
+    fn flow_status(&self, datapath_lost: u64) -> bulkhead_api::FlowStatus {
         let o = self.observer.stats();
         let log = self.flow_log.as_ref().map(|(s, _)| s);
-        crate::api::FlowStatus {
+        bulkhead_api::FlowStatus {
             buffered: o.flows,
             evicted: o.overwritten,
             buffer_bytes: o.bytes,
             buffer_max_bytes: o.max_bytes,
             seen: o.seen,
-            lost: crate::api::LostEvents { datapath_ring: datapath_lost, flow_log: o.log_lost },
+            lost: bulkhead_api::LostEvents { datapath_ring: datapath_lost, flow_log: o.log_lost },
             log_dir: self.config.flow_log.as_ref().map(|c| c.dir.display().to_string()).unwrap_or_default(),
             log_written: log.map_or(0, |s| s.written.load(std::sync::atomic::Ordering::Relaxed)),
             log_checkpoint: log.map_or(0, |s| s.checkpoint_seq.load(std::sync::atomic::Ordering::Relaxed)),
@@ -683,10 +683,10 @@ impl Agent {
     }
 
     /// The flow log's public key and directory.
-    pub fn flow_key(&self) -> Result<crate::api::FlowKey> {
+    pub fn flow_key(&self) -> Result<bulkhead_api::FlowKey> {
         match (&self.config.flow_log, &self.flow_log) {
             (Some(cfg), Some((_, key))) => {
-                Ok(crate::api::FlowKey { public_key: key.clone(), dir: cfg.dir.display().to_string() })
+                Ok(bulkhead_api::FlowKey { public_key: key.clone(), dir: cfg.dir.display().to_string() })
             }
             _ => Err(AgentError::Conflict("this agent keeps no flow log (started with --no-flow-log)".into())),
         }

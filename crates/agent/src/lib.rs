@@ -6,14 +6,12 @@
 //! plugin, turns datapath events into flows ([`observer`]: a ring for
 //! `observe`, a signed flow log, the service map) and metrics
 //! ([`metrics`]), and serves all of it as HTTP/JSON on a unix socket
-//! ([`server`], [`api`]; [`client`] is the other end) and, for metrics and
+//! ([`server`]; the types and the client are `bulkhead_api`) and, for metrics and
 //! the service map, over HTTP on localhost ([`web`]). Enforcement does not
 //! depend on the agent running: programs, maps and links are pinned, and a
 //! new agent adopts them.
 
 pub mod agent;
-pub mod api;
-pub mod client;
 mod limits;
 pub mod metrics;
 pub mod observer;

@@ -15,8 +15,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, AgentError};
-use crate::api::{ApplyRequest, AuditRequest, EndpointRequest, ErrorBody, FlowsRequest};
 use crate::observer::Observer;
+use bulkhead_api::{ApplyRequest, AuditRequest, EndpointRequest, ErrorBody, FlowsRequest};
 
 /// The agent behind its lock.
 pub type Shared = Arc<Mutex<Agent>>;

@@ -23,7 +23,7 @@ use bulkhead_policy::repository::PolicyId;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AuditSettings, EndpointRequest};
+use bulkhead_api::{AuditSettings, EndpointRequest};
 
 /// What can go wrong with the state directory.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR", default_value = "/var/lib/bulkhead")]
     pub state_dir: PathBuf,
     /// The API socket (HTTP/JSON, mode 0600).
-    #[arg(long, value_name = "PATH", env = "BULKHEAD_SOCKET", default_value = bulkhead_agent::api::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", env = "BULKHEAD_SOCKET", default_value = bulkhead_api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// The bpf filesystem directory for pinned programs, maps and links.
     #[arg(long, value_name = "DIR", default_value = bulkhead_datapath::Datapath::DEFAULT_ROOT)]

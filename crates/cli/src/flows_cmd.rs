@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use bulkhead_agent::api::FlowKey;
 use bulkhead_agent::observer::flowlog::read_log;
+use bulkhead_api::FlowKey;
 use bulkhead_flow::log::{Report, parse_public_key};
 use clap::{Args, Subcommand, ValueEnum};
 

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use bulkhead_agent::api::{
+use bulkhead_api::client::{Client, ClientError};
+use bulkhead_api::{
     ApplyRequest, ApplyResponse, AuditRequest, AuditScope, AuditSettings, EndpointInfo, IdentityInfo, PolicyDump,
     SourceFile, Status,
 };
-use bulkhead_agent::client::{Client, ClientError};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::inputs;
@@ -19,7 +19,7 @@ use crate::inputs;
 #[derive(Debug, Clone, Args)]
 pub struct AgentAddr {
     /// The agent's API socket.
-    #[arg(long, value_name = "PATH", env = "BULKHEAD_SOCKET", default_value = bulkhead_agent::api::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", env = "BULKHEAD_SOCKET", default_value = bulkhead_api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }
 
@@ -144,7 +144,7 @@ pub fn apply(a: ApplyArgs, delete: bool) -> Result<ExitCode> {
     let files = inputs::read(&a.files)?.into_iter().map(|(name, text)| SourceFile { name, text }).collect::<Vec<_>>();
     let req = ApplyRequest { files, namespace: a.namespace, dry_run: a.dry_run };
     let path = if delete { "/delete" } else { "/apply" };
-    let resp: ApplyResponse = a.agent.client().send(hyper::Method::POST, path, &req).map_err(with_details)?;
+    let resp: ApplyResponse = a.agent.client().post(path, &req).map_err(with_details)?;
     if a.output == TextOutput::Json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
@@ -375,8 +375,7 @@ pub fn audit(a: AuditArgs) -> Result<ExitCode> {
         AuditMode::Off => Some(false),
         AuditMode::Inherit => None,
     };
-    let s: AuditSettings =
-        a.agent.client().send(hyper::Method::PUT, "/audit", &AuditRequest { scope, enabled }).map_err(with_details)?;
+    let s: AuditSettings = a.agent.client().put("/audit", &AuditRequest { scope, enabled }).map_err(with_details)?;
     println!("audit: {}", render_audit(&s));
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use bulkhead_agent::api::{FlowsPage, FlowsRequest};
+use bulkhead_api::{FlowsPage, FlowsRequest};
 use bulkhead_flow::filter::EventTypeFilter;
 use bulkhead_flow::model::{
     DropReason, Endpoint, Flow, FlowRecord, IpVersion, L7FlowType, Layer4, TcpFlags, TrafficDirection, Verdict,
@@ -406,7 +406,7 @@ pub fn run(a: ObserveArgs, m: &ArgMatches) -> Result<ExitCode> {
     let page: FlowsPage = a
         .agent
         .client()
-        .send(hyper::Method::POST, "/flows", &FlowsRequest { filters, last, after: None, wait_ms: 0 })
+        .post("/flows", &FlowsRequest { filters, last, after: None, wait_ms: 0 })
         .map_err(with_details)?;
     for f in &page.flows {
         if out.print(f).is_err() {
@@ -421,7 +421,7 @@ fn follow(a: &ObserveArgs, filters: Filters, out: &mut Printer<'_>) -> Result<Ex
     let client = a.agent.client();
     let mut req = FlowsRequest { filters, last: a.last.unwrap_or(0), after: None, wait_ms: 0 };
     // The past first (the last N), then everything new.
-    let page: FlowsPage = client.send(hyper::Method::POST, "/flows", &req).map_err(with_details)?;
+    let page: FlowsPage = client.post("/flows", &req).map_err(with_details)?;
     for f in &page.flows {
         if out.print(f).is_err() {
             return Ok(ExitCode::SUCCESS);
@@ -432,7 +432,7 @@ fn follow(a: &ObserveArgs, filters: Filters, out: &mut Printer<'_>) -> Result<Ex
     req.last = usize::MAX;
     req.wait_ms = 1000;
     loop {
-        let page: FlowsPage = client.send(hyper::Method::POST, "/flows", &req).map_err(with_details)?;
+        let page: FlowsPage = client.post("/flows", &req).map_err(with_details)?;
         if page.missed > 0 {
             eprintln!(
                 "warning: {} flows were overwritten before they could be read (raise the agent's --flow-buffer)",

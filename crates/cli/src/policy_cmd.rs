@@ -29,6 +29,7 @@ pub enum PolicyCommand {
     Reach(ReachArgs),
     /// An endpoint's policy as the kernel holds it, read back from the
     /// maps (needs the agent): every entry with its verdict and rules.
+    #[cfg(feature = "node")]
     Get(crate::live::PolicyGetArgs),
 }
 
@@ -124,6 +125,7 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Validate(a) => validate(a),
         PolicyCommand::Trace(a) => crate::explain::trace(a),
         PolicyCommand::Reach(a) => crate::explain::reach(a),
+        #[cfg(feature = "node")]
         PolicyCommand::Get(a) => crate::live::policy_get(a),
     }
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bulkhead_datapath::pods::{self, Attachment, Chain, NODE_SYSCTLS, POD_SYSCTLS};
-use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
+use bulkhead_lab::pods::{self, Attachment, Chain, NODE_SYSCTLS, POD_SYSCTLS};
+use bulkhead_lab::probe::{Outcome, Probe, probe_from};
 use bulkhead_policy::repository::Proto;
 use serde_json::{Value, json};
 use support::{cni, privileged, unique};

@@ -285,14 +285,14 @@ fn observe_metrics_and_the_signed_flow_log() {
         let (ns, dst) = (lab.netns("staging/debug-tools"), lab.ip("production/backend", true));
         std::thread::spawn(move || {
             // Distinct tuples: each one a drop report, so the log is busy.
-            let probes: Vec<bulkhead_datapath::probe::Probe> = (0..3000)
-                .map(|i| bulkhead_datapath::probe::Probe {
+            let probes: Vec<bulkhead_lab::probe::Probe> = (0..3000)
+                .map(|i| bulkhead_lab::probe::Probe {
                     dst,
                     proto: bulkhead_policy::repository::Proto::Udp,
                     port: 20_000 + i,
                 })
                 .collect();
-            let _ = bulkhead_datapath::probe::probe_from(&ns, &probes, Duration::from_millis(1), 4);
+            let _ = bulkhead_lab::probe::probe_from(&ns, &probes, Duration::from_millis(1), 4);
         })
     };
     std::thread::sleep(Duration::from_millis(700));

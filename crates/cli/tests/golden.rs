@@ -196,151 +196,158 @@ fn errors_are_clear() {
     assert!(err.contains("no such file"), "{err}");
 }
 
-// ---- observe: exported flows read offline (`--input-file`) ----
+/// `observe --input-file` is part of the node build (flows), not of the
+/// offline policy commands a featureless build has.
+#[cfg(feature = "node")]
+mod observe {
+    use super::*;
 
-const FLOWS: &str = "crates/cli/tests/golden/flows.jsonl";
+    // ---- observe: exported flows read offline (`--input-file`) ----
 
-fn observe(extra: &[&str]) -> (i32, String, String) {
-    let mut args = vec!["observe", "--input-file", FLOWS, "--color", "never"];
-    args.extend_from_slice(extra);
-    run(&args)
-}
+    const FLOWS: &str = "crates/cli/tests/golden/flows.jsonl";
 
-#[test]
-fn observe_compact_and_table() {
-    let (code, out, err) = observe(&[]);
-    assert_eq!(code, 0, "{err}");
-    golden("observe-compact.txt", &out);
-    let (code, out, err) = observe(&["-o", "table"]);
-    assert_eq!(code, 0, "{err}");
-    golden("observe-table.txt", &out);
-}
-
-#[test]
-fn observe_json_is_one_hubble_record_per_line_and_reads_back() {
-    let (code, out, err) = observe(&["--verdict", "DROPPED", "-o", "json"]);
-    assert_eq!(code, 0, "{err}");
-    golden("observe-dropped.jsonl", &out);
-    for line in out.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
-        assert_eq!(v["flow"]["verdict"], "DROPPED", "{line}");
-        assert_eq!(v["time"], v["flow"]["time"]);
+    fn observe(extra: &[&str]) -> (i32, String, String) {
+        let mut args = vec!["observe", "--input-file", FLOWS, "--color", "never"];
+        args.extend_from_slice(extra);
+        run(&args)
     }
-    // What -o json prints, --input-file reads: the same flows come back.
-    let tmp = std::env::temp_dir().join(format!("bulkhead-observe-{}.jsonl", std::process::id()));
-    std::fs::write(&tmp, &out).expect("write");
-    let (code, again, err) = run(&["observe", "--input-file", tmp.to_str().expect("path"), "-o", "json"]);
-    let _ = std::fs::remove_file(&tmp);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(again, out);
-}
 
-/// The flows of the fixture (by the last digits of their uuid) that each
-/// combination of filters lets through. The fixture: 0/1 frontend → kube-dns
-/// 8080/TCP allowed at egress/ingress, 2 a reply kube-dns → debug-tools,
-/// 3 debug-tools → backend denied (POLICY_DENIED), 4 payment-processor →
-/// debug-tools 53/UDP (IPv6) denied, 5/6 L7 redirects dropped
-/// (SOCKET_LOOKUP_FAILED), 7 frontend → backend 53/UDP allowed (IPv6),
-/// 8–10 HTTP request, 200 response, 403 response, 11 a DNS query.
-#[test]
-fn observe_filters_combine_as_hubbles_do() {
-    let cases: &[(&[&str], &[u32])] = &[
-        (&["--verdict", "DROPPED"], &[3, 4, 5, 6, 10]),
-        (&["--verdict", "dropped"], &[3, 4, 5, 6, 10]),
-        (&["--pod", "production/backend"], &[3, 5, 7, 8, 9, 10]),
-        (&["--from-pod", "staging/"], &[3]),
-        (&["--to-pod", "production/backend", "--not", "--verdict", "FORWARDED"], &[3, 5]),
-        (&["--type", "drop"], &[3, 4, 5, 6]),
-        (&["--type", "policy-verdict"], &[0, 1, 7]),
-        (&["--type", "trace"], &[2]),
-        (&["--type", "trace:from-endpoint"], &[2]),
-        (&["--type", "l7"], &[8, 9, 10, 11]),
-        (&["--type", "drop:POLICY_DENIED", "--not", "--protocol", "udp"], &[3]),
-        (&["--protocol", "udp"], &[4, 6, 7, 11]),
-        (&["--protocol", "http"], &[8, 9, 10]),
-        (&["--protocol", "dns"], &[11]),
-        (&["-l", "app=frontend"], &[0, 1, 5, 7, 8, 9, 10]),
-        (&["--from-label", "k8s:app=frontend", "--to-label", "app=backend"], &[5, 7, 8]),
-        (&["--http-status", "4+"], &[10]),
-        (&["--http-method", "get"], &[8, 9]),
-        (&["--http-path", "^/api/v1/products$"], &[8, 9]),
-        (&["--fqdn", "*.stripe.com"], &[11]),
-        (&["-n", "staging"], &[2, 3, 4]),
-        (&["--identity", "260"], &[2, 3, 4]),
-        (&["--port", "53"], &[4, 6, 7, 11]),
-        (&["--traffic-direction", "egress"], &[0, 4, 6, 7, 11]),
-        (&["--drop-reason", "SOCKET_LOOKUP_FAILED"], &[5, 6]),
-        (&["--since", "2026-12-03T08:13:29Z", "--until", "2026-12-03T08:13:31Z"], &[9, 10]),
-        (&["--last", "2"], &[10, 11]),
-        (&["--ip-version", "v6"], &[4, 6, 7]),
-        (&["--tcp-flags", "SYN"], &[0, 1, 3, 5]),
-        (&["--not", "--pod", "production/"], &[2]),
-        (&["--verdict", "DROPPED", "--verdict", "FORWARDED", "--pod", "kube-system/"], &[0, 1, 2, 6, 11]),
-        (&["--from-ip", "198.18.0.0/15", "--to-port", "8080"], &[0, 1, 3, 5, 8]),
-    ];
-    for (args, want) in cases {
-        let mut a = args.to_vec();
-        a.extend_from_slice(&["-o", "json"]);
-        let (code, out, err) = observe(&a);
-        assert_eq!(code, 0, "{args:?}: {err}");
-        let got: Vec<u32> = out
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).expect("json");
-                let uuid = v["flow"]["uuid"].as_str().expect("uuid").to_string();
-                uuid.rsplit('-').next().and_then(|n| n.parse().ok()).expect("numbered uuid")
-            })
-            .collect();
-        assert_eq!(&got, want, "observe {}", args.join(" "));
+    #[test]
+    fn observe_compact_and_table() {
+        let (code, out, err) = observe(&[]);
+        assert_eq!(code, 0, "{err}");
+        golden("observe-compact.txt", &out);
+        let (code, out, err) = observe(&["-o", "table"]);
+        assert_eq!(code, 0, "{err}");
+        golden("observe-table.txt", &out);
     }
-}
 
-#[test]
-fn observe_reads_hubbles_own_export() {
-    let (code, out, err) =
-        run(&["observe", "--input-file", "testdata/corpus/hubble/export-sample-flows.jsonl", "--color", "never"]);
-    assert_eq!(code, 0, "{err}");
-    golden("observe-hubble.txt", &out);
-    let (code, out, _) = run(&[
-        "observe",
-        "--input-file",
-        "testdata/corpus/hubble/export-sample-flows.jsonl",
-        "--from-pod",
-        "default/xwing",
-        "--drop-reason",
-        "POLICY_DENIED",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(code, 0);
-    assert_eq!(out.lines().count(), 1, "{out}");
-    assert!(out.contains("deathstar"), "{out}");
-}
+    #[test]
+    fn observe_json_is_one_hubble_record_per_line_and_reads_back() {
+        let (code, out, err) = observe(&["--verdict", "DROPPED", "-o", "json"]);
+        assert_eq!(code, 0, "{err}");
+        golden("observe-dropped.jsonl", &out);
+        for line in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+            assert_eq!(v["flow"]["verdict"], "DROPPED", "{line}");
+            assert_eq!(v["time"], v["flow"]["time"]);
+        }
+        // What -o json prints, --input-file reads: the same flows come back.
+        let tmp = std::env::temp_dir().join(format!("bulkhead-observe-{}.jsonl", std::process::id()));
+        std::fs::write(&tmp, &out).expect("write");
+        let (code, again, err) = run(&["observe", "--input-file", tmp.to_str().expect("path"), "-o", "json"]);
+        let _ = std::fs::remove_file(&tmp);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(again, out);
+    }
 
-#[test]
-fn observe_bad_input_says_what_and_where() {
-    let (code, _, err) = observe(&["--not"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--not must be followed by a filter flag"), "{err}");
-    let (code, _, err) = observe(&["--verdict", "MAYBE"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--verdict MAYBE: expected FORWARDED, DROPPED"), "{err}");
-    let (code, _, err) = observe(&["--http-status", "4x"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("http_status_code `4x`: expected a code (404) or a class (4+)"), "{err}");
-    let (code, _, err) = observe(&["-l", "app in (a,"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("label selector"), "{err}");
-    let (code, _, err) = observe(&["--since", "yesterday"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--since: `yesterday` is neither an RFC 3339 time"), "{err}");
-    let tmp = std::env::temp_dir().join(format!("bulkhead-badflows-{}.jsonl", std::process::id()));
-    let good = std::fs::read_to_string(root().join(FLOWS)).expect("fixture");
-    std::fs::write(&tmp, format!("{}not json\n", good.lines().next().expect("a line").to_owned() + "\n"))
-        .expect("write");
-    let (code, out, err) = run(&["observe", "--input-file", tmp.to_str().expect("path"), "--color", "never"]);
-    let _ = std::fs::remove_file(&tmp);
-    assert_eq!(code, 1, "a line that is no flow is an error");
-    assert!(err.contains(":2: not a flow"), "{err}");
-    assert_eq!(out.lines().count(), 1, "the good line is still shown: {out}");
+    /// The flows of the fixture (by the last digits of their uuid) that each
+    /// combination of filters lets through. The fixture: 0/1 frontend → kube-dns
+    /// 8080/TCP allowed at egress/ingress, 2 a reply kube-dns → debug-tools,
+    /// 3 debug-tools → backend denied (POLICY_DENIED), 4 payment-processor →
+    /// debug-tools 53/UDP (IPv6) denied, 5/6 L7 redirects dropped
+    /// (SOCKET_LOOKUP_FAILED), 7 frontend → backend 53/UDP allowed (IPv6),
+    /// 8–10 HTTP request, 200 response, 403 response, 11 a DNS query.
+    #[test]
+    fn observe_filters_combine_as_hubbles_do() {
+        let cases: &[(&[&str], &[u32])] = &[
+            (&["--verdict", "DROPPED"], &[3, 4, 5, 6, 10]),
+            (&["--verdict", "dropped"], &[3, 4, 5, 6, 10]),
+            (&["--pod", "production/backend"], &[3, 5, 7, 8, 9, 10]),
+            (&["--from-pod", "staging/"], &[3]),
+            (&["--to-pod", "production/backend", "--not", "--verdict", "FORWARDED"], &[3, 5]),
+            (&["--type", "drop"], &[3, 4, 5, 6]),
+            (&["--type", "policy-verdict"], &[0, 1, 7]),
+            (&["--type", "trace"], &[2]),
+            (&["--type", "trace:from-endpoint"], &[2]),
+            (&["--type", "l7"], &[8, 9, 10, 11]),
+            (&["--type", "drop:POLICY_DENIED", "--not", "--protocol", "udp"], &[3]),
+            (&["--protocol", "udp"], &[4, 6, 7, 11]),
+            (&["--protocol", "http"], &[8, 9, 10]),
+            (&["--protocol", "dns"], &[11]),
+            (&["-l", "app=frontend"], &[0, 1, 5, 7, 8, 9, 10]),
+            (&["--from-label", "k8s:app=frontend", "--to-label", "app=backend"], &[5, 7, 8]),
+            (&["--http-status", "4+"], &[10]),
+            (&["--http-method", "get"], &[8, 9]),
+            (&["--http-path", "^/api/v1/products$"], &[8, 9]),
+            (&["--fqdn", "*.stripe.com"], &[11]),
+            (&["-n", "staging"], &[2, 3, 4]),
+            (&["--identity", "260"], &[2, 3, 4]),
+            (&["--port", "53"], &[4, 6, 7, 11]),
+            (&["--traffic-direction", "egress"], &[0, 4, 6, 7, 11]),
+            (&["--drop-reason", "SOCKET_LOOKUP_FAILED"], &[5, 6]),
+            (&["--since", "2026-12-03T08:13:29Z", "--until", "2026-12-03T08:13:31Z"], &[9, 10]),
+            (&["--last", "2"], &[10, 11]),
+            (&["--ip-version", "v6"], &[4, 6, 7]),
+            (&["--tcp-flags", "SYN"], &[0, 1, 3, 5]),
+            (&["--not", "--pod", "production/"], &[2]),
+            (&["--verdict", "DROPPED", "--verdict", "FORWARDED", "--pod", "kube-system/"], &[0, 1, 2, 6, 11]),
+            (&["--from-ip", "198.18.0.0/15", "--to-port", "8080"], &[0, 1, 3, 5, 8]),
+        ];
+        for (args, want) in cases {
+            let mut a = args.to_vec();
+            a.extend_from_slice(&["-o", "json"]);
+            let (code, out, err) = observe(&a);
+            assert_eq!(code, 0, "{args:?}: {err}");
+            let got: Vec<u32> = out
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                    let uuid = v["flow"]["uuid"].as_str().expect("uuid").to_string();
+                    uuid.rsplit('-').next().and_then(|n| n.parse().ok()).expect("numbered uuid")
+                })
+                .collect();
+            assert_eq!(&got, want, "observe {}", args.join(" "));
+        }
+    }
+
+    #[test]
+    fn observe_reads_hubbles_own_export() {
+        let (code, out, err) =
+            run(&["observe", "--input-file", "testdata/corpus/hubble/export-sample-flows.jsonl", "--color", "never"]);
+        assert_eq!(code, 0, "{err}");
+        golden("observe-hubble.txt", &out);
+        let (code, out, _) = run(&[
+            "observe",
+            "--input-file",
+            "testdata/corpus/hubble/export-sample-flows.jsonl",
+            "--from-pod",
+            "default/xwing",
+            "--drop-reason",
+            "POLICY_DENIED",
+            "-o",
+            "json",
+        ]);
+        assert_eq!(code, 0);
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains("deathstar"), "{out}");
+    }
+
+    #[test]
+    fn observe_bad_input_says_what_and_where() {
+        let (code, _, err) = observe(&["--not"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("--not must be followed by a filter flag"), "{err}");
+        let (code, _, err) = observe(&["--verdict", "MAYBE"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("--verdict MAYBE: expected FORWARDED, DROPPED"), "{err}");
+        let (code, _, err) = observe(&["--http-status", "4x"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("http_status_code `4x`: expected a code (404) or a class (4+)"), "{err}");
+        let (code, _, err) = observe(&["-l", "app in (a,"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("label selector"), "{err}");
+        let (code, _, err) = observe(&["--since", "yesterday"]);
+        assert_eq!(code, 2);
+        assert!(err.contains("--since: `yesterday` is neither an RFC 3339 time"), "{err}");
+        let tmp = std::env::temp_dir().join(format!("bulkhead-badflows-{}.jsonl", std::process::id()));
+        let good = std::fs::read_to_string(root().join(FLOWS)).expect("fixture");
+        std::fs::write(&tmp, format!("{}not json\n", good.lines().next().expect("a line").to_owned() + "\n"))
+            .expect("write");
+        let (code, out, err) = run(&["observe", "--input-file", tmp.to_str().expect("path"), "--color", "never"]);
+        let _ = std::fs::remove_file(&tmp);
+        assert_eq!(code, 1, "a line that is no flow is an error");
+        assert!(err.contains(":2: not a flow"), "{err}");
+        assert_eq!(out.lines().count(), 1, "the good line is still shown: {out}");
+    }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bulkhead_datapath::netns;
-use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
+use bulkhead_lab::probe::{Outcome, Probe, probe_from};
 use bulkhead_policy::repository::Proto;
 use support::{Lab, privileged};
 

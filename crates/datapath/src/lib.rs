@@ -12,8 +12,6 @@ pub mod abi;
 pub mod events;
 mod maps;
 pub mod netns;
-pub mod pods;
-pub mod probe;
 pub mod sync;
 
 pub use maps::{Counters, Datapath, DatapathError, Direction, Event, LoadedEntry, ProgramStats};

@@ -126,14 +126,14 @@ fn audit_mode_passes_would_be_drops() {
     lab.load();
     let debug = lab.pods["dev/debug"].clone();
     let web = lab.pods["shop/web"].ips[0];
-    let probe = bulkhead_datapath::probe::Probe { dst: web, proto: Proto::Tcp, port: 80 };
-    let got = bulkhead_datapath::probe::probe_from(
+    let probe = bulkhead_lab::probe::Probe { dst: web, proto: Proto::Tcp, port: 80 };
+    let got = bulkhead_lab::probe::probe_from(
         &bulkhead_datapath::netns::named(&debug.netns),
         &[probe],
         Duration::from_millis(300),
         1,
     )
     .expect("probe");
-    assert_eq!(got, vec![bulkhead_datapath::probe::Outcome::Reached]);
+    assert_eq!(got, vec![bulkhead_lab::probe::Outcome::Reached]);
     assert!(!lab.expected("dev/debug", "shop/web", debug.ips[0], web, Proto::Tcp, 80));
 }

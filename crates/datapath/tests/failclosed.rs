@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bulkhead_datapath::abi::Reason;
 use bulkhead_datapath::netns;
-use bulkhead_datapath::probe::RawLink;
+use bulkhead_lab::probe::RawLink;
 use support::{Lab, privileged};
 
 const CLUSTER: &str = r#"
@@ -158,13 +158,9 @@ fn malformed_fragmented_and_sctp_frames_on_real_interfaces() {
     let (c4, s4) = (Ipv4Addr::new(198, 18, 80, 1), Ipv4Addr::new(198, 18, 80, 2));
     let (c6, s6): (Ipv6Addr, Ipv6Addr) = ("fd00:b::80:1".parse().expect("ip"), "fd00:b::80:2".parse().expect("ip"));
     // Let the neighbours resolve (the crafted frames carry fixed MACs).
-    let _ = bulkhead_datapath::probe::probe_from(
+    let _ = bulkhead_lab::probe::probe_from(
         &client_ns,
-        &[bulkhead_datapath::probe::Probe {
-            dst: IpAddr::V4(s4),
-            proto: bulkhead_policy::repository::Proto::Tcp,
-            port: 80,
-        }],
+        &[bulkhead_lab::probe::Probe { dst: IpAddr::V4(s4), proto: bulkhead_policy::repository::Proto::Tcp, port: 80 }],
         Duration::from_secs(1),
         1,
     );

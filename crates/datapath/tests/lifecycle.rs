@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
 use bulkhead_datapath::sync::PolicySync;
 use bulkhead_datapath::{Datapath, netns};
+use bulkhead_lab::probe::{Outcome, Probe, probe_from};
 use bulkhead_policy::repository::Proto;
 use support::{Lab, privileged};
 

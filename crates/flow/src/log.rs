@@ -817,6 +817,8 @@ impl Walk {
     }
 }
 
+/// Log tampering for tests and the fuzz target; not in a normal build.
+#[cfg(any(test, feature = "tamper"))]
 pub mod mutate;
 
 #[cfg(test)]

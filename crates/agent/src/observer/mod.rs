@@ -29,8 +29,8 @@ use bulkhead_flow::filter::FilterError;
 use bulkhead_flow::model::Flow;
 use bulkhead_flow::ring::FlowRing;
 
-use crate::api::{FlowsPage, FlowsRequest};
 use crate::metrics::Metrics;
+use bulkhead_api::{FlowsPage, FlowsRequest};
 
 /// Flows and what happened to them.
 pub struct Observer {

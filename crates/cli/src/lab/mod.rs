@@ -19,10 +19,10 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bulkhead_agent::api::{ApplyRequest, ApplyResponse, SourceFile, Status};
-use bulkhead_agent::client::Client;
+use bulkhead_api::client::Client;
+use bulkhead_api::{ApplyRequest, ApplyResponse, SourceFile, Status};
 use bulkhead_datapath::netns;
-use bulkhead_datapath::pods::{self, Attachment, Chain, NODE_SYSCTLS, POD_SYSCTLS};
+use bulkhead_lab::pods::{self, Attachment, Chain, NODE_SYSCTLS, POD_SYSCTLS};
 use bulkhead_policy::api::Object;
 use bulkhead_policy::api::decode::DecodeOptions;
 use bulkhead_policy::cidr::Cidr;
@@ -329,7 +329,7 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
         files.push(SourceFile { name: "(lab: addresses for pods without status.podIPs)".into(), text: extra.into() });
     }
     let _: ApplyResponse = client
-        .send(hyper::Method::POST, "/apply", &ApplyRequest { files, namespace: a.namespace.clone(), dry_run: false })
+        .post("/apply", &ApplyRequest { files, namespace: a.namespace.clone(), dry_run: false })
         .map_err(with_details)?;
 
     let chain = st.chain()?;
@@ -415,16 +415,12 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
     if !a.policies.is_empty() {
         let files = inputs::read(&a.policies)?.into_iter().map(|(name, text)| SourceFile { name, text }).collect();
         let r: ApplyResponse = client
-            .send(
-                hyper::Method::POST,
-                "/apply",
-                &ApplyRequest { files, namespace: a.namespace.clone(), dry_run: false },
-            )
+            .post("/apply", &ApplyRequest { files, namespace: a.namespace.clone(), dry_run: false })
             .map_err(with_details)?;
         print!("{}", crate::live::render_apply(&r, false));
     }
 
-    let eps: Vec<bulkhead_agent::api::EndpointInfo> = client.get("/endpoints").map_err(with_details)?;
+    let eps: Vec<bulkhead_api::EndpointInfo> = client.get("/endpoints").map_err(with_details)?;
     let rows: Vec<Vec<String>> = eps
         .iter()
         .map(|e| {

@@ -14,13 +14,13 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
-use bulkhead_agent::api::{FlowsPage, FlowsRequest};
-use bulkhead_agent::client::Client;
+use bulkhead_api::client::Client;
+use bulkhead_api::{FlowsPage, FlowsRequest};
 use bulkhead_datapath::netns;
-use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
 use bulkhead_flow::filter::EventTypeFilter;
 use bulkhead_flow::model::{Flow, TrafficDirection, Verdict};
 use bulkhead_flow::{Filters, FlowFilter, Timestamp};
+use bulkhead_lab::probe::{Outcome, Probe, probe_from};
 use bulkhead_policy::reach::{ProbePort, Reach, ReachMatrix};
 use bulkhead_policy::repository::Proto;
 use clap::{Args, ValueEnum};
@@ -191,7 +191,7 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
         last: total * 6 + 64,
         ..FlowsRequest::default()
     };
-    let page: FlowsPage = client.send(hyper::Method::POST, "/flows", &req).map_err(with_details)?;
+    let page: FlowsPage = client.post("/flows", &req).map_err(with_details)?;
     let events: Vec<&Flow> = page.flows.iter().map(|f| &**f).collect();
 
     // (from, to, port) → each family's probe and whether it got through.

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_datapath::pods::{Node, PodLink};
-use bulkhead_datapath::probe::{Outcome, Probe, probe_from};
 use bulkhead_datapath::sync::{EndpointSpec, PolicySync};
 use bulkhead_datapath::{Datapath, netns};
+use bulkhead_lab::pods::{Node, PodLink};
+use bulkhead_lab::probe::{Outcome, Probe, probe_from};
 use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
 use bulkhead_policy::diag::Sink;
 use bulkhead_policy::engine::{Change, Engine};

@@ -5,7 +5,7 @@
 //! an ICMP echo reply — because policy is about whether packets arrive,
 //! not whether something listens. It counts as *dropped* when nothing came
 //! back before the timeout. Probes run on threads inside the source pod's
-//! network namespace (see [`crate::netns`]).
+//! network namespace (see `bulkhead_datapath::netns`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -61,7 +61,11 @@ pub fn probe_from(netns: &Path, probes: &[Probe], timeout: Duration, parallel: u
     std::thread::scope(|s| {
         let handles: Vec<_> = probes
             .chunks(chunk)
-            .map(|c| s.spawn(move || crate::netns::run_in(netns, || c.iter().map(|p| probe(*p, timeout)).collect())))
+            .map(|c| {
+                s.spawn(move || {
+                    bulkhead_datapath::netns::run_in(netns, || c.iter().map(|p| probe(*p, timeout)).collect())
+                })
+            })
             .collect();
         let mut out: Vec<Outcome> = Vec::with_capacity(probes.len());
         for h in handles {

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::ErrorBody;
+use crate::ErrorBody;
 
 /// What a call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -87,14 +87,14 @@ impl Client {
         self.call(Method::GET, path, None::<&()>)
     }
 
-    /// `method path` with a JSON body.
-    pub fn send<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
-        self.call(method, path, Some(body))
+    /// `POST path` with a JSON body.
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(body))
+    }
+
+    /// `PUT path` with a JSON body.
+    pub fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.call(Method::PUT, path, Some(body))
     }
 
     /// `DELETE path`.

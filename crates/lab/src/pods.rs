@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::netns;
+use bulkhead_cni::host_interface;
+use bulkhead_datapath::netns;
 
 /// The subnets the lab's pods live in.
 pub const LAB_V4: &str = "198.18.0.0/15";
@@ -268,18 +269,6 @@ impl Chain {
         }
         Ok(v)
     }
-}
-
-/// The host side of the pod's veth in a main plugin's result: the last
-/// interface without a sandbox (ptp lists [host, container], bridge
-/// [bridge, host, container]).
-pub fn host_interface(result: &Value) -> Option<&str> {
-    result["interfaces"]
-        .as_array()?
-        .iter()
-        .filter(|i| i["sandbox"].as_str().unwrap_or("").is_empty())
-        .filter_map(|i| i["name"].as_str())
-        .next_back()
 }
 
 /// [`host_interface`] and its index in the node namespace.

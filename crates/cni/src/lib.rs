@@ -11,14 +11,16 @@
 //! Network configuration (one entry of a conflist's `plugins`):
 //! `{"type": "bulkhead-cni", "socket": "/run/bulkhead/agent.sock"}`
 //! (`socket` is optional).
+//!
+//! It links only the agent's API and client (`bulkhead_api`): no policy
+//! engine, no datapath, no server.
 
 use std::io::Read;
 use std::net::IpAddr;
 use std::process::ExitCode;
 
-use bulkhead_agent::api::{DEFAULT_SOCKET, EndpointInfo, EndpointRequest};
-use bulkhead_agent::client::{Client, ClientError};
-use bulkhead_datapath::pods;
+use bulkhead_api::client::{Client, ClientError};
+use bulkhead_api::{DEFAULT_SOCKET, EndpointInfo, EndpointRequest};
 use serde_json::{Value, json};
 
 const SUPPORTED: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
@@ -75,12 +77,24 @@ fn pod_from_args(args: &str) -> Result<(String, String), CniError> {
     }
 }
 
-/// The host-side interface ([`pods::host_interface`]) and the pod's
+/// The host side of the pod's veth in a main plugin's result: the last
+/// interface without a sandbox (ptp lists [host, container], bridge
+/// [bridge, host, container]).
+pub fn host_interface(result: &Value) -> Option<&str> {
+    result["interfaces"]
+        .as_array()?
+        .iter()
+        .filter(|i| i["sandbox"].as_str().unwrap_or("").is_empty())
+        .filter_map(|i| i["name"].as_str())
+        .next_back()
+}
+
+/// The host-side interface ([`host_interface`]) and the pod's
 /// addresses from a main plugin's result.
 fn from_prev_result(prev: &Value, netns: &str, ifname: &str) -> Result<(String, Vec<IpAddr>), CniError> {
     let bad = |m: &str| CniError::new(code::INVALID_CONFIG, m.to_string()).details(prev.to_string());
     let ifaces = prev["interfaces"].as_array().ok_or_else(|| bad("prevResult has no interfaces"))?;
-    let host = pods::host_interface(prev).ok_or_else(|| {
+    let host = host_interface(prev).ok_or_else(|| {
         bad("prevResult names no host-side interface: chain bulkhead-cni after a veth-based plugin (ptp, bridge)")
     })?;
     let container =
@@ -145,7 +159,7 @@ fn run(command: &str, conf: &Value) -> Result<Option<Value>, CniError> {
                 CniError::new(code::INVALID_CONFIG, format!("host interface {host_if} from prevResult: {e}"))
             })?;
             let req = EndpointRequest { container_id, namespace, pod, netns, ifname, host_if, host_ifindex, ips };
-            let _: EndpointInfo = client.send(hyper::Method::PUT, &path, &req).map_err(refused)?;
+            let _: EndpointInfo = client.put(&path, &req).map_err(refused)?;
             let mut result = prev.clone();
             result["cniVersion"] = json!(version);
             Ok(Some(result))
@@ -184,7 +198,9 @@ fn run(command: &str, conf: &Value) -> Result<Option<Value>, CniError> {
     }
 }
 
-fn main() -> ExitCode {
+/// The plugin: reads `CNI_*` and the network configuration on stdin, and
+/// prints the result or the CNI error on stdout.
+pub fn plugin() -> ExitCode {
     let mut input = String::new();
     let command = std::env::var("CNI_COMMAND").unwrap_or_default();
     let result = if command.is_empty() {

@@ -1,5 +1,9 @@
 //! The agent's HTTP/JSON API: every request and response body, shared by
-//! the server, the CLI and the CNI plugin so that the three cannot drift.
+//! the agent's server, the CLI and the CNI plugin so that the three cannot
+//! drift, and [`client::Client`], the other end of the socket.
+//!
+//! Its own crate so that what talks to the agent (the CNI plugin, the CLI's
+//! live commands) links neither the policy engine nor the web stack.
 //!
 //! Routes (all under `/v1`, on a unix socket of mode 0600):
 //!
@@ -23,6 +27,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+pub mod client;
 
 use bulkhead_flow::Filters;
 use bulkhead_flow::model::Flow;

@@ -1,0 +1,121 @@
+//! A lab pod's container ports: TCP echo, UDP echo, and HTTP on ports
+//! whose name starts with `http` (hyper), answering with the pod's name,
+//! the method and the path, so a probe or `curl` sees who answered.
+//!
+//! It runs inside the pod's network namespace (started there by `lab up`),
+//! listens on `[::]` (dual-stack), and prints `ready` once every socket is
+//! bound. This kernel has no SCTP stack, so SCTP ports are reported and
+//! skipped.
+
+use std::convert::Infallible;
+use std::io;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, UdpSocket};
+
+/// A container port and what answers on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// HTTP (a port whose name starts with `http`).
+    Http(u16),
+    /// TCP echo.
+    TcpEcho(u16),
+    /// UDP echo.
+    UdpEcho(u16),
+}
+
+impl Port {
+    /// `PORT/PROTOCOL/NAME` (protocol TCP when absent); `None` for SCTP,
+    /// which this kernel cannot serve (said on stderr).
+    pub fn parse(spec: &str) -> Result<Option<Port>, String> {
+        let mut it = spec.split('/');
+        let port: u16 = it.next().unwrap_or("").parse().map_err(|e| format!("port in `{spec}`: {e}"))?;
+        let proto = it.next().unwrap_or("TCP");
+        let name = it.next().unwrap_or("");
+        Ok(match proto {
+            "TCP" if name.starts_with("http") => Some(Port::Http(port)),
+            "TCP" => Some(Port::TcpEcho(port)),
+            "UDP" => Some(Port::UdpEcho(port)),
+            "SCTP" => {
+                eprintln!("responder: {port}/SCTP not served: this kernel has no SCTP stack");
+                None
+            }
+            other => return Err(format!("`{spec}`: protocol {other} is not TCP, UDP or SCTP")),
+        })
+    }
+}
+
+/// Serves `ports` for `pod` on the calling thread's network namespace,
+/// prints `ready` once every socket is bound, and runs until killed.
+pub fn serve(pod: String, ports: Vec<Port>) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let pod: &'static str = Box::leak(pod.into_boxed_str());
+        let mut tasks = tokio::task::JoinSet::new();
+        for p in ports {
+            match p {
+                Port::Http(port) => {
+                    let l = TcpListener::bind(("::", port)).await.map_err(bind_error(port, "TCP"))?;
+                    tasks.spawn(http(l, pod));
+                }
+                Port::TcpEcho(port) => {
+                    let l = TcpListener::bind(("::", port)).await.map_err(bind_error(port, "TCP"))?;
+                    tasks.spawn(tcp_echo(l));
+                }
+                Port::UdpEcho(port) => {
+                    let s = UdpSocket::bind(("::", port)).await.map_err(bind_error(port, "UDP"))?;
+                    tasks.spawn(udp_echo(s));
+                }
+            }
+        }
+        println!("ready");
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    })
+}
+
+fn bind_error(port: u16, proto: &'static str) -> impl FnOnce(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{port}/{proto}: {e}"))
+}
+
+async fn http(l: TcpListener, pod: &'static str) {
+    loop {
+        let Ok((stream, _)) = l.accept().await else { continue };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                let body = serde_json::json!({"pod": pod, "method": req.method().as_str(), "path": req.uri().path()});
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(format!("{body}\n"))))
+                        .unwrap_or_default(),
+                )
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn tcp_echo(l: TcpListener) {
+    loop {
+        let Ok((mut stream, _)) = l.accept().await else { continue };
+        tokio::spawn(async move {
+            let (mut r, mut w) = stream.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+    }
+}
+
+async fn udp_echo(s: UdpSocket) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        if let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    }
+}
