@@ -5,13 +5,22 @@
  * one for packets entering it (tc egress of the same veth; its ingress
  * policy).
  *
- * Per packet: parse (drop what cannot be parsed), conntrack (replies and
- * related ICMP pass; a flow already allowed under the endpoint's current
- * policy slot passes), else look the peer's identity up in the ipcache and
- * the policy up in at most six LPM lookups — address, identity, any peer;
- * at each level protocol+port, then protocol-wide — whose first hit is
- * the verdict (the agent loads entries precomputed so that this holds).
- * No loop depends on the number of rules.
+ * Per packet: parse (headers past the linear area are pulled in first;
+ * what cannot be parsed is dropped), check that a packet leaving a pod
+ * carries one of the pod's own addresses (every identity decision
+ * downstream trusts the source address), conntrack (replies and related
+ * ICMP of a connection pass while its entry still stands for the
+ * endpoint's current policy), else look the peer's identity up in the
+ * ipcache and the policy up in at most six LPM lookups — address,
+ * identity, any peer; at each level protocol+port, then protocol-wide —
+ * whose first hit is the verdict (the agent loads entries precomputed so
+ * that this holds). No loop depends on the number of rules.
+ *
+ * A conntrack entry records the policy slot (and whether only audit mode
+ * let the flow in) it was decided under. After a policy change, or when
+ * audit mode ends, the next packet of an established connection, from
+ * either end, asks the current policy again: what a change denies stops
+ * at once instead of living on in conntrack.
  *
  * Policy changes are atomic per endpoint: the agent writes a complete new
  * policy under a fresh slot, then replaces the endpoint's value (which
@@ -61,7 +70,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define ICMPV6_PARAMPROB 4
 #define ICMPV6_ECHO_REQUEST 128
 #define ICMPV6_ECHO_REPLY 129
-#define MAX_IPV6_EXT 6
+/* IPv6 extension headers walked (and their bytes) before the L4 header;
+ * a packet with more is dropped as invalid (fail closed). */
+#define MAX_IPV6_EXT 8
+#define MAX_IPV6_EXT_BYTES 512
+#define EEXIST 17
 #define COUNTER_SLOTS (BH_REASON_MAX * 2 + 1)
 #define COUNTER_LOST_EVENTS (BH_REASON_MAX * 2)
 
@@ -158,9 +171,21 @@ struct pkt {
 	__u8 related;     /* an ICMP error: `inner` is the packet it is about */
 	__u8 policy_type; /* ICMP: the type the policy sees */
 	__u8 icmp_code;
+	__u8 arp;         /* an ARP packet: saddr is its sender's address */
+	__u8 v6;          /* an IPv6 packet */
+	__u8 pad;
 	__u16 policy_port;
 	struct bh_ct_key inner;
 };
+
+/* Internal to the parser: a header ran past the linear part of the packet
+ * (it may only be in the paged part; see parse). Never reported. */
+#define PARSE_SHORT 255
+
+/* Bytes the parser may need in the linear area: Ethernet, IPv6 with the
+ * extension headers it walks, the L4 header, and an ICMP error's inner
+ * IPv6 and L4 headers. */
+#define PARSE_PULL_MAX (14 + 40 + MAX_IPV6_EXT_BYTES + 60 + 8 + 40 + 8)
 
 static __always_inline void count(__u32 reason, __u32 dir, __u32 len)
 {
@@ -179,6 +204,21 @@ static __always_inline void map_v4(struct bh_addr *a, __be32 v4)
 	a->b[10] = 0xff;
 	a->b[11] = 0xff;
 	__builtin_memcpy(&a->b[12], &v4, 4);
+}
+
+static __always_inline int addr_eq(const struct bh_addr *a, const struct bh_addr *b)
+{
+	const __u32 *x = (const __u32 *)a->b, *y = (const __u32 *)b->b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+/* ::ffff:0:0/96, how the maps hold IPv4 addresses. */
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
 }
 
 static __always_inline int is_icmp_error(__u8 proto, __u8 type)
@@ -200,10 +240,18 @@ static __always_inline int is_echo(__u8 proto, __u8 type, int *reply)
 	return type == ICMPV6_ECHO_REQUEST || type == ICMPV6_ECHO_REPLY;
 }
 
+/* Neighbour discovery (133-136) and multicast listener discovery (130-132,
+ * 143): the link working, not traffic between workloads. */
+static __always_inline int is_link_control(const struct pkt *p)
+{
+	return p->proto == IPPROTO_ICMPV6 && ((p->policy_type >= 133 && p->policy_type <= 136) ||
+					      (p->policy_type >= 130 && p->policy_type <= 132) || p->policy_type == 143);
+}
+
 /*
- * Ports of an L4 header at `off`. Returns 0, or a drop reason when the
- * header is truncated. ICMP echo uses the identifier as a port (request:
- * source, reply: destination) so that a reply matches its request.
+ * Ports of an L4 header at `off`. Returns 0, PARSE_SHORT, or a drop reason.
+ * ICMP echo uses the identifier as a port (request: source, reply:
+ * destination) so that a reply matches its request.
  */
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
@@ -214,7 +262,9 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	case IPPROTO_TCP: {
 		struct tcphdr *t = data + off;
 
-		if ((void *)(t + 1) > end || t->doff < 5)
+		if ((void *)(t + 1) > end)
+			return PARSE_SHORT;
+		if (t->doff < 5)
 			return BH_REASON_INVALID_PACKET;
 		p->sport = t->source;
 		p->dport = t->dest;
@@ -228,7 +278,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 		struct udphdr *u = data + off;
 
 		if ((void *)(u + 1) > end)
-			return BH_REASON_INVALID_PACKET;
+			return PARSE_SHORT;
 		p->sport = u->source;
 		p->dport = u->dest;
 		p->policy_port = bpf_ntohs(u->dest);
@@ -240,7 +290,7 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 		int reply = 0;
 
 		if ((void *)(h + 8) > end)
-			return BH_REASON_INVALID_PACKET;
+			return PARSE_SHORT;
 		p->policy_type = h[0];
 		p->icmp_code = h[1];
 		p->policy_port = h[0];
@@ -259,7 +309,8 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	}
 }
 
-/* The tuple of the packet inside an ICMP error, at `off`. */
+/* The tuple of the packet inside an ICMP error, at `off`: 0 (p->related
+ * set), PARSE_SHORT, or -1 when it is not one conntrack could know. */
 static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, struct pkt *p, int v6)
 {
 	void *data = (void *)(long)skb->data;
@@ -270,7 +321,9 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, struct 
 	if (!v6) {
 		struct iphdr *ip = data + off;
 
-		if ((void *)(ip + 1) > end || ip->ihl != 5)
+		if ((void *)(ip + 1) > end)
+			return PARSE_SHORT;
+		if (ip->ihl != 5)
 			return -1;
 		map_v4(&p->inner.saddr, ip->saddr);
 		map_v4(&p->inner.daddr, ip->daddr);
@@ -280,14 +333,14 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, struct 
 		struct ipv6hdr *ip6 = data + off;
 
 		if ((void *)(ip6 + 1) > end)
-			return -1;
+			return PARSE_SHORT;
 		__builtin_memcpy(&p->inner.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(&p->inner.daddr, &ip6->daddr, 16);
 		p->inner.proto = ip6->nexthdr;
 		l4 = (__u8 *)(ip6 + 1);
 	}
 	if ((void *)(l4 + 8) > end)
-		return -1;
+		return PARSE_SHORT;
 	if (p->inner.proto == IPPROTO_ICMP || p->inner.proto == IPPROTO_ICMPV6) {
 		int reply = 0;
 
@@ -329,6 +382,21 @@ static __always_inline int frag_ports(struct pkt *p, __u32 id, int first)
 	return 0;
 }
 
+static __always_inline int parse_arp(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 *a = data + sizeof(struct ethhdr);
+
+	/* Ethernet/IPv4 ARP: the sender's protocol address at offset 14. */
+	if ((void *)(a + 28) > end)
+		return PARSE_SHORT;
+	p->arp = 1;
+	if (a[4] == 6 && a[5] == 4)
+		map_v4(&p->saddr, *(__be32 *)(a + 14));
+	return 0;
+}
+
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -339,7 +407,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	int r;
 
 	if ((void *)(ip + 1) > end)
-		return BH_REASON_INVALID_PACKET;
+		return PARSE_SHORT;
 	hlen = ip->ihl * 4;
 	if (ip->version != 4 || hlen < sizeof(*ip) || bpf_ntohs(ip->tot_len) < hlen ||
 	    bpf_ntohs(ip->tot_len) > skb->len - sizeof(struct ethhdr))
@@ -356,8 +424,9 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 		return r;
 	if (frag & 0x2000)
 		frag_ports(p, ip->id, 1);
-	if (p->proto == IPPROTO_ICMP && is_icmp_error(p->proto, p->policy_type))
-		parse_inner(skb, off + 8, p, 0);
+	if (p->proto == IPPROTO_ICMP && is_icmp_error(p->proto, p->policy_type) &&
+	    parse_inner(skb, off + 8, p, 0) == PARSE_SHORT)
+		return PARSE_SHORT;
 	return 0;
 }
 
@@ -371,21 +440,24 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 	int r, i;
 
 	if ((void *)(ip6 + 1) > end)
-		return BH_REASON_INVALID_PACKET;
+		return PARSE_SHORT;
 	if (ip6->version != 6 || bpf_ntohs(ip6->payload_len) + sizeof(*ip6) > skb->len - sizeof(struct ethhdr))
 		return BH_REASON_INVALID_PACKET;
 	__builtin_memcpy(&p->saddr, &ip6->saddr, 16);
 	__builtin_memcpy(&p->daddr, &ip6->daddr, 16);
+	p->v6 = 1;
 	next = ip6->nexthdr;
-#pragma unroll
 	for (i = 0; i < MAX_IPV6_EXT; i++) {
-		__u8 *h = data + off;
+		__u8 *h;
 
 		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS &&
 		    next != IPPROTO_FRAGMENT)
 			break;
-		if ((void *)(h + 8) > end)
+		if (off > 14 + 40 + MAX_IPV6_EXT_BYTES)
 			return BH_REASON_INVALID_PACKET;
+		h = data + off;
+		if ((void *)(h + 8) > end)
+			return PARSE_SHORT;
 		if (next == IPPROTO_FRAGMENT) {
 			__u16 fo = bpf_ntohs(*(__be16 *)(h + 2));
 			__u32 id = *(__u32 *)(h + 4);
@@ -395,8 +467,6 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 			p->proto = next;
 			if (fo & 0xfff8)
 				return frag_ports(p, id, 0);
-			if (off > 512)
-				return BH_REASON_INVALID_PACKET;
 			r = parse_l4(skb, off, p);
 			if (r)
 				return r;
@@ -406,20 +476,101 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 		}
 		next = h[0];
 		off += (h[1] + 1) * 8;
-		if (off > 512)
-			return BH_REASON_INVALID_PACKET;
 	}
 	if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
-	    next == IPPROTO_FRAGMENT)
-		return BH_REASON_INVALID_PACKET; /* more extension headers than we walk */
+	    next == IPPROTO_FRAGMENT || off > 14 + 40 + MAX_IPV6_EXT_BYTES)
+		return BH_REASON_INVALID_PACKET; /* more extension headers than we walk: fail closed */
 	p->proto = next;
 	r = parse_l4(skb, off, p);
 	if (r)
 		return r;
 l4_done:
-	if (p->proto == IPPROTO_ICMPV6 && is_icmp_error(p->proto, p->policy_type))
-		parse_inner(skb, off + 8, p, 1);
+	if (p->proto == IPPROTO_ICMPV6 && is_icmp_error(p->proto, p->policy_type) &&
+	    parse_inner(skb, off + 8, p, 1) == PARSE_SHORT)
+		return PARSE_SHORT;
 	return 0;
+}
+
+/* One parse of the linear area: 0, PARSE_SHORT or a drop reason. */
+static __noinline int parse_once(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	__builtin_memset(p, 0, sizeof(*p));
+	if ((void *)(eth + 1) > end)
+		return PARSE_SHORT;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return parse_arp(skb, p);
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(skb, p);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(skb, p);
+	return BH_REASON_UNKNOWN_L3;
+}
+
+/*
+ * Parses the packet: 0 or a drop reason. Headers are read from the linear
+ * area; a packet whose headers run past it (a GRO-merged or paged frame
+ * can carry its IP header in a page fragment) has them pulled in and is
+ * parsed again. Only then is a short header malformed. The pull is paid
+ * only by such packets: most have their headers linear, and pulling would
+ * copy (uncloning) every TCP segment.
+ */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	int r = parse_once(skb, p);
+
+	__u32 want;
+
+	if (r != PARSE_SHORT)
+		return r;
+	/* A truly truncated packet is short after the pull as well. */
+	want = skb->len < PARSE_PULL_MAX ? skb->len : PARSE_PULL_MAX;
+	if (bpf_skb_pull_data(skb, want) == 0)
+		r = parse_once(skb, p);
+	return r == PARSE_SHORT ? BH_REASON_INVALID_PACKET : r;
+}
+
+/*
+ * The maps hold IPv4 addresses as ::ffff:a.b.c.d, so an IPv6 packet from
+ * such an address would pass for the IPv4 host: no IPv6 packet may carry
+ * one (RFC 4291 2.5.5.2 keeps them off the wire). Checked on the whole
+ * parsed packet, so that its drop report has the full tuple.
+ */
+static __always_inline int mapped_addresses(const struct pkt *p)
+{
+	if (!p->v6)
+		return 0;
+	if (is_v4_mapped(p->saddr.b))
+		return BH_REASON_INVALID_SOURCE_IP;
+	return is_v4_mapped(p->daddr.b) ? BH_REASON_INVALID_PACKET : 0;
+}
+
+/*
+ * Whether a packet leaving the pod carries one of the endpoint's own
+ * addresses (ARP: as its sender). Every identity decision downstream
+ * trusts the source address. Link control (neighbour and listener
+ * discovery) may come from the pod's link-local address or from ::.
+ */
+static __always_inline int source_is_own(const struct bh_endpoint *ep, const struct pkt *p)
+{
+	__u32 i;
+
+	const struct bh_addr unspecified = {};
+
+	if (is_link_control(p) &&
+	    ((p->saddr.b[0] == 0xfe && (p->saddr.b[1] & 0xc0) == 0x80) || addr_eq(&p->saddr, &unspecified)))
+		return 1;
+	for (i = 0; i < BH_EP_MAX_ADDRS; i++) {
+		if (i >= ep->naddrs)
+			break;
+		if (addr_eq(&ep->addrs[i], &p->saddr))
+			return 1;
+	}
+	/* An ARP probe (RFC 5227) has no sender address yet. */
+	return p->arp && is_v4_mapped(p->saddr.b) && !*(const __u32 *)&p->saddr.b[12];
 }
 
 static __always_inline __u32 ipcache_identity(const struct bh_addr *a)
@@ -430,18 +581,18 @@ static __always_inline __u32 ipcache_identity(const struct bh_addr *a)
 	if (v)
 		return v->identity;
 	/* world-ipv4 / world-ipv6, as the engine names addresses it does not know */
-	return (a->b[10] == 0xff && a->b[11] == 0xff && !a->b[0] && !a->b[8]) ? 9 : 10;
+	return is_v4_mapped(a->b) ? 9 : 10;
 }
 
 static __always_inline struct bh_policy_value *policy_level(void *trie, struct bh_policy_key *k, __u8 level,
-							     const struct pkt *p, int has_ports)
+							     __u8 proto, __u16 port, int has_ports)
 {
 	struct bh_policy_value *v;
 
 	k->level = level;
 	if (has_ports) {
-		k->proto = p->proto;
-		k->port = bpf_htons(p->policy_port);
+		k->proto = proto;
+		k->port = bpf_htons(port);
 		k->prefixlen = BH_POLICY_FIXED_BITS + 16;
 		v = bpf_map_lookup_elem(trie, k);
 		if (v)
@@ -453,29 +604,78 @@ static __always_inline struct bh_policy_value *policy_level(void *trie, struct b
 	return bpf_map_lookup_elem(trie, k);
 }
 
-/* The policy verdict for a new flow; *level is the level that decided. */
+/* The policy entry for a new flow; *level is the level that decided. */
 static __always_inline struct bh_policy_value *policy_lookup(void *trie, const struct bh_addr *peer, __u32 peer_id,
-							      const struct pkt *p, __u8 *level)
+							      __u8 proto, __u16 port, __u8 *level)
 {
 	struct bh_policy_key k = {};
 	struct bh_policy_value *v;
-	int has_ports = p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP_ ||
-			p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6;
+	int has_ports = proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP_ ||
+			proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
 
 	k.peer = *peer;
 	*level = BH_LEVEL_ADDRESS;
-	v = policy_level(trie, &k, BH_LEVEL_ADDRESS, p, has_ports);
+	v = policy_level(trie, &k, BH_LEVEL_ADDRESS, proto, port, has_ports);
 	if (v)
 		return v;
 	__builtin_memset(&k.peer, 0, sizeof(k.peer));
 	*(__be32 *)k.peer.b = bpf_htonl(peer_id);
 	*level = BH_LEVEL_IDENTITY;
-	v = policy_level(trie, &k, BH_LEVEL_IDENTITY, p, has_ports);
+	v = policy_level(trie, &k, BH_LEVEL_IDENTITY, proto, port, has_ports);
 	if (v)
 		return v;
 	__builtin_memset(&k.peer, 0, sizeof(k.peer));
 	*level = BH_LEVEL_ANY;
-	return policy_level(trie, &k, BH_LEVEL_ANY, p, has_ports);
+	return policy_level(trie, &k, BH_LEVEL_ANY, proto, port, has_ports);
+}
+
+/* What the policy of one direction of an endpoint says about a flow. */
+struct decision {
+	__u32 slot;
+	__u32 peer_id;
+	__u32 rule;
+	__u8 level;  /* BH_LEVEL_* of the deciding entry, 255 for none */
+	__u8 match;  /* BH_MATCH_* of the deciding entry */
+	__u8 reason; /* 0, or why the policy would drop it */
+};
+
+/*
+ * Asks endpoint `ep`'s current policy for direction `dir` about a flow to
+ * or from `peer` on (proto, port). A direction whose policy is not loaded
+ * (it did not fit its map) decides EP_NOT_READY: fail closed.
+ */
+static __always_inline void decide(const struct bh_endpoint *ep, __u8 dir, const struct bh_addr *peer, __u8 proto,
+				   __u16 port, struct decision *d)
+{
+	struct bh_policy_value *pv;
+	void *trie;
+
+	d->slot = ep->slot[dir & 1];
+	d->peer_id = ipcache_identity(peer);
+	d->rule = 0;
+	d->level = 255;
+	d->match = 0;
+	d->reason = 0;
+	trie = d->slot == BH_SLOT_NOT_READY ? NULL : bpf_map_lookup_elem(&bh_policy, &d->slot);
+	if (!trie) { /* the agent always loads a slot before naming it */
+		d->reason = BH_REASON_EP_NOT_READY;
+		return;
+	}
+	pv = policy_lookup(trie, peer, d->peer_id, proto, port, &d->level);
+	if (!pv) {
+		__u32 deny = dir == BH_DIR_EGRESS ? BH_EP_DEFAULT_DENY_EGRESS : BH_EP_DEFAULT_DENY_INGRESS;
+
+		d->level = 255;
+		if (ep->flags & deny)
+			d->reason = BH_REASON_POLICY_DENIED;
+		return;
+	}
+	d->rule = pv->rule;
+	d->match = pv->match;
+	if (pv->verdict == BH_VERDICT_ALLOW)
+		return;
+	/* The L7 proxies do not exist yet: a redirect fails closed. */
+	d->reason = pv->verdict == BH_VERDICT_REDIRECT ? BH_REASON_PROXY_UNAVAILABLE : BH_REASON_POLICY_DENY;
 }
 
 /* What one report says, beyond the packet itself. */
@@ -573,19 +773,35 @@ static __always_inline int drop_report(struct __sk_buff *skb, const struct pkt *
 	return 1;
 }
 
-static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep, __u32 peer_id,
-				__u8 dir, __u8 reason, __u8 level, __u8 match, __u32 rule)
+/* Drops the packet, counted and (aggregated) reported. `dir` is the
+ * direction of the connection it belongs to; `is_reply` as in events. */
+static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep,
+				__u8 dir, __u8 reason, __u8 is_reply, const struct decision *d)
 {
-	struct report r = { .peer_id = peer_id, .rule = rule, .dir = dir, .kind = BH_EVENT_DROP,
-			    .verdict = BH_EV_DROPPED, .reason = reason, .level = level, .match = match,
-			    /* a parsed packet not in conntrack opens a flow; an unparsed one is unknown */
-			    .is_reply = reason == BH_REASON_POLICY_DENIED || reason == BH_REASON_POLICY_DENY ||
-						reason == BH_REASON_PROXY_UNAVAILABLE ? 0 : 2 };
+	struct report r = { .dir = dir, .kind = BH_EVENT_DROP, .verdict = BH_EV_DROPPED, .reason = reason,
+			    .level = 255, .is_reply = is_reply };
 
+	if (d) {
+		r.peer_id = d->peer_id;
+		r.rule = d->rule;
+		r.level = d->level;
+		r.match = d->match;
+	} else if (ep) {
+		/* No policy was asked (a spoofed or malformed packet): name the peer anyway. */
+		r.peer_id = ipcache_identity(dir == BH_DIR_EGRESS ? &p->daddr : &p->saddr);
+	}
 	count(reason, dir, skb->len);
 	if (drop_report(skb, p, dir, reason, &r.count))
 		emit(skb, p, ep, &r);
 	return TC_ACT_SHOT;
+}
+
+/* Whether audit mode lets a drop for `reason` pass: policy decisions do,
+ * the packet's own faults (malformed, spoofed) and resource limits never. */
+static __always_inline int audited(const struct bh_endpoint *ep, __u8 reason)
+{
+	return (ep->flags & BH_EP_AUDIT) && (reason == BH_REASON_POLICY_DENIED || reason == BH_REASON_POLICY_DENY ||
+					     reason == BH_REASON_PROXY_UNAVAILABLE || reason == BH_REASON_EP_NOT_READY);
 }
 
 /*
@@ -642,53 +858,93 @@ static __always_inline void ct_touch(struct bh_ct_value *v, __u64 now, __u8 tcp_
 		v->last_seen = now;
 }
 
+/*
+ * Whether a conntrack entry still stands for the endpoint's current policy
+ * of the entry's direction: it was decided under the slot the endpoint
+ * names now, and not only thanks to an audit mode that has since ended.
+ */
+static __always_inline int ct_current(const struct bh_endpoint *ep, const struct bh_ct_key *k,
+				      const struct bh_ct_value *cv)
+{
+	return cv->slot == ep->slot[k->dir & 1] && (!(cv->flags & BH_CT_AUDITED) || (ep->flags & BH_EP_AUDIT));
+}
+
+/*
+ * Asks the current policy again about an established connection whose
+ * entry no longer stands (see ct_current), from either end: a policy
+ * change that removed its allow, or the end of the audit mode that let it
+ * in, stops it at its next packet. The entry `k` holds the connection's
+ * original tuple. Returns 0 (the entry now stands for the current policy)
+ * or the drop reason. A denied connection keeps its (stale) entry, so
+ * that its packets either way keep being asked, and dropped, until the
+ * entry ages out: without it the other end's packets would pass for new
+ * flows of its own.
+ */
+static __always_inline int ct_recheck(const struct bh_endpoint *ep, struct bh_ct_key *k, struct bh_ct_value *cv,
+				      struct decision *d)
+{
+	decide(ep, k->dir, k->dir == BH_DIR_EGRESS ? &k->daddr : &k->saddr, k->proto, cv->policy_port, d);
+	if (d->reason && !audited(ep, d->reason))
+		return d->reason;
+	cv->slot = d->slot;
+	cv->rule = d->rule;
+	if (d->reason)
+		cv->flags |= BH_CT_AUDITED;
+	else
+		cv->flags &= ~BH_CT_AUDITED;
+	return 0;
+}
+
+/*
+ * Passes a packet the policy decided on (a new flow's first, or the first
+ * of a connection asked again after a policy change): counted as forwarded
+ * or, when only audit mode let it through, under the reason it would have
+ * been dropped for, and reported as a policy verdict. `dir` is the
+ * connection's direction.
+ */
+static __always_inline int pass_decided(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep,
+					__u8 dir, const struct decision *d, __u8 is_reply)
+{
+	struct report rep = { .peer_id = d->peer_id, .rule = d->rule, .count = 1, .dir = dir,
+			      .kind = BH_EVENT_POLICY_VERDICT, .verdict = d->reason ? BH_EV_AUDIT : BH_EV_FORWARDED,
+			      .reason = d->reason, .level = d->level, .match = d->match, .is_reply = is_reply };
+
+	count(d->reason ? d->reason : BH_REASON_FORWARDED, dir, skb->len);
+	emit(skb, p, ep, &rep);
+	return TC_ACT_OK;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct pkt p = {};
+	struct pkt p;
 	struct bh_endpoint *ep;
 	struct bh_ct_key ck = {};
 	struct bh_ct_value *cv;
-	struct bh_policy_value *pv;
-	const struct bh_addr *peer;
-	void *trie;
-	__u32 ifindex = skb->ifindex, peer_id, slot, rule = 0;
+	struct decision d;
+	__u32 ifindex = skb->ifindex;
 	__u64 now;
-	__u8 level = 255, match = 0, audit;
 	int r;
 
-	if ((void *)(eth + 1) > end)
-		return drop(skb, &p, NULL, 0, dir, BH_REASON_INVALID_PACKET, level, 0, 0);
-	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
-		count(BH_REASON_FORWARDED, dir, skb->len);
-		return TC_ACT_OK;
-	}
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		r = parse_ipv4(skb, &p);
-	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		r = parse_ipv6(skb, &p);
-	else
-		r = BH_REASON_UNKNOWN_L3;
+	r = parse(skb, &p);
+	if (!r)
+		r = mapped_addresses(&p);
 	ep = bpf_map_lookup_elem(&bh_endpoints, &ifindex);
 	if (r)
-		return drop(skb, &p, ep, 0, dir, r, level, 0, 0);
+		return drop(skb, &p, ep, dir, r, 2, NULL);
 	if (!ep)
-		return drop(skb, &p, NULL, 0, dir, BH_REASON_NO_ENDPOINT, level, 0, 0);
-	/* Neighbour discovery (133-136) and multicast listener discovery (130-132,
-	 * 143) are the link working, not traffic between workloads: they pass
-	 * unreported, whatever the policy. */
-	if (p.proto == IPPROTO_ICMPV6 &&
-	    ((p.policy_type >= 133 && p.policy_type <= 136) || (p.policy_type >= 130 && p.policy_type <= 132) ||
-	     p.policy_type == 143)) {
+		return drop(skb, &p, NULL, dir, BH_REASON_EP_NOT_READY, 2, NULL);
+	if (dir == BH_DIR_EGRESS && !source_is_own(ep, &p))
+		return drop(skb, &p, ep, dir, BH_REASON_INVALID_SOURCE_IP, 2, NULL);
+	/* ARP, neighbour and listener discovery pass unreported, whatever the
+	 * policy: they are the link working, not traffic between workloads. */
+	if (p.arp || is_link_control(&p)) {
 		count(BH_REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
 	}
 
 	now = bpf_ktime_get_ns();
 	ck.ifindex = ifindex;
-	/* Replies and errors about flows this point allowed the other way. */
+	/* Errors about a flow this point allowed the other way, while it stands. */
 	if (p.related) {
 		ck.saddr = p.inner.saddr;
 		ck.daddr = p.inner.daddr;
@@ -697,11 +953,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ck.proto = p.inner.proto;
 		ck.dir = !dir;
 		cv = ct_get(&ck, now);
-		if (cv) {
+		if (cv && ct_current(ep, &ck, cv)) {
 			count(BH_REASON_FORWARDED, dir, skb->len);
 			return TC_ACT_OK;
 		}
 	}
+	/* A reply: a packet against a connection this point admitted. */
 	ck.saddr = p.daddr;
 	ck.daddr = p.saddr;
 	ck.sport = p.dport;
@@ -710,77 +967,58 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ck.dir = !dir;
 	cv = ct_get(&ck, now);
 	if (cv) {
+		if (!ct_current(ep, &ck, cv)) {
+			r = ct_recheck(ep, &ck, cv, &d);
+			if (r)
+				return drop(skb, &p, ep, ck.dir, r, 1, &d);
+			ct_touch(cv, now, p.tcp_flags, BH_CT_SEEN_REPLY);
+			return pass_decided(skb, &p, ep, ck.dir, &d, 1);
+		}
 		ct_report(skb, &p, ep, cv, dir, 1);
 		ct_touch(cv, now, p.tcp_flags, BH_CT_SEEN_REPLY);
 		count(BH_REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
 	}
 
-	slot = ep->slot[dir & 1];
+	/* The connection's own direction. */
 	ck.saddr = p.saddr;
 	ck.daddr = p.daddr;
 	ck.sport = p.sport;
 	ck.dport = p.dport;
 	ck.dir = dir;
 	cv = ct_get(&ck, now);
-	if (cv && cv->slot == slot) {
+	if (cv && ct_current(ep, &ck, cv)) {
 		ct_report(skb, &p, ep, cv, dir, 0);
 		ct_touch(cv, now, p.tcp_flags, 0);
 		count(BH_REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
 	}
 
-	/* A new flow, or a known one under a changed policy: ask the policy. */
-	peer = dir == BH_DIR_EGRESS ? &p.daddr : &p.saddr;
-	peer_id = ipcache_identity(peer);
-	audit = ep->flags & BH_EP_AUDIT;
-	trie = bpf_map_lookup_elem(&bh_policy, &slot);
-	if (!trie) /* the agent always loads a slot before naming it: fail closed */
-		return drop(skb, &p, ep, peer_id, dir, BH_REASON_NO_ENDPOINT, level, 0, 0);
-	pv = policy_lookup(trie, peer, peer_id, &p, &level);
-	if (pv) {
-		rule = pv->rule;
-		match = pv->match;
-	}
-	if (!pv) {
-		__u32 deny = dir == BH_DIR_EGRESS ? BH_EP_DEFAULT_DENY_EGRESS : BH_EP_DEFAULT_DENY_INGRESS;
-
-		level = 255;
-		if (ep->flags & deny)
-			r = BH_REASON_POLICY_DENIED;
-	} else if (pv->verdict == BH_VERDICT_DENY) {
-		r = BH_REASON_POLICY_DENY;
-	} else if (pv->verdict == BH_VERDICT_REDIRECT) {
-		/* The L7 proxies do not exist yet: a redirect fails closed. */
-		r = BH_REASON_PROXY_UNAVAILABLE;
-	} else if (pv->verdict != BH_VERDICT_ALLOW) {
-		r = BH_REASON_POLICY_DENY;
-	}
-	if (r && !audit) {
-		if (cv)
-			bpf_map_delete_elem(&bh_ct, &ck);
-		return drop(skb, &p, ep, peer_id, dir, r, level, match, rule);
-	}
-
+	/* A known connection under a changed policy: ask again (see ct_recheck). */
 	if (cv) {
-		cv->slot = slot;
-		cv->rule = rule;
+		r = ct_recheck(ep, &ck, cv, &d);
+		if (r)
+			return drop(skb, &p, ep, dir, r, 0, &d);
 		ct_touch(cv, now, p.tcp_flags, 0);
-	} else {
-		struct bh_ct_value nv = { .last_seen = now, .slot = slot, .rule = rule, .packets = 1 };
-
-		if (bpf_map_update_elem(&bh_ct, &ck, &nv, BPF_NOEXIST) && !audit)
-			return drop(skb, &p, ep, peer_id, dir, BH_REASON_CT_FULL, level, match, rule);
+		return pass_decided(skb, &p, ep, dir, &d, 0);
 	}
-	count(r ? r : BH_REASON_FORWARDED, dir, skb->len);
+
+	/* A new flow: ask the policy. */
+	decide(ep, dir, dir == BH_DIR_EGRESS ? &p.daddr : &p.saddr, p.proto, p.policy_port, &d);
+	if (d.reason && !audited(ep, d.reason))
+		return drop(skb, &p, ep, dir, d.reason, 0, &d);
 	{
-		struct report rep = { .peer_id = peer_id, .rule = rule, .count = 1, .dir = dir,
-				      .kind = BH_EVENT_POLICY_VERDICT, .verdict = r ? BH_EV_AUDIT : BH_EV_FORWARDED,
-				      .reason = r, .level = level, .match = match, .is_reply = 0 };
+		struct bh_ct_value nv = { .last_seen = now, .slot = d.slot, .rule = d.rule,
+					  .flags = d.reason ? BH_CT_AUDITED : 0, .policy_port = p.policy_port,
+					  .packets = 1 };
+		long err = bpf_map_update_elem(&bh_ct, &ck, &nv, BPF_NOEXIST);
 
-		emit(skb, &p, ep, &rep);
+		/* -EEXIST: the same flow's first packet on another CPU got there
+		 * first, under the same policy; its entry serves this one too. */
+		if (err && err != -EEXIST && !(ep->flags & BH_EP_AUDIT))
+			return drop(skb, &p, ep, dir, BH_REASON_CT_FULL, 0, &d);
 	}
-	return TC_ACT_OK;
+	return pass_decided(skb, &p, ep, dir, &d, 0);
 }
 
 SEC("classifier")

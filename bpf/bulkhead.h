@@ -11,7 +11,7 @@
 
 #include <linux/types.h>
 
-#define BH_LAYOUT_VERSION 3
+#define BH_LAYOUT_VERSION 4
 
 /* Policy map levels, most specific first (see resolve.rs). */
 #define BH_LEVEL_ADDRESS 0
@@ -43,9 +43,10 @@
 #define BH_REASON_FRAG_UNKNOWN 4    /* a later fragment whose first was not seen */
 #define BH_REASON_UNKNOWN_L3 5      /* not IPv4, IPv6 or ARP */
 #define BH_REASON_PROXY_UNAVAILABLE 6 /* redirect to an L7 proxy that is not running */
-#define BH_REASON_NO_ENDPOINT 7     /* no endpoint, or no loaded policy, for the interface */
+#define BH_REASON_EP_NOT_READY 7    /* no endpoint for the interface, or no loaded policy for the direction */
 #define BH_REASON_CT_FULL 8         /* conntrack entry could not be created */
-#define BH_REASON_MAX 9
+#define BH_REASON_INVALID_SOURCE_IP 9 /* a pod sent with an address not its own */
+#define BH_REASON_MAX 10
 
 /* Event kinds. */
 #define BH_EVENT_DROP 1
@@ -82,6 +83,13 @@ struct bh_ipcache_value {
 	__u32 identity;
 };
 
+/* The addresses an endpoint may send from (IPv4 as mapped IPv6). */
+#define BH_EP_MAX_ADDRS 4
+
+/* A direction's slot when its policy could not be loaded (it did not fit
+ * its map): the direction drops everything, BH_REASON_EP_NOT_READY. */
+#define BH_SLOT_NOT_READY 0
+
 /* endpoints: host-side interface index → endpoint. */
 struct bh_endpoint {
 	__u32 id;
@@ -90,6 +98,8 @@ struct bh_endpoint {
 	/* The policy slot of each direction (BH_DIR_*). Replacing this whole
 	 * value is how a policy change becomes visible atomically. */
 	__u32 slot[2];
+	__u32 naddrs;
+	struct bh_addr addrs[BH_EP_MAX_ADDRS];
 };
 
 /*
@@ -137,13 +147,15 @@ struct bh_ct_value {
 	__u32 slot;      /* the policy slot that allowed the flow */
 	__u32 rule;
 	__u8 flags;      /* BH_CT_* */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 policy_port; /* the port (ICMP: type) the policy was asked about */
 	__u32 packets;   /* both directions, for the closing report */
 };
 #define BH_CT_SEEN_REPLY (1u << 0)
 #define BH_CT_CLOSING (1u << 1)
 #define BH_CT_CLOSE_SEEN_FWD (1u << 2) /* FIN or RST reported, original direction */
 #define BH_CT_CLOSE_SEEN_REV (1u << 3) /* FIN or RST reported, reply direction */
+#define BH_CT_AUDITED (1u << 4)        /* admitted only because the endpoint was in audit mode */
 
 /* Drop aggregation: one entry per (tuple, interface, direction, reason). */
 struct bh_drop_key {
@@ -208,7 +220,7 @@ struct bh_event {
 };
 
 _Static_assert(sizeof(struct bh_ipcache_key) == 20, "bh_ipcache_key");
-_Static_assert(sizeof(struct bh_endpoint) == 20, "bh_endpoint");
+_Static_assert(sizeof(struct bh_endpoint) == 88, "bh_endpoint");
 _Static_assert(sizeof(struct bh_policy_key) == 28, "bh_policy_key");
 _Static_assert(sizeof(struct bh_policy_value) == 8, "bh_policy_value");
 _Static_assert(sizeof(struct bh_ct_key) == 44, "bh_ct_key");

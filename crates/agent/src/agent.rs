@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bulkhead_datapath::sync::{EndpointSpec, PolicySync};
+use bulkhead_datapath::abi::EP_MAX_ADDRS;
+use bulkhead_datapath::sync::{EndpointSpec, LoadFailure, Overflow, PolicySync};
 use bulkhead_datapath::{Datapath, DatapathError, netns};
 use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
 use bulkhead_policy::api::{Object, Pod};
@@ -56,6 +57,8 @@ pub struct Config {
     /// Entries one policy (one direction of one endpoint policy) may hold
     /// in the kernel; a policy that needs more is refused.
     pub policy_map_entries: u32,
+    /// What an endpoint's direction does while its policy does not fit.
+    pub policy_overflow: Overflow,
 }
 
 /// What a request can fail with; each maps to an HTTP status.
@@ -117,7 +120,7 @@ pub struct Agent {
     dp: Datapath,
     sync: PolicySync,
     /// Endpoints (by pod key) whose latest policy is not loaded, and why.
-    not_ready: BTreeMap<String, String>,
+    not_ready: BTreeMap<String, EndpointFailure>,
     started: Instant,
     observer: Arc<Observer>,
     /// Bumped by every change of state, so that caches of names know.
@@ -137,7 +140,8 @@ impl Agent {
         let mut store = Store::open(&config.state_dir)?;
         let mut dp = Datapath::open(&config.pin_root)?;
         dp.set_slot_capacity(config.policy_map_entries);
-        let sync = PolicySync::adopt(&dp)?;
+        let mut sync = PolicySync::adopt(&dp)?;
+        sync.set_overflow(config.policy_overflow);
         let gone: Vec<String> = store
             .endpoints
             .iter()
@@ -234,6 +238,7 @@ impl Agent {
         snap.lost = vec![("datapath_ring".into(), counters.lost_events), ("flow_log".into(), o.log_lost)];
         snap.map_pressure = self.dp.map_pressure()?;
         snap.endpoints = self.store.endpoints.len() as u64;
+        snap.endpoints_not_ready = self.not_ready.len() as u64;
         snap.identities = self.engine.identities().count() as u64;
         snap.flows_buffered = o.flows;
         snap.flow_buffer_bytes = o.bytes;
@@ -409,7 +414,7 @@ impl Agent {
         let loaded = self.reconcile().map(|_| self.not_ready.get(&key).cloned());
         let outcome = match loaded {
             Ok(None) => self.attach(&req),
-            Ok(Some(why)) => Err(AgentError::Conflict(format!("the policy of {key} could not be loaded: {why}"))),
+            Ok(Some(f)) => Err(AgentError::Conflict(format!("the policy of {key} could not be loaded: {}", f.error))),
             Err(e) => Err(e),
         };
         if let Err(e) = outcome {
@@ -476,7 +481,7 @@ impl Agent {
             egress_enforced: policy.is_some_and(|p| p.egress.default_deny),
             audit: self.store.audit.effective(&key),
             state: match self.not_ready.get(&key) {
-                Some(why) => format!("not-ready: {why}"),
+                Some(f) => format!("not-ready: {}", f.summary()),
                 None => "ready".into(),
             },
         })
@@ -724,6 +729,7 @@ impl Agent {
                 id: r.id,
                 identity: id.0,
                 audit: self.store.audit.effective(&key),
+                addrs: r.request.ips.clone(),
                 policy: Arc::clone(policy),
             });
         }
@@ -735,17 +741,24 @@ impl Agent {
         let failed: Vec<EndpointFailure> = report
             .failed
             .iter()
-            .map(|(ifindex, e)| EndpointFailure {
-                endpoint: pod_of.get(ifindex).cloned().unwrap_or_else(|| format!("ifindex {ifindex}")),
-                error: e.to_string(),
+            .map(|f| {
+                let endpoint = pod_of.get(&f.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", f.ifindex));
+                failure(endpoint, f)
             })
             .collect();
         for f in &failed {
-            tracing::warn!(endpoint = %f.endpoint, error = %f.error, "endpoint keeps its previous policy");
+            tracing::warn!(
+                endpoint = %f.endpoint,
+                directions = %f.directions.join(","),
+                fail_closed = f.fail_closed,
+                error = %f.error,
+                "endpoint policy not loaded"
+            );
+            self.observer.metrics().policy_load_failed(&f.directions, f.fail_closed);
         }
         // Every reconcile retries every endpoint not yet at its policy, so
         // the endpoints not ready are exactly this round's failures.
-        self.not_ready = failed.iter().map(|f| (f.endpoint.clone(), f.error.clone())).collect();
+        self.not_ready = failed.iter().map(|f| (f.endpoint.clone(), f.clone())).collect();
         Ok(Enforcement {
             endpoints_updated: report.endpoints_updated,
             slots_written: report.slots_written,
@@ -766,6 +779,16 @@ impl Agent {
         if let Err(e) = self.sync.collect_retired(&mut self.dp, false) {
             tracing::warn!(error = %e, "deleting retired policy slots");
         }
+    }
+}
+
+/// An endpoint whose policy did not load, as the API reports it.
+fn failure(endpoint: String, f: &LoadFailure) -> EndpointFailure {
+    EndpointFailure {
+        endpoint,
+        directions: f.directions.iter().map(|d| d.as_str().to_ascii_lowercase()).collect(),
+        fail_closed: f.overflow == Overflow::FailClosed,
+        error: f.error.to_string(),
     }
 }
 
@@ -821,14 +844,24 @@ fn check_endpoint_request(r: &EndpointRequest) -> Result<()> {
     .into_iter()
     .filter_map(|(n, empty)| empty.then_some(n))
     .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(AgentError::Invalid {
+    if !missing.is_empty() {
+        return Err(AgentError::Invalid {
             message: format!("endpoint request lacks {}", missing.join(", ")),
             details: Vec::new(),
-        })
+        });
     }
+    if r.ips.len() > EP_MAX_ADDRS {
+        return Err(AgentError::Invalid {
+            message: format!(
+                "endpoint request gives the pod {} addresses ({}); an endpoint may have at most {EP_MAX_ADDRS} \
+                 (its packets are checked against each)",
+                r.ips.len(),
+                r.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+            details: Vec::new(),
+        });
+    }
+    Ok(())
 }
 
 /// Runs `f` in the node's network namespace (fails only when that

@@ -92,7 +92,11 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
         "agent ready"
     );
     let gc = Arc::clone(&shared);
-    let state = server::AppState { agent: Arc::clone(&shared), observer: Arc::clone(&observer) };
+    let access = match web_listener.as_ref() {
+        Some(l) => Some(Arc::new(web::WebAccess::new(l.local_addr()?)?)),
+        None => None,
+    };
+    let state = server::AppState { agent: Arc::clone(&shared), observer: Arc::clone(&observer), web: access.clone() };
     let served = rt.block_on(async move {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -105,8 +109,8 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
                 .await;
             }
         });
-        if let Some(l) = web_listener {
-            let app = web::router(state.clone());
+        if let (Some(l), Some(access)) = (web_listener, access) {
+            let app = web::router(state.clone(), access);
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, app).await {
                     tracing::error!(error = %e, "the metrics and service map server stopped");

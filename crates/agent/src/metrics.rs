@@ -42,6 +42,13 @@ struct DelayLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLoadLabels {
+    direction: String,
+    /// `fail-closed` or `keep-previous`.
+    effect: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     method: String,
     protocol: String,
@@ -92,6 +99,8 @@ pub struct Snapshot {
     pub map_pressure: Vec<(String, f64)>,
     /// Endpoints managed.
     pub endpoints: u64,
+    /// Endpoints whose latest policy is not loaded.
+    pub endpoints_not_ready: u64,
     /// Identities known.
     pub identities: u64,
     /// Flows in the observer's ring.
@@ -193,6 +202,11 @@ impl Collector for SnapshotCollector {
         )?;
         for (name, help, v) in [
             ("endpoints", "Endpoints the agent manages", s.endpoints),
+            (
+                "endpoints_not_ready",
+                "Endpoints whose latest policy is not loaded (endpoint list says what they do meanwhile)",
+                s.endpoints_not_ready,
+            ),
             ("identities", "Security identities the agent knows", s.identities),
             ("flows_buffered", "Flows in the observer's ring", s.flows_buffered),
             ("flow_buffer_bytes", "Bytes the observer's ring holds", s.flow_buffer_bytes),
@@ -211,6 +225,7 @@ pub struct Metrics {
     flows: Family<FlowLabels, Counter>,
     verdicts: Family<VerdictLabels, Counter>,
     delay: Family<DelayLabels, Histogram>,
+    policy_load_failures: Family<PolicyLoadLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_responses: Family<HttpResponseLabels, Counter>,
     http_duration: Family<HttpDurationLabels, Histogram>,
@@ -237,6 +252,7 @@ impl Metrics {
             flows: Family::default(),
             verdicts: Family::default(),
             delay: Family::new_with_constructor(latency_histogram),
+            policy_load_failures: Family::default(),
             http_requests: Family::default(),
             http_responses: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
@@ -257,6 +273,12 @@ impl Metrics {
             "Time from a change reaching the agent (apply, endpoint added) to its enforcement in the kernel",
             Unit::Seconds,
             m.delay.clone(),
+        );
+        r.register(
+            "policy_load_failures",
+            "Endpoint policies (per direction) that did not fit their map, by what the direction did: \
+             fail-closed (denies everything until a policy fits) or keep-previous",
+            m.policy_load_failures.clone(),
         );
         r.register("http_requests", "HTTP requests seen by the L7 proxy", m.http_requests.clone());
         r.register("http_responses", "HTTP responses seen by the L7 proxy", m.http_responses.clone());
@@ -367,6 +389,16 @@ impl Metrics {
                     })
                     .inc();
             }
+        }
+    }
+
+    /// Counts an endpoint policy that did not load, per direction.
+    pub fn policy_load_failed(&self, directions: &[String], fail_closed: bool) {
+        let effect = if fail_closed { "fail-closed" } else { "keep-previous" };
+        for d in directions {
+            self.policy_load_failures
+                .get_or_create(&PolicyLoadLabels { direction: d.clone(), effect: effect.into() })
+                .inc();
         }
     }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, AgentError};
 use crate::observer::Observer;
-use bulkhead_api::{ApplyRequest, AuditRequest, EndpointRequest, ErrorBody, FlowsRequest};
+use bulkhead_api::{ApplyRequest, AuditRequest, EndpointRequest, ErrorBody, FlowsRequest, UiAddress};
 
 /// The agent behind its lock.
 pub type Shared = Arc<Mutex<Agent>>;
@@ -29,6 +29,8 @@ pub struct AppState {
     pub agent: Shared,
     /// Its flows.
     pub observer: Arc<Observer>,
+    /// The service map's access (none without `--web-listen`).
+    pub web: Option<Arc<crate::web::WebAccess>>,
 }
 
 impl FromRef<AppState> for Shared {
@@ -93,6 +95,22 @@ async fn flows(State(o): State<Arc<Observer>>, Json(r): Json<FlowsRequest>) -> R
     }
 }
 
+/// `bulkhead ui`: the service map's address with its token, which only
+/// this socket hands out.
+fn ui(s: &AppState) -> Response {
+    match &s.web {
+        Some(access) => Json(UiAddress { url: access.url() }).into_response(),
+        None => (
+            StatusCode::CONFLICT,
+            Json(ErrorBody {
+                error: "this agent serves no service map (it was started with --no-web)".into(),
+                details: Vec::new(),
+            }),
+        )
+            .into_response(),
+    }
+}
+
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -133,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/flows", post(flows))
         .route("/v1/flows/key", get(|State(a): State<Shared>| call(a, |a| a.flow_key())))
+        .route("/v1/ui", get(|State(s): State<AppState>| async move { ui(&s) }))
         .route("/v1/audit", put(|State(a): State<Shared>, Json(r): Json<AuditRequest>| call(a, |a| a.set_audit(r))))
         .fallback(|| async {
             (
@@ -146,11 +165,19 @@ pub fn router(state: AppState) -> Router {
 
 /// Binds the socket: refuses when another agent answers on it, replaces a
 /// stale one, and leaves it readable and writable by root only.
+///
+/// The socket is bound inside a fresh directory only its owner can enter
+/// (mode 0700), made mode 0600 there, and only then renamed into place: at
+/// no moment can anyone else connect to it, whatever the umask, and a
+/// `--socket` in a shared directory (such as /tmp) is as safe as the
+/// default one.
 pub async fn bind(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let name = socket.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{}: not a file path", socket.display()))
+    })?;
+    let dir = socket.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
     if socket.exists() {
         if tokio::net::UnixStream::connect(socket).await.is_ok() {
             return Err(std::io::Error::new(
@@ -160,9 +187,39 @@ pub async fn bind(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
         }
         std::fs::remove_file(socket)?;
     }
-    // connect(2) needs write permission, which the default umask already
-    // withholds from others; 0600 then also closes it to the group.
-    let listener = tokio::net::UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let private = nix::unistd::mkdtemp(&dir.join(".bulkhead-bind-XXXXXX"))?;
+    let bound = private.join(name);
+    let result = (|| {
+        let listener = tokio::net::UnixListener::bind(&bound)?;
+        std::fs::set_permissions(&bound, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&bound, socket)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&bound);
+    let _ = std::fs::remove_dir(&private);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[tokio::test]
+    async fn the_socket_is_0600_in_place_and_leaves_no_private_directory() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-bind-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let socket = dir.join("agent.sock");
+        let listener = super::bind(&socket).await.expect("bind");
+        let meta = std::fs::symlink_metadata(&socket).expect("socket");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert!(tokio::net::UnixStream::connect(&socket).await.is_ok(), "the renamed socket serves");
+        let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("agent.sock")]);
+        // A second agent on the same socket is refused; a stale one replaced.
+        assert!(super::bind(&socket).await.is_err());
+        drop(listener);
+        assert!(super::bind(&socket).await.is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -164,8 +164,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 impl Store {
     /// Opens (creating if needed) the state under `dir`, taking its lock.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        set_mode(dir, 0o700)?;
+        private_dir(dir)?;
         let lock = lock(&dir.join("agent.lock"))?;
         let path = dir.join("state.json");
         let mut store = Store { path, _lock: lock, state: State::default() };
@@ -211,23 +210,54 @@ impl Store {
         };
         let bytes = serde_json::to_vec(&disk)
             .map_err(|e| StoreError::Corrupt { path: self.path.clone(), message: e.to_string() })?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(&bytes).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
-        }
-        Ok(())
+        write_atomically(&self.path, &bytes).map_err(io_err(&self.path))
     }
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))
+/// Replaces `path` with `bytes` so that a crash at any point leaves either
+/// the old file or the new one, readable by the owner only: a temporary
+/// file (mode 0600) is written and synced, renamed over `path`, and the
+/// directory synced. For the state file and for keys.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+/// Makes sure `dir` is a directory only its owner can change: created with
+/// mode 0700 when missing; when it exists, it must belong to this user and
+/// be writable by nobody else. An existing directory's mode is never
+/// changed: it may be shared with something the agent does not know about.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(io_err(dir))
+        }
+        Err(e) => Err(io_err(dir)(e)),
+        Ok(m) if !m.is_dir() => Err(io_err(dir)(io::Error::other("not a directory"))),
+        Ok(m) if m.uid() != nix::unistd::Uid::effective().as_raw() => Err(io_err(dir)(io::Error::other(format!(
+            "owned by uid {}, not by the agent's user: use a directory of the agent's own (--state-dir)",
+            m.uid()
+        )))),
+        Ok(m) if m.mode() & 0o022 != 0 => Err(io_err(dir)(io::Error::other(format!(
+            "mode {:o} lets others change the agent's state: chmod go-w it, or pass a directory of the agent's own (--state-dir)",
+            m.mode() & 0o7777
+        )))),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Takes an exclusive lock on `path` (held until the guard drops) and
@@ -255,6 +285,28 @@ mod tests {
         let d = std::env::temp_dir().join(format!("bulkhead-store-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn a_new_state_directory_is_private_and_an_existing_one_is_not_chmodded() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempdir("perm");
+        {
+            let mut s = Store::open(&dir).expect("open");
+            s.update(|st| st.audit.global = true).expect("save");
+        }
+        assert_eq!(std::fs::metadata(&dir).expect("dir").mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(dir.join("state.json")).expect("state").mode() & 0o777, 0o600);
+        // An existing directory that others may write to is refused, and left as it was.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = Store::open(&dir).expect_err("others can write it");
+        assert!(e.to_string().contains("mode 777 lets others change the agent's state"), "{e}");
+        assert_eq!(std::fs::metadata(&dir).expect("dir").mode() & 0o777, 0o777, "not chmodded");
+        // One that others can only read is used as it is.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert!(Store::open(&dir).expect("open").audit.global);
+        assert_eq!(std::fs::metadata(&dir).expect("dir").mode() & 0o777, 0o755, "not chmodded");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! | POST | `/flows` | [`FlowsRequest`] → [`FlowsPage`] |
 //! | GET | `/flows/key` | → [`FlowKey`] |
 //! | PUT | `/audit` | [`AuditRequest`] → [`AuditSettings`] |
+//! | GET | `/ui` | → [`UiAddress`] |
 //!
 //! Errors are a non-2xx status with an [`ErrorBody`].
 
@@ -98,7 +99,7 @@ pub struct Enforcement {
     pub slots_written: usize,
     /// Map entries written.
     pub entries_written: usize,
-    /// Endpoints that kept their previous policy, and why.
+    /// Endpoints whose new policy did not load: what they do now, and why.
     pub failed: Vec<EndpointFailure>,
     /// Microseconds from the request to the last map write.
     pub elapsed_us: u64,
@@ -109,8 +110,25 @@ pub struct Enforcement {
 pub struct EndpointFailure {
     /// `namespace/pod`.
     pub endpoint: String,
+    /// The directions whose policy did not load (`ingress`, `egress`).
+    #[serde(default)]
+    pub directions: Vec<String>,
+    /// True: those directions deny everything until a policy fits (the
+    /// agent's default, `--policy-overflow fail-closed`); false: they keep
+    /// their previous policy (`--policy-overflow keep-previous`).
+    #[serde(default)]
+    pub fail_closed: bool,
     /// The datapath's error.
     pub error: String,
+}
+
+impl EndpointFailure {
+    /// One line: what the endpoint does now and why.
+    pub fn summary(&self) -> String {
+        let effect =
+            if self.fail_closed { "denies everything until a policy fits" } else { "keeps its previous policy" };
+        format!("{} {effect}: {}", self.directions.join(" and "), self.error)
+    }
 }
 
 /// Registers a pod's interface (the CNI plugin's ADD).
@@ -368,6 +386,14 @@ pub struct FlowKey {
     pub dir: String,
 }
 
+/// `bulkhead ui`: where the service map is served, with the token that
+/// reading it takes (it changes at every agent start).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UiAddress {
+    /// `http://127.0.0.1:9962/?token=…`
+    pub url: String,
+}
+
 /// Where events were lost, for `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LostEvents {
@@ -402,7 +428,8 @@ pub struct FlowStatus {
     /// The flow log's last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_error: Option<String>,
-    /// Where metrics and the service map are served (empty: not served).
+    /// Where metrics are served, and the service map (which takes the
+    /// token `bulkhead ui` gives); empty: not served.
     pub web: String,
 }
 

@@ -4,7 +4,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Args;
+use bulkhead_datapath::sync::Overflow;
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyOverflow {
+    /// Deny everything in that direction until a policy fits: a change
+    /// meant to close something never leaves it open.
+    FailClosed,
+    /// Keep enforcing the previous policy (what a tightening change meant
+    /// to close stays open meanwhile).
+    KeepPrevious,
+}
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -52,11 +63,16 @@ pub struct AgentArgs {
     /// Serve neither metrics nor the service map.
     #[arg(long)]
     pub no_web: bool,
-    /// Entries one endpoint policy (per direction) may hold in the kernel;
-    /// a policy that needs more is refused and the endpoint keeps its
-    /// previous one (like Cilium's --bpf-policy-map-max).
+    /// Entries one endpoint policy (per direction) may hold in the kernel
+    /// (like Cilium's --bpf-policy-map-max); see --policy-overflow for what
+    /// happens to a policy that needs more.
     #[arg(long, value_name = "N", default_value_t = bulkhead_datapath::abi::POLICY_SLOT_MAX_ENTRIES)]
     pub policy_map_max_entries: u32,
+    /// What an endpoint's direction does while its new policy does not fit
+    /// its map. Either way `apply` fails naming the endpoint, `endpoint list`
+    /// shows it not-ready and bulkhead_policy_load_failures counts it.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = PolicyOverflow::FailClosed)]
+    pub policy_overflow: PolicyOverflow,
     /// Log filter (tracing's syntax: info, debug, bulkhead_agent=debug, …).
     #[arg(long, value_name = "FILTER", env = "BULKHEAD_LOG", default_value = "info")]
     pub log: String,
@@ -94,6 +110,10 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         flow_log,
         web_listen: (!a.no_web).then_some(a.web_listen),
         policy_map_entries: a.policy_map_max_entries,
+        policy_overflow: match a.policy_overflow {
+            PolicyOverflow::FailClosed => Overflow::FailClosed,
+            PolicyOverflow::KeepPrevious => Overflow::KeepPrevious,
+        },
     })?;
     Ok(ExitCode::SUCCESS)
 }

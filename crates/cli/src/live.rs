@@ -182,7 +182,7 @@ pub fn render_apply(r: &ApplyResponse, dry_run: bool) -> String {
         );
     }
     for f in &e.failed {
-        let _ = writeln!(s, "error: {} keeps its previous policy: {}", f.endpoint, f.error);
+        let _ = writeln!(s, "error: {}: {}", f.endpoint, f.summary());
     }
     for n in &r.not_enforced {
         let _ = writeln!(s, "not enforced yet: {n}");
@@ -281,6 +281,21 @@ pub fn policy_get(a: PolicyGetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `bulkhead ui`.
+pub fn ui(a: StatusArgs) -> Result<ExitCode> {
+    let u: bulkhead_api::UiAddress = a.agent.client().get("/ui").map_err(with_details)?;
+    if a.output == TextOutput::Json {
+        println!("{}", serde_json::to_string_pretty(&u)?);
+    } else {
+        println!("{}", u.url);
+        eprintln!(
+            "Open it in a browser on this machine (or through an SSH tunnel). The token in it lets the \n\
+             browser read flows until the agent restarts: keep it as private as the API socket."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn status(a: StatusArgs) -> Result<ExitCode> {
     let s: Status = a.agent.client().get("/status").map_err(with_details)?;
     if a.output == TextOutput::Json {
@@ -343,7 +358,7 @@ fn render_status(s: &Status, socket: &std::path::Path) -> String {
         let _ = writeln!(o, "flow log:   STOPPED: {e}");
     }
     if !f.web.is_empty() {
-        let _ = writeln!(o, "web:        {} (service map), {}metrics", f.web, f.web);
+        let _ = writeln!(o, "web:        {}metrics; the service map: bulkhead ui", f.web);
     }
     for p in s.programs.iter().filter(|p| p.run_count > 0) {
         let _ = writeln!(

@@ -63,6 +63,12 @@ enum Command {
     /// The agent's health, pid and counts.
     #[cfg(feature = "node")]
     Status(live::StatusArgs),
+    /// The service map's address: a page of the node's workloads and the
+    /// flows between them, colour-coded by verdict, each edge listing the
+    /// rules behind it. The address carries a token (new at each agent
+    /// start) that only the API socket hands out.
+    #[cfg(feature = "node")]
+    Ui(live::StatusArgs),
     /// Flows: every verdict with the workloads and the policy behind it,
     /// filtered as `hubble observe` filters (live, or from exported files).
     ///
@@ -104,6 +110,8 @@ fn main() -> ExitCode {
         Command::Identity(live::IdentityCommand::List(a)) => live::identities(a),
         #[cfg(feature = "node")]
         Command::Status(a) => live::status(a),
+        #[cfg(feature = "node")]
+        Command::Ui(a) => live::ui(a),
         #[cfg(feature = "node")]
         Command::Observe(a) => match matches.subcommand_matches("observe") {
             Some(m) => observe::run(*a, m),

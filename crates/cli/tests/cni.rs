@@ -192,7 +192,7 @@ fn chained_after_ptp_add_check_del_and_errors() {
     assert!(reached(&server, client_ip[0], 81), "client has no policy");
 
     // A policy too big for the policy map (64 entries here): a clear error,
-    // and the server keeps enforcing its previous policy.
+    // and the server's ingress fails closed until a policy fits.
     let ranges: Vec<String> = (1..=40)
         .map(|i| format!("{{port: \"{}\", endPort: {}, protocol: TCP}}", i * 1000 + 1, i * 1000 + 999))
         .collect();
@@ -205,19 +205,37 @@ fn chained_after_ptp_add_check_del_and_errors() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
-        text.contains("error: shop/server keeps its previous policy: map bh_policy slot is full (64 entries)"),
+        text.contains(
+            "error: shop/server: ingress denies everything until a policy fits: map bh_policy slot is full (64 entries)"
+        ),
         "{text}"
     );
     let eps = support::json(&fx.socket(), &["endpoint", "list", "-o", "json"]);
     let state =
         eps.as_array().expect("list").iter().find(|e| e["pod"] == "shop/server").expect("server")["state"].clone();
-    assert!(state.as_str().unwrap_or("").starts_with("not-ready: "), "{state}");
-    assert!(reached(&client, server_ip[0], 80), "the previous policy still allows 80");
+    assert!(
+        state.as_str().unwrap_or("").starts_with("not-ready: ingress denies everything until a policy fits"),
+        "{state}"
+    );
+    assert!(!reached(&client, server_ip[0], 80), "the server's ingress fails closed");
+    assert!(!reached(&client, server_ip[1], 80), "the server's ingress fails closed (IPv6)");
     assert!(!reached(&client, server_ip[0], 1001), "the refused policy is not half-loaded");
-    assert!(!reached(&client, server_ip[0], 81), "never a silent allow");
+    assert!(reached(&server, client_ip[0], 81), "the server's egress, which fits, is untouched");
+    let status = support::json(&fx.socket(), &["status", "-o", "json"]);
+    assert_eq!(status["endpoints_not_ready"], 1, "{status}");
+    let metrics = format!("{}metrics", status["flows"]["web"].as_str().expect("web address"));
+    let out = std::process::Command::new("curl").args(["-sf", &metrics]).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bulkhead_endpoints_not_ready 1"), "{text}");
+    assert!(
+        text.contains(r#"bulkhead_policy_load_failures_total{direction="ingress",effect="fail-closed"} 1"#),
+        "{text}"
+    );
+    assert!(fx.log().contains("endpoint policy not loaded"), "the agent logs the event");
     support::ok(&fx.socket(), &["delete", "-f", big.to_str().expect("path")]);
     let eps = support::json(&fx.socket(), &["endpoint", "list", "-o", "json"]);
     assert!(eps.as_array().expect("list").iter().all(|e| e["state"] == "ready"), "{eps}");
+    assert!(reached(&client, server_ip[0], 80), "allowed again once a policy fits");
 
     // CHECK through the whole chain.
     chain.check(&node, &client).expect("CHECK");

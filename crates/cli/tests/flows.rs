@@ -48,16 +48,24 @@ fn lines(text: &str) -> Vec<serde_json::Value> {
 
 /// `GET url` over plain HTTP/1.0 (the agent's web server is on localhost).
 fn http_get(url: &str) -> String {
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut s = std::net::TcpStream::connect(host).expect("connect to the agent's web server");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").expect("request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("response");
-    let (head, body) = body.split_once("\r\n\r\n").expect("an HTTP response");
+    let (head, body) = http_request(url, None, &[]);
     assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
+    body
+}
+
+/// A GET of `url` with its own Host header (`host`, else the URL's) and
+/// `headers`: (status line and headers, body).
+fn http_request(url: &str, host: Option<&str>, headers: &[&str]) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent's web server");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n{extra}\r\n", host.unwrap_or(addr)).expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.to_string(), body.to_string())
 }
 
 /// The value of the sample `line_prefix` (a metric with its labels).
@@ -344,8 +352,47 @@ fn the_service_map_in_headless_chromium() {
     let probe = lab.lab(&["probe", "--ports", "8080/TCP,80/TCP", "-o", "json"]);
     assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stdout));
     let web = lab.json(&["status", "-o", "json"])["flows"]["web"].as_str().expect("web").to_string();
+    let url = lab.json(&["ui", "-o", "json"])["url"].as_str().expect("ui url").to_string();
+    let token = url.split_once("?token=").expect("a token in the address").1.to_string();
+    assert!(url.starts_with(&web), "{url} is served where status says ({web})");
 
-    let mut b = support::browser::Browser::open(&web, 1500, 800);
+    // Flows are as private as the API socket: no token, a wrong one, or a
+    // name someone else's DNS controls (rebinding) are all refused.
+    let addr = web.trim_start_matches("http://").trim_end_matches('/').to_string();
+    for (what, path, host, headers) in [
+        ("no token", "api/map".to_string(), None, vec![]),
+        ("no token, the page", String::new(), None, vec![]),
+        ("a wrong token", "api/map?token=00000000000000000000000000000000".into(), None, vec![]),
+        (
+            "a rebound DNS name",
+            format!("api/map?token={token}"),
+            Some(format!("rebind.example:{}", &addr[addr.rfind(':').expect("port") + 1..])),
+            vec![],
+        ),
+        (
+            "a wrong cookie",
+            "api/edge?from=a&to=b".into(),
+            None,
+            vec!["Cookie: bulkhead_map=ffffffffffffffffffffffffffffffff"],
+        ),
+    ] {
+        let (head, body) = http_request(&format!("{web}{path}"), host.as_deref(), &headers);
+        assert!(head.starts_with("HTTP/1.0 403") || head.starts_with("HTTP/1.1 403"), "{what}: {head}\n{body}");
+        assert!(body.contains("bulkhead ui"), "{what}: the refusal says what to do: {body}");
+    }
+    let (head, body) = http_request(&format!("{web}api/map?token={token}"), None, &[]);
+    assert!(head.contains(" 200 ") && head.contains("bulkhead_map="), "{head}");
+    assert!(body.contains("production/backend"), "{body}");
+    let cookie = format!("Cookie: bulkhead_map={token}");
+    let (head, _) = http_request(
+        &format!("{web}api/map"),
+        Some(&format!("localhost:{}", &addr[addr.rfind(':').expect("port") + 1..])),
+        &[&cookie],
+    );
+    assert!(head.contains(" 200 "), "the cookie alone, as the page's own requests carry it: {head}");
+    assert!(http_get(&format!("{web}metrics")).contains("bulkhead_endpoints"), "metrics need no token");
+
+    let mut b = support::browser::Browser::open(&url, 1500, 800);
     b.wait_for("document.querySelectorAll('[data-node-id]').length >= 5", Duration::from_secs(20));
     let nodes = b.eval("[...document.querySelectorAll('[data-node-id]')].map(n => n.dataset.nodeId).sort()");
     assert_eq!(

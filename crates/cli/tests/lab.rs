@@ -4,6 +4,8 @@
 
 mod support;
 
+use bulkhead_lab::frame::{Frame, V4, mac_of, proto, tcp_syn};
+use bulkhead_lab::probe::RawLink;
 use support::{Lab, assert_gone, privileged, repo};
 
 #[test]
@@ -93,6 +95,48 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
     assert_eq!(status["counts"]["endpoints"], 5);
     assert_eq!(status["counts"]["policies"], 2);
     assert!(status["drops"]["POLICY_DENIED INGRESS"].as_u64().unwrap_or(0) > 0, "{status}");
+
+    // A compromised pod claiming frontend's address (the repro): a
+    // raw SYN from debug-tools with source 198.18.1.10 to backend:8080 is
+    // dropped where it leaves debug-tools, and the flow names debug-tools.
+    let tools = eps.iter().find(|e| e["pod"] == "staging/debug-tools").expect("debug-tools endpoint");
+    let tools_ns = lab.netns("staging/debug-tools");
+    let node = std::path::PathBuf::from(format!("/run/netns/bh-{}-node", lab.name));
+    let frame = Frame {
+        dst_mac: mac_of(&node, tools["host_if"].as_str().expect("host_if")).expect("host-side MAC"),
+        src_mac: mac_of(&tools_ns, "eth0").expect("pod MAC"),
+    };
+    let frontend = std::net::Ipv4Addr::new(198, 18, 1, 10);
+    let backend = std::net::Ipv4Addr::new(198, 18, 1, 20);
+    let syn = frame.ipv4(V4::new(frontend, backend, proto::TCP, 0x5f00), &tcp_syn(40123, 8080));
+    bulkhead_datapath::netns::run_in(&tools_ns, || RawLink::open("eth0").and_then(|l| l.send(&syn)))
+        .expect("debug-tools netns")
+        .expect("send the spoofed SYN");
+    let spoofed = lab.ok(&[
+        "observe",
+        "--drop-reason",
+        "INVALID_SOURCE_IP",
+        "--from-ip",
+        "198.18.1.10",
+        "--last",
+        "5",
+        "-o",
+        "json",
+    ]);
+    let line: serde_json::Value =
+        serde_json::from_str(spoofed.lines().last().expect("an INVALID_SOURCE_IP flow")).expect("flow JSON");
+    let flow = &line["flow"];
+    assert_eq!(flow["verdict"], "DROPPED", "{flow}");
+    assert_eq!(flow["source"]["pod_name"], "debug-tools", "the flow names the real sender: {flow}");
+    assert_eq!(flow["source"]["namespace"], "staging", "{flow}");
+    assert_eq!(flow["IP"]["source"], "198.18.1.10", "{flow}");
+    assert_eq!(flow["traffic_direction"], "EGRESS", "{flow}");
+    assert_eq!(flow["destination"]["pod_name"], "backend", "{flow}");
+    assert!(flow["destination"]["identity"].as_u64().unwrap_or(0) >= 256, "the peer's identity: {flow}");
+    assert!(
+        lab.json(&["status", "-o", "json"])["drops"]["INVALID_SOURCE_IP EGRESS"].as_u64().unwrap_or(0) >= 1,
+        "counted"
+    );
 
     // Audit on the backend: the would-be drop passes and is reported as AUDIT.
     let out = lab.ok(&["audit", "on", "--endpoint", "production/backend"]);

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use bulkhead_flow::model::DropReason;
 
 /// Bumped with every change to a shared structure or map definition.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Policy map level: the peer's address.
 pub const LEVEL_ADDRESS: u8 = 0;
@@ -65,15 +65,18 @@ pub enum Reason {
     UnknownL3 = 5,
     /// A redirect to an L7 proxy that is not running.
     ProxyUnavailable = 6,
-    /// The interface has a program but no endpoint entry.
-    NoEndpoint = 7,
+    /// The interface has a program but no endpoint entry, or the
+    /// endpoint's policy for the direction is not loaded (it did not fit).
+    EpNotReady = 7,
     /// The conntrack table refused a new entry.
     CtFull = 8,
+    /// A packet leaving a pod with a source address that is not the pod's.
+    InvalidSourceIp = 9,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Forwarded,
         Reason::PolicyDenied,
         Reason::PolicyDeny,
@@ -81,8 +84,9 @@ impl Reason {
         Reason::FragUnknown,
         Reason::UnknownL3,
         Reason::ProxyUnavailable,
-        Reason::NoEndpoint,
+        Reason::EpNotReady,
         Reason::CtFull,
+        Reason::InvalidSourceIp,
     ];
 
     /// The reason with this number.
@@ -100,8 +104,9 @@ impl Reason {
             Self::FragUnknown => DropReason::FRAGMENT_NOT_FOUND,
             Self::UnknownL3 => DropReason::UNSUPPORTED_L3_PROTOCOL,
             Self::ProxyUnavailable => DropReason::SOCKET_LOOKUP_FAILED,
-            Self::NoEndpoint => DropReason::ENDPOINT_NOT_READY,
+            Self::EpNotReady => DropReason::ENDPOINT_NOT_READY,
             Self::CtFull => DropReason::CT_MAP_INSERTION_FAILED,
+            Self::InvalidSourceIp => DropReason::INVALID_SOURCE_IP,
         }
     }
 
@@ -116,8 +121,9 @@ impl Reason {
             Self::FragUnknown => "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
             Self::UnknownL3 => "UNSUPPORTED_L3_PROTOCOL",
             Self::ProxyUnavailable => "SOCKET_LOOKUP_FAILED",
-            Self::NoEndpoint => "DROP_EP_NOT_READY",
+            Self::EpNotReady => "DROP_EP_NOT_READY",
             Self::CtFull => "CT_MAP_INSERTION_FAILED",
+            Self::InvalidSourceIp => "INVALID_SOURCE_IP",
         }
     }
 }
@@ -159,6 +165,13 @@ pub struct IpcacheValue {
     pub identity: u32,
 }
 
+/// Addresses an endpoint may send from (`BH_EP_MAX_ADDRS`).
+pub const EP_MAX_ADDRS: usize = 4;
+
+/// The slot of a direction whose policy could not be loaded: the
+/// direction drops everything (`BH_SLOT_NOT_READY`).
+pub const SLOT_NOT_READY: u32 = 0;
+
 /// An endpoint, keyed by its host-side interface index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
@@ -169,8 +182,13 @@ pub struct Endpoint {
     pub identity: u32,
     /// `EP_*` flags.
     pub flags: u32,
-    /// Policy slot per direction (`DIR_INGRESS`, `DIR_EGRESS`).
+    /// Policy slot per direction (`DIR_INGRESS`, `DIR_EGRESS`), or
+    /// [`SLOT_NOT_READY`].
     pub slot: [u32; 2],
+    /// How many of `addrs` are set.
+    pub naddrs: u32,
+    /// The only source addresses its packets may carry.
+    pub addrs: [Addr; EP_MAX_ADDRS],
 }
 
 /// A policy key without its prefix length (aya's `lpm_trie::Key` adds it).
@@ -240,7 +258,9 @@ pub struct CtValue {
     /// `BH_CT_*` flags.
     pub flags: u8,
     /// Zero.
-    pub pad: [u8; 3],
+    pub pad: u8,
+    /// The port (ICMP: type) the policy was asked about.
+    pub policy_port: u16,
     /// Packets of the connection, both directions.
     pub packets: u32,
 }
@@ -343,7 +363,7 @@ impl RawEvent {
 
 const _: () = assert!(size_of::<Addr>() == 16);
 const _: () = assert!(size_of::<aya::maps::lpm_trie::Key<Addr>>() == 20);
-const _: () = assert!(size_of::<Endpoint>() == 20);
+const _: () = assert!(size_of::<Endpoint>() == 88);
 const _: () = assert!(size_of::<aya::maps::lpm_trie::Key<PolicyKeyData>>() == 28);
 const _: () = assert!(size_of::<PolicyValue>() == 8);
 const _: () = assert!(size_of::<CtKey>() == 44);
@@ -385,8 +405,9 @@ mod tests {
                 Reason::FragUnknown => "FRAG_UNKNOWN",
                 Reason::UnknownL3 => "UNKNOWN_L3",
                 Reason::ProxyUnavailable => "PROXY_UNAVAILABLE",
-                Reason::NoEndpoint => "NO_ENDPOINT",
+                Reason::EpNotReady => "EP_NOT_READY",
                 Reason::CtFull => "CT_FULL",
+                Reason::InvalidSourceIp => "INVALID_SOURCE_IP",
             };
             let needle = format!("#define BH_REASON_{c_name} {}", r as u8);
             assert!(header.contains(&needle), "bulkhead.h lacks `{needle}`");
@@ -397,5 +418,7 @@ mod tests {
         }
         assert!(header.contains(&format!("#define BH_LAYOUT_VERSION {LAYOUT_VERSION}")));
         assert!(header.contains("#define BH_POLICY_SLOT_MAX_ENTRIES (1 << 20)"));
+        assert!(header.contains(&format!("#define BH_EP_MAX_ADDRS {EP_MAX_ADDRS}")));
+        assert!(header.contains(&format!("#define BH_SLOT_NOT_READY {SLOT_NOT_READY}")));
     }
 }

@@ -51,6 +51,14 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    /// An endpoint has more addresses than its map value holds.
+    #[error("the endpoint has {count} addresses; at most {max} are supported")]
+    TooManyAddresses {
+        /// Its addresses.
+        count: usize,
+        /// The most an endpoint may have.
+        max: usize,
+    },
     /// Any other map operation failed.
     #[error("map {map}: {source}")]
     Map {

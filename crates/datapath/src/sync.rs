@@ -10,10 +10,14 @@
 //! period, so that a packet that read the old slot just before the swap
 //! still finds its entries.
 //!
-//! When a map is full the new slot is never published and the endpoint
-//! keeps its previous policy; the error names the endpoint and the map.
+//! When a policy does not fit its map, the new slot is never published.
+//! What the endpoint's direction then does is the [`Overflow`] setting:
+//! by default it fails closed (the direction names no slot and drops
+//! everything until a policy fits); or it keeps its previous policy. Either
+//! way the error names the endpoint, the direction and the map.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,9 +27,9 @@ use bulkhead_policy::repository::{Proto, RuleRef};
 use bulkhead_policy::resolve::{EndpointPolicy, Peer, PolicyKey, Verdict};
 
 use crate::abi::{
-    Addr, EP_AUDIT, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, Endpoint, LEVEL_ADDRESS, LEVEL_ANY,
+    Addr, EP_AUDIT, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_MAX_ADDRS, Endpoint, LEVEL_ADDRESS, LEVEL_ANY,
     LEVEL_IDENTITY, MATCH_ALL_PROTOCOLS, MATCH_PORT, MATCH_PROTOCOL, POLICY_FIXED_BITS, PolicyKeyData, PolicyValue,
-    VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
+    SLOT_NOT_READY, VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT,
 };
 use crate::{Datapath, DatapathError, Direction};
 
@@ -44,8 +48,35 @@ pub struct EndpointSpec {
     pub identity: u32,
     /// Audit mode: would-be drops pass and are reported.
     pub audit: bool,
+    /// Its addresses: the only source addresses its packets may carry (at
+    /// most [`EP_MAX_ADDRS`]).
+    pub addrs: Vec<IpAddr>,
     /// Its resolved policy.
     pub policy: Arc<EndpointPolicy>,
+}
+
+/// What an endpoint's direction does when its new policy does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Deny everything in that direction until a policy fits: a change that
+    /// meant to close something never leaves it open.
+    #[default]
+    FailClosed,
+    /// Keep enforcing the previous policy.
+    KeepPrevious,
+}
+
+/// An endpoint whose new policy could not be loaded.
+#[derive(Debug)]
+pub struct LoadFailure {
+    /// Its host-side interface.
+    pub ifindex: u32,
+    /// The directions whose policy did not load.
+    pub directions: Vec<Direction>,
+    /// What those directions do now.
+    pub overflow: Overflow,
+    /// Why.
+    pub error: DatapathError,
 }
 
 /// The outcome of one [`PolicySync::apply`].
@@ -57,8 +88,8 @@ pub struct SyncReport {
     pub slots_written: usize,
     /// Entries written.
     pub entries_written: usize,
-    /// Endpoints that kept their previous policy, and why.
-    pub failed: Vec<(u32, DatapathError)>,
+    /// Endpoints whose new policy did not load, and what they do now.
+    pub failed: Vec<LoadFailure>,
 }
 
 struct Slot {
@@ -73,12 +104,16 @@ struct Slot {
 struct Loaded {
     spec: EndpointSpec,
     value: Endpoint,
+    /// The directions whose slot it holds a reference to (a direction that
+    /// failed closed holds none).
+    acquired: Vec<Direction>,
 }
 
 /// Keeps the maps equal to the desired endpoints and ipcache, writing only
 /// what changed. See the module documentation.
 #[derive(Default)]
 pub struct PolicySync {
+    overflow: Overflow,
     next_slot: u32,
     /// Live slots by (policy pointer, direction).
     slots: HashMap<(usize, Direction), Slot>,
@@ -104,12 +139,17 @@ impl PolicySync {
         // alone says which numbers are taken.
         let slots = dp.slots()?;
         Ok(Self {
-            next_slot: slots.iter().max().map_or(1, |m| m.saturating_add(1)),
+            next_slot: slots.iter().max().map_or(0, |m| m.saturating_add(1)),
             foreign: !slots.is_empty(),
             adopted: dp.endpoints()?.into_iter().map(|(ifindex, _)| ifindex).collect(),
             ipcache: dp.ipcache()?.into_iter().collect(),
             ..Self::default()
         })
+    }
+
+    /// Sets what a direction does when its new policy does not fit.
+    pub fn set_overflow(&mut self, overflow: Overflow) {
+        self.overflow = overflow;
     }
 
     /// The rules behind a rule reference id from an event or a map value.
@@ -142,11 +182,11 @@ impl PolicySync {
         }
 
         let desired: BTreeMap<u32, EndpointSpec> = endpoints.into_iter().map(|e| (e.ifindex, e)).collect();
-        for (ifindex, spec) in &desired {
+        for spec in desired.values() {
             match self.load_endpoint(dp, spec, &mut report) {
                 Ok(true) => report.endpoints_updated += 1,
                 Ok(false) => {}
-                Err(e) => report.failed.push((*ifindex, e)),
+                Err(f) => report.failed.push(*f),
             }
         }
         let adopted = std::mem::take(&mut self.adopted);
@@ -155,7 +195,7 @@ impl PolicySync {
         for ifindex in gone {
             dp.remove_endpoint(ifindex)?;
             if let Some(old) = self.endpoints.remove(&ifindex) {
-                self.release(&old.spec.policy);
+                self.release(&old.spec.policy, &old.acquired);
             }
         }
 
@@ -182,28 +222,43 @@ impl PolicySync {
         Ok(())
     }
 
-    /// Loads one endpoint; true when its map value changed.
+    /// Loads one endpoint; true when its map value changed. A failure says
+    /// which directions did not load and what they do now: with
+    /// [`Overflow::FailClosed`] the value is written with those directions
+    /// naming no slot; with [`Overflow::KeepPrevious`] nothing is written.
     fn load_endpoint(
         &mut self,
         dp: &mut Datapath,
         spec: &EndpointSpec,
         report: &mut SyncReport,
-    ) -> Result<bool, DatapathError> {
-        let mut slots = [0u32; 2];
+    ) -> Result<bool, Box<LoadFailure>> {
+        let failure = |directions: Vec<Direction>, overflow, error| {
+            Box::new(LoadFailure { ifindex: spec.ifindex, directions, overflow, error })
+        };
+        if spec.addrs.len() > EP_MAX_ADDRS {
+            let error = DatapathError::TooManyAddresses { count: spec.addrs.len(), max: EP_MAX_ADDRS };
+            return Err(failure(Direction::BOTH.to_vec(), Overflow::KeepPrevious, error));
+        }
+        let mut slots = [SLOT_NOT_READY; 2];
         let mut acquired = Vec::new();
+        let mut failed: Option<(Vec<Direction>, DatapathError)> = None;
         for d in Direction::BOTH {
             match self.acquire(dp, &spec.policy, d, report) {
                 Ok(id) => {
                     slots[d as usize] = id;
                     acquired.push(d);
                 }
-                Err(e) => {
-                    for d in acquired {
-                        self.release_one(&spec.policy, d);
-                    }
-                    return Err(e);
-                }
+                Err(e) => match &mut failed {
+                    Some((dirs, _)) => dirs.push(d),
+                    None => failed = Some((vec![d], e)),
+                },
             }
+        }
+        if self.overflow == Overflow::KeepPrevious
+            && let Some((dirs, error)) = failed
+        {
+            self.release(&spec.policy, &acquired);
+            return Err(failure(dirs, Overflow::KeepPrevious, error));
         }
         let mut flags = 0;
         if spec.audit {
@@ -215,23 +270,39 @@ impl PolicySync {
         if spec.policy.egress.default_deny {
             flags |= EP_DEFAULT_DENY_EGRESS;
         }
-        let value = Endpoint { id: spec.id, identity: spec.identity, flags, slot: slots };
-        let old = self.endpoints.get(&spec.ifindex).cloned();
-        if old.as_ref().is_some_and(|o| o.value == value) {
-            // Same slots: the references taken above are extra.
-            self.release(&spec.policy);
-            self.endpoints.insert(spec.ifindex, Loaded { spec: spec.clone(), value });
-            return Ok(false);
+        let mut addrs = [Addr::default(); EP_MAX_ADDRS];
+        for (a, ip) in addrs.iter_mut().zip(&spec.addrs) {
+            *a = Addr::from(*ip);
         }
-        if let Err(e) = dp.set_endpoint(spec.ifindex, &value) {
-            self.release(&spec.policy);
-            return Err(e);
+        let value = Endpoint {
+            id: spec.id,
+            identity: spec.identity,
+            flags,
+            slot: slots,
+            naddrs: spec.addrs.len() as u32,
+            addrs,
+        };
+        let old = self.endpoints.get(&spec.ifindex);
+        let changed = if old.is_some_and(|o| o.value == value) {
+            // The same value: the references its entry holds stand, the
+            // ones just taken are extra.
+            self.release(&spec.policy, &acquired);
+            false
+        } else {
+            if let Err(e) = dp.set_endpoint(spec.ifindex, &value) {
+                self.release(&spec.policy, &acquired);
+                return Err(failure(Direction::BOTH.to_vec(), Overflow::KeepPrevious, e));
+            }
+            let loaded = Loaded { spec: spec.clone(), value, acquired };
+            if let Some(old) = self.endpoints.insert(spec.ifindex, loaded) {
+                self.release(&old.spec.policy, &old.acquired);
+            }
+            true
+        };
+        match failed {
+            Some((directions, error)) => Err(failure(directions, Overflow::FailClosed, error)),
+            None => Ok(changed),
         }
-        self.endpoints.insert(spec.ifindex, Loaded { spec: spec.clone(), value });
-        if let Some(old) = old {
-            self.release(&old.spec.policy);
-        }
-        Ok(true)
     }
 
     /// The slot holding one direction of `policy`, written now if needed.
@@ -247,8 +318,9 @@ impl PolicySync {
             s.users += 1;
             return Ok(s.id);
         }
-        let id = self.next_slot;
-        self.next_slot += 1;
+        // Slot numbers are never reused, and never SLOT_NOT_READY.
+        let id = self.next_slot.max(SLOT_NOT_READY + 1);
+        self.next_slot = id + 1;
         let dir = match d {
             Direction::Ingress => &policy.ingress,
             Direction::Egress => &policy.egress,
@@ -283,20 +355,17 @@ impl PolicySync {
         id
     }
 
-    fn release(&mut self, policy: &Arc<EndpointPolicy>) {
-        for d in Direction::BOTH {
-            self.release_one(policy, d);
-        }
-    }
-
-    fn release_one(&mut self, policy: &Arc<EndpointPolicy>, d: Direction) {
-        let key = (Arc::as_ptr(policy) as usize, d);
-        let Some(s) = self.slots.get_mut(&key) else { return };
-        s.users -= 1;
-        if s.users == 0
-            && let Some(s) = self.slots.remove(&key)
-        {
-            self.retired.push((Instant::now(), s.id));
+    /// Drops one reference to each of `dirs`' slots of `policy`.
+    fn release(&mut self, policy: &Arc<EndpointPolicy>, dirs: &[Direction]) {
+        for d in dirs {
+            let key = (Arc::as_ptr(policy) as usize, *d);
+            let Some(s) = self.slots.get_mut(&key) else { continue };
+            s.users -= 1;
+            if s.users == 0
+                && let Some(s) = self.slots.remove(&key)
+            {
+                self.retired.push((Instant::now(), s.id));
+            }
         }
     }
 

@@ -389,6 +389,8 @@ pub struct DropReason(pub u32);
 impl DropReason {
     /// No reason (not a drop).
     pub const UNKNOWN: Self = Self(0);
+    /// A packet left a pod with a source address that is not the pod's.
+    pub const INVALID_SOURCE_IP: Self = Self(132);
     /// No policy entry allowed it and the direction is default-deny.
     pub const POLICY_DENIED: Self = Self(133);
     /// A bad or truncated header.

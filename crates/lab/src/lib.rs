@@ -8,6 +8,7 @@
 //! needs `unsafe` (socket2 has no safe constructor for a link-layer
 //! address); each block carries a `// SAFETY:` note.
 
+pub mod frame;
 pub mod pods;
 pub mod probe;
 pub mod respond;

@@ -73,11 +73,7 @@ pub fn load_or_create_key(state_dir: &Path) -> std::io::Result<SigningKey> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut seed = [0u8; 32];
             File::open("/dev/urandom")?.read_exact(&mut seed)?;
-            let tmp = path.with_extension("key.tmp");
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(&seed)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            crate::store::write_atomically(&path, &seed)?;
             tracing::info!(file = %path.display(), "created the flow log's signing key");
             Ok(SigningKey::from_bytes(&seed))
         }

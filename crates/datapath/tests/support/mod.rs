@@ -7,15 +7,16 @@
 #![allow(dead_code, reason = "each test binary uses part of the fixture")]
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_datapath::sync::{EndpointSpec, PolicySync};
+use bulkhead_datapath::sync::{EndpointSpec, PolicySync, SyncReport};
 use bulkhead_datapath::{Datapath, netns};
+use bulkhead_lab::frame::{Frame, mac_of};
 use bulkhead_lab::pods::{Node, PodLink};
-use bulkhead_lab::probe::{Outcome, Probe, probe_from};
+use bulkhead_lab::probe::{Outcome, Probe, RawLink, probe_from};
 use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
 use bulkhead_policy::diag::Sink;
 use bulkhead_policy::engine::{Change, Engine};
@@ -110,6 +111,12 @@ impl Lab {
 
     /// Replaces every policy with those in `text` (one engine batch, one load).
     pub fn replace_policies(&mut self, text: &str) {
+        let changes = self.policy_changes(text);
+        self.change(changes);
+    }
+
+    /// The engine changes that replace every policy with those in `text`.
+    fn policy_changes(&self, text: &str) -> Vec<Change> {
         let mut changes: Vec<Change> = self
             .engine
             .policies()
@@ -119,17 +126,35 @@ impl Lab {
             bulkhead_policy::api::Object::Policy(p) => Change::UpsertPolicy(p),
             other => panic!("not a policy: {other:?}"),
         }));
-        self.change(changes);
+        changes
     }
 
     /// Loads the engine's current state into the maps.
     pub fn load(&mut self) {
+        let report = self.try_load();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+    }
+
+    /// Loads the engine's current state into the maps, reporting what did not load.
+    pub fn try_load(&mut self) -> SyncReport {
         let specs: Vec<EndpointSpec> = self.specs();
         let ipcache: Vec<(bulkhead_policy::cidr::Cidr, u32)> =
             self.engine.ipcache().into_iter().map(|(c, id)| (c, id.0)).collect();
         let dp = self.dp.as_mut().expect("datapath open");
-        let report = self.sync.apply(dp, specs, ipcache).expect("sync");
-        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        self.sync.apply(dp, specs, ipcache).expect("sync")
+    }
+
+    /// Replaces every policy with those in `text`, reporting what did not load.
+    pub fn try_replace_policies(&mut self, text: &str) -> SyncReport {
+        for c in self.policy_changes(text) {
+            self.engine.apply(c);
+        }
+        self.try_load()
+    }
+
+    /// The endpoint id [`Lab::specs`] gives pod `key`.
+    pub fn endpoint_id(&self, key: &str) -> u32 {
+        self.pods.keys().position(|k| k == key).expect("lab pod") as u32 + 1
     }
 
     pub fn specs(&self) -> Vec<EndpointSpec> {
@@ -143,6 +168,7 @@ impl Lab {
                     id: i as u32 + 1,
                     identity: id.0,
                     audit: self.audit,
+                    addrs: link.ips.clone(),
                     policy: Arc::clone(self.engine.endpoint_policy(key).expect("resolved")),
                 }
             })
@@ -236,6 +262,52 @@ pub fn kernel_passes(d: &Decision<'_>) -> bool {
     match d {
         Decision::Entry(_, e) => e.verdict == Verdict::Allow,
         Decision::Default { deny } => !deny,
+    }
+}
+
+/// How long a capture waits for frames after the send.
+const CAPTURE_WINDOW: Duration = Duration::from_millis(400);
+
+/// A pod's IPv4 address.
+pub fn v4(link: &PodLink) -> Ipv4Addr {
+    link.ips.iter().find_map(|ip| if let IpAddr::V4(a) = ip { Some(*a) } else { None }).expect("IPv4 address")
+}
+
+/// A pod's IPv6 address.
+pub fn v6(link: &PodLink) -> Ipv6Addr {
+    link.ips.iter().find_map(|ip| if let IpAddr::V6(a) = ip { Some(*a) } else { None }).expect("IPv6 address")
+}
+
+/// Frames from `pod`'s interface to the node.
+pub fn framer(lab: &Lab, pod: &PodLink) -> Frame {
+    Frame {
+        dst_mac: mac_of(&lab.node.path(), &pod.host_if).expect("host-side MAC"),
+        src_mac: mac_of(&netns::named(&pod.netns), "eth0").expect("pod MAC"),
+    }
+}
+
+/// Sends `frames` from `from`'s eth0 and returns what arrived on `to`'s
+/// eth0 within a short window. The capture socket is open before the
+/// first send, so nothing that arrives is missed, and no sleep is needed.
+pub fn send_and_capture(from: &PodLink, to: &PodLink, frames: &[&[u8]]) -> Vec<Vec<u8>> {
+    let capture = netns::run_in(&netns::named(&to.netns), || RawLink::open("eth0"))
+        .expect("destination netns")
+        .expect("raw socket on the destination");
+    netns::run_in(&netns::named(&from.netns), || {
+        let link = RawLink::open("eth0")?;
+        frames.iter().try_for_each(|f| link.send(f))
+    })
+    .expect("source netns")
+    .expect("send");
+    capture.capture(CAPTURE_WINDOW, |_| true).expect("capture")
+}
+
+/// Lets the node resolve `to`'s neighbours, so that crafted frames with
+/// fixed MACs are forwarded at once.
+pub fn warm_up(from: &PodLink, to: &PodLink) {
+    for dst in &to.ips {
+        let probe = Probe { dst: *dst, proto: Proto::Tcp, port: 1 };
+        let _ = probe_from(&netns::named(&from.netns), &[probe], Duration::from_millis(500), 1);
     }
 }
 
