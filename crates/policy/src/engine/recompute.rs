@@ -7,14 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{
-    BlockPods, Changes, EndpointDiff, Engine, PatchResult, PeerSets, PodEntry, Profile, ProfileKey, RulesKey,
-    diff_direction, dir_mut, dir_of, patch_peer, port_ranges,
-};
+use super::{BlockPods, Changes, EndpointDiff, Engine, PatchResult, PeerSets, PodEntry, Profile, ProfileKey, RulesKey};
 use crate::api::{Direction, NamedPort};
 use crate::identity::{NumericIdentity, Reserved};
 use crate::repository::{CompiledRule, PeerSel, PortItem, Proto, RuleRef};
-use crate::resolve::{DirectionPolicy, EndpointPolicy, Resolved, flatten};
+use crate::resolve::{DirectionPolicy, EndpointPolicy, PolicyEntry, PolicyKey, Resolved, flatten};
 use crate::selector::Selector;
 
 impl Engine {
@@ -408,4 +405,87 @@ impl Engine {
     fn all_named_ports(&self) -> Vec<NamedPort> {
         self.named_ports.keys().cloned().collect()
     }
+}
+
+/// Replaces, in `into`, the entries about `peer` (and the pod addresses in
+/// `addrs`) with those of `from`; returns what changed.
+fn patch_peer(
+    into: &mut DirectionPolicy,
+    from: &DirectionPolicy,
+    peer: NumericIdentity,
+    addrs: &BTreeSet<IpAddr>,
+) -> (Vec<(PolicyKey, Arc<PolicyEntry>)>, Vec<PolicyKey>) {
+    use crate::resolve::Peer;
+    let (mut upserted, mut removed) = (Vec::new(), Vec::new());
+    let levels = std::iter::once(Peer::Identity(peer)).chain(addrs.iter().map(|a| Peer::Address(*a)));
+    for level in levels {
+        // A peer's keys are one contiguous run of the map's order.
+        let lo = PolicyKey { peer: level, proto: Proto::Any, lo: 0, hi: 0 };
+        let hi = PolicyKey { peer: level, proto: Proto::Sctp, lo: u16::MAX, hi: u16::MAX };
+        let old: Vec<PolicyKey> = into.entries.range(lo..=hi).map(|(k, _)| *k).collect();
+        for k in &old {
+            if !from.entries.contains_key(k) {
+                into.entries.remove(k);
+                removed.push(*k);
+            }
+        }
+        for (k, v) in from.entries.range(lo..=hi) {
+            if into.entries.get(k) != Some(v) {
+                into.entries.insert(*k, v.clone());
+                upserted.push((*k, v.clone()));
+            }
+        }
+    }
+    (upserted, removed)
+}
+
+fn dir_mut(p: &mut EndpointPolicy, d: Direction) -> &mut DirectionPolicy {
+    match d {
+        Direction::Ingress => &mut p.ingress,
+        Direction::Egress => &mut p.egress,
+    }
+}
+
+fn dir_of(p: &EndpointPolicy, d: Direction) -> &DirectionPolicy {
+    match d {
+        Direction::Ingress => &p.ingress,
+        Direction::Egress => &p.egress,
+    }
+}
+
+fn diff_direction(key: &str, d: Direction, old: &DirectionPolicy, new: &DirectionPolicy) -> Option<EndpointDiff> {
+    let upserted: Vec<(PolicyKey, Arc<PolicyEntry>)> =
+        new.entries.iter().filter(|(k, v)| old.entries.get(*k) != Some(*v)).map(|(k, v)| (*k, v.clone())).collect();
+    let removed: Vec<PolicyKey> = old.entries.keys().filter(|k| !new.entries.contains_key(*k)).copied().collect();
+    let default_deny = (old.default_deny != new.default_deny).then_some(new.default_deny);
+    (!upserted.is_empty() || !removed.is_empty() || default_deny.is_some()).then(|| EndpointDiff {
+        endpoint: key.to_string(),
+        direction: d,
+        upserted,
+        removed,
+        default_deny,
+    })
+}
+
+/// Port items as numeric ranges; named ports through `named`.
+fn port_ranges(items: &[PortItem], named: &[NamedPort]) -> Vec<(Proto, u16, u16)> {
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            PortItem::All => out.push((Proto::Any, 0, 65535)),
+            PortItem::Range { proto, lo, hi } => out.push((*proto, *lo, *hi)),
+            PortItem::Named { name, proto } => {
+                for np in named.iter().filter(|np| &np.name == name) {
+                    let protos = Proto::expand(*proto);
+                    let p = Proto::expand(np.protocol)[0];
+                    if protos.contains(&p) {
+                        out.push((p, np.port, np.port));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::reach::Reach;
+use crate::repository::Proto;
 use crate::testutil::{cell, engine, objects, pod};
 
 fn cluster() -> String {
