@@ -1,32 +1,42 @@
 //! bulkhead's node agent (`bulkhead agent`).
 //!
 //! It holds the cluster state and policies applied to it ([`store`]),
-//! resolves them with the policy engine, keeps the kernel's maps equal to
-//! the result ([`agent::Agent`]), registers pods' interfaces for the CNI
-//! plugin, turns datapath events into flows ([`observer`]: a ring for
-//! `observe`, a signed flow log, the service map) and metrics
-//! ([`metrics`]), and serves all of it as HTTP/JSON on a unix socket
-//! ([`server`]; the types and the client are `bulkhead_api`) and, for metrics and
-//! the service map, over HTTP on localhost ([`web`]). Enforcement does not
-//! depend on the agent running: programs, maps and links are pinned, and a
-//! new agent adopts them.
+//! resolves them with the policy engine and keeps the kernel's maps equal
+//! to the result, registers pods' interfaces for the CNI plugin — all of
+//! that in one writer, [`reconciler`], which publishes an immutable
+//! [`snapshot`] after every change — and serves reads from the newest
+//! snapshot and the kernel's read handles ([`inspect`]): the API on a unix
+//! socket ([`server`]; its types and client are `bulkhead_api`), metrics
+//! and the service map over HTTP ([`web`], [`metrics`]), and the flows it
+//! makes of the datapath's events ([`observer`]: a ring for `observe`, a
+//! signed flow log). Nothing that reads waits for a change in progress, and
+//! the event path takes no lock. Enforcement does not depend on the agent
+//! running: programs, maps and links are pinned, and a new agent adopts
+//! them.
 
-pub mod agent;
+pub mod config;
+pub mod inspect;
 mod limits;
 pub mod metrics;
+mod node;
 pub mod observer;
+pub mod reconciler;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 pub mod web;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
-pub use agent::{Agent, AgentError, Config};
+pub use config::{AgentError, Config};
 
+use crate::inspect::AgentInfo;
 use crate::observer::Observer;
 use crate::observer::convert::Converter;
+use crate::reconciler::Reconciler;
+use crate::snapshot::Published;
 
 /// Flows the flow log's queue holds before it counts losses.
 const FLOW_LOG_QUEUE: usize = 1 << 16;
@@ -51,64 +61,69 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
         config.web_listen = Some(l.local_addr()?);
     }
     let metrics = Arc::new(metrics::Metrics::new());
-    let observer = Arc::new(Observer::new(config.flow_buffer_bytes, metrics));
-    let node_name = config.node_name.clone();
-    let mut agent = Agent::start(config.clone(), Arc::clone(&observer))?;
-    let flow_log = match &config.flow_log {
+    let observer = Arc::new(Observer::new(config.flow_buffer_bytes, Arc::clone(&metrics)));
+    let published = Arc::new(Published::default());
+    let mut reconciler = Reconciler::start(config.clone(), Arc::clone(&published), Arc::clone(&metrics))?;
+    let kernel = reconciler.view();
+    let (flow_log, flow_log_info) = match &config.flow_log {
         Some(cfg) => {
             let key = observer::flowlog::load_or_create_key(&config.state_dir)?;
             let (tx, rx) = std::sync::mpsc::sync_channel(FLOW_LOG_QUEUE);
             let stats = Arc::new(observer::flowlog::FlowLogStats::default());
-            agent.set_flow_log(Arc::clone(&stats), &key.verifying_key());
-            let handle = observer::flowlog::start(cfg.clone(), key, rx, stats)?;
+            let public = bulkhead_flow::log::to_hex(key.verifying_key().as_bytes());
+            let handle = observer::flowlog::start(cfg.clone(), key, rx, Arc::clone(&stats))?;
             observer.attach_log(tx);
-            Some(handle)
+            (Some(handle), Some((stats, public)))
         }
-        None => None,
+        None => (None, None),
     };
-    let events = agent
+    let info = Arc::new(AgentInfo {
+        pin_dir: kernel.pin_dir().display().to_string(),
+        config: config.clone(),
+        started: Instant::now(),
+        flow_log: flow_log_info,
+    });
+    let events = reconciler
         .take_event_reader()
         .ok_or_else(|| AgentError::Io(std::io::Error::other("the datapath's event ring buffer was already taken")))?;
-    let status = agent.status()?;
-    let shared = Arc::new(Mutex::new(agent));
+    let (commands, queue) = std::sync::mpsc::channel();
+    let writer = std::thread::Builder::new().name("reconciler".into()).spawn(move || reconciler.run(queue))?;
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (shared, observer, stop) = (Arc::clone(&shared), Arc::clone(&observer), Arc::clone(&stop));
+        let (published, observer, stop) = (Arc::clone(&published), Arc::clone(&observer), Arc::clone(&stop));
+        let node_name = config.node_name.clone();
         std::thread::Builder::new().name("events".into()).spawn(move || {
             let mut conv = Converter::new(node_name);
             observer::run_reader(events, &observer, &stop, |batch| {
-                shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).flows(&mut conv, batch)
+                let snapshot = published.load();
+                batch.iter().map(|(ev, t)| conv.convert(&snapshot, ev, *t)).collect()
             });
         })?
     };
-    tracing::info!(
-        pid = status.pid,
-        socket = %socket.display(),
-        pins = %status.pin_dir,
-        endpoints = status.counts.endpoints,
-        policies = status.counts.policies,
-        web = %status.flows.web,
-        flow_log = %status.flows.log_dir,
-        "agent ready"
-    );
-    let gc = Arc::clone(&shared);
     let access = match web_listener.as_ref() {
         Some(l) => Some(Arc::new(web::WebAccess::new(l.local_addr()?)?)),
         None => None,
     };
-    let state = server::AppState { agent: Arc::clone(&shared), observer: Arc::clone(&observer), web: access.clone() };
+    let state = server::AppState {
+        commands,
+        published: Arc::clone(&published),
+        info,
+        kernel,
+        observer: Arc::clone(&observer),
+        web: access.clone(),
+    };
+    let snapshot = published.load();
+    tracing::info!(
+        pid = std::process::id(),
+        socket = %socket.display(),
+        pins = %state.info.pin_dir,
+        endpoints = snapshot.endpoints.len(),
+        policies = snapshot.objects.policies,
+        web = %config.web_listen.map(|a| a.to_string()).unwrap_or_default(),
+        flow_log = %config.flow_log.as_ref().map(|c| c.dir.display().to_string()).unwrap_or_default(),
+        "agent ready"
+    );
     let served = rt.block_on(async move {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                let gc = Arc::clone(&gc);
-                let _ = tokio::task::spawn_blocking(move || {
-                    gc.lock().unwrap_or_else(std::sync::PoisonError::into_inner).collect_garbage();
-                })
-                .await;
-            }
-        });
         if let (Some(l), Some(access)) = (web_listener, access) {
             let app = web::router(state.clone(), access);
             tokio::spawn(async move {
@@ -119,6 +134,10 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
         }
         axum::serve(listener, server::router(state)).with_graceful_shutdown(shutdown_signal()).await
     });
+    // The runtime (and with it every holder of the writer's queue) goes
+    // first, so that the writer finishes its last change and stops.
+    drop(rt);
+    let _ = writer.join();
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
     observer.detach_log();

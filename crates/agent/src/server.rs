@@ -1,47 +1,69 @@
 //! The HTTP/JSON API on a unix socket (mode 0600), with axum.
 //!
-//! Handlers hand the work to a blocking thread holding the agent's lock:
-//! map updates are syscalls, and one change at a time keeps the order of
-//! store, engine and kernel writes simple to reason about.
+//! Reads (status, endpoints, identities, `policy get`, flows) are answered
+//! from the newest published snapshot and the kernel's read handles, on a
+//! blocking thread: they never wait for a change in progress. Changes go to
+//! the one writer's queue (`reconciler`) and the handler waits for its
+//! answer; `apply` decodes and validates its files before queueing them, so
+//! the writer spends its time only on what changes.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, FromRef, Path as UrlPath, Query, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use bulkhead_api::{ApplyRequest, AuditRequest, EndpointRequest, ErrorBody, FlowsRequest, UiAddress};
+use bulkhead_datapath::DatapathView;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{Agent, AgentError};
+use crate::config::AgentError;
+use crate::inspect::{AgentInfo, Readers};
 use crate::observer::Observer;
-use bulkhead_api::{ApplyRequest, AuditRequest, EndpointRequest, ErrorBody, FlowsRequest, UiAddress};
+use crate::reconciler::{Command, Objects, Reply};
+use crate::snapshot::Published;
 
-/// The agent behind its lock.
-pub type Shared = Arc<Mutex<Agent>>;
-
-/// What handlers reach: the agent, and the observer (read without the
-/// agent's lock, so `observe` never waits behind a policy change).
+/// What handlers reach.
 #[derive(Clone)]
 pub struct AppState {
-    /// The agent.
-    pub agent: Shared,
-    /// Its flows.
+    /// The writer's queue.
+    pub commands: Sender<Command>,
+    /// The newest snapshot.
+    pub published: Arc<Published>,
+    /// What does not change.
+    pub info: Arc<AgentInfo>,
+    /// The kernel's maps, for reading.
+    pub kernel: Arc<DatapathView>,
+    /// Flows.
     pub observer: Arc<Observer>,
     /// The service map's access (none without `--web-listen`).
     pub web: Option<Arc<crate::web::WebAccess>>,
 }
 
-impl FromRef<AppState> for Shared {
-    fn from_ref(s: &AppState) -> Self {
-        Arc::clone(&s.agent)
+impl AppState {
+    /// Runs a read on a blocking thread with the newest snapshot.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Readers<'_>) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let snapshot = s.published.load();
+            f(Readers { snapshot: &snapshot, info: &s.info, kernel: &s.kernel, observer: &s.observer })
+        })
+        .await
+        .map_err(|e| AgentError::Stopped(format!("the request failed inside the agent: {e}")))?
     }
-}
 
-impl FromRef<AppState> for Arc<Observer> {
-    fn from_ref(s: &AppState) -> Self {
-        Arc::clone(&s.observer)
+    /// Queues a change for the writer and waits for its answer.
+    pub async fn change<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, AgentError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands.send(command(tx)).map_err(|_| AgentError::Stopped("its writer has stopped".into()))?;
+        rx.await.map_err(|_| AgentError::Stopped("its writer dropped the request".into()))?
     }
 }
 
@@ -50,30 +72,14 @@ pub fn bad_request(error: String) -> Response {
     (StatusCode::BAD_REQUEST, Json(ErrorBody { error, details: Vec::new() })).into_response()
 }
 
-/// Runs `f` on the agent, off the async threads, and answers with JSON.
-async fn call<T, F>(agent: Shared, f: F) -> Response
-where
-    T: Serialize + Send + 'static,
-    F: FnOnce(&mut Agent) -> Result<T, AgentError> + Send + 'static,
-{
-    let done = tokio::task::spawn_blocking(move || {
-        // A panicking request leaves the agent as the last completed step
-        // left it; the next request proceeds.
-        let mut a = agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut a)
-    })
-    .await;
-    match done {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(e)) => {
+/// JSON for a value, or the error with its status and diagnostics.
+fn answer<T: Serialize>(r: Result<T, AgentError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (status, Json(ErrorBody { error: e.to_string(), details: e.details() })).into_response()
         }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(ErrorBody { error: format!("the request failed inside the agent: {e}"), details: Vec::new() }),
-        )
-            .into_response(),
     }
 }
 
@@ -88,11 +94,41 @@ struct ReachQuery {
     ports: String,
 }
 
-async fn flows(State(o): State<Arc<Observer>>, Json(r): Json<FlowsRequest>) -> Response {
-    match o.follow(&r).await {
+async fn flows(State(s): State<AppState>, Json(r): Json<FlowsRequest>) -> Response {
+    match s.observer.follow(&r).await {
         Ok(page) => Json(page).into_response(),
         Err(e) => bad_request(format!("filter: {e}")),
     }
+}
+
+/// `apply -f` and `delete -f`: decoded here, changed by the writer.
+async fn objects(s: AppState, req: ApplyRequest, delete: bool) -> Response {
+    let received = Instant::now();
+    let decoded = tokio::task::spawn_blocking(move || Objects::decode(&req, received))
+        .await
+        .map_err(|e| AgentError::Stopped(format!("decoding failed inside the agent: {e}")))
+        .and_then(|r| r);
+    let objects = match decoded {
+        Ok(o) => o,
+        Err(e) => return answer::<()>(Err(e)),
+    };
+    answer(
+        s.change(|reply| if delete { Command::Delete(objects, reply) } else { Command::Apply(objects, reply) }).await,
+    )
+}
+
+async fn put_endpoint(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    Json(r): Json<EndpointRequest>,
+) -> Response {
+    if r.container_id != id {
+        return answer::<()>(Err(AgentError::invalid(format!(
+            "the path names container {id}, the body {}",
+            r.container_id
+        ))));
+    }
+    answer(s.change(|reply| Command::AddEndpoint(r, reply)).await)
 }
 
 /// `bulkhead ui`: the service map's address with its token, which only
@@ -100,59 +136,63 @@ async fn flows(State(o): State<Arc<Observer>>, Json(r): Json<FlowsRequest>) -> R
 fn ui(s: &AppState) -> Response {
     match &s.web {
         Some(access) => Json(UiAddress { url: access.url() }).into_response(),
-        None => (
-            StatusCode::CONFLICT,
-            Json(ErrorBody {
-                error: "this agent serves no service map (it was started with --no-web)".into(),
-                details: Vec::new(),
-            }),
-        )
-            .into_response(),
+        None => answer::<()>(Err(AgentError::Conflict(
+            "this agent serves no service map (it was started with --no-web)".into(),
+        ))),
     }
 }
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/status", get(|State(a): State<Shared>| call(a, |a| a.status())))
-        .route("/v1/apply", post(|State(a): State<Shared>, Json(r): Json<ApplyRequest>| call(a, |a| a.apply(r))))
-        .route("/v1/delete", post(|State(a): State<Shared>, Json(r): Json<ApplyRequest>| call(a, |a| a.delete(r))))
-        .route("/v1/endpoints", get(|State(a): State<Shared>| call(a, |a| a.endpoints())))
+        .route("/v1/status", get(|State(s): State<AppState>| async move { answer(s.read(|r| r.status()).await) }))
+        .route("/v1/apply", post(|State(s): State<AppState>, Json(r): Json<ApplyRequest>| objects(s, r, false)))
+        .route("/v1/delete", post(|State(s): State<AppState>, Json(r): Json<ApplyRequest>| objects(s, r, true)))
+        .route(
+            "/v1/endpoints",
+            get(|State(s): State<AppState>| async move {
+                answer(Ok::<_, AgentError>(s.published.load().endpoints.clone()))
+            }),
+        )
         .route(
             "/v1/endpoints/{id}",
-            put(|State(a): State<Shared>, UrlPath(id): UrlPath<String>, Json(r): Json<EndpointRequest>| {
-                call(a, move |a| {
-                    if r.container_id != id {
-                        return Err(AgentError::Invalid {
-                            message: format!("the path names container {id}, the body {}", r.container_id),
-                            details: Vec::new(),
-                        });
-                    }
-                    a.add_endpoint(r)
+            put(put_endpoint)
+                .get(|State(s): State<AppState>, UrlPath(id): UrlPath<String>| async move {
+                    answer(s.published.load().endpoint(&id).cloned())
                 })
-            })
-            .get(|State(a): State<Shared>, UrlPath(id): UrlPath<String>| call(a, move |a| a.endpoint(&id)))
-            .delete(|State(a): State<Shared>, UrlPath(id): UrlPath<String>| call(a, move |a| a.remove_endpoint(&id))),
+                .delete(|State(s): State<AppState>, UrlPath(id): UrlPath<String>| async move {
+                    answer(s.change(|reply| Command::RemoveEndpoint(id, reply)).await)
+                }),
         )
-        .route("/v1/identities", get(|State(a): State<Shared>| call(a, |a| Ok(a.identities()))))
+        .route(
+            "/v1/identities",
+            get(|State(s): State<AppState>| async move {
+                answer(Ok::<_, AgentError>(s.published.load().identities.clone()))
+            }),
+        )
         .route(
             "/v1/policy",
-            get(|State(a): State<Shared>, Query(q): Query<PolicyQuery>| call(a, move |a| a.policy_dump(&q.endpoint))),
+            get(|State(s): State<AppState>, Query(q): Query<PolicyQuery>| async move {
+                answer(s.read(move |r| r.policy_dump(&q.endpoint)).await)
+            }),
         )
         .route(
             "/v1/reach",
-            get(|State(a): State<Shared>, Query(q): Query<ReachQuery>| {
-                call(a, move |a| {
-                    let ports: Vec<String> =
-                        q.ports.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
-                    a.reach(&ports)
-                })
+            get(|State(s): State<AppState>, Query(q): Query<ReachQuery>| async move {
+                let ports: Vec<String> =
+                    q.ports.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect();
+                answer(s.change(|reply| Command::Reach(ports, reply)).await)
             }),
         )
         .route("/v1/flows", post(flows))
-        .route("/v1/flows/key", get(|State(a): State<Shared>| call(a, |a| a.flow_key())))
+        .route("/v1/flows/key", get(|State(s): State<AppState>| async move { answer(s.read(|r| r.flow_key()).await) }))
         .route("/v1/ui", get(|State(s): State<AppState>| async move { ui(&s) }))
-        .route("/v1/audit", put(|State(a): State<Shared>, Json(r): Json<AuditRequest>| call(a, |a| a.set_audit(r))))
+        .route(
+            "/v1/audit",
+            put(|State(s): State<AppState>, Json(r): Json<AuditRequest>| async move {
+                answer(s.change(|reply| Command::SetAudit(r, reply)).await)
+            }),
+        )
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -26,9 +26,8 @@ use axum::routing::get;
 use bulkhead_flow::model::Flow;
 use serde::Deserialize;
 
-use crate::observer::Observer;
 use crate::observer::map::{build, decides, node_of};
-use crate::server::{AppState, Shared};
+use crate::server::AppState;
 
 /// The cookie that carries the token after the first page load.
 const COOKIE: &str = "bulkhead_map";
@@ -129,22 +128,19 @@ const MAP_FLOWS: usize = 50_000;
 
 const PAGE: &str = include_str!("web/map.html");
 
-async fn metrics(State(a): State<Shared>, State(o): State<Arc<Observer>>) -> Response {
-    let snapshot = tokio::task::spawn_blocking(move || {
-        a.lock().unwrap_or_else(std::sync::PoisonError::into_inner).metrics_snapshot()
-    })
-    .await;
-    match snapshot {
-        Ok(Ok(s)) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], o.metrics().encode(s)).into_response(),
-        Ok(Err(e)) => {
+async fn metrics(State(s): State<AppState>) -> Response {
+    match s.read(|r| r.metrics_snapshot()).await {
+        Ok(snap) => {
+            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], s.observer.metrics().encode(snap)).into_response()
+        }
+        Err(e) => {
             (StatusCode::INTERNAL_SERVER_ERROR, format!("reading the datapath's counters: {e}\n")).into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 
-async fn map(State(o): State<Arc<Observer>>) -> Response {
-    Json(build(&o.recent(MAP_FLOWS))).into_response()
+async fn map(State(s): State<AppState>) -> Response {
+    Json(build(&s.observer.recent(MAP_FLOWS))).into_response()
 }
 
 #[derive(Deserialize)]
@@ -160,8 +156,9 @@ fn default_last() -> usize {
 }
 
 /// The newest decisions on one edge, newest first.
-async fn edge(State(o): State<Arc<Observer>>, Query(q): Query<EdgeQuery>) -> Response {
-    let flows: Vec<Arc<Flow>> = o
+async fn edge(State(s): State<AppState>, Query(q): Query<EdgeQuery>) -> Response {
+    let flows: Vec<Arc<Flow>> = s
+        .observer
         .recent(MAP_FLOWS)
         .into_iter()
         .rev()

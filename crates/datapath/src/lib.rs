@@ -13,8 +13,10 @@ pub mod events;
 mod maps;
 pub mod netns;
 pub mod sync;
+mod view;
 
 pub use maps::{Counters, Datapath, DatapathError, Direction, Event, LoadedEntry, ProgramStats};
+pub use view::DatapathView;
 
 /// The compiled programs (`bpf/bulkhead.c`).
 pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bulkhead.o"));

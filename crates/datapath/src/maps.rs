@@ -8,11 +8,11 @@
 //! already pinned swaps the new program into that link atomically.
 
 use std::io;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, HashOfMaps, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{HashMap, HashOfMaps, MapData, MapError, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
@@ -21,9 +21,10 @@ use bulkhead_policy::cidr::Cidr;
 use serde::Serialize;
 
 use crate::abi::{
-    Addr, COUNTER_LOST_EVENTS, Counter, CtKey, CtValue, Endpoint, IpcacheValue, LAYOUT_VERSION, POLICY_FIXED_BITS,
-    POLICY_SLOT_MAX_ENTRIES, PolicyKeyData, PolicyValue, RawEvent, Reason,
+    Addr, Counter, CtKey, CtValue, Endpoint, IpcacheValue, LAYOUT_VERSION, POLICY_SLOT_MAX_ENTRIES, PolicyKeyData,
+    PolicyValue, RawEvent, Reason,
 };
+use crate::view::DatapathView;
 
 /// What can go wrong in the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +155,7 @@ impl Counters {
 }
 
 /// One slot's policy trie.
-type SlotTrie = LpmTrie<MapData, PolicyKeyData, PolicyValue>;
+pub(crate) type SlotTrie = LpmTrie<MapData, PolicyKeyData, PolicyValue>;
 
 /// `BPF_F_NO_PREALLOC`, which LPM tries require.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -164,16 +165,17 @@ const BPF_NOEXIST: u64 = 1;
 /// A datapath event, decoded.
 pub type Event = RawEvent;
 
-const MAP_ENDPOINTS: &str = "bh_endpoints";
-const MAP_IPCACHE: &str = "bh_ipcache";
-const MAP_POLICY: &str = "bh_policy";
-const MAP_CT: &str = "bh_ct";
-const MAP_COUNTERS: &str = "bh_counters";
+pub(crate) const MAP_ENDPOINTS: &str = "bh_endpoints";
+pub(crate) const MAP_IPCACHE: &str = "bh_ipcache";
+pub(crate) const MAP_POLICY: &str = "bh_policy";
+pub(crate) const MAP_CT: &str = "bh_ct";
+pub(crate) const MAP_COUNTERS: &str = "bh_counters";
 const MAP_EVENTS: &str = "bh_events";
 const PROG_FROM_POD: &str = "bh_from_pod";
 const PROG_TO_POD: &str = "bh_to_pod";
 
-/// The loaded programs and their pinned maps.
+/// The loaded programs and their pinned maps: the one writer. Reads go
+/// through [`Datapath::view`], which other threads share.
 pub struct Datapath {
     dir: PathBuf,
     ebpf: Ebpf,
@@ -185,8 +187,8 @@ pub struct Datapath {
     /// Entries one policy slot (one direction of one policy) may hold.
     slot_capacity: u32,
     ct: HashMap<MapData, CtKey, CtValue>,
-    counters: PerCpuArray<MapData, Counter>,
     events: Option<RingBuf<MapData>>,
+    view: Arc<DatapathView>,
 }
 
 /// The bpf filesystem's magic number (`statfs`).
@@ -196,7 +198,7 @@ fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
     move |source| DatapathError::Pin { path: path.to_owned(), source }
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
 }
 
@@ -219,6 +221,12 @@ impl Datapath {
         }
         let max = |name: &str| aya::maps::MapInfo::from_pin(dir.join(name)).map(|i| i.max_entries()).unwrap_or(0);
         let capacity = [max(MAP_ENDPOINTS), max(MAP_IPCACHE), max(MAP_POLICY)];
+        let mut programs = Vec::new();
+        for name in [PROG_FROM_POD, PROG_TO_POD] {
+            let info = classifier_ref(&ebpf, name)?.info().map_err(program_err(name))?;
+            programs.push((name, info.id()));
+        }
+        let view = Arc::new(DatapathView::open(&dir, programs)?);
         Ok(Self {
             endpoints: HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?,
             ipcache: LpmTrie::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?,
@@ -226,11 +234,16 @@ impl Datapath {
             capacity,
             slot_capacity: POLICY_SLOT_MAX_ENTRIES,
             ct: HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?,
-            counters: PerCpuArray::try_from(take(&mut ebpf, MAP_COUNTERS)?).map_err(map_err(MAP_COUNTERS))?,
             events: Some(RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?),
             dir,
             ebpf,
+            view,
         })
+    }
+
+    /// The maps, for reading (from any thread: clone the `Arc`).
+    pub fn view(&self) -> &Arc<DatapathView> {
+        &self.view
     }
 
     /// Limits the entries of one policy slot (default and maximum
@@ -339,11 +352,6 @@ impl Datapath {
         ignore_missing(self.endpoints.remove(&ifindex)).map_err(map_err(MAP_ENDPOINTS))
     }
 
-    /// Every endpoint, by interface index.
-    pub fn endpoints(&self) -> Result<Vec<(u32, Endpoint)>> {
-        self.endpoints.iter().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_ENDPOINTS))
-    }
-
     // ---- ipcache ----
 
     /// Maps a prefix to an identity.
@@ -355,19 +363,6 @@ impl Datapath {
     /// Removes a prefix.
     pub fn remove_ipcache(&mut self, prefix: Cidr) -> Result<()> {
         ignore_missing(self.ipcache.remove(&ipcache_key(prefix))).map_err(map_err(MAP_IPCACHE))
-    }
-
-    /// Every prefix and its identity.
-    pub fn ipcache(&self) -> Result<Vec<(Cidr, u32)>> {
-        let mut out = Vec::new();
-        for kv in self.ipcache.iter() {
-            let (k, v) = kv.map_err(map_err(MAP_IPCACHE))?;
-            let ip = IpAddr::from(k.data());
-            let len = k.prefix_len();
-            let len = if ip.is_ipv4() { len.saturating_sub(96) } else { len };
-            out.push((Cidr::new(ip, u8::try_from(len).unwrap_or(128)), v.identity));
-        }
-        Ok(out)
     }
 
     // ---- policy ----
@@ -395,68 +390,7 @@ impl Datapath {
         ignore_missing(self.policy.remove(&slot)).map_err(map_err(MAP_POLICY))
     }
 
-    /// Every published slot.
-    pub fn slots(&self) -> Result<Vec<u32>> {
-        self.policy.keys().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_POLICY))
-    }
-
-    /// The entries of one slot, as the kernel holds them.
-    pub fn policy_entries(&self, slot: u32) -> Result<Vec<LoadedEntry>> {
-        let trie: SlotTrie = self.policy.get(&slot, 0).map_err(map_err(MAP_POLICY))?;
-        let mut out = Vec::new();
-        for kv in trie.iter() {
-            let (k, v) = kv.map_err(map_err(MAP_POLICY))?;
-            let d = k.data();
-            let port_bits = k.prefix_len().saturating_sub(POLICY_FIXED_BITS).min(16);
-            let lo = u16::from_be_bytes(d.port);
-            let span = if port_bits == 0 { u16::MAX } else { ((1u32 << (16 - port_bits)) - 1) as u16 };
-            let (level, peer) = match d.level {
-                crate::abi::LEVEL_ADDRESS => ("address", Some(IpAddr::from(d.peer).to_string())),
-                crate::abi::LEVEL_IDENTITY => {
-                    let id = u32::from_be_bytes([d.peer.0[0], d.peer.0[1], d.peer.0[2], d.peer.0[3]]);
-                    ("identity", Some(id.to_string()))
-                }
-                _ => ("any", None),
-            };
-            out.push(LoadedEntry {
-                slot,
-                level,
-                peer,
-                proto: d.proto,
-                port_lo: lo,
-                port_hi: lo.saturating_add(span),
-                verdict: match v.verdict {
-                    crate::abi::VERDICT_ALLOW => "allow",
-                    crate::abi::VERDICT_DENY => "deny",
-                    crate::abi::VERDICT_REDIRECT => "redirect",
-                    _ => "invalid",
-                },
-                rule: v.rule,
-            });
-        }
-        out.sort_by_key(|e| (e.level, e.peer.clone(), e.proto, e.port_lo));
-        Ok(out)
-    }
-
     // ---- conntrack, counters, events ----
-
-    /// Number of conntrack entries.
-    pub fn conntrack_len(&self) -> usize {
-        self.ct.keys().count()
-    }
-
-    /// How full the maps that can fill up are (entries / capacity):
-    /// endpoints, ipcache, policy slots and conntrack.
-    pub fn map_pressure(&self) -> Result<Vec<(String, f64)>> {
-        let ratio = |n: usize, max: u32| if max == 0 { 0.0 } else { n as f64 / f64::from(max) };
-        let ct_max = aya::maps::MapInfo::from_pin(self.dir.join(MAP_CT)).map(|i| i.max_entries()).unwrap_or(0);
-        Ok(vec![
-            (MAP_ENDPOINTS.into(), ratio(self.endpoints.keys().count(), self.capacity[0])),
-            (MAP_IPCACHE.into(), ratio(self.ipcache.iter().count(), self.capacity[1])),
-            (MAP_POLICY.into(), ratio(self.slots()?.len(), self.capacity[2])),
-            (MAP_CT.into(), ratio(self.conntrack_len(), ct_max)),
-        ])
-    }
 
     /// Forgets every conntrack entry of an interface (its endpoint is gone).
     pub fn flush_conntrack(&mut self, ifindex: u32) -> Result<usize> {
@@ -465,42 +399,6 @@ impl Datapath {
             ignore_missing(self.ct.remove(k)).map_err(map_err(MAP_CT))?;
         }
         Ok(keys.len())
-    }
-
-    /// Packets and bytes by reason and direction, summed over CPUs, plus
-    /// the number of events lost because the ring buffer was full.
-    pub fn counters(&self) -> Result<Counters> {
-        let sum = |idx: u32| -> Result<Counter> {
-            let per_cpu = self.counters.get(&idx, 0).map_err(map_err(MAP_COUNTERS))?;
-            Ok(per_cpu
-                .iter()
-                .fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes }))
-        };
-        let mut out = Vec::new();
-        for r in Reason::ALL {
-            for d in Direction::BOTH {
-                out.push((r, d, sum(r as u32 * 2 + d as u32)?));
-            }
-        }
-        Ok(Counters { by_reason: out, lost_events: sum(COUNTER_LOST_EVENTS)?.packets })
-    }
-
-    /// Run statistics of this datapath's two programs.
-    pub fn program_stats(&self) -> Result<Vec<ProgramStats>> {
-        [PROG_FROM_POD, PROG_TO_POD]
-            .into_iter()
-            .map(|name| {
-                let info = classifier_ref(&self.ebpf, name)?.info().map_err(|source| DatapathError::Program {
-                    what: format!("reading {name}'s statistics"),
-                    source,
-                })?;
-                Ok(ProgramStats {
-                    name,
-                    run_count: info.run_count(),
-                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
-                })
-            })
-            .collect()
     }
 
     /// The event ring buffer's reader (taken once, by whoever reads events).

@@ -55,6 +55,19 @@ pub struct EndpointSpec {
     pub policy: Arc<EndpointPolicy>,
 }
 
+/// The rules behind each rule reference id that the maps and events carry
+/// (ids count from 1; 0 is none). Ids are never reused, so a table taken
+/// earlier answers every id it holds correctly; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct RuleTable(Arc<Vec<Arc<[Arc<RuleRef>]>>>);
+
+impl RuleTable {
+    /// The rules behind `id` (none for 0 or an unknown id).
+    pub fn get(&self, id: u32) -> &[Arc<RuleRef>] {
+        id.checked_sub(1).and_then(|i| self.0.get(i as usize)).map_or(&[], |v| v)
+    }
+}
+
 /// What an endpoint's direction does when its new policy does not fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overflow {
@@ -119,7 +132,7 @@ pub struct PolicySync {
     slots: HashMap<(usize, Direction), Slot>,
     endpoints: BTreeMap<u32, Loaded>,
     ipcache: BTreeMap<Cidr, u32>,
-    rules: Vec<Vec<Arc<RuleRef>>>,
+    rules: RuleTable,
     rule_ids: HashMap<Vec<Arc<RuleRef>>, u32>,
     retired: Vec<(Instant, u32)>,
     /// Slots written by an earlier agent, removed after the first apply.
@@ -137,12 +150,12 @@ impl PolicySync {
     pub fn adopt(dp: &Datapath) -> Result<Self, DatapathError> {
         // Every slot an endpoint names was published first, so the slot map
         // alone says which numbers are taken.
-        let slots = dp.slots()?;
+        let slots = dp.view().slots()?;
         Ok(Self {
             next_slot: slots.iter().max().map_or(0, |m| m.saturating_add(1)),
             foreign: !slots.is_empty(),
-            adopted: dp.endpoints()?.into_iter().map(|(ifindex, _)| ifindex).collect(),
-            ipcache: dp.ipcache()?.into_iter().collect(),
+            adopted: dp.view().endpoints()?.into_iter().map(|(ifindex, _)| ifindex).collect(),
+            ipcache: dp.view().ipcache()?.into_iter().collect(),
             ..Self::default()
         })
     }
@@ -154,7 +167,12 @@ impl PolicySync {
 
     /// The rules behind a rule reference id from an event or a map value.
     pub fn rules(&self, id: u32) -> &[Arc<RuleRef>] {
-        id.checked_sub(1).and_then(|i| self.rules.get(i as usize)).map_or(&[], |v| v.as_slice())
+        self.rules.get(id)
+    }
+
+    /// Every rule reference id so far, to read rules on another thread.
+    pub fn rule_table(&self) -> RuleTable {
+        self.rules.clone()
     }
 
     /// The slots an endpoint's policy lives in (ingress, egress).
@@ -349,8 +367,9 @@ impl PolicySync {
         if let Some(id) = self.rule_ids.get(refs) {
             return *id;
         }
-        self.rules.push(refs.to_vec());
-        let id = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
+        let table = Arc::make_mut(&mut self.rules.0);
+        table.push(refs.into());
+        let id = u32::try_from(table.len()).unwrap_or(u32::MAX);
         self.rule_ids.insert(refs.to_vec(), id);
         id
     }
@@ -373,7 +392,7 @@ impl PolicySync {
     fn retire_foreign(&mut self, dp: &Datapath) -> Result<(), DatapathError> {
         let live: std::collections::HashSet<u32> = self.slots.values().map(|s| s.id).collect();
         let now = Instant::now();
-        self.retired.extend(dp.slots()?.into_iter().filter(|s| !live.contains(s)).map(|s| (now, s)));
+        self.retired.extend(dp.view().slots()?.into_iter().filter(|s| !live.contains(s)).map(|s| (now, s)));
         Ok(())
     }
 }

@@ -98,7 +98,7 @@ fn kernel_verdicts_match_the_engine_on_every_pair_port_and_family() {
     assert!(pass >= 20 && drop >= 20, "{pass} passing and {drop} dropping probes");
 
     // The drops were counted by reason.
-    let counters = lab.dp().counters().expect("counters");
+    let counters = lab.dp().view().counters().expect("counters");
     assert!(counters.packets(Reason::PolicyDenied) > 0);
     assert!(counters.packets(Reason::PolicyDeny) > 0);
 

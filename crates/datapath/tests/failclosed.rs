@@ -117,9 +117,9 @@ fn malformed_fragmented_and_sctp_frames_on_real_interfaces() {
         ),
     ];
     for (what, bytes, reason, id) in cases {
-        let before = lab.dp().counters().expect("counters");
+        let before = lab.dp().view().counters().expect("counters");
         let captured = send_and_capture(&client, &server, &[&bytes]);
-        let after = lab.dp().counters().expect("counters");
+        let after = lab.dp().view().counters().expect("counters");
         match reason {
             Some(r) => {
                 assert_eq!(after.packets(r), before.packets(r) + 1, "{what}: one {} drop counted", r.as_str());

@@ -102,14 +102,14 @@ fn spoofed_source_addresses_are_dropped_and_named() {
         ("TCP SYN from IPv4-mapped IPv6", f.ipv6(mapped, s6, proto::TCP, 0xc007, &tcp_syn(4000, 80)), 0xc007),
         ("UDP from IPv4-mapped IPv6", f.ipv6(mapped, s6, proto::UDP, 0xc008, &udp(4000, 7000, b"x")), 0xc008),
     ];
-    let before = lab.dp().counters().expect("counters");
+    let before = lab.dp().view().counters().expect("counters");
     for (what, frame, mark) in &spoofed {
         let got = send_and_capture(&client, &server, &[frame]);
         assert!(!found(&got, *mark), "{what} with trusted's source address reached the server");
     }
     // An ARP request claiming trusted's address poisons no neighbour table.
     let _ = send_and_capture(&client, &server, &[&f.arp_request(t4, s4)]);
-    let after = lab.dp().counters().expect("counters");
+    let after = lab.dp().view().counters().expect("counters");
     assert_eq!(
         after.packets(Reason::InvalidSourceIp) - before.packets(Reason::InvalidSourceIp),
         spoofed.len() as u64 + 1,
@@ -130,11 +130,11 @@ fn spoofed_source_addresses_are_dropped_and_named() {
         f.ipv4(V4::new(c4, s4, proto::TCP, 0xc101), &tcp_syn(4000, 80)),
         f.ipv6(c6, s6, proto::TCP, 0xc102, &tcp_syn(4000, 80)),
     ];
-    let before = lab.dp().counters().expect("counters");
+    let before = lab.dp().view().counters().expect("counters");
     for frame in &own {
         assert!(!found(&send_and_capture(&client, &server, &[frame]), 0xc101));
     }
-    let after = lab.dp().counters().expect("counters");
+    let after = lab.dp().view().counters().expect("counters");
     assert_eq!(after.packets(Reason::PolicyDenied) - before.packets(Reason::PolicyDenied), 2);
     assert_eq!(after.packets(Reason::InvalidSourceIp), before.packets(Reason::InvalidSourceIp));
     let ft = framer(&lab, &trusted);
@@ -208,10 +208,10 @@ fn established_connections_stop_when_audit_ends_or_an_allow_goes() {
     assert!(conn.carries(true) && conn.carries(false), "audit mode lets the connection work");
     lab.audit = false;
     lab.load();
-    let before = lab.dp().counters().expect("counters").packets(Reason::PolicyDenied);
+    let before = lab.dp().view().counters().expect("counters").packets(Reason::PolicyDenied);
     assert!(!conn.carries(true), "the client's next packet after audit ended reached the server");
     assert!(!conn.carries(false), "the server's next packet after audit ended reached the client");
-    let after = lab.dp().counters().expect("counters").packets(Reason::PolicyDenied);
+    let after = lab.dp().view().counters().expect("counters").packets(Reason::PolicyDenied);
     assert!(after >= before + 2, "both drops counted as POLICY_DENIED ({before} → {after})");
 
     // Allowed by policy; then the allow goes.
@@ -247,7 +247,7 @@ fn one_new_flow_on_two_cpus_at_once_is_not_dropped() {
     // Two senders, one per CPU, meet at a spin barrier before each round's
     // first packet of a new flow (a new source port), and send it together.
     let arrived = Arc::new(AtomicUsize::new(0));
-    let before = lab.dp().counters().expect("counters");
+    let before = lab.dp().view().counters().expect("counters");
     let socket_slot: Arc<std::sync::Mutex<Option<Arc<UdpSocket>>>> = Arc::default();
     let gate = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -299,7 +299,7 @@ fn one_new_flow_on_two_cpus_at_once_is_not_dropped() {
         std::thread::sleep(Duration::from_millis(300));
         done.store(true, Ordering::Relaxed);
     });
-    let after = lab.dp().counters().expect("counters");
+    let after = lab.dp().view().counters().expect("counters");
     let dropped: u64 = Reason::ALL[1..].iter().map(|r| after.packets(*r) - before.packets(*r)).sum();
     eprintln!(
         "{ROUNDS} new flows sent from two CPUs at once: {} of {} datagrams arrived, {dropped} dropped by the datapath",
@@ -379,9 +379,9 @@ fn headers_outside_the_linear_area_are_read_and_too_many_fail_closed() {
         ),
     ];
     for (what, frame, mark, reason) in &cases {
-        let before = lab.dp().counters().expect("counters");
+        let before = lab.dp().view().counters().expect("counters");
         let got = send_and_capture(&client, &server, &[frame]);
-        let after = lab.dp().counters().expect("counters");
+        let after = lab.dp().view().counters().expect("counters");
         match reason {
             None => {
                 assert!(found(&got, *mark), "{what}: must reach the server");
@@ -399,7 +399,7 @@ fn headers_outside_the_linear_area_are_read_and_too_many_fail_closed() {
     let listener = netns::run_in(&netns::named(&server.netns), || TcpListener::bind("0.0.0.0:80"))
         .expect("server netns")
         .expect("listen");
-    let before = lab.dp().counters().expect("counters");
+    let before = lab.dp().view().counters().expect("counters");
     const BYTES: usize = 32 << 20;
     let received = std::thread::scope(|sc| {
         let reader = sc.spawn(|| {
@@ -425,7 +425,7 @@ fn headers_outside_the_linear_area_are_read_and_too_many_fail_closed() {
         drop(c);
         reader.join().expect("reader")
     });
-    let after = lab.dp().counters().expect("counters");
+    let after = lab.dp().view().counters().expect("counters");
     assert_eq!(received, BYTES);
     assert_eq!(after.packets(Reason::InvalidPacket), before.packets(Reason::InvalidPacket));
 }
@@ -484,11 +484,11 @@ fn a_policy_too_big_for_its_map_fails_closed_or_keeps_the_previous_one() {
     assert_eq!((f.ifindex, f.overflow), (server.ifindex, Overflow::FailClosed));
     assert_eq!(f.directions, vec![Direction::Ingress]);
     assert!(f.error.to_string().contains("full"), "{}", f.error);
-    let before = lab.dp().counters().expect("counters").packets(Reason::EpNotReady);
+    let before = lab.dp().view().counters().expect("counters").packets(Reason::EpNotReady);
     assert!(!conn.carries(true), "the established connection went on into an endpoint with no loaded policy");
     assert!(!conn.carries(false), "the server's packet of that connection reached the client");
     assert!(!udp_answered(&client, &server), "a new flow reached an endpoint with no loaded policy");
-    let after = lab.dp().counters().expect("counters").packets(Reason::EpNotReady);
+    let after = lab.dp().view().counters().expect("counters").packets(Reason::EpNotReady);
     assert!(after >= before + 3, "drops counted as DROP_EP_NOT_READY ({before} → {after})");
     assert!(udp_answered(&server, &trusted), "the server's egress (which fits) is untouched");
     // A policy that fits again: the connection resumes.

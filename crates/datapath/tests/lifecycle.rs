@@ -199,7 +199,7 @@ fn policy_updates_under_traffic_are_atomic_per_endpoint() {
         h.join().expect("traffic thread");
     }
     let drops = drops.join().expect("event thread");
-    let lost = lab.dp().counters().expect("counters").lost_events;
+    let lost = lab.dp().view().counters().expect("counters").lost_events;
     let load = |i: usize| counters[i].load(Ordering::Relaxed);
     eprintln!(
         "100 updates in {:.2} s: allowed flow {} answered / {} unanswered; denied flow {} answered / {} dropped; \
@@ -284,7 +284,7 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
     // A new agent adopts the pins, re-attaches (swapping its programs into
     // the pinned links) and reconciles.
     let mut dp = Datapath::open(&lab.pin_root.0).expect("reopen");
-    assert_eq!(dp.endpoints().expect("endpoints").len(), 3, "the endpoints survived");
+    assert_eq!(dp.view().endpoints().expect("endpoints").len(), 3, "the endpoints survived");
     // An endpoint the old agent left that the new one does not load.
     let stale = bulkhead_datapath::abi::Endpoint { id: 99, identity: 2, slot: [1, 2], ..Default::default() };
     dp.set_endpoint(u32::MAX, &stale).expect("stale endpoint");
@@ -297,7 +297,7 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
     .expect("enter node namespace");
     lab.dp = Some(dp);
     lab.load();
-    let left: Vec<u32> = lab.dp().endpoints().expect("endpoints").into_iter().map(|(i, _)| i).collect();
+    let left: Vec<u32> = lab.dp().view().endpoints().expect("endpoints").into_iter().map(|(i, _)| i).collect();
     assert!(!left.contains(&u32::MAX) && left.len() == 3, "adoption kept endpoints nobody loads: {left:?}");
     flowing(50);
     // The new agent's policy: the old entries are gone after the grace.
@@ -338,7 +338,11 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
         stream_drops.len()
     );
     assert!(sent.load(Ordering::Relaxed) > 100);
-    assert_eq!(lab.dp().counters().expect("counters").lost_events, 0, "events were lost, so drops could be missed");
+    assert_eq!(
+        lab.dp().view().counters().expect("counters").lost_events,
+        0,
+        "events were lost, so drops could be missed"
+    );
     assert!(stream_drops.is_empty(), "the established allowed flow lost packets across the restart: {stream_drops:?}");
     assert_eq!(vault_before, 0, "the vault received denied packets");
 }

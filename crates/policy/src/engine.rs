@@ -145,7 +145,7 @@ pub struct Engine {
     alloc: Box<dyn Allocator + Send>,
     namespaces: BTreeMap<String, Namespace>,
     pods: BTreeMap<String, PodEntry>,
-    identities: BTreeMap<NumericIdentity, Identity>,
+    identities: BTreeMap<NumericIdentity, Arc<Identity>>,
     id_pods: HashMap<NumericIdentity, BTreeSet<String>>,
     ns_ids: HashMap<String, BTreeSet<NumericIdentity>>,
     outside_ids: BTreeSet<NumericIdentity>,
@@ -311,12 +311,12 @@ impl Engine {
 
     /// An identity.
     pub fn identity(&self, id: NumericIdentity) -> Option<&Identity> {
-        self.identities.get(&id)
+        self.identities.get(&id).map(Arc::as_ref)
     }
 
     /// Every identity.
     pub fn identities(&self) -> impl Iterator<Item = &Identity> {
-        self.identities.values()
+        self.identities.values().map(Arc::as_ref)
     }
 
     /// Every policy.
@@ -336,15 +336,7 @@ impl Engine {
     /// The identity the datapath gives a peer address: its pod's, else the
     /// longest policy prefix's, else world (per family). Also the pod key.
     pub fn identity_of_ip(&self, ip: IpAddr) -> (NumericIdentity, Option<String>) {
-        if let Some((key, id)) = self.addrs.get(&ip) {
-            return (*id, Some(key.clone()));
-        }
-        let best = self.cidr_ids.iter().filter(|(c, _)| c.contains_ip(ip)).max_by_key(|(c, _)| c.len());
-        match best {
-            Some((_, id)) => (*id, None),
-            None if ip.is_ipv4() => (Reserved::WorldIpv4.id(), None),
-            None => (Reserved::WorldIpv6.id(), None),
-        }
+        view::identity_of_ip(&self.addrs, &self.cidr_ids, ip)
     }
 }
 
@@ -358,5 +350,7 @@ mod recompute;
 mod rules;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use identities::peer_matches;
+pub use view::PolicyView;

@@ -248,30 +248,50 @@ fn l7_decision(rules: &L7Rules, allow_all: bool, http: Option<&HttpProbe>, host:
     }
 }
 
-/// Why `endpoint`'s policy in `dir` decides as it does for one packet the
-/// datapath saw, given its peer's address and identity: the verdict, the
-/// deciding rules and, when nothing allowed it, the rules that came
-/// closest. `None` when the engine does not know the endpoint.
+/// What an explanation reads besides the policy itself: the engine, or a
+/// published [`crate::engine::PolicyView`] of it.
+pub trait Facts {
+    /// An identity.
+    fn identity(&self, id: NumericIdentity) -> Option<&crate::identity::Identity>;
+    /// The rules whose subject selects the identity `id`.
+    fn rules_selecting(&self, id: NumericIdentity) -> Vec<Arc<crate::repository::CompiledRule>>;
+}
+
+impl Facts for Engine {
+    fn identity(&self, id: NumericIdentity) -> Option<&crate::identity::Identity> {
+        Engine::identity(self, id)
+    }
+
+    fn rules_selecting(&self, id: NumericIdentity) -> Vec<Arc<crate::repository::CompiledRule>> {
+        Engine::rules_selecting(self, id)
+    }
+}
+
+/// Why `endpoint`'s (identity `id`, policy `pol`) policy in `dir` decides
+/// as it does for one packet the datapath saw, given its peer's address and
+/// identity: the verdict, the deciding rules and, when nothing allowed it,
+/// the rules that came closest.
+#[expect(clippy::too_many_arguments, reason = "one packet's full key, kept flat for clarity")]
 pub fn explain_packet(
-    engine: &Engine,
+    facts: &impl Facts,
     endpoint: &str,
+    id: NumericIdentity,
+    pol: &crate::resolve::EndpointPolicy,
     dir: Direction,
     peer_addr: IpAddr,
     peer_id: NumericIdentity,
     port: ProbePort,
-) -> Option<DirectionTrace> {
-    let (_, id) = engine.pod(endpoint)?;
-    let pol = engine.endpoint_policy(endpoint)?;
+) -> DirectionTrace {
     let pol = match dir {
         Direction::Ingress => &pol.ingress,
         Direction::Egress => &pol.egress,
     };
-    Some(explain(engine, endpoint, id, dir, pol, Some(peer_addr), peer_id, port.proto, port.port))
+    explain(facts, endpoint, id, dir, pol, Some(peer_addr), peer_id, port.proto, port.port)
 }
 
 #[expect(clippy::too_many_arguments, reason = "one lookup's full key, kept flat for clarity")]
 fn explain(
-    engine: &Engine,
+    engine: &impl Facts,
     endpoint: &str,
     endpoint_id: NumericIdentity,
     dir: Direction,
@@ -334,7 +354,7 @@ fn explain(
 
 /// The allow rules of a direction that did not match, closest first.
 fn near_misses(
-    engine: &Engine,
+    engine: &impl Facts,
     subject: NumericIdentity,
     dir: Direction,
     peer_id: NumericIdentity,

@@ -1,8 +1,10 @@
 //! Datapath events into flows: names, labels and the deciding policies
 //! attached, and for a default-deny drop the rules that came closest.
 //!
-//! Names come from the agent's state at conversion time, so a flow keeps
-//! the pod it was about even after the pod is gone. What is looked up per
+//! Names come from the newest published snapshot of the agent's state at
+//! conversion time (read without a lock: a change in progress never holds
+//! up the event path), so a flow keeps the pod it was about even after the
+//! pod is gone. What is looked up per
 //! event is cached: endpoints by (address, identity) and policies by the
 //! datapath's rule reference, until the agent's state changes; the near
 //! misses of a default-deny drop need a policy walk, so they are cached per
@@ -20,18 +22,18 @@ use bulkhead_datapath::abi::{
     EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, LEVEL_ANY, MATCH_ALL_PROTOCOLS, MATCH_PROTOCOL, REPLY_NO, REPLY_YES,
     RawEvent, Reason,
 };
-use bulkhead_datapath::sync::PolicySync;
+use bulkhead_datapath::sync::RuleTable;
 use bulkhead_flow::Timestamp;
 use bulkhead_flow::model::{
     DropReason, Endpoint, EventType, Flow, FlowType, Icmp, Ip, IpVersion, Layer4, NearMiss, NetworkInterface, Policy,
     Ports, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Verdict, event_types,
 };
 use bulkhead_policy::api::Direction;
-use bulkhead_policy::engine::Engine;
 use bulkhead_policy::identity::NumericIdentity;
 use bulkhead_policy::reach::ProbePort;
 use bulkhead_policy::repository::{Proto, RuleRef};
-use bulkhead_policy::trace::explain_packet;
+
+use crate::snapshot::Snapshot;
 
 /// New near-miss explanations computed per second at most.
 pub const NEAR_MISS_BUDGET: u32 = 500;
@@ -64,18 +66,6 @@ impl Local {
     }
 }
 
-/// What the converter reads from the agent, borrowed under its lock.
-pub struct Names<'a> {
-    /// The policy engine (pods, identities, policies).
-    pub engine: &'a Engine,
-    /// The datapath's rule references.
-    pub sync: &'a PolicySync,
-    /// The local endpoints.
-    pub local: &'a Local,
-    /// Changes whenever the agent's state does.
-    pub generation: u64,
-}
-
 type NearKey = (String, u8, IpAddr, u32, u8, u16);
 
 /// Turns events into flows; one per event reader.
@@ -104,7 +94,7 @@ impl Converter {
     }
 
     /// The flow for one event that happened at `wall_ns`.
-    pub fn convert(&mut self, n: &Names<'_>, ev: &RawEvent, wall_ns: u64) -> Flow {
+    pub fn convert(&mut self, n: &Snapshot, ev: &RawEvent, wall_ns: u64) -> Flow {
         if n.generation != self.generation {
             self.generation = n.generation;
             self.endpoints.clear();
@@ -184,7 +174,7 @@ impl Converter {
             ..Flow::default()
         };
         if ev.kind != EVENT_TRACE {
-            let rules = self.policies(n.sync, ev.rule);
+            let rules = self.policies(&n.rules, ev.rule);
             let (allowed, denied) = match dir {
                 Direction::Ingress => (&mut f.ingress_allowed_by, &mut f.ingress_denied_by),
                 Direction::Egress => (&mut f.egress_allowed_by, &mut f.egress_denied_by),
@@ -207,7 +197,7 @@ impl Converter {
         f
     }
 
-    fn endpoint(&mut self, n: &Names<'_>, ip: IpAddr, identity: u32, id: u32) -> Arc<Endpoint> {
+    fn endpoint(&mut self, n: &Snapshot, ip: IpAddr, identity: u32, id: u32) -> Arc<Endpoint> {
         if self.endpoints.len() >= CACHE_MAX && !self.endpoints.contains_key(&(ip, identity, id)) {
             self.endpoints.clear();
         }
@@ -215,7 +205,7 @@ impl Converter {
             // The local endpoint is known by its id (its packets may come from
             // an address no pod record holds, like a link-local one); the far
             // end by its address.
-            let pod = n.local.pods.get(&id).cloned().or_else(|| n.engine.identity_of_ip(ip).1);
+            let pod = n.local.pods.get(&id).cloned().or_else(|| n.policy.identity_of_ip(ip).1);
             // The far end may be a local endpoint too (as Hubble, name its id).
             let id = if id == 0 { pod.as_ref().and_then(|p| n.local.ids.get(p).copied()).unwrap_or(0) } else { id };
             let (namespace, pod_name) = pod
@@ -223,22 +213,21 @@ impl Converter {
                 .and_then(|k| k.split_once('/'))
                 .map(|(ns, p)| (ns.to_string(), p.to_string()))
                 .unwrap_or_default();
-            let labels =
-                n.engine.identity(NumericIdentity(identity)).map(|i| i.labels.to_strings()).unwrap_or_default();
+            let labels = n.labels(NumericIdentity(identity));
             Arc::new(Endpoint { id, identity, namespace, pod_name, labels, ..Endpoint::default() })
         }))
     }
 
-    fn policies(&mut self, sync: &PolicySync, rule: u32) -> Arc<[Policy]> {
+    fn policies(&mut self, rules: &RuleTable, rule: u32) -> Arc<[Policy]> {
         if rule == 0 {
             return Arc::from([]);
         }
-        Arc::clone(self.policies.entry(rule).or_insert_with(|| sync.rules(rule).iter().map(|r| policy(r)).collect()))
+        Arc::clone(self.policies.entry(rule).or_insert_with(|| rules.get(rule).iter().map(|r| policy(r)).collect()))
     }
 
     fn near_misses(
         &mut self,
-        n: &Names<'_>,
+        n: &Snapshot,
         endpoint: String,
         dir: Direction,
         peer_ip: IpAddr,
@@ -268,12 +257,13 @@ impl Converter {
         if self.near.len() >= CACHE_MAX {
             self.near.clear();
         }
-        let misses: Arc<[NearMiss]> =
-            explain_packet(n.engine, &key.0, dir, peer_ip, NumericIdentity(peer_id), ProbePort { proto, port })
-                .map(|t| {
-                    t.near_misses.iter().map(|m| NearMiss { policy: policy(&m.rule), reason: m.why.clone() }).collect()
-                })
-                .unwrap_or_else(|| Arc::from([]));
+        let misses: Arc<[NearMiss]> = n
+            .policy
+            .explain_packet(&key.0, dir, peer_ip, NumericIdentity(peer_id), ProbePort { proto, port })
+            .map(|t| {
+                t.near_misses.iter().map(|m| NearMiss { policy: policy(&m.rule), reason: m.why.clone() }).collect()
+            })
+            .unwrap_or_else(|| Arc::from([]));
         self.near.insert(key, Arc::clone(&misses));
         misses
     }

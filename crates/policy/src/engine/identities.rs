@@ -50,7 +50,7 @@ impl Engine {
             self.ns_ids.entry(ns.to_string()).or_default().insert(id);
         }
         self.by_labels.insert(ident.labels.clone(), id);
-        self.identities.insert(id, ident);
+        self.identities.insert(id, Arc::new(ident));
         id
     }
 

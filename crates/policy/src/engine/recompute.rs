@@ -200,18 +200,10 @@ impl Engine {
 
     /// The rules that select an identity, in rule order.
     pub fn rules_selecting(&self, id: NumericIdentity) -> Vec<Arc<CompiledRule>> {
-        let Some(ident) = self.identities.get(&id) else { return Vec::new() };
-        let ns = ident.labels.get(crate::labels::NAMESPACE_LABEL).map(|(_, v)| v.to_string());
-        let global = self.rules_by_ns.get(&None).into_iter().flatten();
-        let local = ns.and_then(|ns| self.rules_by_ns.get(&Some(ns))).into_iter().flatten();
-        global
-            .chain(local)
-            .filter_map(|rid| {
-                let rule = self.rules.get(rid)?;
-                let subject = rule.subject.as_ref()?;
-                subject.matches(&ident.labels).then(|| Arc::clone(rule))
-            })
-            .collect()
+        match self.identities.get(&id) {
+            Some(ident) => super::rules::selecting(&self.rules, &self.rules_by_ns, ident),
+            None => Vec::new(),
+        }
     }
 
     /// The policy of a subject selected by `selecting`, with these named

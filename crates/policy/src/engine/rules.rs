@@ -1,10 +1,12 @@
 //! Policies: compiled into rules, indexed by namespace and by the selectors
 //! they use, and marked for recompute as they come and go.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{Engine, RuleId};
 use crate::api::Policy;
+use crate::identity::Identity;
 use crate::repository::{CompiledRule, PeerSel, PolicyId, PortItem, compile};
 
 impl Engine {
@@ -72,4 +74,24 @@ fn rule_selectors(rule: &CompiledRule) -> Vec<PeerSel> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The rules whose subject selects `ident`: those of its namespace and the
+/// cluster-wide ones (the engine's and a [`super::PolicyView`]'s answer).
+pub(super) fn selecting(
+    rules: &BTreeMap<RuleId, Arc<CompiledRule>>,
+    by_ns: &HashMap<Option<String>, BTreeSet<RuleId>>,
+    ident: &Identity,
+) -> Vec<Arc<CompiledRule>> {
+    let ns = ident.labels.get(crate::labels::NAMESPACE_LABEL).map(|(_, v)| v.to_string());
+    let global = by_ns.get(&None).into_iter().flatten();
+    let local = ns.and_then(|ns| by_ns.get(&Some(ns))).into_iter().flatten();
+    global
+        .chain(local)
+        .filter_map(|rid| {
+            let rule = rules.get(rid)?;
+            let subject = rule.subject.as_ref()?;
+            subject.matches(&ident.labels).then(|| Arc::clone(rule))
+        })
+        .collect()
 }

@@ -1,0 +1,596 @@
+//! The one writer: it alone owns the durable [`Store`], the policy
+//! [`Engine`] and the kernel maps ([`Datapath`], [`PolicySync`]), and takes
+//! changes one at a time from a queue ([`Command`]). After each change it
+//! publishes a [`Snapshot`] that every reader uses (see `snapshot`).
+//!
+//! Every change follows one order: validate (bad input changes nothing;
+//! decoding is done by the caller, off this thread), save the new state,
+//! update the engine, write the kernel through [`PolicySync`], publish, and
+//! answer. A crash after the save is repaired by the next start, which
+//! rebuilds the engine from the store, adopts the pinned maps and
+//! reconciles them. An endpoint whose new policy does not fit its map is
+//! reported not-ready until a later change loads it (what its directions do
+//! meanwhile is the `Overflow` setting).
+//!
+//! The writer runs on a thread of its own: map updates are system calls,
+//! and a long apply must never hold up the event path or a `status`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use bulkhead_api::{
+    ApplyRequest, ApplyResponse, AuditRequest, AuditScope, AuditSettings, EndpointFailure, EndpointInfo,
+    EndpointRequest, Enforcement,
+};
+use bulkhead_datapath::abi::EP_MAX_ADDRS;
+use bulkhead_datapath::sync::{EndpointSpec, LoadFailure, Overflow, PolicySync};
+use bulkhead_datapath::{Datapath, DatapathView};
+use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
+use bulkhead_policy::api::{Object, Pod};
+use bulkhead_policy::cidr::Cidr;
+use bulkhead_policy::diag::{Severity, Sink};
+use bulkhead_policy::engine::{Change, Engine};
+use bulkhead_policy::identity::Reserved;
+use bulkhead_policy::reach::{ProbePort, ReachMatrix, default_ports, reach};
+
+use crate::config::{AgentError, Config};
+use crate::metrics::Metrics;
+use crate::node::{in_node, interface_index, node_addresses};
+use crate::snapshot::{Published, Snapshot};
+use crate::store::{EndpointRecord, ObjectKey, Store};
+
+type Result<T> = std::result::Result<T, AgentError>;
+
+/// Where a command's answer goes.
+pub type Reply<T> = tokio::sync::oneshot::Sender<Result<T>>;
+
+/// Decoded objects to create or replace (`apply`) or remove (`delete`).
+#[derive(Debug)]
+pub struct Objects {
+    /// The objects, valid.
+    pub objects: Vec<Object>,
+    /// The decoder's warnings.
+    pub warnings: Vec<String>,
+    /// Check only: report, change nothing.
+    pub dry_run: bool,
+    /// When the request reached the agent (its implementation delay counts from here).
+    pub received: Instant,
+}
+
+impl Objects {
+    /// Decodes and validates an `apply`/`delete` request: every diagnostic,
+    /// and nothing at all when any is an error. Pure: run it anywhere, it
+    /// need not (and should not) hold up the writer.
+    pub fn decode(req: &ApplyRequest, received: Instant) -> Result<Self> {
+        if req.files.is_empty() {
+            return Err(AgentError::invalid("no files given"));
+        }
+        let opts = DecodeOptions { default_namespace: req.namespace.clone() };
+        let mut objects = Vec::new();
+        let mut diagnostics = Vec::new();
+        for f in &req.files {
+            let mut sink = Sink::new(&f.name);
+            objects.extend(decode_str(&f.text, &opts, &mut sink));
+            diagnostics.extend(sink.diagnostics);
+        }
+        let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+        let rendered: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        if errors > 0 {
+            return Err(AgentError::Invalid {
+                message: format!("{errors} error(s) in the input; nothing was applied"),
+                details: rendered,
+            });
+        }
+        if objects.is_empty() {
+            return Err(AgentError::Invalid {
+                message: "the input holds no Namespace, Pod or policy objects".into(),
+                details: rendered,
+            });
+        }
+        Ok(Objects { objects, warnings: rendered, dry_run: req.dry_run, received })
+    }
+}
+
+/// A change (or a question only the engine can answer), queued for the writer.
+#[derive(Debug)]
+pub enum Command {
+    /// `apply -f`.
+    Apply(Objects, Reply<ApplyResponse>),
+    /// `delete -f`.
+    Delete(Objects, Reply<ApplyResponse>),
+    /// The CNI plugin's ADD.
+    AddEndpoint(EndpointRequest, Reply<EndpointInfo>),
+    /// The CNI plugin's DEL (container id).
+    RemoveEndpoint(String, Reply<Option<EndpointInfo>>),
+    /// `audit`.
+    SetAudit(AuditRequest, Reply<AuditSettings>),
+    /// The engine's reachability matrix (for `lab probe`).
+    Reach(Vec<String>, Reply<ReachMatrix>),
+}
+
+/// How often retired policy slots are looked at.
+const GC_EVERY: Duration = Duration::from_millis(500);
+
+/// The writer. See the module documentation.
+pub struct Reconciler {
+    config: Config,
+    store: Store,
+    engine: Engine,
+    dp: Datapath,
+    sync: PolicySync,
+    /// Endpoints (by pod key) whose latest policy is not loaded, and why.
+    not_ready: BTreeMap<String, EndpointFailure>,
+    generation: u64,
+    published: Arc<Published>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reconciler {
+    /// Starts from the state directory and whatever an earlier agent left
+    /// pinned: endpoints whose interface is gone are dropped, the rest get
+    /// this agent's programs swapped into their links, and the maps are
+    /// reconciled with the stored state. Publishes the first snapshot.
+    pub fn start(config: Config, published: Arc<Published>, metrics: Arc<Metrics>) -> Result<Self> {
+        let mut store = Store::open(&config.state_dir)?;
+        let mut dp = Datapath::open(&config.pin_root)?;
+        dp.set_slot_capacity(config.policy_map_entries);
+        let mut sync = PolicySync::adopt(&dp)?;
+        sync.set_overflow(config.policy_overflow);
+        let gone: Vec<String> = store
+            .endpoints
+            .iter()
+            .filter(|(_, e)| {
+                in_node(&config, || interface_index(&e.request.host_if)).ok().and_then(|r| r.ok()).flatten()
+                    != Some(e.request.host_ifindex)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            tracing::info!(container_id = %k, "endpoint's interface is gone; dropping it");
+        }
+        if !gone.is_empty() {
+            store.update(|st| {
+                for k in &gone {
+                    st.endpoints.remove(k);
+                }
+            })?;
+        }
+        let mut r = Reconciler {
+            engine: Engine::default(),
+            config,
+            store,
+            dp,
+            sync,
+            not_ready: BTreeMap::new(),
+            generation: 0,
+            published,
+            metrics,
+        };
+        let changes: Vec<Change> = r.store.objects.values().map(|o| r.change_for(o.clone())).collect();
+        for c in changes {
+            r.engine.apply(c);
+        }
+        r.reconcile()?;
+        let endpoints: Vec<EndpointRecord> = r.store.endpoints.values().cloned().collect();
+        for e in &endpoints {
+            r.attach(&e.request)?;
+        }
+        let live: BTreeSet<u32> = endpoints.iter().map(|e| e.request.host_ifindex).collect();
+        for ifindex in r.dp.attached()? {
+            if !live.contains(&ifindex) {
+                r.dp.detach(ifindex)?;
+            }
+        }
+        Ok(r)
+    }
+
+    /// The kernel maps, for readers on other threads.
+    pub fn view(&self) -> Arc<DatapathView> {
+        Arc::clone(self.dp.view())
+    }
+
+    /// The datapath's event ring buffer (taken once, by the event reader).
+    pub fn take_event_reader(&mut self) -> Option<bulkhead_datapath::events::EventReader> {
+        self.dp.take_events()
+    }
+
+    /// Takes commands until every sender is gone, deleting retired policy
+    /// slots in between.
+    pub fn run(mut self, commands: Receiver<Command>) {
+        let mut next_gc = Instant::now() + GC_EVERY;
+        loop {
+            match commands.recv_timeout(next_gc.saturating_duration_since(Instant::now())) {
+                Ok(c) => self.handle(c),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_gc {
+                if let Err(e) = self.sync.collect_retired(&mut self.dp, false) {
+                    tracing::warn!(error = %e, "deleting retired policy slots");
+                }
+                next_gc = Instant::now() + GC_EVERY;
+            }
+        }
+    }
+
+    fn handle(&mut self, c: Command) {
+        // An answer nobody waits for any more (the client went away) is dropped.
+        match c {
+            Command::Apply(o, reply) => drop(reply.send(self.apply(o))),
+            Command::Delete(o, reply) => drop(reply.send(self.delete(o))),
+            Command::AddEndpoint(req, reply) => drop(reply.send(self.add_endpoint(req))),
+            Command::RemoveEndpoint(id, reply) => drop(reply.send(self.remove_endpoint(&id))),
+            Command::SetAudit(req, reply) => drop(reply.send(self.set_audit(req))),
+            Command::Reach(ports, reply) => drop(reply.send(self.reach(&ports))),
+        }
+    }
+
+    // ---- objects ----
+
+    fn apply(&mut self, req: Objects) -> Result<ApplyResponse> {
+        let t0 = req.received;
+        let mut resp = ApplyResponse {
+            warnings: req.warnings,
+            not_enforced: crate::limits::not_enforced(req.objects.iter().filter_map(|o| match o {
+                Object::Policy(p) => Some(p),
+                _ => None,
+            })),
+            ..ApplyResponse::default()
+        };
+        let mut changed = Vec::new();
+        for o in req.objects {
+            let key = ObjectKey::of(&o);
+            match self.store.objects.get(&key) {
+                None => resp.created.push(key.to_string()),
+                Some(old) if same_object(old, &o) => {
+                    resp.unchanged.push(key.to_string());
+                    continue;
+                }
+                Some(_) => resp.configured.push(key.to_string()),
+            }
+            changed.push((key, o));
+        }
+        if req.dry_run || changed.is_empty() {
+            return Ok(resp);
+        }
+        let t_start = t0.elapsed();
+        self.store.update(|st| {
+            for (key, o) in &changed {
+                st.objects.insert(key.clone(), o.clone());
+            }
+        })?;
+        let t_saved = t0.elapsed();
+        let n = changed.len();
+        for (_, o) in changed {
+            let c = self.change_for(o);
+            self.engine.apply(c);
+        }
+        let t_resolved = t0.elapsed();
+        resp.enforcement = self.reconcile_timed(t0, "apply")?;
+        tracing::info!(
+            objects = n,
+            endpoints_updated = resp.enforcement.endpoints_updated,
+            decode_and_queue_ms = t_start.as_secs_f64() * 1e3,
+            save_ms = (t_saved - t_start).as_secs_f64() * 1e3,
+            resolve_ms = (t_resolved - t_saved).as_secs_f64() * 1e3,
+            total_ms = resp.enforcement.elapsed_us as f64 / 1e3,
+            "applied"
+        );
+        Ok(resp)
+    }
+
+    fn delete(&mut self, req: Objects) -> Result<ApplyResponse> {
+        let t0 = req.received;
+        let mut resp = ApplyResponse { warnings: req.warnings, ..ApplyResponse::default() };
+        let keys: BTreeSet<ObjectKey> = req.objects.iter().map(ObjectKey::of).collect();
+        let mut gone = Vec::new();
+        for key in keys {
+            if self.store.objects.contains_key(&key) {
+                resp.deleted.push(key.to_string());
+                gone.push(key);
+            } else {
+                resp.not_found.push(key.to_string());
+            }
+        }
+        if req.dry_run || gone.is_empty() {
+            return Ok(resp);
+        }
+        self.store.update(|st| {
+            for key in &gone {
+                st.objects.remove(key);
+            }
+        })?;
+        for key in gone {
+            self.engine.apply(match key {
+                ObjectKey::Policy(id) => Change::DeletePolicy(id),
+                ObjectKey::Namespace(n) => Change::DeleteNamespace(n),
+                ObjectKey::Pod(k) => Change::DeletePod(k),
+            });
+        }
+        resp.enforcement = self.reconcile_timed(t0, "delete")?;
+        Ok(resp)
+    }
+
+    /// The engine change for a stored object: a pod with a local endpoint
+    /// has the addresses its endpoint was given (as a kubelet reports).
+    fn change_for(&self, o: Object) -> Change {
+        match o {
+            Object::Namespace(n) => Change::UpsertNamespace(n),
+            Object::Policy(p) => Change::UpsertPolicy(p),
+            Object::Pod(p) => Change::UpsertPod(self.with_endpoint_ips(p)),
+        }
+    }
+
+    fn with_endpoint_ips(&self, mut pod: Pod) -> Pod {
+        let key = pod.key();
+        if let Some(e) = self.store.endpoints.values().find(|e| e.pod_key() == key) {
+            pod.ips = e.request.ips.clone();
+        }
+        pod
+    }
+
+    // ---- endpoints ----
+
+    /// Registers a pod's interface and enforces its policy on it before
+    /// answering. Registering the same container again is a no-op; a new
+    /// container for the same pod replaces the old one.
+    fn add_endpoint(&mut self, req: EndpointRequest) -> Result<EndpointInfo> {
+        let t0 = Instant::now();
+        check_endpoint_request(&req)?;
+        let key = format!("{}/{}", req.namespace, req.pod);
+        let Some(Object::Pod(pod)) = self.store.objects.get(&ObjectKey::Pod(key.clone())).cloned() else {
+            return Err(AgentError::Conflict(format!(
+                "pod {key} is not known to the agent: apply its Pod manifest first (bulkhead apply -f pod.yaml); \
+                 its labels decide its identity"
+            )));
+        };
+        if let Some(old) = self.store.endpoints.get(&req.container_id)
+            && old.request == req
+        {
+            return self.published.load().endpoint(&req.container_id).cloned();
+        }
+        let found = in_node(&self.config, || interface_index(&req.host_if))??;
+        if found != Some(req.host_ifindex) {
+            return Err(AgentError::invalid(format!(
+                "interface {} has index {} on the node, not {} (is the plugin running in the node's network namespace{}?)",
+                req.host_if,
+                found.map_or("none".into(), |i| i.to_string()),
+                req.host_ifindex,
+                self.config.node_netns.as_ref().map(|p| format!(", {}", p.display())).unwrap_or_default()
+            )));
+        }
+        let stale: Vec<String> = self
+            .store
+            .endpoints
+            .iter()
+            .filter(|(c, e)| **c == req.container_id || e.pod_key() == key)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in stale {
+            self.remove_endpoint(&c)?;
+        }
+        let record = self.store.update(|st| {
+            let record = EndpointRecord { id: st.allocate_endpoint_id(), request: req.clone() };
+            st.endpoints.insert(req.container_id.clone(), record.clone());
+            record
+        })?;
+        self.engine.apply(Change::UpsertPod(self.with_endpoint_ips(pod)));
+        // The endpoint's map value goes in before its programs, so its
+        // first packet already meets its policy.
+        let loaded = self.reconcile().map(|_| self.not_ready.get(&key).cloned());
+        let outcome = match loaded {
+            Ok(None) => self.attach(&req),
+            Ok(Some(f)) => Err(AgentError::Conflict(format!("the policy of {key} could not be loaded: {}", f.error))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(pod = %key, error = %e, "endpoint not enforced; removing it");
+            let _ = self.remove_endpoint(&req.container_id);
+            return Err(e);
+        }
+        tracing::info!(pod = %key, ifname = %req.host_if, ifindex = req.host_ifindex, endpoint = record.id, "endpoint added");
+        self.metrics.implementation_delay("endpoint", t0.elapsed().as_secs_f64());
+        self.published.load().endpoint(&req.container_id).cloned()
+    }
+
+    /// Forgets a container's endpoint (detaches its programs, drops its
+    /// conntrack entries). Unknown containers are not an error.
+    fn remove_endpoint(&mut self, container_id: &str) -> Result<Option<EndpointInfo>> {
+        let Some(record) = self.store.endpoints.get(container_id).cloned() else { return Ok(None) };
+        let info = self.published.load().endpoint(container_id).ok().cloned();
+        self.dp.detach(record.request.host_ifindex)?;
+        self.store.update(|st| st.endpoints.remove(container_id))?;
+        let key = record.pod_key();
+        if let Some(Object::Pod(p)) = self.store.objects.get(&ObjectKey::Pod(key.clone())).cloned() {
+            self.engine.apply(Change::UpsertPod(p));
+        }
+        self.not_ready.remove(&key);
+        self.reconcile()?;
+        self.dp.flush_conntrack(record.request.host_ifindex)?;
+        tracing::info!(pod = %key, endpoint = record.id, "endpoint removed");
+        Ok(info)
+    }
+
+    /// Sets or clears audit mode at a scope, and enforces the result.
+    fn set_audit(&mut self, req: AuditRequest) -> Result<AuditSettings> {
+        let endpoint = match &req.scope {
+            AuditScope::Endpoint(ep) => Some(self.published.load().find_endpoint(ep)?.pod.clone()),
+            _ => None,
+        };
+        self.store.update(|st| {
+            let a = &mut st.audit;
+            match (&req.scope, endpoint, req.enabled) {
+                (AuditScope::Global, _, v) => a.global = v.unwrap_or(false),
+                (AuditScope::Namespace(ns), _, Some(v)) => {
+                    a.namespaces.insert(ns.clone(), v);
+                }
+                (AuditScope::Namespace(ns), _, None) => {
+                    a.namespaces.remove(ns);
+                }
+                (AuditScope::Endpoint(_), Some(key), Some(v)) => {
+                    a.endpoints.insert(key, v);
+                }
+                (AuditScope::Endpoint(_), Some(key), None) => {
+                    a.endpoints.remove(&key);
+                }
+                (AuditScope::Endpoint(_), None, _) => {}
+            }
+        })?;
+        self.reconcile()?;
+        Ok(self.store.audit.clone())
+    }
+
+    /// The engine's reachability matrix over every known pod.
+    fn reach(&self, ports: &[String]) -> Result<ReachMatrix> {
+        let ports = if ports.is_empty() {
+            default_ports(&self.engine)
+        } else {
+            ports
+                .iter()
+                .map(|p| ProbePort::parse(p))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(AgentError::invalid)?
+        };
+        Ok(reach(&self.engine, &ports))
+    }
+
+    // ---- the kernel ----
+
+    fn reconcile_timed(&mut self, t0: Instant, source: &str) -> Result<Enforcement> {
+        let mut e = self.reconcile()?;
+        e.elapsed_us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.metrics.implementation_delay(source, t0.elapsed().as_secs_f64());
+        Ok(e)
+    }
+
+    /// Makes the maps hold the engine's view of every local endpoint, then
+    /// publishes the new snapshot.
+    fn reconcile(&mut self) -> Result<Enforcement> {
+        let t0 = Instant::now();
+        let mut specs = Vec::new();
+        let mut pod_of = BTreeMap::new();
+        for r in self.store.endpoints.values() {
+            let key = r.pod_key();
+            let (Some((_, id)), Some(policy)) = (self.engine.pod(&key), self.engine.endpoint_policy(&key)) else {
+                continue;
+            };
+            pod_of.insert(r.request.host_ifindex, key.clone());
+            specs.push(EndpointSpec {
+                ifindex: r.request.host_ifindex,
+                id: r.id,
+                identity: id.0,
+                audit: self.store.audit.effective(&key),
+                addrs: r.request.ips.clone(),
+                policy: Arc::clone(policy),
+            });
+        }
+        let mut ipcache: Vec<(Cidr, u32)> = self.engine.ipcache().into_iter().map(|(c, id)| (c, id.0)).collect();
+        ipcache.extend(
+            in_node(&self.config, node_addresses)??.into_iter().map(|ip| (Cidr::host(ip), Reserved::Host.id().0)),
+        );
+        let report = self.sync.apply(&mut self.dp, specs, ipcache);
+        // Whatever reached the kernel is published, also when a later write failed.
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                self.publish();
+                return Err(e.into());
+            }
+        };
+        let failed: Vec<EndpointFailure> = report
+            .failed
+            .iter()
+            .map(|f| {
+                let endpoint = pod_of.get(&f.ifindex).cloned().unwrap_or_else(|| format!("ifindex {}", f.ifindex));
+                failure(endpoint, f)
+            })
+            .collect();
+        for f in &failed {
+            tracing::warn!(
+                endpoint = %f.endpoint,
+                directions = %f.directions.join(","),
+                fail_closed = f.fail_closed,
+                error = %f.error,
+                "endpoint policy not loaded"
+            );
+            self.metrics.policy_load_failed(&f.directions, f.fail_closed);
+        }
+        // Every reconcile retries every endpoint not yet at its policy, so
+        // the endpoints not ready are exactly this round's failures.
+        self.not_ready = failed.iter().map(|f| (f.endpoint.clone(), f.clone())).collect();
+        self.publish();
+        Ok(Enforcement {
+            endpoints_updated: report.endpoints_updated,
+            slots_written: report.slots_written,
+            entries_written: report.entries_written,
+            failed,
+            elapsed_us: u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
+        })
+    }
+
+    fn publish(&mut self) {
+        self.generation += 1;
+        self.published.store(Snapshot::build(
+            self.generation,
+            &self.store,
+            &self.engine,
+            self.sync.rule_table(),
+            &self.not_ready,
+        ));
+    }
+
+    fn attach(&mut self, req: &EndpointRequest) -> Result<()> {
+        let dp = &mut self.dp;
+        in_node(&self.config, || dp.attach(&req.host_if, req.host_ifindex))??;
+        Ok(())
+    }
+}
+
+/// An endpoint whose policy did not load, as the API reports it.
+fn failure(endpoint: String, f: &LoadFailure) -> EndpointFailure {
+    EndpointFailure {
+        endpoint,
+        directions: f.directions.iter().map(|d| d.as_str().to_ascii_lowercase()).collect(),
+        fail_closed: f.overflow == Overflow::FailClosed,
+        error: f.error.to_string(),
+    }
+}
+
+/// Equal apart from where they were read from.
+fn same_object(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::Policy(x), Object::Policy(y)) => {
+            let mut y = y.clone();
+            y.origin = x.origin.clone();
+            *x == y
+        }
+        _ => a == b,
+    }
+}
+
+fn check_endpoint_request(r: &EndpointRequest) -> Result<()> {
+    let missing: Vec<&str> = [
+        ("container_id", r.container_id.is_empty()),
+        ("namespace", r.namespace.is_empty()),
+        ("pod", r.pod.is_empty()),
+        ("host_if", r.host_if.is_empty()),
+        ("ips", r.ips.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(n, empty)| empty.then_some(n))
+    .collect();
+    if !missing.is_empty() {
+        return Err(AgentError::invalid(format!("endpoint request lacks {}", missing.join(", "))));
+    }
+    if r.ips.len() > EP_MAX_ADDRS {
+        return Err(AgentError::invalid(format!(
+            "endpoint request gives the pod {} addresses ({}); an endpoint may have at most {EP_MAX_ADDRS} \
+             (its packets are checked against each)",
+            r.ips.len(),
+            r.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(())
+}
