@@ -36,17 +36,18 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== building this tree and the peer ($peer) in release"
-cargo build --release --locked -q -p bulkhead -p bulkhead-datapath --example udp_flood
+cargo build --release --locked -q -p bulkhead
+cargo build --release --locked -q -p bulkhead-datapath --example udp_flood
 git worktree add -q --detach "$work/peer" "$peer"
 (cd "$work/peer" && CARGO_TARGET_DIR="$OLDPWD/target/peer" cargo build --release --locked -q -p bulkhead)
 flood=$PWD/target/release/examples/udp_flood
 
-# Two versions of a ~10 MiB policy set: 4,000 policies in 100 namespaces
+# Two versions of a ~10 MiB policy set: 4,400 policies in 100 namespaces
 # without local pods (what a node receives of a large cluster's policies),
 # plus 50 for the lab's sink, 40 ports each, on other ports in version B.
 gen() {
   awk -v shift="$1" 'BEGIN {
-    for (i = 0; i < 4000; i++) {
+    for (i = 0; i < 4400; i++) {
       printf "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p%d\n  namespace: ns-%d\n  labels: {team: t%d, generated: bench}\nspec:\n  endpointSelector:\n    matchLabels: {app: svc-%d, tier: backend}\n  ingress:\n", i, i % 100, i % 7, i
       for (r = 0; r < 6; r++) {
         printf "  - fromEndpoints:\n    - matchLabels: {app: client-%d-%d, tier: frontend}\n      matchExpressions:\n      - {key: env, operator: In, values: [prod, staging]}\n    toPorts:\n    - ports:\n      - {port: \"%d\", protocol: TCP}\n      - {port: \"%d\", protocol: TCP}\n      rules:\n        http:\n        - {method: GET, path: \"/api/v%d/items/[0-9]+\"}\n", i, r, 8000 + r + shift, 9000 + r + shift, r

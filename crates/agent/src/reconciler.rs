@@ -169,9 +169,7 @@ impl Reconciler {
             metrics,
         };
         let changes: Vec<Change> = r.store.objects.values().map(|o| r.change_for(o.clone())).collect();
-        for c in changes {
-            r.engine.apply(c);
-        }
+        r.engine.apply_batch(changes);
         r.reconcile()?;
         let endpoints: Vec<EndpointRecord> = r.store.endpoints.values().cloned().collect();
         for e in &endpoints {
@@ -263,10 +261,8 @@ impl Reconciler {
         })?;
         let t_saved = t0.elapsed();
         let n = changed.len();
-        for (_, o) in changed {
-            let c = self.change_for(o);
-            self.engine.apply(c);
-        }
+        let changes: Vec<Change> = changed.into_iter().map(|(_, o)| self.change_for(o)).collect();
+        self.engine.apply_batch(changes);
         let t_resolved = t0.elapsed();
         resp.enforcement = self.reconcile_timed(t0, "apply")?;
         tracing::info!(
@@ -302,13 +298,11 @@ impl Reconciler {
                 st.objects.remove(key);
             }
         })?;
-        for key in gone {
-            self.engine.apply(match key {
-                ObjectKey::Policy(id) => Change::DeletePolicy(id),
-                ObjectKey::Namespace(n) => Change::DeleteNamespace(n),
-                ObjectKey::Pod(k) => Change::DeletePod(k),
-            });
-        }
+        self.engine.apply_batch(gone.into_iter().map(|key| match key {
+            ObjectKey::Policy(id) => Change::DeletePolicy(id),
+            ObjectKey::Namespace(n) => Change::DeleteNamespace(n),
+            ObjectKey::Pod(k) => Change::DeletePod(k),
+        }));
         resp.enforcement = self.reconcile_timed(t0, "delete")?;
         Ok(resp)
     }

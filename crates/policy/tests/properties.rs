@@ -1,5 +1,6 @@
 //! Property tests of the policy algebra over random clusters and policies:
-//! order independence, incremental = full, deny wins, adding an allow never
+//! order independence, incremental = full, batches = one change at a time,
+//! deny wins, adding an allow never
 //! removes reachability, unselected pods are reachable.
 
 use bulkhead_policy::api::Object;
@@ -334,6 +335,54 @@ proptest! {
         prop_assert_eq!(full.pod_keys(), inc.pod_keys());
         for k in full.pod_keys() {
             prop_assert_eq!(normalised(&full, &k), normalised(&inc, &k), "endpoint {} after {:?}", k, order);
+        }
+    }
+
+    #[test]
+    fn batches_equal_one_change_at_a_time(pods in arb_pods(), ps in prop::collection::vec(arb_policy(), 1..6), seed in any::<u64>(), chunk in 1..6usize, drop in 0..4usize) {
+        let mut objs = policies(&ps, 0);
+        objs.extend(cluster(&pods));
+        shuffle(&mut objs, seed);
+        let removed: Vec<Object> = objs.iter().filter(|o| !matches!(o, Object::Namespace(_))).take(drop).cloned().collect();
+        let mut batched = Engine::default();
+        let mut maps: BTreeMap<(String, Direction), BTreeMap<PolicyKey, Arc<PolicyEntry>>> = BTreeMap::new();
+        let mut feed = |diffs: Vec<EndpointDiff>| {
+            for d in diffs {
+                let m = maps.entry((d.endpoint.clone(), d.direction)).or_default();
+                for k in &d.removed {
+                    m.remove(k);
+                }
+                m.extend(d.upserted);
+            }
+        };
+        let upserts: Vec<Change> = objs.iter().cloned().map(|o| match o {
+            Object::Pod(p) => Change::UpsertPod(p),
+            Object::Policy(p) => Change::UpsertPolicy(p),
+            Object::Namespace(n) => Change::UpsertNamespace(n),
+        }).collect();
+        let deletes: Vec<Change> = removed.iter().map(|o| match o {
+            Object::Pod(p) => Change::DeletePod(p.key()),
+            Object::Policy(p) => Change::DeletePolicy(PolicyId::of(p)),
+            Object::Namespace(n) => Change::DeleteNamespace(n.name.clone()),
+        }).collect();
+        // Batches of `chunk` changes; the deletes in one batch with the last upserts.
+        let all: Vec<Change> = upserts.into_iter().chain(deletes).collect();
+        for batch in all.chunks(chunk) {
+            feed(batched.apply_batch(batch.to_vec()));
+        }
+        for k in batched.pod_keys() {
+            let pol = batched.endpoint_policy(&k).expect("every pod has a policy");
+            for (d, dp) in [(Direction::Ingress, &pol.ingress), (Direction::Egress, &pol.egress)] {
+                let fed = maps.get(&(k.clone(), d)).cloned().unwrap_or_default();
+                let held: BTreeMap<PolicyKey, Arc<PolicyEntry>> = dp.entries.clone().into_iter().collect();
+                prop_assert_eq!(&fed, &held, "diff stream for {} {:?}", k, d);
+            }
+        }
+        let kept: Vec<Object> = objs.into_iter().filter(|o| !removed.contains(o)).collect();
+        let full = Engine::from_objects(kept);
+        prop_assert_eq!(full.pod_keys(), batched.pod_keys());
+        for k in full.pod_keys() {
+            prop_assert_eq!(normalised(&full, &k), normalised(&batched, &k), "endpoint {} in batches of {}", k, chunk);
         }
     }
 

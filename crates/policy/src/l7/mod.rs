@@ -6,8 +6,9 @@
 //! problem in a rule set with its field path; the per-protocol modules own
 //! compilation and matching. Trade-off: each policy is compiled once into
 //! regexes and lookup tables, so deciding is cheap but compiling costs a
-//! regex build per field (and HTTP regexes are built twice, see
-//! [`http::compile_regex`]).
+//! regex build per distinct pattern (built regexes are kept by source, as
+//! policy sets repeat their patterns; HTTP regexes are built in two forms,
+//! see [`http::compile_regex`]).
 //!
 //! Empty rule lists follow Cilium: a port rule whose `http`, `kafka` or `dns`
 //! list is present but empty selects no L7 parser, so traffic is allowed at
@@ -93,27 +94,51 @@ pub enum L7Error {
     },
 }
 
+/// Regexes built so far, by source: policy sets repeat the same method,
+/// path and host patterns across thousands of rules, and building one costs
+/// far more than the lookup (it dominated decoding a 10 MiB policy set).
+/// Bounded: starts over past [`REGEX_CACHE_MAX`] sources.
+static REGEX_CACHE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Regex>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Distinct regex sources [`REGEX_CACHE`] keeps.
+const REGEX_CACHE_MAX: usize = 4096;
+
 /// Builds `source` as a regex under [`REGEX_SIZE_LIMIT`], reporting failures
 /// against `field` and the user's `pattern` (which may differ from `source`).
+/// A source built before is taken from [`REGEX_CACHE`] (a `Regex` is a
+/// shared, immutable matcher, so handing out clones is safe).
 pub(crate) fn build_regex(field: &str, pattern: &str, source: &str) -> Result<Regex, L7Error> {
-    RegexBuilder::new(source)
+    let cache = || REGEX_CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(r) = cache().get(source) {
+        return Ok(r.clone());
+    }
+    let built = RegexBuilder::new(source)
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_SIZE_LIMIT)
         .nest_limit(REGEX_NEST_LIMIT)
         .build()
-        .map_err(|e| match e {
-            regex::Error::CompiledTooBig(limit) => {
-                L7Error::RegexTooBig { field: field.to_owned(), pattern: pattern.to_owned(), limit }
-            }
-            regex::Error::Syntax(msg) => L7Error::RegexSyntax {
-                field: field.to_owned(),
-                pattern: pattern.to_owned(),
-                reason: syntax_summary(&msg),
-            },
-            other => {
-                L7Error::RegexSyntax { field: field.to_owned(), pattern: pattern.to_owned(), reason: other.to_string() }
-            }
-        })
+        .map_err(|e| regex_error(field, pattern, e))?;
+    let mut c = cache();
+    if c.len() >= REGEX_CACHE_MAX {
+        c.clear();
+    }
+    c.insert(source.to_owned(), built.clone());
+    Ok(built)
+}
+
+fn regex_error(field: &str, pattern: &str, e: regex::Error) -> L7Error {
+    match e {
+        regex::Error::CompiledTooBig(limit) => {
+            L7Error::RegexTooBig { field: field.to_owned(), pattern: pattern.to_owned(), limit }
+        }
+        regex::Error::Syntax(msg) => {
+            L7Error::RegexSyntax { field: field.to_owned(), pattern: pattern.to_owned(), reason: syntax_summary(&msg) }
+        }
+        other => {
+            L7Error::RegexSyntax { field: field.to_owned(), pattern: pattern.to_owned(), reason: other.to_string() }
+        }
+    }
 }
 
 /// Reduces the regex crate's multi-line syntax error to its `error:` line.
