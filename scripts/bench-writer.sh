@@ -10,9 +10,12 @@
 #
 # The peer is the previous design, one Mutex<Agent> around everything
 # (git revision PEER, default 46bc7b5: the isolation fixes, before the
-# reconciler), built from the same tree's history into target/peer and
-# measured in the same run, rounds interleaved. The agent is pinned to CPU
-# 1, the flood and the clients to CPU 0.
+# reconciler), with this apply speed-ups applied to it
+# (scripts/bench-writer-peer.patch: the regex cache and the batched
+# resolve), so that the two differ only in the agent's design. It is built
+# from the same tree's history into target/peer and measured in the same
+# run, rounds interleaved. The agent is pinned to CPU 1, the flood and the
+# clients to CPU 0.
 #
 #   bash scripts/bench-writer.sh [ROUNDS] [SECONDS] [RATE] [PEER]   (default 3 60 100000 46bc7b5)
 set -euo pipefail
@@ -39,6 +42,7 @@ echo "== building this tree and the peer ($peer) in release"
 cargo build --release --locked -q -p bulkhead
 cargo build --release --locked -q -p bulkhead-datapath --example udp_flood
 git worktree add -q --detach "$work/peer" "$peer"
+git -C "$work/peer" apply "$PWD/scripts/bench-writer-peer.patch"
 (cd "$work/peer" && CARGO_TARGET_DIR="$OLDPWD/target/peer" cargo build --release --locked -q -p bulkhead)
 flood=$PWD/target/release/examples/udp_flood
 
