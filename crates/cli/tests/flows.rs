@@ -133,10 +133,18 @@ fn observe_metrics_and_the_signed_flow_log() {
         });
         rx
     };
-    std::thread::sleep(Duration::from_millis(300));
-    let probe = lab.lab(&["probe", "--ports", "8080/TCP,80/TCP,53/UDP", "-o", "json"]);
-    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stdout));
-    let first = followed.recv_timeout(Duration::from_secs(10)).expect("observe -f printed a new flow");
+    // The probe runs until the follower prints (it may not be following yet
+    // when the first runs); three rounds at most.
+    let mut first = None;
+    for _ in 0..3 {
+        let probe = lab.lab(&["probe", "--ports", "8080/TCP,80/TCP,53/UDP", "-o", "json"]);
+        assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stdout));
+        if let Ok(line) = followed.recv_timeout(Duration::from_secs(5)) {
+            first = Some(line);
+            break;
+        }
+    }
+    let first = first.expect("observe -f printed a new flow");
     let _ = follow.kill();
     let _ = follow.wait();
     let f: serde_json::Value = serde_json::from_str(&first).expect("json");
@@ -303,7 +311,11 @@ fn observe_metrics_and_the_signed_flow_log() {
             let _ = bulkhead_lab::probe::probe_from(&ns, &probes, Duration::from_millis(1), 4);
         })
     };
-    std::thread::sleep(Duration::from_millis(700));
+    // Kill it once it is writing records (and well before the next checkpoint).
+    let written = || lab.json(&["status", "-o", "json"])["flows"]["log_written"].as_u64().unwrap_or(0);
+    let w0 = written();
+    bulkhead_lab::wait_until("the log being written", Duration::from_secs(20), || written() > w0 + 200)
+        .expect("records written");
     let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill -9");
     let mut agent = agent;

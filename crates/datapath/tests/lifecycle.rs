@@ -14,6 +14,7 @@ use bulkhead_datapath::abi::{EVENT_DROP, RawEvent};
 use bulkhead_datapath::sync::PolicySync;
 use bulkhead_datapath::{Datapath, netns};
 use bulkhead_lab::probe::{Outcome, Probe, probe_from};
+use bulkhead_lab::wait_until;
 use bulkhead_policy::repository::Proto;
 use support::{Lab, privileged};
 
@@ -88,15 +89,6 @@ fn udp_echo(pod_ns: PathBuf, stop: Arc<AtomicBool>, received: Arc<AtomicU64>) ->
             }
         }
     })
-}
-
-/// Waits (at most `limit`) until `cond` holds; panics with `what` if it never does.
-fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
-    let end = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < end, "{what} did not happen within {limit:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Drops the datapath reported on traffic to or from `addrs`.
@@ -260,7 +252,8 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
     };
     let flowing = |more: u64| {
         let from = sent.load(Ordering::Relaxed);
-        wait_until("the stream flowing", Duration::from_secs(10), || sent.load(Ordering::Relaxed) >= from + more);
+        wait_until("the stream flowing", Duration::from_secs(10), || sent.load(Ordering::Relaxed) >= from + more)
+            .expect("traffic");
     };
     flowing(20);
 

@@ -12,3 +12,22 @@ pub mod frame;
 pub mod pods;
 pub mod probe;
 pub mod respond;
+
+use std::time::{Duration, Instant};
+
+/// Waits until `cond` holds, looking every 5 ms, for at most `limit`: what
+/// tests wait on instead of a fixed sleep (a readiness condition holds as
+/// soon as it can, and a slow machine only makes it take longer).
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> std::io::Result<()> {
+    let end = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= end {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{what} did not happen within {limit:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
