@@ -145,6 +145,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bh_drops SEC(".maps");
 
+/* The next policy slot number the agent hands out, kept with the pins so
+ * that no number is used twice, across agents too: conntrack entries
+ * remember the slot that admitted them, and a reused number would make a
+ * stale entry look current. Not read by the programs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_slot_seq SEC(".maps");
+
 /* 16 MiB: about 190,000 events, two seconds of a sustained 100,000/s. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -336,6 +348,9 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, struct 
 			return PARSE_SHORT;
 		__builtin_memcpy(&p->inner.saddr, &ip6->saddr, 16);
 		__builtin_memcpy(&p->inner.daddr, &ip6->daddr, 16);
+		/* Mapped addresses would match an IPv4 connection: no. */
+		if (is_v4_mapped(p->inner.saddr.b) || is_v4_mapped(p->inner.daddr.b))
+			return -1;
 		p->inner.proto = ip6->nexthdr;
 		l4 = (__u8 *)(ip6 + 1);
 	}
@@ -358,27 +373,43 @@ static __always_inline int parse_inner(struct __sk_buff *skb, __u32 off, struct 
 	return 0;
 }
 
-static __always_inline int frag_ports(struct pkt *p, __u32 id, int first)
+/*
+ * Fragments: the first records what the later ones cannot show (their L4
+ * protocol, ports and policy port), keyed by the addresses, the fragment id
+ * and `key_proto` (the protocol named in the IP header, or in IPv6 the
+ * fragment header's next header, which every fragment carries alike).
+ */
+static __always_inline void frag_store(const struct pkt *p, __u32 id, __u8 key_proto)
 {
 	struct bh_frag_key k = {};
+	struct bh_frag_value v = { .sport = p->sport, .dport = p->dport, .policy_port = p->policy_port,
+				   .proto = p->proto };
 
 	k.saddr = p->saddr;
 	k.daddr = p->daddr;
 	k.id = id;
-	k.proto = p->proto;
-	if (first) {
-		struct bh_frag_value v = { .sport = p->sport, .dport = p->dport };
+	k.proto = key_proto;
+	bpf_map_update_elem(&bh_frags, &k, &v, BPF_ANY);
+}
 
-		bpf_map_update_elem(&bh_frags, &k, &v, BPF_ANY);
-		return 0;
-	}
-	struct bh_frag_value *v = bpf_map_lookup_elem(&bh_frags, &k);
+/* A later fragment takes its first fragment's protocol and ports; an
+ * unknown one is dropped. */
+static __always_inline int frag_lookup(struct pkt *p, __u32 id, __u8 key_proto)
+{
+	struct bh_frag_key k = {};
+	struct bh_frag_value *v;
 
+	k.saddr = p->saddr;
+	k.daddr = p->daddr;
+	k.id = id;
+	k.proto = key_proto;
+	v = bpf_map_lookup_elem(&bh_frags, &k);
 	if (!v)
 		return BH_REASON_FRAG_UNKNOWN;
+	p->proto = v->proto;
 	p->sport = v->sport;
 	p->dport = v->dport;
-	p->policy_port = bpf_ntohs(v->dport);
+	p->policy_port = v->policy_port;
 	return 0;
 }
 
@@ -418,12 +449,12 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	frag = bpf_ntohs(ip->frag_off);
 	off = sizeof(struct ethhdr) + hlen;
 	if (frag & 0x1fff)
-		return frag_ports(p, ip->id, 0);
+		return frag_lookup(p, ip->id, ip->protocol);
 	r = parse_l4(skb, off, p);
 	if (r)
 		return r;
 	if (frag & 0x2000)
-		frag_ports(p, ip->id, 1);
+		frag_store(p, ip->id, ip->protocol);
 	if (p->proto == IPPROTO_ICMP && is_icmp_error(p->proto, p->policy_type) &&
 	    parse_inner(skb, off + 8, p, 0) == PARSE_SHORT)
 		return PARSE_SHORT;
@@ -435,8 +466,8 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
-	__u32 off = sizeof(struct ethhdr) + sizeof(*ip6);
-	__u8 next;
+	__u32 off = sizeof(struct ethhdr) + sizeof(*ip6), frag_id = 0;
+	__u8 next, frag_nh = 0, fragmented = 0;
 	int r, i;
 
 	if ((void *)(ip6 + 1) > end)
@@ -464,15 +495,17 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 
 			next = h[0];
 			off += 8;
-			p->proto = next;
+			/* A later fragment: what follows is payload. */
 			if (fo & 0xfff8)
-				return frag_ports(p, id, 0);
-			r = parse_l4(skb, off, p);
-			if (r)
-				return r;
-			if (fo & 1)
-				frag_ports(p, id, 1);
-			goto l4_done;
+				return frag_lookup(p, id, next);
+			/* The first of several: the walk goes on through the
+			 * headers after this one, to the real L4 header. */
+			if (fo & 1) {
+				fragmented = 1;
+				frag_id = id;
+				frag_nh = next;
+			}
+			continue;
 		}
 		next = h[0];
 		off += (h[1] + 1) * 8;
@@ -484,7 +517,8 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 	r = parse_l4(skb, off, p);
 	if (r)
 		return r;
-l4_done:
+	if (fragmented)
+		frag_store(p, frag_id, frag_nh);
 	if (p->proto == IPPROTO_ICMPV6 && is_icmp_error(p->proto, p->policy_type) &&
 	    parse_inner(skb, off + 8, p, 1) == PARSE_SHORT)
 		return PARSE_SHORT;
@@ -582,6 +616,28 @@ static __always_inline __u32 ipcache_identity(const struct bh_addr *a)
 		return v->identity;
 	/* world-ipv4 / world-ipv6, as the engine names addresses it does not know */
 	return is_v4_mapped(a->b) ? 9 : 10;
+}
+
+/*
+ * Whether link control (neighbour and listener discovery) stays between
+ * the pod and its node, where it is the link working: leaving the pod for
+ * a link-local or link-scope multicast address or the node itself;
+ * entering it from a link-local or the unspecified address or the node.
+ * Anything else (the node would forward it to another pod or further) is
+ * traffic like any other, under policy.
+ */
+static __always_inline int node_link(const struct pkt *p, __u8 dir)
+{
+	const struct bh_addr unspecified = {};
+	const struct bh_addr *peer = dir == BH_DIR_EGRESS ? &p->daddr : &p->saddr;
+
+	if (peer->b[0] == 0xfe && (peer->b[1] & 0xc0) == 0x80)
+		return 1;
+	if (dir == BH_DIR_EGRESS && peer->b[0] == 0xff && (peer->b[1] & 0x0f) == 0x02)
+		return 1;
+	if (dir == BH_DIR_INGRESS && addr_eq(peer, &unspecified))
+		return 1;
+	return ipcache_identity(peer) == BH_IDENTITY_HOST;
 }
 
 static __always_inline struct bh_policy_value *policy_level(void *trie, struct bh_policy_key *k, __u8 level,
@@ -796,12 +852,13 @@ static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p, cons
 	return TC_ACT_SHOT;
 }
 
-/* Whether audit mode lets a drop for `reason` pass: policy decisions do,
- * the packet's own faults (malformed, spoofed) and resource limits never. */
+/* Whether audit mode lets a drop for `reason` pass: the policy's verdicts
+ * do; the packet's own faults (malformed, spoofed), a policy that is not
+ * loaded and a full conntrack table never. */
 static __always_inline int audited(const struct bh_endpoint *ep, __u8 reason)
 {
 	return (ep->flags & BH_EP_AUDIT) && (reason == BH_REASON_POLICY_DENIED || reason == BH_REASON_POLICY_DENY ||
-					     reason == BH_REASON_PROXY_UNAVAILABLE || reason == BH_REASON_EP_NOT_READY);
+					     reason == BH_REASON_PROXY_UNAVAILABLE);
 }
 
 /*
@@ -909,7 +966,12 @@ static __always_inline int pass_decided(struct __sk_buff *skb, const struct pkt 
 			      .kind = BH_EVENT_POLICY_VERDICT, .verdict = d->reason ? BH_EV_AUDIT : BH_EV_FORWARDED,
 			      .reason = d->reason, .level = d->level, .match = d->match, .is_reply = is_reply };
 
-	count(d->reason ? d->reason : BH_REASON_FORWARDED, dir, skb->len);
+	/* As everywhere: forwarded packets count under their own direction,
+	 * what a policy decided against under that policy's. */
+	if (d->reason)
+		count(d->reason, dir, skb->len);
+	else
+		count(BH_REASON_FORWARDED, is_reply ? !dir : dir, skb->len);
 	emit(skb, p, ep, &rep);
 	return TC_ACT_OK;
 }
@@ -935,23 +997,40 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return drop(skb, &p, NULL, dir, BH_REASON_EP_NOT_READY, 2, NULL);
 	if (dir == BH_DIR_EGRESS && !source_is_own(ep, &p))
 		return drop(skb, &p, ep, dir, BH_REASON_INVALID_SOURCE_IP, 2, NULL);
-	/* ARP, neighbour and listener discovery pass unreported, whatever the
-	 * policy: they are the link working, not traffic between workloads. */
-	if (p.arp || is_link_control(&p)) {
+	/* ARP, and neighbour and listener discovery between the pod and its
+	 * node, pass unreported, whatever the policy: they are the link working,
+	 * not traffic between workloads. */
+	if (p.arp || (is_link_control(&p) && node_link(&p, dir))) {
 		count(BH_REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
 	}
 
 	now = bpf_ktime_get_ns();
 	ck.ifindex = ifindex;
-	/* Errors about a flow this point allowed the other way, while it stands. */
-	if (p.related) {
+	/*
+	 * An ICMP error about a connection this point admitted, while its entry
+	 * stands: about a packet of either way (a Packet Too Big for a server's
+	 * reply matters as much as one for the client's request), and only on
+	 * its way back to that packet's source, as a real error goes. Anything
+	 * else is judged as a packet of its own.
+	 */
+	if (p.related && addr_eq(&p.daddr, &p.inner.saddr)) {
 		ck.saddr = p.inner.saddr;
 		ck.daddr = p.inner.daddr;
 		ck.sport = p.inner.sport;
 		ck.dport = p.inner.dport;
 		ck.proto = p.inner.proto;
 		ck.dir = !dir;
+		cv = ct_get(&ck, now);
+		if (cv && ct_current(ep, &ck, cv)) {
+			count(BH_REASON_FORWARDED, dir, skb->len);
+			return TC_ACT_OK;
+		}
+		ck.saddr = p.inner.daddr;
+		ck.daddr = p.inner.saddr;
+		ck.sport = p.inner.dport;
+		ck.dport = p.inner.sport;
+		ck.dir = dir;
 		cv = ct_get(&ck, now);
 		if (cv && ct_current(ep, &ck, cv)) {
 			count(BH_REASON_FORWARDED, dir, skb->len);
@@ -1014,8 +1093,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		long err = bpf_map_update_elem(&bh_ct, &ck, &nv, BPF_NOEXIST);
 
 		/* -EEXIST: the same flow's first packet on another CPU got there
-		 * first, under the same policy; its entry serves this one too. */
-		if (err && err != -EEXIST && !(ep->flags & BH_EP_AUDIT))
+		 * first, under the same policy; its entry serves this one too.
+		 * Anything else fails closed, audit mode or not: a flow that is not
+		 * tracked could not be stopped by a later change. */
+		if (err && err != -EEXIST)
 			return drop(skb, &p, ep, dir, BH_REASON_CT_FULL, 0, &d);
 	}
 	return pass_decided(skb, &p, ep, dir, &d, 0);

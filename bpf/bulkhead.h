@@ -90,6 +90,9 @@ struct bh_ipcache_value {
  * its map): the direction drops everything, BH_REASON_EP_NOT_READY. */
 #define BH_SLOT_NOT_READY 0
 
+/* The reserved identity of the node itself. */
+#define BH_IDENTITY_HOST 1
+
 /* endpoints: host-side interface index → endpoint. */
 struct bh_endpoint {
 	__u32 id;
@@ -182,6 +185,9 @@ struct bh_frag_key {
 struct bh_frag_value {
 	__be16 sport;
 	__be16 dport;
+	__u16 policy_port; /* the port (ICMP: type) the policy sees */
+	__u8 proto;        /* the L4 protocol (IPv6: after any extension headers) */
+	__u8 pad;
 };
 
 /* Counters, per CPU, indexed by reason * 2 + direction. */
@@ -226,6 +232,7 @@ _Static_assert(sizeof(struct bh_policy_value) == 8, "bh_policy_value");
 _Static_assert(sizeof(struct bh_ct_key) == 44, "bh_ct_key");
 _Static_assert(sizeof(struct bh_ct_value) == 24, "bh_ct_value");
 _Static_assert(sizeof(struct bh_frag_key) == 40, "bh_frag_key");
+_Static_assert(sizeof(struct bh_frag_value) == 8, "bh_frag_value");
 _Static_assert(sizeof(struct bh_event) == 88, "bh_event");
 _Static_assert(sizeof(struct bh_drop_key) == 48, "bh_drop_key");
 _Static_assert(sizeof(struct bh_drop_value) == 16, "bh_drop_value");

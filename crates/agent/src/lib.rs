@@ -10,7 +10,8 @@
 //! and the service map over HTTP ([`web`], [`metrics`]), and the flows it
 //! makes of the datapath's events ([`observer`]: a ring for `observe`, a
 //! signed flow log). Nothing that reads waits for a change in progress, and
-//! the event path takes no lock. Enforcement does not depend on the agent
+//! the event path shares no lock with changes or status (only the flow
+//! ring's own, held for copies). Enforcement does not depend on the agent
 //! running: programs, maps and links are pinned, and a new agent adopts
 //! them.
 
@@ -87,7 +88,15 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
         .take_event_reader()
         .ok_or_else(|| AgentError::Io(std::io::Error::other("the datapath's event ring buffer was already taken")))?;
     let (commands, queue) = std::sync::mpsc::channel();
-    let writer = std::thread::Builder::new().name("reconciler".into()).spawn(move || reconciler.run(queue))?;
+    let writer = std::thread::Builder::new().name("reconciler".into()).spawn(move || {
+        // Without its one writer the agent cannot take a change: rather than
+        // serve on half alive, it exits (enforcement goes on from the pins,
+        // and the next start reconciles from the saved state).
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reconciler.run(queue))).is_err() {
+            tracing::error!("the reconciler failed; the agent exits (enforcement continues from the pinned maps)");
+            std::process::exit(70);
+        }
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (published, observer, stop) = (Arc::clone(&published), Arc::clone(&observer), Arc::clone(&stop));

@@ -37,7 +37,7 @@ use bulkhead_policy::reach::{ProbePort, ReachMatrix, default_ports, reach};
 
 use crate::config::{AgentError, Config};
 use crate::metrics::Metrics;
-use crate::node::{in_node, interface_index, node_addresses};
+use crate::node::{in_node, interface_index};
 use crate::snapshot::{Published, Snapshot};
 use crate::store::{EndpointRecord, ObjectKey, Store};
 
@@ -460,8 +460,15 @@ impl Reconciler {
     }
 
     /// Makes the maps hold the engine's view of every local endpoint, then
-    /// publishes the new snapshot.
+    /// publishes the new snapshot: always, also when a write failed, so that
+    /// readers see the state that was saved and what reached the kernel.
     fn reconcile(&mut self) -> Result<Enforcement> {
+        let result = self.write_kernel();
+        self.publish();
+        result
+    }
+
+    fn write_kernel(&mut self) -> Result<Enforcement> {
         let t0 = Instant::now();
         let mut specs = Vec::new();
         let mut pod_of = BTreeMap::new();
@@ -482,17 +489,11 @@ impl Reconciler {
         }
         let mut ipcache: Vec<(Cidr, u32)> = self.engine.ipcache().into_iter().map(|(c, id)| (c, id.0)).collect();
         ipcache.extend(
-            in_node(&self.config, node_addresses)??.into_iter().map(|ip| (Cidr::host(ip), Reserved::Host.id().0)),
+            in_node(&self.config, bulkhead_datapath::netns::global_addresses)??
+                .into_iter()
+                .map(|ip| (Cidr::host(ip), Reserved::Host.id().0)),
         );
-        let report = self.sync.apply(&mut self.dp, specs, ipcache);
-        // Whatever reached the kernel is published, also when a later write failed.
-        let report = match report {
-            Ok(r) => r,
-            Err(e) => {
-                self.publish();
-                return Err(e.into());
-            }
-        };
+        let report = self.sync.apply(&mut self.dp, specs, ipcache)?;
         let failed: Vec<EndpointFailure> = report
             .failed
             .iter()
@@ -514,7 +515,6 @@ impl Reconciler {
         // Every reconcile retries every endpoint not yet at its policy, so
         // the endpoints not ready are exactly this round's failures.
         self.not_ready = failed.iter().map(|f| (f.endpoint.clone(), f.clone())).collect();
-        self.publish();
         Ok(Enforcement {
             endpoints_updated: report.endpoints_updated,
             slots_written: report.slots_written,

@@ -4,14 +4,16 @@
 //!
 //! Separate from the API socket because Prometheus and browsers speak TCP.
 //! Metrics are counts and may be read by whoever reaches the address. The
-//! service map shows flows, which are as sensitive as the API socket
-//! (mode 0600) they otherwise come from, so reading it takes what only the
-//! socket hands out ([`WebAccess`]): a token made at each start, which
-//! `bulkhead ui` asks the agent for. The token arrives once in the page's
-//! address and is kept in a same-site, script-proof cookie. Requests must
-//! also name the server by an IP address or `localhost`: a web page that
-//! rebinds a DNS name of its own to 127.0.0.1 (DNS rebinding) is refused
-//! before the token is even looked at.
+//! service map's data are flows, which are as sensitive as the API socket
+//! (mode 0600) they otherwise come from, so reading them takes what only
+//! the socket hands out ([`WebAccess`]): a token made at each start, which
+//! `bulkhead ui` asks the agent for. The page (static, no data) takes the
+//! token from its address, keeps it in memory and sends it as a bearer
+//! header; no cookie carries it (cookies are not scoped to a port: every
+//! other web server on the same host would receive it). Every request
+//! must also name the server by an IP address or `localhost`: a web page
+//! that rebinds a DNS name of its own to 127.0.0.1 (DNS rebinding) is
+//! refused before the token is even looked at.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,9 +30,6 @@ use serde::Deserialize;
 
 use crate::observer::map::{build, decides, node_of};
 use crate::server::AppState;
-
-/// The cookie that carries the token after the first page load.
-const COOKIE: &str = "bulkhead_map";
 
 /// Who may read the service map: see the module documentation.
 #[derive(Debug)]
@@ -65,22 +64,15 @@ impl WebAccess {
             && offered.bytes().zip(self.token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
-    /// The token a request offers: `?token=`, a bearer header, or the cookie.
+    /// The token a request offers: a bearer header, or `?token=`.
     fn offered(req: &Request) -> Option<&str> {
-        let query = req.uri().query().into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("token="));
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        let cookie = req
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(COOKIE).and_then(|c| c.strip_prefix('=')));
-        query.or(bearer).or(cookie)
+        let query = req.uri().query().into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("token="));
+        bearer.or(query)
     }
 }
 
@@ -101,25 +93,20 @@ fn forbidden(why: &str) -> Response {
         .into_response()
 }
 
-/// The service map's guard (see the module documentation).
-async fn guard(State(access): State<Arc<WebAccess>>, req: Request, next: Next) -> Response {
+/// The Host check for every service map route (see the module documentation).
+async fn literal_host(req: Request, next: Next) -> Response {
     if !host_is_literal(req.headers()) {
         return forbidden("the Host header must be an IP address or localhost");
     }
-    let from_query = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token=")));
+    next.run(req).await
+}
+
+/// The token check for the service map's data.
+async fn guard(State(access): State<Arc<WebAccess>>, req: Request, next: Next) -> Response {
     match WebAccess::offered(&req) {
-        Some(t) if access.token_matches(t) => {
-            let mut resp = next.run(req).await;
-            if from_query {
-                let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", access.token);
-                if let Ok(v) = header::HeaderValue::from_str(&cookie) {
-                    resp.headers_mut().insert(header::SET_COOKIE, v);
-                }
-            }
-            resp
-        }
+        Some(t) if access.token_matches(t) => next.run(req).await,
         Some(_) => forbidden("wrong token (it changes at every agent start)"),
-        None => forbidden("the service map needs the agent's token"),
+        None => forbidden("the service map's data need the agent's token"),
     }
 }
 
@@ -140,7 +127,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn map(State(s): State<AppState>) -> Response {
-    Json(build(&s.observer.recent(MAP_FLOWS))).into_response()
+    // Building the map from 50,000 flows is work: not on an async worker.
+    match tokio::task::spawn_blocking(move || build(&s.observer.recent(MAP_FLOWS))).await {
+        Ok(m) => Json(m).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -157,25 +148,34 @@ fn default_last() -> usize {
 
 /// The newest decisions on one edge, newest first.
 async fn edge(State(s): State<AppState>, Query(q): Query<EdgeQuery>) -> Response {
-    let flows: Vec<Arc<Flow>> = s
-        .observer
-        .recent(MAP_FLOWS)
-        .into_iter()
-        .rev()
-        .filter(|f| decides(f) && node_of(&f.source).id == q.from && node_of(&f.destination).id == q.to)
-        .take(q.last.min(1000))
-        .collect();
-    Json(flows).into_response()
+    let found = tokio::task::spawn_blocking(move || -> Vec<Arc<Flow>> {
+        s.observer
+            .recent(MAP_FLOWS)
+            .into_iter()
+            .rev()
+            .filter(|f| decides(f) && node_of(&f.source).id == q.from && node_of(&f.destination).id == q.to)
+            .take(q.last.min(1000))
+            .collect()
+    })
+    .await;
+    match found {
+        Ok(flows) => Json(flows).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
-/// The routes: metrics open, the service map behind [`guard`].
+/// The routes: metrics open; the service map's page (static) behind the
+/// Host check, its data behind the Host check and [`guard`].
 pub fn router(state: AppState, access: Arc<WebAccess>) -> Router {
-    let map_routes = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
+    let data = Router::new()
         .route("/api/map", get(map))
         .route("/api/edge", get(edge))
         .route_layer(middleware::from_fn_with_state(access, guard));
-    Router::new().route("/metrics", get(metrics)).merge(map_routes).with_state(state)
+    let map = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .merge(data)
+        .route_layer(middleware::from_fn(literal_host));
+    Router::new().route("/metrics", get(metrics)).merge(map).with_state(state)
 }
 
 #[cfg(test)]

@@ -371,37 +371,31 @@ fn the_service_map_in_headless_chromium() {
     // Flows are as private as the API socket: no token, a wrong one, or a
     // name someone else's DNS controls (rebinding) are all refused.
     let addr = web.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let port = addr[addr.rfind(':').expect("port") + 1..].to_string();
+    let bearer = format!("Authorization: Bearer {token}");
     for (what, path, host, headers) in [
         ("no token", "api/map".to_string(), None, vec![]),
-        ("no token, the page", String::new(), None, vec![]),
+        ("no token, an edge", "api/edge?from=a&to=b".to_string(), None, vec![]),
         ("a wrong token", "api/map?token=00000000000000000000000000000000".into(), None, vec![]),
-        (
-            "a rebound DNS name",
-            format!("api/map?token={token}"),
-            Some(format!("rebind.example:{}", &addr[addr.rfind(':').expect("port") + 1..])),
-            vec![],
-        ),
-        (
-            "a wrong cookie",
-            "api/edge?from=a&to=b".into(),
-            None,
-            vec!["Cookie: bulkhead_map=ffffffffffffffffffffffffffffffff"],
-        ),
+        ("a wrong bearer", "api/map".into(), None, vec!["Authorization: Bearer ffffffffffffffffffffffffffffffff"]),
+        ("a rebound DNS name", "api/map".into(), Some(format!("rebind.example:{port}")), vec![bearer.as_str()]),
+        ("a rebound DNS name, the page", String::new(), Some(format!("rebind.example:{port}")), vec![]),
     ] {
         let (head, body) = http_request(&format!("{web}{path}"), host.as_deref(), &headers);
         assert!(head.starts_with("HTTP/1.0 403") || head.starts_with("HTTP/1.1 403"), "{what}: {head}\n{body}");
         assert!(body.contains("bulkhead ui"), "{what}: the refusal says what to do: {body}");
     }
     let (head, body) = http_request(&format!("{web}api/map?token={token}"), None, &[]);
-    assert!(head.contains(" 200 ") && head.contains("bulkhead_map="), "{head}");
+    assert!(head.contains(" 200 ") && !head.to_ascii_lowercase().contains("set-cookie"), "{head}");
     assert!(body.contains("production/backend"), "{body}");
-    let cookie = format!("Cookie: bulkhead_map={token}");
-    let (head, _) = http_request(
-        &format!("{web}api/map"),
-        Some(&format!("localhost:{}", &addr[addr.rfind(':').expect("port") + 1..])),
-        &[&cookie],
+    let (head, body) = http_request(&format!("{web}api/map"), Some(&format!("localhost:{port}")), &[&bearer]);
+    assert!(
+        head.contains(" 200 ") && body.contains("production/backend"),
+        "the bearer token, as the page sends it: {head}"
     );
-    assert!(head.contains(" 200 "), "the cookie alone, as the page's own requests carry it: {head}");
+    // The page itself holds no data and needs no token.
+    let (head, body) = http_request(&web, None, &[]);
+    assert!(head.contains(" 200 ") && !body.contains("production/backend"), "{head}");
     assert!(http_get(&format!("{web}metrics")).contains("bulkhead_endpoints"), "metrics need no token");
 
     let mut b = support::browser::Browser::open(&url, 1500, 800);

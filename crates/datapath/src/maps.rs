@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, HashOfMaps, MapData, MapError, RingBuf};
+use aya::maps::{Array, HashMap, HashOfMaps, MapData, MapError, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
@@ -170,6 +170,7 @@ pub(crate) const MAP_IPCACHE: &str = "bh_ipcache";
 pub(crate) const MAP_POLICY: &str = "bh_policy";
 pub(crate) const MAP_CT: &str = "bh_ct";
 pub(crate) const MAP_COUNTERS: &str = "bh_counters";
+const MAP_SLOT_SEQ: &str = "bh_slot_seq";
 const MAP_EVENTS: &str = "bh_events";
 const PROG_FROM_POD: &str = "bh_from_pod";
 const PROG_TO_POD: &str = "bh_to_pod";
@@ -187,6 +188,7 @@ pub struct Datapath {
     /// Entries one policy slot (one direction of one policy) may hold.
     slot_capacity: u32,
     ct: HashMap<MapData, CtKey, CtValue>,
+    slot_seq: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
     view: Arc<DatapathView>,
 }
@@ -234,6 +236,7 @@ impl Datapath {
             capacity,
             slot_capacity: POLICY_SLOT_MAX_ENTRIES,
             ct: HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?,
+            slot_seq: Array::try_from(take(&mut ebpf, MAP_SLOT_SEQ)?).map_err(map_err(MAP_SLOT_SEQ))?,
             events: Some(RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?),
             dir,
             ebpf,
@@ -383,6 +386,17 @@ impl Datapath {
         }
         self.policy.insert(slot, &trie, BPF_NOEXIST).map_err(classify(MAP_POLICY, self.capacity[2]))?;
         Ok(n)
+    }
+
+    /// The next slot number to hand out (0 for a new datapath): kept with
+    /// the pins, so that no agent ever reuses a number.
+    pub fn slot_sequence(&self) -> Result<u32> {
+        self.slot_seq.get(&0, 0).map_err(map_err(MAP_SLOT_SEQ))
+    }
+
+    /// Records that slot numbers below `next` are taken.
+    pub fn set_slot_sequence(&mut self, next: u32) -> Result<()> {
+        self.slot_seq.set(0, next, 0).map_err(map_err(MAP_SLOT_SEQ))
     }
 
     /// Removes a slot (its trie is freed once no program uses it).

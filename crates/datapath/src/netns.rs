@@ -4,7 +4,9 @@
 //! the calling thread only), so work is done on a scoped thread that enters
 //! the namespace and ends with it; sockets it opens stay in that namespace.
 
+use std::collections::BTreeSet;
 use std::fs::File;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
@@ -33,6 +35,28 @@ pub fn enter(path: &Path) -> std::io::Result<()> {
 /// The path of a named namespace (`ip netns add NAME`).
 pub fn named(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
+}
+
+/// The global addresses of the calling thread's network namespace (not
+/// loopback, link-local or unspecified): a node's own, which the ipcache
+/// maps to the `host` identity.
+pub fn global_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut out = BTreeSet::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+        if !ip.is_loopback() && !link_local && !ip.is_unspecified() {
+            out.insert(ip);
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {

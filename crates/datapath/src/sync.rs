@@ -135,11 +135,13 @@ pub struct PolicySync {
     rules: RuleTable,
     rule_ids: HashMap<Vec<Arc<RuleRef>>, u32>,
     retired: Vec<(Instant, u32)>,
-    /// Slots written by an earlier agent, removed after the first apply.
+    /// Slots written by an earlier agent may remain: retired once no
+    /// endpoint names them.
     foreign: bool,
-    /// Endpoints an earlier agent left; the first apply removes those it
-    /// does not load.
-    adopted: Vec<u32>,
+    /// Endpoints an earlier agent left and this one has not loaded yet (a
+    /// policy that did not fit under `KeepPrevious` leaves one so): removed
+    /// when they are not wanted, until then their slots are kept.
+    adopted: std::collections::BTreeSet<u32>,
 }
 
 impl PolicySync {
@@ -148,11 +150,12 @@ impl PolicySync {
     /// policy entries are deleted once the first [`PolicySync::apply`] has
     /// replaced them.
     pub fn adopt(dp: &Datapath) -> Result<Self, DatapathError> {
-        // Every slot an endpoint names was published first, so the slot map
-        // alone says which numbers are taken.
+        // Numbers are never reused (conntrack entries remember theirs): go on
+        // from the pinned sequence, or past any slot still published.
         let slots = dp.view().slots()?;
+        let past_published = slots.iter().max().map_or(0, |m| m.saturating_add(1));
         Ok(Self {
-            next_slot: slots.iter().max().map_or(0, |m| m.saturating_add(1)),
+            next_slot: dp.slot_sequence()?.max(past_published),
             foreign: !slots.is_empty(),
             adopted: dp.view().endpoints()?.into_iter().map(|(ifindex, _)| ifindex).collect(),
             ipcache: dp.view().ipcache()?.into_iter().collect(),
@@ -207,11 +210,11 @@ impl PolicySync {
                 Err(f) => report.failed.push(*f),
             }
         }
-        let adopted = std::mem::take(&mut self.adopted);
         let gone: std::collections::BTreeSet<u32> =
-            self.endpoints.keys().chain(&adopted).filter(|k| !desired.contains_key(k)).copied().collect();
+            self.endpoints.keys().chain(&self.adopted).filter(|k| !desired.contains_key(k)).copied().collect();
         for ifindex in gone {
             dp.remove_endpoint(ifindex)?;
+            self.adopted.remove(&ifindex);
             if let Some(old) = self.endpoints.remove(&ifindex) {
                 self.release(&old.spec.policy, &old.acquired);
             }
@@ -222,8 +225,9 @@ impl PolicySync {
             dp.remove_ipcache(c)?;
             self.ipcache.remove(&c);
         }
-        if std::mem::take(&mut self.foreign) {
+        if self.foreign {
             self.retire_foreign(dp)?;
+            self.foreign = !self.adopted.is_empty();
         }
         Ok(report)
     }
@@ -234,8 +238,14 @@ impl PolicySync {
         let (due, keep): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.retired).into_iter().partition(|(t, _)| force || now.duration_since(*t) >= GRACE);
         self.retired = keep;
-        for (_, slot) in due {
-            dp.remove_slot(slot)?;
+        let mut due = due.into_iter();
+        while let Some((t, slot)) = due.next() {
+            if let Err(e) = dp.remove_slot(slot) {
+                // Tried again next time, with the rest.
+                self.retired.push((t, slot));
+                self.retired.extend(due);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -312,6 +322,7 @@ impl PolicySync {
                 return Err(failure(Direction::BOTH.to_vec(), Overflow::KeepPrevious, e));
             }
             let loaded = Loaded { spec: spec.clone(), value, acquired };
+            self.adopted.remove(&spec.ifindex);
             if let Some(old) = self.endpoints.insert(spec.ifindex, loaded) {
                 self.release(&old.spec.policy, &old.acquired);
             }
@@ -336,8 +347,10 @@ impl PolicySync {
             s.users += 1;
             return Ok(s.id);
         }
-        // Slot numbers are never reused, and never SLOT_NOT_READY.
+        // Slot numbers are never reused (the sequence is pinned before the
+        // number is used), and never SLOT_NOT_READY.
         let id = self.next_slot.max(SLOT_NOT_READY + 1);
+        dp.set_slot_sequence(id + 1)?;
         self.next_slot = id + 1;
         let dir = match d {
             Direction::Ingress => &policy.ingress,
@@ -390,9 +403,15 @@ impl PolicySync {
 
     /// Schedules for deletion every slot no endpoint uses.
     fn retire_foreign(&mut self, dp: &Datapath) -> Result<(), DatapathError> {
-        let live: std::collections::HashSet<u32> = self.slots.values().map(|s| s.id).collect();
+        // Live: this agent's slots, and whatever an endpoint in the kernel
+        // still names (an adopted endpoint that kept its previous policy).
+        let mut live: std::collections::HashSet<u32> = self.slots.values().map(|s| s.id).collect();
+        live.extend(dp.view().endpoints()?.into_iter().flat_map(|(_, e)| e.slot));
+        let retiring: std::collections::HashSet<u32> = self.retired.iter().map(|(_, s)| *s).collect();
         let now = Instant::now();
-        self.retired.extend(dp.view().slots()?.into_iter().filter(|s| !live.contains(s)).map(|s| (now, s)));
+        self.retired.extend(
+            dp.view().slots()?.into_iter().filter(|s| !live.contains(s) && !retiring.contains(s)).map(|s| (now, s)),
+        );
         Ok(())
     }
 }

@@ -11,7 +11,12 @@
 //! - headers outside the linear part of the packet are read, not taken
 //!   for malformed, and too many extension headers fail closed;
 //! - a policy that does not fit its map denies the endpoint's direction
-//!   until one fits (or, when asked, keeps the previous one).
+//!   until one fits (or, when asked, keeps the previous one, also right
+//!   after a restart);
+//! - an ICMP error passes only back to the connection it is about, and
+//!   neighbour discovery only between a pod and its node;
+//! - a fragment header cannot hide the L4 port behind extension headers;
+//! - no policy slot number is ever used twice (conntrack remembers them).
 
 mod support;
 
@@ -26,7 +31,10 @@ use bulkhead_datapath::Direction;
 use bulkhead_datapath::abi::{EVENT_DROP, RawEvent, Reason};
 use bulkhead_datapath::netns;
 use bulkhead_datapath::sync::Overflow;
-use bulkhead_lab::frame::{V4, echo_request, ext_headers, proto, tcp_syn, udp, v4_id, v6_mark};
+use bulkhead_lab::frame::{
+    V4, echo_request, ext_headers, fragment_header, icmp_error, ipv4_packet, neighbour_solicitation, proto, tcp_syn,
+    udp, v4_id, v6_mark,
+};
 use bulkhead_lab::pods::PodLink;
 use support::{Lab, framer, privileged, send_and_capture, v4, v6, warm_up};
 
@@ -504,6 +512,197 @@ fn a_policy_too_big_for_its_map_fails_closed_or_keeps_the_previous_one() {
     let report = lab.try_replace_policies(&too_big());
     assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
     assert_eq!(report.failed[0].overflow, Overflow::KeepPrevious);
+    assert!(conn.carries(true) && conn.carries(false), "the previous policy still admits the connection");
+    assert!(udp_answered(&client, &server), "the previous policy still admits new flows");
+}
+
+/// CLIENT_ALLOWED, and the server's egress closed: it may answer its
+/// connections and nothing else.
+const SERVER_CLOSED_IN: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server-egress, namespace: iso}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  egress: [{}]
+"#;
+
+/// The 20-byte TCP header of a segment from `(src, sport)` to `(dst, dport)`.
+fn tcp_segment(sport: u16, dport: u16) -> Vec<u8> {
+    let mut t = tcp_syn(sport, dport);
+    t[13] = 0x18; // PSH, ACK
+    t
+}
+
+#[test]
+fn icmp_errors_pass_only_back_to_the_connection_they_are_about() {
+    if !privileged("icmp_errors_pass_only_back_to_the_connection_they_are_about") {
+        return;
+    }
+    let mut lab = Lab::up("ic", CLUSTER, &format!("{CLIENT_ALLOWED}---{SERVER_CLOSED_IN}"));
+    let (client, server, trusted) =
+        (lab.pods["iso/client"].clone(), lab.pods["iso/server"].clone(), lab.pods["iso/trusted"].clone());
+    let listener = netns::run_in(&netns::named(&server.netns), || TcpListener::bind("0.0.0.0:80"))
+        .expect("server netns")
+        .expect("listen");
+    let conn = Conn::open(&client, &server, &listener);
+    let cport = conn.client.local_addr().expect("client address").port();
+    warm_up(&server, &trusted);
+    warm_up(&server, &client);
+    let (c4, s4, t4) = (v4(&client), v4(&server), v4(&trusted));
+    let (fs, fc) = (framer(&lab, &server), framer(&lab, &client));
+    let request = ipv4_packet(V4::new(c4, s4, proto::TCP, 1), &tcp_segment(cport, 80));
+    let reply = ipv4_packet(V4::new(s4, c4, proto::TCP, 2), &tcp_segment(80, cport));
+    let found = |frames: &[Vec<u8>], mark: u16| frames.iter().any(|x| v4_id(x) == Some(mark));
+
+    // The server, whose egress is closed, dresses a message to `trusted` as
+    // an error about its client's connection: not an error on its way back.
+    let covert = fs.ipv4(V4::new(s4, t4, proto::ICMP, 0xe001), &icmp_error(3, 3, &request));
+    let before = lab.dp().view().counters().expect("counters").packets(Reason::PolicyDenied);
+    assert!(!found(&send_and_capture(&server, &trusted, &[&covert]), 0xe001), "an error to a third party passed");
+    assert_eq!(lab.dp().view().counters().expect("counters").packets(Reason::PolicyDenied), before + 1);
+
+    // A real error about the server's reply (a Packet Too Big on the way to
+    // the client) gets back to the server; one about the client's request
+    // gets back to the client.
+    let too_big = fc.ipv4(V4::new(c4, s4, proto::ICMP, 0xe002), &icmp_error(3, 4, &reply));
+    assert!(found(&send_and_capture(&client, &server, &[&too_big]), 0xe002), "an error about the reply was dropped");
+    let unreachable = fs.ipv4(V4::new(s4, c4, proto::ICMP, 0xe003), &icmp_error(3, 3, &request));
+    assert!(
+        found(&send_and_capture(&server, &client, &[&unreachable]), 0xe003),
+        "an error about the request was dropped"
+    );
+    drop(conn);
+}
+
+#[test]
+fn neighbour_discovery_between_pods_is_under_policy() {
+    if !privileged("neighbour_discovery_between_pods_is_under_policy") {
+        return;
+    }
+    let mut lab = Lab::up("nd", CLUSTER, ONLY_TRUSTED);
+    let (client, server, trusted) =
+        (lab.pods["iso/client"].clone(), lab.pods["iso/server"].clone(), lab.pods["iso/trusted"].clone());
+    warm_up(&client, &server);
+    let f = framer(&lab, &client);
+    let (c6, s6) = (v6(&client), v6(&server));
+    let found = |frames: &[Vec<u8>], mark: u16| frames.iter().any(|x| v6_mark(x) == Some(mark));
+    // Neighbour solicitation and a listener report, from the client's own
+    // address to the server's: not the link working but a way past the
+    // server's policy (the node forwards them).
+    let ns = f.ipv6(c6, s6, proto::ICMPV6, 0xe101, &neighbour_solicitation(s6));
+    let mld = f.ipv6(c6, s6, proto::ICMPV6, 0xe102, &[143, 0, 0, 0, 0, 0, 0, 0]);
+    let before = lab.dp().view().counters().expect("counters").packets(Reason::PolicyDenied);
+    assert!(!found(&send_and_capture(&client, &server, &[&ns]), 0xe101), "neighbour solicitation passed the policy");
+    assert!(!found(&send_and_capture(&client, &server, &[&mld]), 0xe102), "a listener report passed the policy");
+    assert_eq!(lab.dp().view().counters().expect("counters").packets(Reason::PolicyDenied), before + 2);
+    // With the node, discovery works: IPv6 between pods the policy allows.
+    let (diffs, _) = lab.differences(&[(bulkhead_policy::repository::Proto::Tcp, 80)], Duration::from_millis(500));
+    assert!(diffs.is_empty(), "{diffs:?}");
+    assert!(trusted.ips.iter().any(IpAddr::is_ipv6));
+}
+
+/// Trusted may reach the server on everything but TCP 22.
+const ALL_BUT_22: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: iso}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: trusted}}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: trusted}}]
+    toPorts: [{ports: [{port: "22", protocol: TCP}]}]
+"#;
+
+#[test]
+fn a_fragment_header_cannot_hide_the_port_behind_extension_headers() {
+    if !privileged("a_fragment_header_cannot_hide_the_port_behind_extension_headers") {
+        return;
+    }
+    let lab = Lab::up("fh", CLUSTER, ALL_BUT_22);
+    let (server, trusted) = (lab.pods["iso/server"].clone(), lab.pods["iso/trusted"].clone());
+    warm_up(&trusted, &server);
+    let f = framer(&lab, &trusted);
+    let (t6, s6) = (v6(&trusted), v6(&server));
+    let found = |frames: &[Vec<u8>], mark: u16| frames.iter().any(|x| v6_mark(x) == Some(mark));
+    let behind = |port: u16, more: bool, id: u32| {
+        [&fragment_header(proto::DSTOPTS, 0, more, id)[..], &ext_headers(1, proto::TCP, &tcp_syn(4000, port))].concat()
+    };
+    for (port, denied, mark) in [(22u16, true, 0xe201u16), (23, false, 0xe202)] {
+        // An atomic fragment: a fragment header, then destination options,
+        // then TCP.
+        let atomic = f.ipv6(t6, s6, proto::FRAGMENT, mark, &behind(port, false, u32::from(mark)));
+        // A real first fragment and the rest of the datagram.
+        let first = f.ipv6(
+            t6,
+            s6,
+            proto::FRAGMENT,
+            mark + 0x10,
+            &[behind(port, true, 7 + u32::from(mark)), vec![0; 8]].concat(),
+        );
+        let rest = f.ipv6(
+            t6,
+            s6,
+            proto::FRAGMENT,
+            mark + 0x20,
+            &[&fragment_header(proto::DSTOPTS, 5, false, 7 + u32::from(mark))[..], &[0u8; 16]].concat(),
+        );
+        let got = send_and_capture(&trusted, &server, &[&atomic, &first, &rest]);
+        for (what, m) in [("atomic fragment", mark), ("first fragment", mark + 0x10), ("later fragment", mark + 0x20)] {
+            assert_eq!(found(&got, m), !denied, "{what} to TCP {port}");
+        }
+    }
+}
+
+#[test]
+fn slot_numbers_are_never_reused_across_agents() {
+    if !privileged("slot_numbers_are_never_reused_across_agents") {
+        return;
+    }
+    let mut lab = Lab::up("sq", CLUSTER, ONLY_TRUSTED);
+    // The server gets the newest slots, and then goes: its slots are retired
+    // and deleted, so the highest numbers ever used are no longer published.
+    lab.replace_policies(CLIENT_ALLOWED);
+    let used = *lab.dp().view().slots().expect("slots").iter().max().expect("slots");
+    let server = lab.pods["iso/server"].ifindex;
+    let specs: Vec<_> = lab.specs().into_iter().filter(|s| s.ifindex != server).collect();
+    let ipcache = lab.ipcache();
+    let (dp, sync) = (lab.dp.as_mut().expect("datapath"), &mut lab.sync);
+    sync.apply(dp, specs, ipcache).expect("the server's endpoint goes");
+    sync.collect_retired(dp, true).expect("retired slots deleted");
+    assert!(lab.dp().view().slots().expect("slots").iter().all(|s| *s < used), "the highest slot is gone");
+    // A new agent hands out numbers above every number ever used: conntrack
+    // entries remember theirs.
+    lab.restart(bulkhead_datapath::abi::POLICY_SLOT_MAX_ENTRIES, Overflow::FailClosed);
+    lab.load();
+    let mut named: Vec<u32> =
+        lab.dp().view().endpoints().expect("endpoints").iter().flat_map(|(_, e)| e.slot).collect();
+    named.sort_unstable();
+    assert!(named.iter().all(|s| *s > used), "slot numbers reused: {named:?}, {used} was used before");
+}
+
+#[test]
+fn keep_previous_after_a_restart_keeps_the_previous_slot() {
+    if !privileged("keep_previous_after_a_restart_keeps_the_previous_slot") {
+        return;
+    }
+    let mut lab = Lab::up("kp", CLUSTER, CLIENT_ALLOWED);
+    let (client, server) = (lab.pods["iso/client"].clone(), lab.pods["iso/server"].clone());
+    let listener = netns::run_in(&netns::named(&server.netns), || TcpListener::bind("0.0.0.0:80"))
+        .expect("server netns")
+        .expect("listen");
+    let mut conn = Conn::open(&client, &server, &listener);
+    assert!(conn.carries(true));
+    // A new agent, whose first load of the server's policy does not fit and
+    // keeps the previous one: the previous one's slot (an earlier agent's)
+    // must stay.
+    lab.restart(64, Overflow::KeepPrevious);
+    let report = lab.try_replace_policies(&too_big());
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert_eq!(report.failed[0].overflow, Overflow::KeepPrevious);
+    lab.sync.collect_retired(lab.dp.as_mut().expect("datapath"), true).expect("collect");
     assert!(conn.carries(true) && conn.carries(false), "the previous policy still admits the connection");
     assert!(udp_answered(&client, &server), "the previous policy still admits new flows");
 }

@@ -37,6 +37,17 @@ pub struct Page {
     pub missed: u64,
 }
 
+impl Page {
+    /// Keeps the newest `last` flows that match `m`, oldest first.
+    pub fn select(mut self, m: &Matcher, last: usize) -> Page {
+        let mut kept: Vec<(u64, Arc<Flow>)> =
+            self.flows.into_iter().rev().filter(|(_, f)| m.matches(f)).take(last).collect();
+        kept.reverse();
+        self.flows = kept;
+        self
+    }
+}
+
 impl FlowRing {
     /// A ring of at most `max_bytes` (at least one flow is always kept).
     pub fn new(max_bytes: usize) -> Self {
@@ -92,19 +103,18 @@ impl FlowRing {
     /// Up to `last` of the newest matching flows with a sequence number at
     /// or after `after` (`None`: from the oldest kept), oldest first.
     pub fn read(&self, after: Option<u64>, last: usize, m: &Matcher) -> Page {
+        self.since(after).select(m, last)
+    }
+
+    /// Every flow after `after` (from the oldest kept when `None`),
+    /// unfiltered: references only, so it is quick to take under whatever
+    /// lock guards the ring, and [`Page::select`] filters it outside.
+    pub fn since(&self, after: Option<u64>) -> Page {
         let oldest = self.flows.front().map_or(self.next_seq, |(s, _, _)| *s);
         let from = after.unwrap_or(oldest);
         let missed = oldest.saturating_sub(from);
         let start = usize::try_from(from.saturating_sub(oldest)).unwrap_or(usize::MAX).min(self.flows.len());
-        let mut flows: Vec<(u64, Arc<Flow>)> = self
-            .flows
-            .range(start..)
-            .rev()
-            .filter(|(_, _, f)| m.matches(f))
-            .take(last)
-            .map(|(s, _, f)| (*s, Arc::clone(f)))
-            .collect();
-        flows.reverse();
+        let flows = self.flows.range(start..).map(|(s, _, f)| (*s, Arc::clone(f))).collect();
         Page { flows, next: self.next_seq.max(from), missed }
     }
 }

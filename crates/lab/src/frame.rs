@@ -22,6 +22,8 @@ pub mod proto {
     pub const UDP: u8 = 17;
     /// IPv6 destination options.
     pub const DSTOPTS: u8 = 60;
+    /// IPv6 fragment header.
+    pub const FRAGMENT: u8 = 44;
     /// ICMPv6.
     pub const ICMPV6: u8 = 58;
     /// SCTP.
@@ -96,21 +98,7 @@ impl Frame {
 
     /// An IPv4 packet carrying `l4`.
     pub fn ipv4(&self, h: V4, l4: &[u8]) -> Vec<u8> {
-        let hlen = usize::from(h.ihl.max(5)) * 4;
-        let mut b = vec![0u8; hlen];
-        b[0] = 0x40 | h.ihl;
-        let len = h.tot_len.unwrap_or((hlen + l4.len()) as u16);
-        b[2..4].copy_from_slice(&len.to_be_bytes());
-        b[4..6].copy_from_slice(&h.id.to_be_bytes());
-        b[6..8].copy_from_slice(&h.frag.to_be_bytes());
-        b[8] = 64;
-        b[9] = h.proto;
-        b[12..16].copy_from_slice(&h.src.octets());
-        b[16..20].copy_from_slice(&h.dst.octets());
-        let c = checksum(&b);
-        b[10..12].copy_from_slice(&c.to_be_bytes());
-        b.extend_from_slice(l4);
-        self.eth(0x0800, &b)
+        self.eth(0x0800, &ipv4_packet(h, l4))
     }
 
     /// An IPv6 packet; `next` is the first header after the fixed one.
@@ -136,6 +124,51 @@ impl Frame {
         a.extend_from_slice(&target.octets());
         Frame { dst_mac: [0xff; 6], src_mac: self.src_mac }.eth(0x0806, &a)
     }
+}
+
+/// An IPv4 header and `l4`, without the Ethernet header (as an ICMP error
+/// quotes the packet it is about).
+pub fn ipv4_packet(h: V4, l4: &[u8]) -> Vec<u8> {
+    let hlen = usize::from(h.ihl.max(5)) * 4;
+    let mut b = vec![0u8; hlen];
+    b[0] = 0x40 | h.ihl;
+    let len = h.tot_len.unwrap_or((hlen + l4.len()) as u16);
+    b[2..4].copy_from_slice(&len.to_be_bytes());
+    b[4..6].copy_from_slice(&h.id.to_be_bytes());
+    b[6..8].copy_from_slice(&h.frag.to_be_bytes());
+    b[8] = 64;
+    b[9] = h.proto;
+    b[12..16].copy_from_slice(&h.src.octets());
+    b[16..20].copy_from_slice(&h.dst.octets());
+    let c = checksum(&b);
+    b[10..12].copy_from_slice(&c.to_be_bytes());
+    b.extend_from_slice(l4);
+    b
+}
+
+/// An ICMP (IPv4) error of `kind` and `code` quoting `quoted` (an IPv4
+/// header and the first bytes of what followed it).
+pub fn icmp_error(kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut e = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    e.extend_from_slice(quoted);
+    e
+}
+
+/// An ICMPv6 neighbour solicitation for `target`.
+pub fn neighbour_solicitation(target: Ipv6Addr) -> Vec<u8> {
+    let mut n = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    n.extend_from_slice(&target.octets());
+    n
+}
+
+/// An IPv6 fragment header: `next` after it, the offset in 8-byte units,
+/// whether more fragments follow, and the fragment id.
+pub fn fragment_header(next: u8, offset: u16, more: bool, id: u32) -> [u8; 8] {
+    let fo = (offset << 3) | u16::from(more);
+    let mut h = [next, 0, 0, 0, 0, 0, 0, 0];
+    h[2..4].copy_from_slice(&fo.to_be_bytes());
+    h[4..8].copy_from_slice(&id.to_be_bytes());
+    h
 }
 
 /// The IPv4 marker of a captured frame (its identification), if it is IPv4.

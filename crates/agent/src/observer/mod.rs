@@ -3,10 +3,12 @@
 //! them back.
 //!
 //! One thread drains the kernel's ring buffer in batches, converts each
-//! batch under the agent's lock ([`convert`]), and publishes it here: into
-//! the byte-bounded ring, the metrics, and the flow log's queue. Readers
-//! never take the agent's lock, so a long policy change does not stall
-//! `observe`; followers wait on a notification instead of polling.
+//! batch with the newest published snapshot of the agent's state
+//! ([`convert`]; no lock), and publishes it here: into the byte-bounded
+//! ring, the metrics, and the flow log's queue. Readers take the ring's
+//! lock only to copy references and filter outside it, so neither a long
+//! policy change nor a slow filter stalls the event path; followers wait on
+//! a notification instead of polling.
 //!
 //! Loss is counted where it happens: the kernel's ring buffer full
 //! (`datapath_ring`, a kernel counter) and flows the flow log's queue had
@@ -141,7 +143,12 @@ impl Observer {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let page = self.ring().read(after, req.last, &m);
+            // The ring's lock (which the event path takes to publish) is held
+            // only to copy references; the filter runs outside it.
+            let page = {
+                let copied = self.ring().since(after);
+                copied.select(&m, req.last)
+            };
             missed += page.missed;
             if !page.flows.is_empty() || req.wait_ms == 0 || tokio::time::Instant::now() >= deadline {
                 return Ok(FlowsPage {
@@ -172,11 +179,11 @@ fn wall_offset_ns() -> u64 {
     wall.saturating_sub(mono)
 }
 
-/// Events drained per conversion (one hold of the agent's lock).
+/// Events drained per conversion (one snapshot load per batch).
 const BATCH: usize = 4096;
 
 /// Drains `reader` until `stop` is set: each batch of events is converted
-/// with `convert` (which takes the agent's lock once per batch) and
+/// with `convert` (which loads the newest snapshot once per batch) and
 /// published. Event times are the kernel's monotonic clock, turned into
 /// wall-clock time here.
 pub fn run_reader(

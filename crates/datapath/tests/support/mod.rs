@@ -138,8 +138,7 @@ impl Lab {
     /// Loads the engine's current state into the maps, reporting what did not load.
     pub fn try_load(&mut self) -> SyncReport {
         let specs: Vec<EndpointSpec> = self.specs();
-        let ipcache: Vec<(bulkhead_policy::cidr::Cidr, u32)> =
-            self.engine.ipcache().into_iter().map(|(c, id)| (c, id.0)).collect();
+        let ipcache = self.ipcache();
         let dp = self.dp.as_mut().expect("datapath open");
         self.sync.apply(dp, specs, ipcache).expect("sync")
     }
@@ -150,6 +149,36 @@ impl Lab {
             self.engine.apply(c);
         }
         self.try_load()
+    }
+
+    /// An agent restart: the datapath and the sync state are dropped (only
+    /// the pins remain), a new datapath adopts the pins with `capacity`
+    /// entries per slot and `overflow`, and swaps its programs into the
+    /// pinned links. Nothing is loaded yet.
+    pub fn restart(&mut self, capacity: u32, overflow: bulkhead_datapath::sync::Overflow) {
+        drop(self.dp.take());
+        let mut dp = Datapath::open(&self.pin_root.0).expect("reopen the pins");
+        dp.set_slot_capacity(capacity);
+        let mut sync = PolicySync::adopt(&dp).expect("adopt");
+        sync.set_overflow(overflow);
+        netns::run_in(&self.node.path(), || {
+            for link in self.pods.values() {
+                dp.attach(&link.host_if, link.ifindex).expect("re-attach");
+            }
+        })
+        .expect("enter node namespace");
+        self.dp = Some(dp);
+        self.sync = sync;
+    }
+
+    /// What the agent loads into the ipcache: the engine's prefixes, and the
+    /// node's own addresses as `host`.
+    pub fn ipcache(&self) -> Vec<(bulkhead_policy::cidr::Cidr, u32)> {
+        let mut ipcache: Vec<_> = self.engine.ipcache().into_iter().map(|(c, id)| (c, id.0)).collect();
+        let node = netns::run_in(&self.node.path(), netns::global_addresses).expect("node netns").expect("addresses");
+        let host = bulkhead_policy::identity::Reserved::Host.id().0;
+        ipcache.extend(node.into_iter().map(|ip| (bulkhead_policy::cidr::Cidr::host(ip), host)));
+        ipcache
     }
 
     /// The endpoint id [`Lab::specs`] gives pod `key`.

@@ -102,7 +102,7 @@ static REGEX_CACHE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashM
     std::sync::LazyLock::new(Default::default);
 
 /// Distinct regex sources [`REGEX_CACHE`] keeps.
-const REGEX_CACHE_MAX: usize = 4096;
+const REGEX_CACHE_MAX: usize = 1024;
 
 /// Builds `source` as a regex under [`REGEX_SIZE_LIMIT`], reporting failures
 /// against `field` and the user's `pattern` (which may differ from `source`).
