@@ -24,11 +24,7 @@ secs="${2:-5}"
 [[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 . scripts/deps.sh
-install_deps
-for p in iperf3 sockperf nftables iptables; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 sockperf nftables iptables >/dev/null; break; }
-done
+install_deps iperf3 sockperf nftables iptables
 cargo build --release --locked -q -p bulkhead
 bin=$PWD/target/release/bulkhead
 name=benchdp

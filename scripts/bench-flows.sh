@@ -20,8 +20,7 @@ runs="${1:-5}" rounds="${2:-3}" seconds="${3:-60}" rate="${4:-100000}"
 [[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 . scripts/deps.sh
-install_deps
-for t in jq bc; do command -v $t >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $t >/dev/null; }; done
+install_deps jq bc
 cargo build --release --locked -q -p bulkhead -p bulkhead-flow --example workload -p bulkhead-datapath --example udp_flood
 bin=$PWD/target/release/bulkhead
 work=$(mktemp -d)

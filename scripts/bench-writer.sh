@@ -24,8 +24,7 @@ rounds="${1:-3}" seconds="${2:-60}" rate="${3:-100000}" peer="${4:-46bc7b5}"
 [[ $EUID -eq 0 ]] || { echo "run as root" >&2; exit 1; }
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 . scripts/deps.sh
-install_deps
-for t in jq bc; do command -v $t >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $t >/dev/null; }; done
+install_deps jq bc
 work=$(mktemp -d)
 labname=benchwriter
 export BULKHEAD_SOCKET=/run/bulkhead/bench-writer.sock

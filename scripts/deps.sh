@@ -1,6 +1,7 @@
 # Sourced by scripts/test.sh and scripts/seed.sh: installs, with apt, what
 # building and running bulkhead needs on a fresh Debian/Ubuntu machine
-# (`install_deps`), and what the tests need besides (`install_deps test`).
+# (`install_deps`), what the tests need besides (`install_deps test`), and
+# any further packages a script names (`install_deps jq bc`).
 # Keep these lists and the README's in step.
 BULKHEAD_APT_PACKAGES=(
   build-essential pkg-config   # the Rust build's C side
@@ -17,7 +18,8 @@ BULKHEAD_TEST_APT_PACKAGES=(
 
 install_deps() {
   local want=("${BULKHEAD_APT_PACKAGES[@]}") missing=()
-  [ "${1:-}" = test ] && want+=("${BULKHEAD_TEST_APT_PACKAGES[@]}")
+  [ "${1:-}" = test ] && { want+=("${BULKHEAD_TEST_APT_PACKAGES[@]}"); shift; }
+  want+=("$@")
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done

@@ -325,21 +325,17 @@ mod observe {
 
     #[test]
     fn observe_bad_input_says_what_and_where() {
-        let (code, _, err) = observe(&["--not"]);
-        assert_eq!(code, 2);
-        assert!(err.contains("--not must be followed by a filter flag"), "{err}");
-        let (code, _, err) = observe(&["--verdict", "MAYBE"]);
-        assert_eq!(code, 2);
-        assert!(err.contains("--verdict MAYBE: expected FORWARDED, DROPPED"), "{err}");
-        let (code, _, err) = observe(&["--http-status", "4x"]);
-        assert_eq!(code, 2);
-        assert!(err.contains("http_status_code `4x`: expected a code (404) or a class (4+)"), "{err}");
-        let (code, _, err) = observe(&["-l", "app in (a,"]);
-        assert_eq!(code, 2);
-        assert!(err.contains("label selector"), "{err}");
-        let (code, _, err) = observe(&["--since", "yesterday"]);
-        assert_eq!(code, 2);
-        assert!(err.contains("--since: `yesterday` is neither an RFC 3339 time"), "{err}");
+        for (args, says) in [
+            (&["--not"][..], "--not must be followed by a filter flag"),
+            (&["--verdict", "MAYBE"], "--verdict MAYBE: expected FORWARDED, DROPPED"),
+            (&["--http-status", "4x"], "http_status_code `4x`: expected a code (404) or a class (4+)"),
+            (&["-l", "app in (a,"], "label selector"),
+            (&["--since", "yesterday"], "--since: `yesterday` is neither an RFC 3339 time"),
+        ] {
+            let (code, _, err) = observe(args);
+            assert_eq!(code, 2, "{args:?}");
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
         let tmp = std::env::temp_dir().join(format!("bulkhead-badflows-{}.jsonl", std::process::id()));
         let good = std::fs::read_to_string(root().join(FLOWS)).expect("fixture");
         std::fs::write(&tmp, format!("{}not json\n", good.lines().next().expect("a line").to_owned() + "\n"))

@@ -271,6 +271,65 @@ fn shuffle(objs: &mut [Object], seed: u64) {
     }
 }
 
+/// The change that adds `o` to an engine.
+fn upsert(o: Object) -> Change {
+    match o {
+        Object::Pod(p) => Change::UpsertPod(p),
+        Object::Policy(p) => Change::UpsertPolicy(p),
+        Object::Namespace(n) => Change::UpsertNamespace(n),
+    }
+}
+
+/// The change that removes `o` from an engine again.
+fn delete(o: &Object) -> Change {
+    match o {
+        Object::Pod(p) => Change::DeletePod(p.key()),
+        Object::Policy(p) => Change::DeletePolicy(PolicyId::of(p)),
+        Object::Namespace(n) => Change::DeleteNamespace(n.name.clone()),
+    }
+}
+
+/// A stand-in for the kernel's maps, fed only by the engine's diffs.
+#[derive(Default)]
+struct Maps(BTreeMap<(String, Direction), BTreeMap<PolicyKey, Arc<PolicyEntry>>>);
+
+impl Maps {
+    fn feed(&mut self, diffs: Vec<EndpointDiff>) {
+        for d in diffs {
+            let m = self.0.entry((d.endpoint.clone(), d.direction)).or_default();
+            for k in &d.removed {
+                m.remove(k);
+            }
+            m.extend(d.upserted);
+        }
+    }
+
+    /// The maps hold exactly what `engine` holds for every endpoint.
+    fn check(&self, engine: &Engine) -> Result<(), TestCaseError> {
+        for k in engine.pod_keys() {
+            let pol = engine.endpoint_policy(&k).expect("every pod has a policy");
+            for (d, dp) in [(Direction::Ingress, &pol.ingress), (Direction::Egress, &pol.egress)] {
+                let fed = self.0.get(&(k.clone(), d)).cloned().unwrap_or_default();
+                let held: BTreeMap<PolicyKey, Arc<PolicyEntry>> = dp.entries.clone().into_iter().collect();
+                prop_assert_eq!(&fed, &held, "diff stream for {} {:?}", k, d);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `engine`, built change by change, equals one built at once from `objs`
+/// without `removed`.
+fn equals_full(engine: &Engine, objs: Vec<Object>, removed: &[Object], how: &str) -> Result<(), TestCaseError> {
+    let kept: Vec<Object> = objs.into_iter().filter(|o| !removed.contains(o)).collect();
+    let full = Engine::from_objects(kept);
+    prop_assert_eq!(full.pod_keys(), engine.pod_keys());
+    for k in full.pod_keys() {
+        prop_assert_eq!(normalised(&full, &k), normalised(engine, &k), "endpoint {} {}", k, how);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -292,50 +351,20 @@ proptest! {
         // Apply everything in random order, then delete `drop` objects again.
         let removed: Vec<Object> = objs.iter().filter(|o| !matches!(o, Object::Namespace(_))).take(drop).cloned().collect();
         let mut order: Vec<String> = Vec::new();
-        // A stand-in for the kernel's maps, fed only by the diffs.
-        let mut maps: BTreeMap<(String, Direction), BTreeMap<PolicyKey, Arc<PolicyEntry>>> = BTreeMap::new();
-        let mut feed = |diffs: Vec<EndpointDiff>| {
-            for d in diffs {
-                let m = maps.entry((d.endpoint.clone(), d.direction)).or_default();
-                for k in &d.removed {
-                    m.remove(k);
-                }
-                m.extend(d.upserted);
-            }
-        };
+        let mut maps = Maps::default();
         for o in objs.clone() {
             order.push(match &o {
                 Object::Pod(p) => format!("pod {} {:?}", p.key(), p.ips),
                 Object::Policy(p) => format!("policy {}", p.name),
                 Object::Namespace(n) => format!("ns {}", n.name),
             });
-            feed(inc.apply(match o {
-                Object::Pod(p) => Change::UpsertPod(p),
-                Object::Policy(p) => Change::UpsertPolicy(p),
-                Object::Namespace(n) => Change::UpsertNamespace(n),
-            }));
+            maps.feed(inc.apply(upsert(o)));
         }
         for o in &removed {
-            feed(inc.apply(match o {
-                Object::Pod(p) => Change::DeletePod(p.key()),
-                Object::Policy(p) => Change::DeletePolicy(PolicyId::of(p)),
-                Object::Namespace(n) => Change::DeleteNamespace(n.name.clone()),
-            }));
+            maps.feed(inc.apply(delete(o)));
         }
-        for k in inc.pod_keys() {
-            let pol = inc.endpoint_policy(&k).expect("every pod has a policy");
-            for (d, dp) in [(Direction::Ingress, &pol.ingress), (Direction::Egress, &pol.egress)] {
-                let fed = maps.get(&(k.clone(), d)).cloned().unwrap_or_default();
-                let held: BTreeMap<PolicyKey, Arc<PolicyEntry>> = dp.entries.clone().into_iter().collect();
-                prop_assert_eq!(&fed, &held, "diff stream for {} {:?}", k, d);
-            }
-        }
-        let kept: Vec<Object> = objs.into_iter().filter(|o| !removed.contains(o)).collect();
-        let full = Engine::from_objects(kept);
-        prop_assert_eq!(full.pod_keys(), inc.pod_keys());
-        for k in full.pod_keys() {
-            prop_assert_eq!(normalised(&full, &k), normalised(&inc, &k), "endpoint {} after {:?}", k, order);
-        }
+        maps.check(&inc)?;
+        equals_full(&inc, objs, &removed, &format!("after {order:?}"))?;
     }
 
     #[test]
@@ -345,45 +374,14 @@ proptest! {
         shuffle(&mut objs, seed);
         let removed: Vec<Object> = objs.iter().filter(|o| !matches!(o, Object::Namespace(_))).take(drop).cloned().collect();
         let mut batched = Engine::default();
-        let mut maps: BTreeMap<(String, Direction), BTreeMap<PolicyKey, Arc<PolicyEntry>>> = BTreeMap::new();
-        let mut feed = |diffs: Vec<EndpointDiff>| {
-            for d in diffs {
-                let m = maps.entry((d.endpoint.clone(), d.direction)).or_default();
-                for k in &d.removed {
-                    m.remove(k);
-                }
-                m.extend(d.upserted);
-            }
-        };
-        let upserts: Vec<Change> = objs.iter().cloned().map(|o| match o {
-            Object::Pod(p) => Change::UpsertPod(p),
-            Object::Policy(p) => Change::UpsertPolicy(p),
-            Object::Namespace(n) => Change::UpsertNamespace(n),
-        }).collect();
-        let deletes: Vec<Change> = removed.iter().map(|o| match o {
-            Object::Pod(p) => Change::DeletePod(p.key()),
-            Object::Policy(p) => Change::DeletePolicy(PolicyId::of(p)),
-            Object::Namespace(n) => Change::DeleteNamespace(n.name.clone()),
-        }).collect();
+        let mut maps = Maps::default();
         // Batches of `chunk` changes; the deletes in one batch with the last upserts.
-        let all: Vec<Change> = upserts.into_iter().chain(deletes).collect();
+        let all: Vec<Change> = objs.iter().cloned().map(upsert).chain(removed.iter().map(delete)).collect();
         for batch in all.chunks(chunk) {
-            feed(batched.apply_batch(batch.to_vec()));
+            maps.feed(batched.apply_batch(batch.to_vec()));
         }
-        for k in batched.pod_keys() {
-            let pol = batched.endpoint_policy(&k).expect("every pod has a policy");
-            for (d, dp) in [(Direction::Ingress, &pol.ingress), (Direction::Egress, &pol.egress)] {
-                let fed = maps.get(&(k.clone(), d)).cloned().unwrap_or_default();
-                let held: BTreeMap<PolicyKey, Arc<PolicyEntry>> = dp.entries.clone().into_iter().collect();
-                prop_assert_eq!(&fed, &held, "diff stream for {} {:?}", k, d);
-            }
-        }
-        let kept: Vec<Object> = objs.into_iter().filter(|o| !removed.contains(o)).collect();
-        let full = Engine::from_objects(kept);
-        prop_assert_eq!(full.pod_keys(), batched.pod_keys());
-        for k in full.pod_keys() {
-            prop_assert_eq!(normalised(&full, &k), normalised(&batched, &k), "endpoint {} in batches of {}", k, chunk);
-        }
+        maps.check(&batched)?;
+        equals_full(&batched, objs, &removed, &format!("in batches of {chunk}"))?;
     }
 
     #[test]
