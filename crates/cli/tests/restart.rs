@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bulkhead_datapath::netns;
 use bulkhead_lab::probe::{Outcome, Probe, probe_from};
-use bulkhead_lab::wait_until;
+use bulkhead_lab::{uninterrupted, wait_until};
 use bulkhead_policy::repository::Proto;
 use support::{Lab, privileged};
 
@@ -237,7 +237,7 @@ fn traffic(
                         (&c2.denied_sent, &c2.denied_answered)
                     };
                     sent.fetch_add(1, Ordering::Relaxed);
-                    if s.recv(&mut [0u8; 8]).is_ok() {
+                    if uninterrupted(|| s.recv(&mut [0u8; 8])).is_ok() {
                         answered.fetch_add(1, Ordering::Relaxed);
                     }
                     std::thread::sleep(Duration::from_millis(10));

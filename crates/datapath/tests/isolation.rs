@@ -36,6 +36,7 @@ use bulkhead_lab::frame::{
     udp, v4_id, v6_mark,
 };
 use bulkhead_lab::pods::PodLink;
+use bulkhead_lab::uninterrupted;
 use support::{Lab, framer, privileged, send_and_capture, v4, v6, warm_up};
 
 const CLUSTER: &str = r#"
@@ -192,7 +193,7 @@ impl Conn {
         w.write_all(b"x").expect("write");
         r.set_read_timeout(Some(wait)).expect("timeout");
         let mut b = [0u8; 64];
-        let got = matches!(r.read(&mut b), Ok(n) if n > 0);
+        let got = matches!(uninterrupted(|| r.read(&mut b)), Ok(n) if n > 0);
         r.set_read_timeout(Some(Duration::from_millis(700))).expect("timeout");
         got
     }
@@ -419,7 +420,7 @@ fn headers_outside_the_linear_area_are_read_and_too_many_fail_closed() {
             let mut n = 0usize;
             let mut buf = vec![0u8; 1 << 16];
             loop {
-                match s.read(&mut buf) {
+                match uninterrupted(|| s.read(&mut buf)) {
                     Ok(0) | Err(_) => return n,
                     Ok(k) => n += k,
                 }
@@ -467,10 +468,10 @@ fn udp_answered(from: &PodLink, to: &PodLink) -> bool {
     s.set_read_timeout(Some(Duration::from_millis(700))).expect("timeout");
     s.send_to(b"?", dst).expect("send");
     let mut b = [0u8; 4];
-    if let Ok((n, peer)) = echo.recv_from(&mut b) {
+    if let Ok((n, peer)) = uninterrupted(|| echo.recv_from(&mut b)) {
         let _ = echo.send_to(&b[..n], peer);
     }
-    s.recv(&mut b).is_ok()
+    uninterrupted(|| s.recv(&mut b)).is_ok()
 }
 
 #[test]

@@ -14,7 +14,7 @@ use bulkhead_datapath::abi::{EVENT_DROP, RawEvent};
 use bulkhead_datapath::sync::PolicySync;
 use bulkhead_datapath::{Datapath, netns};
 use bulkhead_lab::probe::{Outcome, Probe, probe_from};
-use bulkhead_lab::wait_until;
+use bulkhead_lab::{uninterrupted, wait_until};
 use bulkhead_policy::repository::Proto;
 use support::{Lab, privileged};
 
@@ -122,7 +122,7 @@ fn udp_flows(
                 s.connect(SocketAddr::new(d, 7000)).expect("connect");
                 s.send(b"x").expect("send");
                 let mut buf = [0u8; 8];
-                match s.recv(&mut buf) {
+                match uninterrupted(|| s.recv(&mut buf)) {
                     Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
                     Err(_) => silent.fetch_add(1, Ordering::Relaxed),
                 };
@@ -243,7 +243,7 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
             while !stop.load(Ordering::Relaxed) {
                 socket.send(b"y").expect("send");
                 sent.fetch_add(1, Ordering::Relaxed);
-                if socket.recv(&mut buf).is_err() {
+                if uninterrupted(|| socket.recv(&mut buf)).is_err() {
                     unanswered.fetch_add(1, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(2));

@@ -31,3 +31,17 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
     }
     Ok(())
 }
+
+/// Runs `op` again for as long as a signal interrupts it. A blocking
+/// receive on a socket with a read timeout is never restarted by the
+/// kernel, whatever `SA_RESTART` says, so a test that reads "interrupted"
+/// as "nothing arrived" fails when a signal happens to land. Each retry
+/// waits the socket's whole timeout again: a signal only lengthens the wait.
+pub fn uninterrupted<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
+    }
+}

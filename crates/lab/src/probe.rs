@@ -10,7 +10,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulkhead_policy::repository::Proto;
 use serde::Serialize;
@@ -103,13 +103,11 @@ const PAYLOAD: [u8; 32] = [
 fn udp(p: Probe, timeout: Duration) -> io::Result<bool> {
     let s = Socket::new(domain(p.dst), Type::DGRAM, Some(Protocol::UDP))?;
     s.connect(&SocketAddr::new(p.dst, p.port).into())?;
-    s.set_read_timeout(Some(timeout))?;
     s.send(&PAYLOAD)?;
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
-    match s.recv(&mut buf) {
-        Ok(_) => Ok(true),
+    match recv_within(&s, &mut buf, Instant::now() + timeout) {
+        Ok(got) => Ok(got.is_some()),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(true),
-        Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -120,13 +118,28 @@ fn echo(p: Probe, timeout: Duration) -> io::Result<bool> {
     let (proto, ty) = if p.dst.is_ipv4() { (Protocol::ICMPV4, 8u8) } else { (Protocol::ICMPV6, 128u8) };
     let s = Socket::new(domain(p.dst), Type::DGRAM, Some(proto))?;
     s.connect(&SocketAddr::new(p.dst, 0).into())?;
-    s.set_read_timeout(Some(timeout))?;
     s.send(&[ty, 0, 0, 0, 0, 0, 0, 1])?;
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
-    match s.recv(&mut buf) {
-        Ok(_) => Ok(true),
-        Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => Ok(false),
-        Err(e) => Err(e),
+    Ok(recv_within(&s, &mut buf, Instant::now() + timeout)?.is_some())
+}
+
+/// Receives one datagram or frame on `sock` before `deadline`: `None` when
+/// the deadline passes first. A signal that interrupts the wait (a socket
+/// with a receive timeout is never restarted, whatever `SA_RESTART` says)
+/// only resumes it, with the time that is left.
+fn recv_within(sock: &Socket, buf: &mut [std::mem::MaybeUninit<u8>], deadline: Instant) -> io::Result<Option<usize>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        sock.set_read_timeout(Some(left))?;
+        match sock.recv(buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => return Ok(None),
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -177,27 +190,59 @@ impl RawLink {
 
     /// Every frame received until `deadline` passes, for which `keep` holds.
     pub fn capture(&self, timeout: Duration, keep: impl Fn(&[u8]) -> bool) -> io::Result<Vec<Vec<u8>>> {
-        let end = std::time::Instant::now() + timeout;
+        let end = Instant::now() + timeout;
         let mut out = Vec::new();
-        loop {
-            let left = end.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Ok(out);
-            }
-            self.sock.set_read_timeout(Some(left))?;
-            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
-            match self.sock.recv(&mut buf) {
-                Ok(n) => {
-                    // SAFETY: recv initialised the first n bytes.
-                    #[expect(unsafe_code, reason = "socket2 receives into uninitialised memory")]
-                    let frame: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
-                    if keep(&frame) {
-                        out.push(frame);
-                    }
-                }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(out),
-                Err(e) => return Err(e),
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        while let Some(n) = recv_within(&self.sock, &mut buf, end)? {
+            // SAFETY: recv initialised the first n bytes.
+            #[expect(unsafe_code, reason = "socket2 receives into uninitialised memory")]
+            let frame: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+            if keep(&frame) {
+                out.push(frame);
             }
         }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::sync::mpsc;
+
+    use nix::sys::pthread::{pthread_kill, pthread_self};
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+    use super::*;
+
+    extern "C" fn nothing(_: libc::c_int) {}
+
+    /// A signal that lands while a probe waits for its answer (CI saw one
+    /// fail a capture with EINTR) neither fails the probe nor cuts it short.
+    #[test]
+    fn a_signal_during_a_probe_only_resumes_the_wait() {
+        let handler = SigAction::new(SigHandler::Handler(nothing), SaFlags::SA_RESTART, SigSet::empty());
+        // SAFETY: the handler does nothing, which is async-signal-safe.
+        #[expect(unsafe_code, reason = "installing a signal handler is unsafe")]
+        unsafe {
+            sigaction(Signal::SIGUSR1, &handler).expect("sigaction");
+        }
+        let server = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = server.local_addr().expect("address").port();
+        let (tx, rx) = mpsc::channel();
+        let prober = std::thread::spawn(move || {
+            tx.send(pthread_self()).expect("send");
+            probe(Probe { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), proto: Proto::Udp, port }, Duration::from_secs(10))
+        });
+        let thread = rx.recv().expect("prober");
+        let mut buf = [0u8; 64];
+        let (n, from) = server.recv_from(&mut buf).expect("the probe's datagram");
+        // The probe is now waiting for the answer; interrupt it, more than once.
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(50));
+            pthread_kill(thread, Signal::SIGUSR1).expect("signal");
+        }
+        server.send_to(&buf[..n], from).expect("answer");
+        assert_eq!(prober.join().expect("prober"), Outcome::Reached);
     }
 }
