@@ -68,7 +68,10 @@ pub struct TraceArgs {
     /// HTTP method to check against L7 rules.
     #[arg(long, value_name = "M")]
     pub http_method: Option<String>,
-    /// HTTP path to check against L7 rules.
+    /// HTTP request target (path and query) to check against L7 rules. It is
+    /// normalized first, as the proxy forwards it: dot segments removed,
+    /// slashes merged, escapes of unreserved characters decoded; an encoded
+    /// `/`, `\` or NUL is refused with 400 (docs/semantics.md, "HTTP paths").
     #[arg(long, value_name = "P")]
     pub http_path: Option<String>,
     /// HTTP Host header to check against L7 rules.

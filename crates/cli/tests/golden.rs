@@ -135,6 +135,45 @@ fn trace_l7_refusal() {
     assert!(v["l7"].as_str().is_some_and(|s| s.contains("403")), "{out}");
 }
 
+/// `--http-path` is matched as the proxy would forward it (l7::path): the
+/// seed's rule allows `/api/v1/products.*`, which the raw text
+/// `/api/v1/products/../../admin` matches too; normalized, it is `/api/admin`.
+#[test]
+fn trace_matches_the_normalized_path() {
+    for (path, verdict, says) in [
+        ("/api//v1/products", "allowed", "(normalized to /api/v1/products) allowed by the rule"),
+        ("/api/v1/%70roducts", "allowed", "(normalized to /api/v1/products) allowed by the rule"),
+        (
+            "/api/v1/products/../../admin",
+            "denied",
+            "(normalized to /api/admin) matches none of the 2 HTTP rule(s): 403",
+        ),
+        ("/api/v1/products%2F..%2F..%2Fadmin", "denied", "refused before any rule: 400 Bad Request: an encoded `%2F`"),
+    ] {
+        let (code, out, err) = run_owned(seed(
+            &["policy", "trace"],
+            &[
+                "--from",
+                "production/frontend",
+                "--to",
+                "production/backend",
+                "--port",
+                "8080/TCP",
+                "--http-method",
+                "GET",
+                "--http-path",
+                path,
+                "-o",
+                "json",
+            ],
+        ));
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["verdict"], verdict, "{path}: {out}");
+        assert!(v["l7"].as_str().is_some_and(|s| s.contains(says)), "{path}: {out}");
+    }
+}
+
 #[test]
 fn trace_denied_names_the_closest_rule() {
     let (code, out, err) = run_owned(seed(

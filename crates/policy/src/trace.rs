@@ -14,6 +14,7 @@ use crate::api::{Direction, L7Rules};
 use crate::engine::{Engine, peer_matches};
 use crate::identity::NumericIdentity;
 use crate::l7::http::{HttpPolicy, HttpRequest};
+use crate::l7::path::{EscapedSlashes, normalize_target};
 use crate::reach::ProbePort;
 use crate::repository::{PeerSel, PortItem, Proto, RuleRef};
 use crate::resolve::{Decision, DirectionPolicy, Peer, Verdict};
@@ -225,15 +226,26 @@ fn l7_decision(rules: &L7Rules, allow_all: bool, http: Option<&HttpProbe>, host:
         (L7Rules::Http(r), Some(h)) => {
             let Ok(p) = HttpPolicy::compile(r) else { return (false, "HTTP rules failed to compile; denied".into()) };
             let hostv = if h.host.is_empty() { host } else { &h.host };
-            let d = p.decide(&HttpRequest { method: &h.method, path: &h.path, host: hostv, headers: &[] });
+            // Rules see the path the proxy would forward (l7::path).
+            let path = match normalize_target(&h.path, EscapedSlashes::default()) {
+                Ok(p) => p,
+                Err(e) => {
+                    return (
+                        false,
+                        format!("HTTP {} {} refused before any rule: 400 Bad Request: {e}", h.method, h.path),
+                    );
+                }
+            };
+            let shown = if path == h.path { path.clone() } else { format!("{} (normalized to {path})", h.path) };
+            let d = p.decide(&HttpRequest { method: &h.method, path: &path, host: hostv, headers: &[] });
             match d.matched_rule {
                 Some(i) if d.allowed => {
                     let rule = serde_json::to_string(&r[i]).unwrap_or_default();
-                    (true, format!("HTTP {} {} allowed by the rule {rule}", h.method, h.path))
+                    (true, format!("HTTP {} {shown} allowed by the rule {rule}", h.method))
                 }
                 _ => (
                     false,
-                    format!("HTTP {} {} matches none of the {} HTTP rule(s): 403 Forbidden", h.method, h.path, r.len()),
+                    format!("HTTP {} {shown} matches none of the {} HTTP rule(s): 403 Forbidden", h.method, r.len()),
                 ),
             }
         }

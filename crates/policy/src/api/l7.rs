@@ -15,7 +15,8 @@ pub struct HttpRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// Regex matched against the whole request target as Envoy's `:path`
-    /// holds it, query string included. `None` or empty means any path.
+    /// holds it, query string included, after normalization
+    /// ([`crate::l7::path`]). `None` or empty means any path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Regex matched against the whole `:authority` (Host) value as sent,

@@ -30,7 +30,9 @@ pub fn compile_regex(field: &str, pattern: &str) -> Result<Regex, L7Error> {
 pub struct HttpRequest<'a> {
     /// The request method, e.g. `GET`.
     pub method: &'a str,
-    /// The request-target as sent, query string included (Envoy's `:path`).
+    /// The request target, query string included (Envoy's `:path`), in the
+    /// normal form of [`super::path::normalize_target`]: the form the proxy
+    /// forwards, so that a rule decides exactly what the server receives.
     pub path: &'a str,
     /// The Host / `:authority` value as sent.
     pub host: &'a str,

@@ -20,12 +20,14 @@
 pub mod dns;
 pub mod http;
 pub mod kafka;
+pub mod path;
 
 pub use dns::{DnsPolicy, normalize_name, selector_matches, validate_match_name, validate_match_pattern};
 pub use http::{HeaderAction, HttpDecision, HttpPolicy, HttpRequest, compile_regex};
 pub use kafka::{
     KafkaDecision, KafkaPolicy, KafkaRequest, api_key_from_name, api_key_name, role_api_keys, validate_topic,
 };
+pub use path::{EscapedSlashes, PathError, normalize_target};
 
 use crate::api::l7::{FqdnSelector, L7Rules};
 use regex::{Regex, RegexBuilder};
