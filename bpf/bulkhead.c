@@ -22,6 +22,12 @@
  * either end, asks the current policy again: what a change denies stops
  * at once instead of living on in conntrack.
  *
+ * A redirect (an L7 rule covers the flow) hands the connection, on the
+ * client's side, to the L7 proxy's transparent socket in the node's
+ * namespace (bpf_sk_assign plus a mark the node routes locally): the proxy
+ * sees the original destination as its socket's own address. With no
+ * proxy socket the packet is dropped (PROXY_UNAVAILABLE), never forwarded.
+ *
  * Policy changes are atomic per endpoint: the agent writes a complete new
  * policy under a fresh slot, then replaces the endpoint's value (which
  * names the slot) in one map update.
@@ -693,6 +699,7 @@ struct decision {
 	__u8 level;  /* BH_LEVEL_* of the deciding entry, 255 for none */
 	__u8 match;  /* BH_MATCH_* of the deciding entry */
 	__u8 reason; /* 0, or why the policy would drop it */
+	__u16 proxy_port; /* a redirect: the L7 proxy's listening port */
 };
 
 /*
@@ -712,6 +719,7 @@ static __always_inline void decide(const struct bh_endpoint *ep, __u8 dir, const
 	d->level = 255;
 	d->match = 0;
 	d->reason = 0;
+	d->proxy_port = 0;
 	trie = d->slot == BH_SLOT_NOT_READY ? NULL : bpf_map_lookup_elem(&bh_policy, &d->slot);
 	if (!trie) { /* the agent always loads a slot before naming it */
 		d->reason = BH_REASON_EP_NOT_READY;
@@ -730,8 +738,79 @@ static __always_inline void decide(const struct bh_endpoint *ep, __u8 dir, const
 	d->match = pv->match;
 	if (pv->verdict == BH_VERDICT_ALLOW)
 		return;
-	/* The L7 proxies do not exist yet: a redirect fails closed. */
-	d->reason = pv->verdict == BH_VERDICT_REDIRECT ? BH_REASON_PROXY_UNAVAILABLE : BH_REASON_POLICY_DENY;
+	if (pv->verdict != BH_VERDICT_REDIRECT) {
+		d->reason = BH_REASON_POLICY_DENY;
+		return;
+	}
+	/*
+	 * A redirect is carried out where a packet first reaches the node, on
+	 * the way out of the client (tc ingress of its veth, where a socket can
+	 * be assigned), and only to a proxy the agent named a port for; any
+	 * other redirect fails closed.
+	 */
+	d->proxy_port = pv->proxy_port;
+	if (dir != BH_DIR_EGRESS || !pv->proxy_port)
+		d->reason = BH_REASON_PROXY_UNAVAILABLE;
+}
+
+/*
+ * Hands a TCP packet of a redirected connection to the proxy: to the local
+ * socket that already holds the connection (established, or half-open as a
+ * request sock, hence the skc_ lookup), else, when `port` is given, to the
+ * proxy's listener on it (bound to the wildcard address, transparent). The
+ * mark routes the packet to the local stack. Returns 0, or the drop reason
+ * when there is no such socket: nothing redirected is ever forwarded past
+ * the proxy.
+ */
+static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, __u16 port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 len;
+	long err;
+
+	if (p->proto != IPPROTO_TCP)
+		return BH_REASON_PROXY_UNAVAILABLE;
+	if (p->v6) {
+		__builtin_memcpy(t.ipv6.saddr, p->saddr.b, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->daddr.b, 16);
+		t.ipv6.sport = p->sport;
+		t.ipv6.dport = p->dport;
+		len = sizeof(t.ipv6);
+	} else {
+		__builtin_memcpy(&t.ipv4.saddr, &p->saddr.b[12], 4);
+		__builtin_memcpy(&t.ipv4.daddr, &p->daddr.b[12], 4);
+		t.ipv4.sport = p->sport;
+		t.ipv4.dport = p->dport;
+		len = sizeof(t.ipv4);
+	}
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (sk && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
+		bpf_sk_release(sk);
+		sk = NULL;
+	}
+	if (!sk && port) {
+		if (p->v6) {
+			__builtin_memset(t.ipv6.daddr, 0, 16);
+			t.ipv6.dport = bpf_htons(port);
+		} else {
+			t.ipv4.daddr = 0;
+			t.ipv4.dport = bpf_htons(port);
+		}
+		sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (sk && sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			sk = NULL;
+		}
+	}
+	if (!sk)
+		return BH_REASON_PROXY_UNAVAILABLE;
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return BH_REASON_PROXY_UNAVAILABLE;
+	skb->mark = BH_PROXY_MARK;
+	return 0;
 }
 
 /* What one report says, beyond the packet itself. */
@@ -953,6 +1032,25 @@ static __always_inline int ct_recheck(const struct bh_endpoint *ep, struct bh_ct
 }
 
 /*
+ * A packet of a connection handed to the proxy goes to the proxy's socket
+ * for it; a SYN sent again before the proxy holds one goes to the listener
+ * the policy names now. `d` is the decision just taken for the packet, or
+ * NULL when its entry stands. Returns 0 or the drop reason.
+ */
+static __always_inline int proxied(struct __sk_buff *skb, const struct pkt *p, const struct bh_endpoint *ep, __u8 dir,
+				   const struct decision *d)
+{
+	struct decision now;
+
+	if (d)
+		return to_proxy(skb, p, d->proxy_port);
+	if ((p->tcp_flags & 0x12) != 0x02) /* not a SYN without ACK */
+		return to_proxy(skb, p, 0);
+	decide(ep, dir, &p->daddr, p->proto, p->policy_port, &now);
+	return now.reason ? now.reason : to_proxy(skb, p, now.proxy_port);
+}
+
+/*
  * Passes a packet the policy decided on (a new flow's first, or the first
  * of a connection asked again after a policy change): counted as forwarded
  * or, when only audit mode let it through, under the reason it would have
@@ -1067,17 +1165,30 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ck.dir = dir;
 	cv = ct_get(&ck, now);
 	if (cv && ct_current(ep, &ck, cv)) {
+		if (cv->flags & BH_CT_PROXY) {
+			r = proxied(skb, &p, ep, dir, NULL);
+			if (r)
+				return drop(skb, &p, ep, dir, r, 0, NULL);
+		}
 		ct_report(skb, &p, ep, cv, dir, 0);
 		ct_touch(cv, now, p.tcp_flags, 0);
 		count(BH_REASON_FORWARDED, dir, skb->len);
 		return TC_ACT_OK;
 	}
 
-	/* A known connection under a changed policy: ask again (see ct_recheck). */
+	/* A known connection under a changed policy: ask again (see ct_recheck).
+	 * One that moves to or from the proxy breaks (neither end holds its
+	 * other half), and nothing passes unchecked meanwhile. */
 	if (cv) {
 		r = ct_recheck(ep, &ck, cv, &d);
+		if (!r && d.proxy_port && !d.reason)
+			r = proxied(skb, &p, ep, dir, &d);
 		if (r)
 			return drop(skb, &p, ep, dir, r, 0, &d);
+		if (d.proxy_port && !d.reason)
+			cv->flags |= BH_CT_PROXY;
+		else
+			cv->flags &= ~BH_CT_PROXY;
 		ct_touch(cv, now, p.tcp_flags, 0);
 		return pass_decided(skb, &p, ep, dir, &d, 0);
 	}
@@ -1086,10 +1197,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	decide(ep, dir, dir == BH_DIR_EGRESS ? &p.daddr : &p.saddr, p.proto, p.policy_port, &d);
 	if (d.reason && !audited(ep, d.reason))
 		return drop(skb, &p, ep, dir, d.reason, 0, &d);
+	if (d.proxy_port && !d.reason) {
+		r = proxied(skb, &p, ep, dir, &d);
+		if (r)
+			return drop(skb, &p, ep, dir, r, 0, &d);
+	}
 	{
 		struct bh_ct_value nv = { .last_seen = now, .slot = d.slot, .rule = d.rule,
 					  .flags = d.reason ? BH_CT_AUDITED : 0, .policy_port = p.policy_port,
 					  .packets = 1 };
+
+		if (d.proxy_port && !d.reason)
+			nv.flags |= BH_CT_PROXY;
 		long err = bpf_map_update_elem(&bh_ct, &ck, &nv, BPF_NOEXIST);
 
 		/* -EEXIST: the same flow's first packet on another CPU got there

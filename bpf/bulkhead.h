@@ -159,6 +159,11 @@ struct bh_ct_value {
 #define BH_CT_CLOSE_SEEN_FWD (1u << 2) /* FIN or RST reported, original direction */
 #define BH_CT_CLOSE_SEEN_REV (1u << 3) /* FIN or RST reported, reply direction */
 #define BH_CT_AUDITED (1u << 4)        /* admitted only because the endpoint was in audit mode */
+#define BH_CT_PROXY (1u << 5)          /* handed to the L7 proxy (packets of the connection go to its socket) */
+
+/* skb->mark of a packet handed to a local proxy socket: the node routes it
+ * by a policy-routing rule on this mark to a local route (DESIGN.md §4). */
+#define BH_PROXY_MARK 0x200
 
 /* Drop aggregation: one entry per (tuple, interface, direction, reason). */
 struct bh_drop_key {

@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::Key;
+use bulkhead_policy::api::l7::L7Rules;
 use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::repository::{Proto, RuleRef};
-use bulkhead_policy::resolve::{EndpointPolicy, Peer, PolicyKey, Verdict};
+use bulkhead_policy::resolve::{EndpointPolicy, L7Policy, Peer, PolicyKey, Verdict};
 
 use crate::abi::{
     Addr, EP_AUDIT, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_MAX_ADDRS, Endpoint, LEVEL_ADDRESS, LEVEL_ANY,
@@ -122,11 +123,31 @@ struct Loaded {
     acquired: Vec<Direction>,
 }
 
+/// The L7 proxies' listening ports in the node's network namespace, by the
+/// rules they enforce: what a redirect entry names. 0: no proxy, and the
+/// kernel drops what would go to it (`PROXY_UNAVAILABLE`). The kernel
+/// carries out redirects on the client's side, so only egress uses them yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyPorts {
+    /// The HTTP (and gRPC) proxy.
+    pub http: u16,
+}
+
+impl ProxyPorts {
+    fn port(&self, l7: &L7Policy) -> u16 {
+        match l7.rules {
+            L7Rules::Http(_) => self.http,
+            _ => 0,
+        }
+    }
+}
+
 /// Keeps the maps equal to the desired endpoints and ipcache, writing only
 /// what changed. See the module documentation.
 #[derive(Default)]
 pub struct PolicySync {
     overflow: Overflow,
+    proxy_ports: ProxyPorts,
     next_slot: u32,
     /// Live slots by (policy pointer, direction).
     slots: HashMap<(usize, Direction), Slot>,
@@ -166,6 +187,11 @@ impl PolicySync {
     /// Sets what a direction does when its new policy does not fit.
     pub fn set_overflow(&mut self, overflow: Overflow) {
         self.overflow = overflow;
+    }
+
+    /// Sets the proxies' ports; policies written from now on name them.
+    pub fn set_proxy_ports(&mut self, ports: ProxyPorts) {
+        self.proxy_ports = ports;
     }
 
     /// The rules behind a rule reference id from an event or a map value.
@@ -358,12 +384,12 @@ impl PolicySync {
         };
         let mut entries = Vec::with_capacity(dir.entries.len());
         for (k, e) in dir.entries.iter() {
-            let verdict = match &e.verdict {
-                Verdict::Allow => VERDICT_ALLOW,
-                Verdict::Deny => VERDICT_DENY,
-                Verdict::Redirect(_) => VERDICT_REDIRECT,
+            let (verdict, proxy_port) = match &e.verdict {
+                Verdict::Allow => (VERDICT_ALLOW, 0),
+                Verdict::Deny => (VERDICT_DENY, 0),
+                Verdict::Redirect(l7) => (VERDICT_REDIRECT, self.proxy_ports.port(l7)),
             };
-            let value = PolicyValue { verdict, r#match: match_kind(k), proxy_port: 0, rule: self.rule_id(&e.refs) };
+            let value = PolicyValue { verdict, r#match: match_kind(k), proxy_port, rule: self.rule_id(&e.refs) };
             entries.extend(map_keys(k).into_iter().map(|key| (key, value)));
         }
         let written = dp.write_slot(id, entries)?;

@@ -1,0 +1,183 @@
+//! The transparent redirect to the L7 proxy, on real connections (root): a
+//! connection that an L7 rule covers reaches the proxy's listener in the
+//! node's namespace, never the server, with the original destination as
+//! the accepted socket's own address; without a proxy socket it goes
+//! nowhere (dropped and counted), also when the proxy dies mid-connection.
+//! A transparent listener stands in for the proxy.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use bulkhead_datapath::abi::Reason;
+use bulkhead_datapath::netns;
+use bulkhead_datapath::sync::ProxyPorts;
+use bulkhead_lab::uninterrupted;
+use socket2::{Domain, Socket, Type};
+use support::{Lab, privileged, v4, v6};
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: rd}}
+- {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: rd, labels: {app: client}},
+   status: {podIPs: [{ip: 198.18.91.1}, {ip: "fd00:b::91:1"}]}}
+- {apiVersion: v1, kind: Pod, metadata: {name: server, namespace: rd, labels: {app: server}},
+   status: {podIPs: [{ip: 198.18.91.2}, {ip: "fd00:b::91:2"}]}}
+"#;
+
+/// The client may send only `GET` requests to the server on TCP 80.
+const CLIENT_L7: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: rd}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]
+"#;
+
+const PROXY_PORT: u16 = 15001;
+
+/// The node's policy routing for marked packets (DESIGN.md §4): a packet
+/// the datapath assigned to a local socket is routed to the local stack.
+fn route_marked_packets_locally(lab: &Lab) {
+    let ns = lab.node.path();
+    let name = ns.file_name().and_then(|n| n.to_str()).expect("netns name").to_owned();
+    for args in [
+        "rule add fwmark 0x200/0xf00 lookup 2004 pref 9",
+        "route add local 0.0.0.0/0 dev lo table 2004",
+        "-6 rule add fwmark 0x200/0xf00 lookup 2004 pref 9",
+        "-6 route add local ::/0 dev lo table 2004",
+    ] {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["-n", &name]).args(args.split(' '));
+        let out = cmd.output().expect("run ip");
+        assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// The stand-in proxy: transparent listeners on the proxy port in the
+/// node's namespace, one per family.
+fn proxy_listeners(lab: &Lab) -> Vec<TcpListener> {
+    netns::run_in(&lab.node.path(), || {
+        [false, true]
+            .into_iter()
+            .map(|v6| {
+                let s = Socket::new(if v6 { Domain::IPV6 } else { Domain::IPV4 }, Type::STREAM, None)?;
+                let any: IpAddr = if v6 { "::".parse().expect("literal") } else { "0.0.0.0".parse().expect("literal") };
+                if v6 {
+                    s.set_only_v6(true)?;
+                    s.set_ip_transparent_v6(true)?;
+                } else {
+                    s.set_ip_transparent_v4(true)?;
+                }
+                s.set_reuse_address(true)?;
+                s.bind(&SocketAddr::new(any, PROXY_PORT).into())?;
+                s.listen(16)?;
+                let l: TcpListener = s.into();
+                l.set_nonblocking(true)?;
+                Ok(l)
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .expect("node netns")
+    .expect("proxy listeners")
+}
+
+/// The server's own listener on port 80 (it must never see a connection).
+fn server_listener(lab: &Lab) -> TcpListener {
+    let l = netns::run_in(&netns::named(&lab.pods["rd/server"].netns), || TcpListener::bind("[::]:80"))
+        .expect("server netns")
+        .expect("bind :80");
+    l.set_nonblocking(true).expect("nonblocking");
+    l
+}
+
+fn connect(lab: &Lab, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    netns::run_in(&netns::named(&lab.pods["rd/client"].netns), || {
+        TcpStream::connect_timeout(&dst, Duration::from_millis(1500))
+    })
+    .expect("client netns")
+}
+
+/// The connection the proxy accepted, waiting a little for it.
+fn accepted(listeners: &[TcpListener]) -> Option<(TcpStream, SocketAddr, SocketAddr)> {
+    for _ in 0..200 {
+        for l in listeners {
+            if let Ok((s, peer)) = l.accept() {
+                let local = s.local_addr().expect("local address");
+                s.set_nonblocking(false).expect("blocking");
+                return Some((s, local, peer));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+fn unavailable(lab: &mut Lab) -> u64 {
+    lab.dp().view().counters().expect("counters").packets(Reason::ProxyUnavailable)
+}
+
+#[test]
+fn l7_connections_reach_the_proxy_and_never_the_server() {
+    if !privileged("l7_connections_reach_the_proxy_and_never_the_server") {
+        return;
+    }
+    let mut lab = Lab::up("rd", CLUSTER, "");
+    lab.sync.set_proxy_ports(ProxyPorts { http: PROXY_PORT });
+    lab.replace_policies(CLIENT_L7);
+    route_marked_packets_locally(&lab);
+    let server = server_listener(&lab);
+    let (client, srv) = (lab.pods["rd/client"].clone(), lab.pods["rd/server"].clone());
+    let targets = [SocketAddr::new(IpAddr::V4(v4(&srv)), 80), SocketAddr::new(IpAddr::V6(v6(&srv)), 80)];
+
+    // No proxy socket: the connection goes nowhere, and is counted.
+    let before = unavailable(&mut lab);
+    for dst in targets {
+        assert!(connect(&lab, dst).is_err(), "{dst}: connected with no proxy");
+    }
+    assert!(unavailable(&mut lab) >= before + 2, "no PROXY_UNAVAILABLE drop counted");
+
+    // With the proxy listening: the proxy holds the connection, its own
+    // address is the original destination, the peer is the client.
+    let proxy = proxy_listeners(&lab);
+    let mut held = Vec::new();
+    for dst in targets {
+        let mut c = connect(&lab, dst).unwrap_or_else(|e| panic!("{dst}: {e}"));
+        let (mut p, local, peer) = accepted(&proxy).unwrap_or_else(|| panic!("{dst}: the proxy accepted nothing"));
+        assert_eq!(local, dst, "the original destination");
+        assert!(client.ips.contains(&peer.ip()), "{peer} is not the client");
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("request");
+        let mut buf = [0u8; 18];
+        p.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        uninterrupted(|| p.read_exact(&mut buf)).expect("the proxy reads the request");
+        p.write_all(b"ok").expect("answer");
+        let mut ok = [0u8; 2];
+        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        uninterrupted(|| c.read_exact(&mut ok)).expect("the client reads the answer");
+        assert_eq!(&ok, b"ok");
+        held.push((c, p));
+    }
+    assert!(server.accept().is_err(), "the server saw a connection past the proxy");
+
+    // The proxy dies: its connections and new ones go nowhere.
+    drop(proxy);
+    let dropped_before = unavailable(&mut lab);
+    for (mut c, p) in held {
+        drop(p);
+        // The proxy's kernel may reset the connection as its socket closes;
+        // whatever the client sends next reaches no one.
+        let _ = c.write_all(b"more");
+    }
+    for dst in targets {
+        assert!(connect(&lab, dst).is_err(), "{dst}: connected after the proxy died");
+    }
+    assert!(unavailable(&mut lab) > dropped_before, "no PROXY_UNAVAILABLE drop after the proxy died");
+    assert!(server.accept().is_err(), "the server saw a connection past the proxy");
+}
