@@ -27,6 +27,9 @@
  * namespace (bpf_sk_assign plus a mark the node routes locally): the proxy
  * sees the original destination as its socket's own address. With no
  * proxy socket the packet is dropped (PROXY_UNAVAILABLE), never forwarded.
+ * The proxy's connection onward keeps the client's address (so the
+ * server's policy judges the client) and carries a mark; the server's
+ * replies on it are handed back to the proxy's socket.
  *
  * Policy changes are atomic per endpoint: the agent writes a complete new
  * policy under a fresh slot, then replaces the endpoint's value (which
@@ -1144,6 +1147,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	ck.dir = !dir;
 	cv = ct_get(&ck, now);
 	if (cv) {
+		/* The server's side of a connection the proxy opened for a client
+		 * (with the client's address): the reply goes back to the proxy's
+		 * socket, not on to the client; none, and it goes nowhere. */
+		if (cv->flags & BH_CT_FROM_PROXY) {
+			r = to_proxy(skb, &p, 0);
+			if (r)
+				return drop(skb, &p, ep, ck.dir, r, 1, NULL);
+		}
 		if (!ct_current(ep, &ck, cv)) {
 			r = ct_recheck(ep, &ck, cv, &d);
 			if (r)
@@ -1209,6 +1220,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 
 		if (d.proxy_port && !d.reason)
 			nv.flags |= BH_CT_PROXY;
+		if (dir == BH_DIR_INGRESS && (skb->mark & BH_MARK_MASK) == BH_FROM_PROXY_MARK)
+			nv.flags |= BH_CT_FROM_PROXY;
 		long err = bpf_map_update_elem(&bh_ct, &ck, &nv, BPF_NOEXIST);
 
 		/* -EEXIST: the same flow's first packet on another CPU got there

@@ -160,10 +160,16 @@ struct bh_ct_value {
 #define BH_CT_CLOSE_SEEN_REV (1u << 3) /* FIN or RST reported, reply direction */
 #define BH_CT_AUDITED (1u << 4)        /* admitted only because the endpoint was in audit mode */
 #define BH_CT_PROXY (1u << 5)          /* handed to the L7 proxy (packets of the connection go to its socket) */
+#define BH_CT_FROM_PROXY (1u << 6)     /* opened by the L7 proxy for a client: replies go back to the proxy */
 
 /* skb->mark of a packet handed to a local proxy socket: the node routes it
  * by a policy-routing rule on this mark to a local route (DESIGN.md §4). */
 #define BH_PROXY_MARK 0x200
+/* The mark (SO_MARK) of the proxy's upstream sockets, which keep the
+ * client's address: their connections' replies go back to the proxy. A pod
+ * cannot set it (a packet's mark is cleared as it leaves the pod). */
+#define BH_FROM_PROXY_MARK 0xa00
+#define BH_MARK_MASK 0xf00
 
 /* Drop aggregation: one entry per (tuple, interface, direction, reason). */
 struct bh_drop_key {

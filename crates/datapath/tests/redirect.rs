@@ -3,7 +3,10 @@
 //! node's namespace, never the server, with the original destination as
 //! the accepted socket's own address; without a proxy socket it goes
 //! nowhere (dropped and counted), also when the proxy dies mid-connection.
-//! A transparent listener stands in for the proxy.
+//! The proxy's own connection to the server keeps the client's address and
+//! is judged by the server's policy as the client: the proxy gives the
+//! client no reach it did not have. A transparent listener and socket stand
+//! in for the proxy.
 
 mod support;
 
@@ -41,7 +44,33 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]
 "#;
 
+/// The server admits the client on TCP 80.
+const SERVER_ADMITS_CLIENT: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: rd}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+
+/// The server admits only pods labelled `app: trusted` (none here).
+const SERVER_ADMITS_TRUSTED: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: rd}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: trusted}}]
+"#;
+
 const PROXY_PORT: u16 = 15001;
+
+/// The mark of the proxy's upstream sockets (`BH_FROM_PROXY_MARK`).
+const FROM_PROXY_MARK: u32 = 0xa00;
 
 /// The node's policy routing for marked packets (DESIGN.md §4): a packet
 /// the datapath assigned to a local socket is routed to the local stack.
@@ -120,6 +149,33 @@ fn accepted(listeners: &[TcpListener]) -> Option<(TcpStream, SocketAddr, SocketA
     None
 }
 
+/// The stand-in proxy's connection to `dst` on behalf of the client at
+/// `client`: transparent, from the client's address, marked.
+fn upstream(lab: &Lab, client: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    netns::run_in(&lab.node.path(), || {
+        let s = Socket::new(if dst.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, Type::STREAM, None)?;
+        if dst.is_ipv6() {
+            s.set_ip_transparent_v6(true)?;
+        } else {
+            s.set_ip_transparent_v4(true)?;
+        }
+        s.set_mark(FROM_PROXY_MARK)?;
+        s.bind(&SocketAddr::new(client, 0).into())?;
+        s.connect_timeout(&dst.into(), Duration::from_millis(1500))?;
+        Ok(s.into())
+    })
+    .expect("node netns")
+}
+
+/// Sends `data` on `from` and reads it on `to`.
+fn carries(from: &mut TcpStream, to: &mut TcpStream, data: &[u8]) {
+    from.write_all(data).expect("write");
+    let mut buf = vec![0u8; data.len()];
+    to.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    uninterrupted(|| to.read_exact(&mut buf)).expect("read");
+    assert_eq!(buf, data);
+}
+
 fn unavailable(lab: &mut Lab) -> u64 {
     lab.dp().view().counters().expect("counters").packets(Reason::ProxyUnavailable)
 }
@@ -180,4 +236,57 @@ fn l7_connections_reach_the_proxy_and_never_the_server() {
     }
     assert!(unavailable(&mut lab) > dropped_before, "no PROXY_UNAVAILABLE drop after the proxy died");
     assert!(server.accept().is_err(), "the server saw a connection past the proxy");
+}
+
+#[test]
+fn the_proxy_reaches_the_server_as_the_client_and_no_further() {
+    if !privileged("the_proxy_reaches_the_server_as_the_client_and_no_further") {
+        return;
+    }
+    let mut lab = Lab::up("up", CLUSTER, "");
+    lab.sync.set_proxy_ports(ProxyPorts { http: PROXY_PORT });
+    lab.replace_policies(&format!("{CLIENT_L7}---{SERVER_ADMITS_CLIENT}"));
+    route_marked_packets_locally(&lab);
+    let server = server_listener(&lab);
+    let proxy = proxy_listeners(&lab);
+    let (client, srv) = (lab.pods["rd/client"].clone(), lab.pods["rd/server"].clone());
+    for (c_ip, s_ip) in
+        [(IpAddr::V4(v4(&client)), IpAddr::V4(v4(&srv))), (IpAddr::V6(v6(&client)), IpAddr::V6(v6(&srv)))]
+    {
+        let dst = SocketAddr::new(s_ip, 80);
+        let mut c = connect(&lab, dst).unwrap_or_else(|e| panic!("{dst}: {e}"));
+        let (mut p, local, _) = accepted(&proxy).unwrap_or_else(|| panic!("{dst}: the proxy accepted nothing"));
+        // The proxy's own connection to where the client meant to go.
+        let mut up = upstream(&lab, c_ip, local).unwrap_or_else(|e| panic!("upstream to {local}: {e}"));
+        let (mut s, peer) = {
+            let mut got = None;
+            for _ in 0..200 {
+                if let Ok(x) = server.accept() {
+                    got = Some(x);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            got.unwrap_or_else(|| panic!("{dst}: the server accepted nothing"))
+        };
+        s.set_nonblocking(false).expect("blocking");
+        assert_eq!(peer.ip().to_canonical(), c_ip, "the server sees the client's address");
+        // Both halves carry data both ways: client → proxy → server → proxy → client.
+        carries(&mut c, &mut p, b"GET / HTTP/1.1");
+        carries(&mut up, &mut s, b"GET / HTTP/1.1");
+        carries(&mut s, &mut up, b"HTTP/1.1 200 OK");
+        carries(&mut p, &mut c, b"HTTP/1.1 200 OK");
+    }
+    // The server stops admitting the client: the proxy cannot reach it for
+    // the client either, and the drop is the server's policy's.
+    lab.replace_policies(&format!("{CLIENT_L7}---{SERVER_ADMITS_TRUSTED}"));
+    let denied = |lab: &mut Lab| lab.dp().view().counters().expect("counters").packets(Reason::PolicyDenied);
+    let before = denied(&mut lab);
+    for (c_ip, s_ip) in
+        [(IpAddr::V4(v4(&client)), IpAddr::V4(v4(&srv))), (IpAddr::V6(v6(&client)), IpAddr::V6(v6(&srv)))]
+    {
+        let dst = SocketAddr::new(s_ip, 80);
+        assert!(upstream(&lab, c_ip, dst).is_err(), "{dst}: the proxy reached the server for a client it denies");
+    }
+    assert!(denied(&mut lab) >= before + 2, "the server's policy did not drop the proxy's connections");
 }
