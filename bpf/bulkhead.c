@@ -22,14 +22,16 @@
  * either end, asks the current policy again: what a change denies stops
  * at once instead of living on in conntrack.
  *
- * A redirect (an L7 rule covers the flow) hands the connection, on the
- * client's side, to the L7 proxy's transparent socket in the node's
- * namespace (bpf_sk_assign plus a mark the node routes locally): the proxy
- * sees the original destination as its socket's own address. With no
- * proxy socket the packet is dropped (PROXY_UNAVAILABLE), never forwarded.
- * The proxy's connection onward keeps the client's address (so the
- * server's policy judges the client) and carries a mark; the server's
- * replies on it are handed back to the proxy's socket.
+ * A redirect (an L7 rule of the client's egress, or of a local server's
+ * ingress, covers the flow) hands the connection, on the client's side
+ * where a socket can be assigned, to the L7 proxy's transparent socket in
+ * the node's namespace (bpf_sk_assign plus a mark the node routes
+ * locally): the proxy sees the original destination as its socket's own
+ * address. With no proxy socket the packet is dropped (PROXY_UNAVAILABLE),
+ * never forwarded. The proxy's connection onward keeps the client's
+ * address (so the server's policy judges the client) and carries a mark
+ * that stands for "requests checked" against the server's L7 rules; the
+ * server's replies on it are handed back to the proxy's socket.
  *
  * Policy changes are atomic per endpoint: the agent writes a complete new
  * policy under a fresh slot, then replaces the endpoint's value (which
@@ -101,6 +103,21 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } bh_endpoints SEC(".maps");
+
+/*
+ * Local endpoints by address (the agent writes them with the endpoint):
+ * the source side of a connection asks the destination's ingress policy
+ * whether an L7 rule covers it, since only there can the connection be
+ * handed to the proxy.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536 * BH_EP_MAX_ADDRS);
+	__type(key, struct bh_addr);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bh_ep_addrs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -705,13 +722,18 @@ struct decision {
 	__u16 proxy_port; /* a redirect: the L7 proxy's listening port */
 };
 
+/* Where a decision is taken, for what a redirect can mean there. */
+#define BH_VIA_NONE 0   /* the connection cannot be handed to the proxy here */
+#define BH_VIA_SOURCE 1 /* on the connection's source side: it can be */
+#define BH_VIA_PROXY 2  /* it comes from the proxy, which checked its requests */
+
 /*
  * Asks endpoint `ep`'s current policy for direction `dir` about a flow to
  * or from `peer` on (proto, port). A direction whose policy is not loaded
  * (it did not fit its map) decides EP_NOT_READY: fail closed.
  */
 static __always_inline void decide(const struct bh_endpoint *ep, __u8 dir, const struct bh_addr *peer, __u8 proto,
-				   __u16 port, struct decision *d)
+				   __u16 port, __u8 via, struct decision *d)
 {
 	struct bh_policy_value *pv;
 	void *trie;
@@ -748,12 +770,33 @@ static __always_inline void decide(const struct bh_endpoint *ep, __u8 dir, const
 	/*
 	 * A redirect is carried out where a packet first reaches the node, on
 	 * the way out of the client (tc ingress of its veth, where a socket can
-	 * be assigned), and only to a proxy the agent named a port for; any
-	 * other redirect fails closed.
+	 * be assigned), whichever end's rule asks for it, and only to a proxy
+	 * the agent named a port for. What the proxy then sends on its behalf
+	 * has been checked. Anything else fails closed.
 	 */
+	if (via == BH_VIA_PROXY)
+		return;
 	d->proxy_port = pv->proxy_port;
-	if (dir != BH_DIR_EGRESS || !pv->proxy_port)
+	if (via != BH_VIA_SOURCE || !pv->proxy_port)
 		d->reason = BH_REASON_PROXY_UNAVAILABLE;
+}
+
+/*
+ * The proxy port that the ingress policy of the local endpoint the packet
+ * goes to redirects it to, or 0 (no such endpoint, no redirect, or one
+ * that cannot be carried out; the destination's own program then drops it).
+ */
+static __always_inline __u16 dst_redirect(const struct pkt *p)
+{
+	struct bh_endpoint *dst;
+	struct decision dd;
+	__u32 *ifindex = bpf_map_lookup_elem(&bh_ep_addrs, &p->daddr);
+
+	dst = ifindex ? bpf_map_lookup_elem(&bh_endpoints, ifindex) : NULL;
+	if (!dst)
+		return 0;
+	decide(dst, BH_DIR_INGRESS, &p->saddr, p->proto, p->policy_port, BH_VIA_SOURCE, &dd);
+	return dd.reason ? 0 : dd.proxy_port;
 }
 
 /*
@@ -1022,7 +1065,11 @@ static __always_inline int ct_current(const struct bh_endpoint *ep, const struct
 static __always_inline int ct_recheck(const struct bh_endpoint *ep, struct bh_ct_key *k, struct bh_ct_value *cv,
 				      struct decision *d)
 {
-	decide(ep, k->dir, k->dir == BH_DIR_EGRESS ? &k->daddr : &k->saddr, k->proto, cv->policy_port, d);
+	__u8 via = k->dir == BH_DIR_EGRESS		  ? BH_VIA_SOURCE
+		   : (cv->flags & BH_CT_FROM_PROXY) ? BH_VIA_PROXY
+						    : BH_VIA_NONE;
+
+	decide(ep, k->dir, k->dir == BH_DIR_EGRESS ? &k->daddr : &k->saddr, k->proto, cv->policy_port, via, d);
 	if (d->reason && !audited(ep, d->reason))
 		return d->reason;
 	cv->slot = d->slot;
@@ -1049,8 +1096,10 @@ static __always_inline int proxied(struct __sk_buff *skb, const struct pkt *p, c
 		return to_proxy(skb, p, d->proxy_port);
 	if ((p->tcp_flags & 0x12) != 0x02) /* not a SYN without ACK */
 		return to_proxy(skb, p, 0);
-	decide(ep, dir, &p->daddr, p->proto, p->policy_port, &now);
-	return now.reason ? now.reason : to_proxy(skb, p, now.proxy_port);
+	decide(ep, dir, &p->daddr, p->proto, p->policy_port, BH_VIA_SOURCE, &now);
+	if (now.reason)
+		return now.reason;
+	return to_proxy(skb, p, now.proxy_port ? now.proxy_port : dst_redirect(p));
 }
 
 /*
@@ -1192,6 +1241,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	 * other half), and nothing passes unchecked meanwhile. */
 	if (cv) {
 		r = ct_recheck(ep, &ck, cv, &d);
+		if (!r && !d.reason && dir == BH_DIR_EGRESS && !d.proxy_port)
+			d.proxy_port = dst_redirect(&p);
 		if (!r && d.proxy_port && !d.reason)
 			r = proxied(skb, &p, ep, dir, &d);
 		if (r)
@@ -1205,9 +1256,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	/* A new flow: ask the policy. */
-	decide(ep, dir, dir == BH_DIR_EGRESS ? &p.daddr : &p.saddr, p.proto, p.policy_port, &d);
+	decide(ep, dir, dir == BH_DIR_EGRESS ? &p.daddr : &p.saddr, p.proto, p.policy_port,
+	       dir == BH_DIR_EGRESS ? BH_VIA_SOURCE
+	       : (skb->mark & BH_MARK_MASK) == BH_FROM_PROXY_MARK ? BH_VIA_PROXY
+								   : BH_VIA_NONE,
+	       &d);
 	if (d.reason && !audited(ep, d.reason))
 		return drop(skb, &p, ep, dir, d.reason, 0, &d);
+	/* The destination's L7 rules: the connection goes to the proxy here. */
+	if (!d.reason && dir == BH_DIR_EGRESS && !d.proxy_port)
+		d.proxy_port = dst_redirect(&p);
 	if (d.proxy_port && !d.reason) {
 		r = proxied(skb, &p, ep, dir, &d);
 		if (r)

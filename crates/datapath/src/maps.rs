@@ -21,8 +21,8 @@ use bulkhead_policy::cidr::Cidr;
 use serde::Serialize;
 
 use crate::abi::{
-    Addr, Counter, CtKey, CtValue, Endpoint, IpcacheValue, LAYOUT_VERSION, POLICY_SLOT_MAX_ENTRIES, PolicyKeyData,
-    PolicyValue, RawEvent, Reason,
+    Addr, Counter, CtKey, CtValue, EP_MAX_ADDRS, Endpoint, IpcacheValue, LAYOUT_VERSION, POLICY_SLOT_MAX_ENTRIES,
+    PolicyKeyData, PolicyValue, RawEvent, Reason,
 };
 use crate::view::DatapathView;
 
@@ -166,6 +166,7 @@ const BPF_NOEXIST: u64 = 1;
 pub type Event = RawEvent;
 
 pub(crate) const MAP_ENDPOINTS: &str = "bh_endpoints";
+const MAP_EP_ADDRS: &str = "bh_ep_addrs";
 pub(crate) const MAP_IPCACHE: &str = "bh_ipcache";
 pub(crate) const MAP_POLICY: &str = "bh_policy";
 pub(crate) const MAP_CT: &str = "bh_ct";
@@ -181,6 +182,8 @@ pub struct Datapath {
     dir: PathBuf,
     ebpf: Ebpf,
     endpoints: HashMap<MapData, u32, Endpoint>,
+    /// Each endpoint address → its ifindex, kept with `endpoints`.
+    ep_addrs: HashMap<MapData, Addr, u32>,
     ipcache: LpmTrie<MapData, Addr, IpcacheValue>,
     policy: HashOfMaps<MapData, u32, SlotTrie>,
     /// Capacity of the endpoints, ipcache and policy maps.
@@ -229,8 +232,9 @@ impl Datapath {
             programs.push((name, info.id()));
         }
         let view = Arc::new(DatapathView::open(&dir, programs)?);
-        Ok(Self {
+        let mut dp = Self {
             endpoints: HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?,
+            ep_addrs: HashMap::try_from(take(&mut ebpf, MAP_EP_ADDRS)?).map_err(map_err(MAP_EP_ADDRS))?,
             ipcache: LpmTrie::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?,
             policy: HashOfMaps::try_from(take(&mut ebpf, MAP_POLICY)?).map_err(map_err(MAP_POLICY))?,
             capacity,
@@ -241,7 +245,12 @@ impl Datapath {
             dir,
             ebpf,
             view,
-        })
+        };
+        // Pins from before the address map existed: fill it in.
+        for (ifindex, ep) in dp.view.endpoints()? {
+            dp.set_endpoint_addrs(ifindex, &ep, None)?;
+        }
+        Ok(dp)
     }
 
     /// The maps, for reading (from any thread: clone the `Arc`).
@@ -345,14 +354,49 @@ impl Datapath {
 
     // ---- endpoints ----
 
-    /// Sets an endpoint (one atomic map update).
+    /// Sets an endpoint (one atomic map update), and its addresses in the
+    /// address map.
     pub fn set_endpoint(&mut self, ifindex: u32, ep: &Endpoint) -> Result<()> {
-        self.endpoints.insert(ifindex, ep, 0).map_err(classify(MAP_ENDPOINTS, self.capacity[0]))
+        let old = self.endpoints.get(&ifindex, 0).ok();
+        self.endpoints.insert(ifindex, ep, 0).map_err(classify(MAP_ENDPOINTS, self.capacity[0]))?;
+        self.set_endpoint_addrs(ifindex, ep, old.as_ref())
     }
 
-    /// Removes an endpoint.
+    /// Removes an endpoint, and its addresses from the address map.
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
-        ignore_missing(self.endpoints.remove(&ifindex)).map_err(map_err(MAP_ENDPOINTS))
+        let old = self.endpoints.get(&ifindex, 0).ok();
+        ignore_missing(self.endpoints.remove(&ifindex)).map_err(map_err(MAP_ENDPOINTS))?;
+        if let Some(old) = old {
+            self.remove_endpoint_addrs(ifindex, old.addrs.iter().take(old.naddrs as usize))?;
+        }
+        Ok(())
+    }
+
+    /// Points `ep`'s addresses at `ifindex`, and no longer those of `old`
+    /// that it dropped.
+    fn set_endpoint_addrs(&mut self, ifindex: u32, ep: &Endpoint, old: Option<&Endpoint>) -> Result<()> {
+        let now = &ep.addrs[..(ep.naddrs as usize).min(ep.addrs.len())];
+        for a in now {
+            self.ep_addrs
+                .insert(a, ifindex, 0)
+                .map_err(classify(MAP_EP_ADDRS, self.capacity[0] * EP_MAX_ADDRS as u32))?;
+        }
+        if let Some(old) = old {
+            let gone: Vec<Addr> =
+                old.addrs.iter().take(old.naddrs as usize).filter(|a| !now.contains(a)).copied().collect();
+            self.remove_endpoint_addrs(ifindex, gone.iter())?;
+        }
+        Ok(())
+    }
+
+    /// Removes those of `addrs` that still point at `ifindex`.
+    fn remove_endpoint_addrs<'a>(&mut self, ifindex: u32, addrs: impl Iterator<Item = &'a Addr>) -> Result<()> {
+        for a in addrs {
+            if self.ep_addrs.get(a, 0).ok() == Some(ifindex) {
+                ignore_missing(self.ep_addrs.remove(a)).map_err(map_err(MAP_EP_ADDRS))?;
+            }
+        }
+        Ok(())
     }
 
     // ---- ipcache ----

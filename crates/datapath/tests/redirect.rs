@@ -67,6 +67,19 @@ spec:
   - fromEndpoints: [{matchLabels: {app: trusted}}]
 "#;
 
+/// The server takes only `GET` requests from the client on TCP 80 (its
+/// ingress L7 rule; the client has no policy).
+const SERVER_L7: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: rd}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]
+"#;
+
 const PROXY_PORT: u16 = 15001;
 
 /// The mark of the proxy's upstream sockets (`BH_FROM_PROXY_MARK`).
@@ -152,6 +165,10 @@ fn accepted(listeners: &[TcpListener]) -> Option<(TcpStream, SocketAddr, SocketA
 /// The stand-in proxy's connection to `dst` on behalf of the client at
 /// `client`: transparent, from the client's address, marked.
 fn upstream(lab: &Lab, client: IpAddr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    upstream_marked(lab, client, dst, FROM_PROXY_MARK)
+}
+
+fn upstream_marked(lab: &Lab, client: IpAddr, dst: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
     netns::run_in(&lab.node.path(), || {
         let s = Socket::new(if dst.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, Type::STREAM, None)?;
         if dst.is_ipv6() {
@@ -159,7 +176,7 @@ fn upstream(lab: &Lab, client: IpAddr, dst: SocketAddr) -> std::io::Result<TcpSt
         } else {
             s.set_ip_transparent_v4(true)?;
         }
-        s.set_mark(FROM_PROXY_MARK)?;
+        s.set_mark(mark)?;
         s.bind(&SocketAddr::new(client, 0).into())?;
         s.connect_timeout(&dst.into(), Duration::from_millis(1500))?;
         Ok(s.into())
@@ -289,4 +306,59 @@ fn the_proxy_reaches_the_server_as_the_client_and_no_further() {
         assert!(upstream(&lab, c_ip, dst).is_err(), "{dst}: the proxy reached the server for a client it denies");
     }
     assert!(denied(&mut lab) >= before + 2, "the server's policy did not drop the proxy's connections");
+}
+
+#[test]
+fn the_servers_l7_rules_send_its_clients_through_the_proxy() {
+    if !privileged("the_servers_l7_rules_send_its_clients_through_the_proxy") {
+        return;
+    }
+    let mut lab = Lab::up("in", CLUSTER, "");
+    lab.sync.set_proxy_ports(ProxyPorts { http: PROXY_PORT });
+    lab.replace_policies(SERVER_L7);
+    route_marked_packets_locally(&lab);
+    let server = server_listener(&lab);
+    let (client, srv) = (lab.pods["rd/client"].clone(), lab.pods["rd/server"].clone());
+    let pairs = [(IpAddr::V4(v4(&client)), IpAddr::V4(v4(&srv))), (IpAddr::V6(v6(&client)), IpAddr::V6(v6(&srv)))];
+
+    // No proxy: the client's connection goes nowhere.
+    let before = unavailable(&mut lab);
+    for (_, s_ip) in pairs {
+        assert!(connect(&lab, SocketAddr::new(s_ip, 80)).is_err(), "{s_ip}: connected with no proxy");
+    }
+    assert!(unavailable(&mut lab) >= before + 2, "no PROXY_UNAVAILABLE drop counted");
+
+    // The proxy gets the connection; its own, marked connection reaches the
+    // server, which sees the client.
+    let proxy = proxy_listeners(&lab);
+    for (c_ip, s_ip) in pairs {
+        let dst = SocketAddr::new(s_ip, 80);
+        let mut c = connect(&lab, dst).unwrap_or_else(|e| panic!("{dst}: {e}"));
+        let (mut p, local, _) = accepted(&proxy).unwrap_or_else(|| panic!("{dst}: the proxy accepted nothing"));
+        assert_eq!(local, dst, "the original destination");
+        let mut up = upstream(&lab, c_ip, local).unwrap_or_else(|e| panic!("upstream to {local}: {e}"));
+        let mut got = None;
+        for _ in 0..200 {
+            if let Ok(x) = server.accept() {
+                got = Some(x);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (mut s, peer) = got.unwrap_or_else(|| panic!("{dst}: the server accepted nothing"));
+        s.set_nonblocking(false).expect("blocking");
+        assert_eq!(peer.ip().to_canonical(), c_ip);
+        carries(&mut c, &mut p, b"GET /");
+        carries(&mut up, &mut s, b"GET /");
+        carries(&mut s, &mut up, b"200");
+        carries(&mut p, &mut c, b"200");
+    }
+    // A connection from the node with the client's address but without the
+    // proxy's mark is not the proxy's: the server's L7 rule still stands.
+    let before = unavailable(&mut lab);
+    for (c_ip, s_ip) in pairs {
+        let dst = SocketAddr::new(s_ip, 80);
+        assert!(upstream_marked(&lab, c_ip, dst, 0).is_err(), "{dst}: an unmarked connection passed the L7 rule");
+    }
+    assert!(unavailable(&mut lab) >= before + 2, "no PROXY_UNAVAILABLE drop counted");
 }
