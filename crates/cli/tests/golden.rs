@@ -89,46 +89,35 @@ fn reach_with_an_empty_policy_list_allows_everything() {
     assert!(err.contains("only Namespaces and Pods: those go to --cluster"), "{err}");
 }
 
+/// `policy trace` of an HTTP request from the seed's frontend to its
+/// backend on 8080, with `extra` arguments.
+fn trace_http(method: &str, path: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "--from",
+        "production/frontend",
+        "--to",
+        "production/backend",
+        "--port",
+        "8080/TCP",
+        "--http-method",
+        method,
+        "--http-path",
+        path,
+    ];
+    args.extend_from_slice(extra);
+    run_owned(seed(&["policy", "trace"], &args))
+}
+
 #[test]
 fn trace_allowed_by_l7_rule() {
-    let (code, out, err) = run_owned(seed(
-        &["policy", "trace"],
-        &[
-            "--from",
-            "production/frontend",
-            "--to",
-            "production/backend",
-            "--port",
-            "8080/TCP",
-            "--http-method",
-            "GET",
-            "--http-path",
-            "/api/v1/products/7",
-        ],
-    ));
+    let (code, out, err) = trace_http("GET", "/api/v1/products/7", &[]);
     assert_eq!(code, 0, "{err}");
     golden("trace-frontend-backend.txt", &out);
 }
 
 #[test]
 fn trace_l7_refusal() {
-    let (code, out, err) = run_owned(seed(
-        &["policy", "trace"],
-        &[
-            "--from",
-            "production/frontend",
-            "--to",
-            "production/backend",
-            "--port",
-            "8080/TCP",
-            "--http-method",
-            "DELETE",
-            "--http-path",
-            "/api/v1/products/7",
-            "-o",
-            "json",
-        ],
-    ));
+    let (code, out, err) = trace_http("DELETE", "/api/v1/products/7", &["-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["verdict"], "denied");
@@ -150,23 +139,7 @@ fn trace_matches_the_normalized_path() {
         ),
         ("/api/v1/products%2F..%2F..%2Fadmin", "denied", "refused before any rule: 400 Bad Request: an encoded `%2F`"),
     ] {
-        let (code, out, err) = run_owned(seed(
-            &["policy", "trace"],
-            &[
-                "--from",
-                "production/frontend",
-                "--to",
-                "production/backend",
-                "--port",
-                "8080/TCP",
-                "--http-method",
-                "GET",
-                "--http-path",
-                path,
-                "-o",
-                "json",
-            ],
-        ));
+        let (code, out, err) = trace_http("GET", path, &["-o", "json"]);
         assert_eq!(code, 0, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(v["verdict"], verdict, "{path}: {out}");

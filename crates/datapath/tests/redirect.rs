@@ -147,8 +147,9 @@ fn connect(lab: &Lab, dst: SocketAddr) -> std::io::Result<TcpStream> {
     .expect("client netns")
 }
 
-/// The connection the proxy accepted, waiting a little for it.
-fn accepted(listeners: &[TcpListener]) -> Option<(TcpStream, SocketAddr, SocketAddr)> {
+/// A connection one of `listeners` accepted, waiting a little for it:
+/// the stream, its own address and its peer's.
+fn accepted(listeners: &[&TcpListener]) -> Option<(TcpStream, SocketAddr, SocketAddr)> {
     for _ in 0..200 {
         for l in listeners {
             if let Ok((s, peer)) = l.accept() {
@@ -160,6 +161,39 @@ fn accepted(listeners: &[TcpListener]) -> Option<(TcpStream, SocketAddr, SocketA
         std::thread::sleep(Duration::from_millis(5));
     }
     None
+}
+
+/// A lab whose datapath names the proxy's port and whose node routes
+/// marked packets locally, enforcing `policies`; the server listens on 80.
+/// With each (client, server) address pair, IPv4 then IPv6.
+fn lab_with_proxy_port(tag: &str, policies: &str) -> (Lab, TcpListener, [(IpAddr, IpAddr); 2]) {
+    let mut lab = Lab::up(tag, CLUSTER, "");
+    lab.sync.set_proxy_ports(ProxyPorts { http: PROXY_PORT });
+    lab.replace_policies(policies);
+    route_marked_packets_locally(&lab);
+    let server = server_listener(&lab);
+    let (c, s) = (&lab.pods["rd/client"], &lab.pods["rd/server"]);
+    let pairs = [(IpAddr::V4(v4(c)), IpAddr::V4(v4(s))), (IpAddr::V6(v6(c)), IpAddr::V6(v6(s)))];
+    (lab, server, pairs)
+}
+
+/// One connection from the client to the server's port 80 through the
+/// stand-in proxy: the proxy accepts it with the original destination,
+/// opens its own (marked, with the client's address) to the server, which
+/// sees the client; data crosses both halves both ways.
+fn through_the_proxy(lab: &Lab, proxy: &[TcpListener], server: &TcpListener, (c_ip, s_ip): (IpAddr, IpAddr)) {
+    let dst = SocketAddr::new(s_ip, 80);
+    let mut c = connect(lab, dst).unwrap_or_else(|e| panic!("{dst}: {e}"));
+    let listeners: Vec<&TcpListener> = proxy.iter().collect();
+    let (mut p, local, _) = accepted(&listeners).unwrap_or_else(|| panic!("{dst}: the proxy accepted nothing"));
+    assert_eq!(local, dst, "the original destination");
+    let mut up = upstream(lab, c_ip, local).unwrap_or_else(|e| panic!("upstream to {local}: {e}"));
+    let (mut s, _, peer) = accepted(&[server]).unwrap_or_else(|| panic!("{dst}: the server accepted nothing"));
+    assert_eq!(peer.ip().to_canonical(), c_ip, "the server sees the client's address");
+    carries(&mut c, &mut p, b"GET / HTTP/1.1");
+    carries(&mut up, &mut s, b"GET / HTTP/1.1");
+    carries(&mut s, &mut up, b"HTTP/1.1 200 OK");
+    carries(&mut p, &mut c, b"HTTP/1.1 200 OK");
 }
 
 /// The stand-in proxy's connection to `dst` on behalf of the client at
@@ -202,13 +236,9 @@ fn l7_connections_reach_the_proxy_and_never_the_server() {
     if !privileged("l7_connections_reach_the_proxy_and_never_the_server") {
         return;
     }
-    let mut lab = Lab::up("rd", CLUSTER, "");
-    lab.sync.set_proxy_ports(ProxyPorts { http: PROXY_PORT });
-    lab.replace_policies(CLIENT_L7);
-    route_marked_packets_locally(&lab);
-    let server = server_listener(&lab);
-    let (client, srv) = (lab.pods["rd/client"].clone(), lab.pods["rd/server"].clone());
-    let targets = [SocketAddr::new(IpAddr::V4(v4(&srv)), 80), SocketAddr::new(IpAddr::V6(v6(&srv)), 80)];
+    let (mut lab, server, pairs) = lab_with_proxy_port("rd", CLIENT_L7);
+    let client = lab.pods["rd/client"].clone();
+    let targets = pairs.map(|(_, s)| SocketAddr::new(s, 80));
 
     // No proxy socket: the connection goes nowhere, and is counted.
     let before = unavailable(&mut lab);
@@ -223,7 +253,8 @@ fn l7_connections_reach_the_proxy_and_never_the_server() {
     let mut held = Vec::new();
     for dst in targets {
         let mut c = connect(&lab, dst).unwrap_or_else(|e| panic!("{dst}: {e}"));
-        let (mut p, local, peer) = accepted(&proxy).unwrap_or_else(|| panic!("{dst}: the proxy accepted nothing"));
+        let listeners: Vec<&TcpListener> = proxy.iter().collect();
+        let (mut p, local, peer) = accepted(&listeners).unwrap_or_else(|| panic!("{dst}: the proxy accepted nothing"));
         assert_eq!(local, dst, "the original destination");
         assert!(client.ips.contains(&peer.ip()), "{peer} is not the client");
         c.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("request");
@@ -260,48 +291,17 @@ fn the_proxy_reaches_the_server_as_the_client_and_no_further() {
     if !privileged("the_proxy_reaches_the_server_as_the_client_and_no_further") {
         return;
     }
-    let mut lab = Lab::up("up", CLUSTER, "");
-    lab.sync.set_proxy_ports(ProxyPorts { http: PROXY_PORT });
-    lab.replace_policies(&format!("{CLIENT_L7}---{SERVER_ADMITS_CLIENT}"));
-    route_marked_packets_locally(&lab);
-    let server = server_listener(&lab);
+    let (mut lab, server, pairs) = lab_with_proxy_port("up", &format!("{CLIENT_L7}---{SERVER_ADMITS_CLIENT}"));
     let proxy = proxy_listeners(&lab);
-    let (client, srv) = (lab.pods["rd/client"].clone(), lab.pods["rd/server"].clone());
-    for (c_ip, s_ip) in
-        [(IpAddr::V4(v4(&client)), IpAddr::V4(v4(&srv))), (IpAddr::V6(v6(&client)), IpAddr::V6(v6(&srv)))]
-    {
-        let dst = SocketAddr::new(s_ip, 80);
-        let mut c = connect(&lab, dst).unwrap_or_else(|e| panic!("{dst}: {e}"));
-        let (mut p, local, _) = accepted(&proxy).unwrap_or_else(|| panic!("{dst}: the proxy accepted nothing"));
-        // The proxy's own connection to where the client meant to go.
-        let mut up = upstream(&lab, c_ip, local).unwrap_or_else(|e| panic!("upstream to {local}: {e}"));
-        let (mut s, peer) = {
-            let mut got = None;
-            for _ in 0..200 {
-                if let Ok(x) = server.accept() {
-                    got = Some(x);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            got.unwrap_or_else(|| panic!("{dst}: the server accepted nothing"))
-        };
-        s.set_nonblocking(false).expect("blocking");
-        assert_eq!(peer.ip().to_canonical(), c_ip, "the server sees the client's address");
-        // Both halves carry data both ways: client → proxy → server → proxy → client.
-        carries(&mut c, &mut p, b"GET / HTTP/1.1");
-        carries(&mut up, &mut s, b"GET / HTTP/1.1");
-        carries(&mut s, &mut up, b"HTTP/1.1 200 OK");
-        carries(&mut p, &mut c, b"HTTP/1.1 200 OK");
+    for pair in pairs {
+        through_the_proxy(&lab, &proxy, &server, pair);
     }
     // The server stops admitting the client: the proxy cannot reach it for
     // the client either, and the drop is the server's policy's.
     lab.replace_policies(&format!("{CLIENT_L7}---{SERVER_ADMITS_TRUSTED}"));
     let denied = |lab: &mut Lab| lab.dp().view().counters().expect("counters").packets(Reason::PolicyDenied);
     let before = denied(&mut lab);
-    for (c_ip, s_ip) in
-        [(IpAddr::V4(v4(&client)), IpAddr::V4(v4(&srv))), (IpAddr::V6(v6(&client)), IpAddr::V6(v6(&srv)))]
-    {
+    for (c_ip, s_ip) in pairs {
         let dst = SocketAddr::new(s_ip, 80);
         assert!(upstream(&lab, c_ip, dst).is_err(), "{dst}: the proxy reached the server for a client it denies");
     }
@@ -313,13 +313,7 @@ fn the_servers_l7_rules_send_its_clients_through_the_proxy() {
     if !privileged("the_servers_l7_rules_send_its_clients_through_the_proxy") {
         return;
     }
-    let mut lab = Lab::up("in", CLUSTER, "");
-    lab.sync.set_proxy_ports(ProxyPorts { http: PROXY_PORT });
-    lab.replace_policies(SERVER_L7);
-    route_marked_packets_locally(&lab);
-    let server = server_listener(&lab);
-    let (client, srv) = (lab.pods["rd/client"].clone(), lab.pods["rd/server"].clone());
-    let pairs = [(IpAddr::V4(v4(&client)), IpAddr::V4(v4(&srv))), (IpAddr::V6(v6(&client)), IpAddr::V6(v6(&srv)))];
+    let (mut lab, server, pairs) = lab_with_proxy_port("in", SERVER_L7);
 
     // No proxy: the client's connection goes nowhere.
     let before = unavailable(&mut lab);
@@ -331,27 +325,8 @@ fn the_servers_l7_rules_send_its_clients_through_the_proxy() {
     // The proxy gets the connection; its own, marked connection reaches the
     // server, which sees the client.
     let proxy = proxy_listeners(&lab);
-    for (c_ip, s_ip) in pairs {
-        let dst = SocketAddr::new(s_ip, 80);
-        let mut c = connect(&lab, dst).unwrap_or_else(|e| panic!("{dst}: {e}"));
-        let (mut p, local, _) = accepted(&proxy).unwrap_or_else(|| panic!("{dst}: the proxy accepted nothing"));
-        assert_eq!(local, dst, "the original destination");
-        let mut up = upstream(&lab, c_ip, local).unwrap_or_else(|e| panic!("upstream to {local}: {e}"));
-        let mut got = None;
-        for _ in 0..200 {
-            if let Ok(x) = server.accept() {
-                got = Some(x);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let (mut s, peer) = got.unwrap_or_else(|| panic!("{dst}: the server accepted nothing"));
-        s.set_nonblocking(false).expect("blocking");
-        assert_eq!(peer.ip().to_canonical(), c_ip);
-        carries(&mut c, &mut p, b"GET /");
-        carries(&mut up, &mut s, b"GET /");
-        carries(&mut s, &mut up, b"200");
-        carries(&mut p, &mut c, b"200");
+    for pair in pairs {
+        through_the_proxy(&lab, &proxy, &server, pair);
     }
     // A connection from the node with the client's address but without the
     // proxy's mark is not the proxy's: the server's L7 rule still stands.
