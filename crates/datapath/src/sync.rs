@@ -125,8 +125,9 @@ struct Loaded {
 
 /// The L7 proxies' listening ports in the node's network namespace, by the
 /// rules they enforce: what a redirect entry names. 0: no proxy, and the
-/// kernel drops what would go to it (`PROXY_UNAVAILABLE`). The kernel
-/// carries out redirects on the client's side, so only egress uses them yet.
+/// kernel drops what would go to it (`PROXY_UNAVAILABLE`). The kernel hands
+/// connections over on the client's side, for the client's egress rules and
+/// for a local server's ingress rules alike.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProxyPorts {
     /// The HTTP (and gRPC) proxy.
