@@ -251,13 +251,13 @@ fn check_head(req: &httparse::Request<'_, '_>) -> Result<RequestHead, Refusal> {
     if length.is_some() && !chunked.is_empty() {
         return Err(Refusal::LengthAndChunked);
     }
-    let body = match (length, chunked.as_slice()) {
-        (_, []) => length.filter(|&n| n > 0).map_or(BodyLength::Empty, BodyLength::Length),
-        (_, [te]) if version == Version::Http11 && trim_ows(te).eq_ignore_ascii_case(b"chunked") => BodyLength::Chunked,
-        (_, [te]) if version == Version::Http11 => {
+    let body = match chunked.as_slice() {
+        [] => length.filter(|&n| n > 0).map_or(BodyLength::Empty, BodyLength::Length),
+        [te] if version == Version::Http11 && trim_ows(te).eq_ignore_ascii_case(b"chunked") => BodyLength::Chunked,
+        [te] if version == Version::Http11 => {
             return Err(Refusal::BadTransferEncoding(format!("{:?} (only chunked)", String::from_utf8_lossy(te))));
         }
-        (_, [_]) => return Err(Refusal::BadTransferEncoding("in an HTTP/1.0 request".into())),
+        [_] => return Err(Refusal::BadTransferEncoding("in an HTTP/1.0 request".into())),
         _ => return Err(Refusal::BadTransferEncoding("several Transfer-Encoding headers".into())),
     };
     let host = match hosts.as_slice() {
