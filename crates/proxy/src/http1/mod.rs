@@ -1,5 +1,6 @@
 //! HTTP/1.1 requests, strictly: decode what a client sends ([`Decoder`]),
-//! and write what the proxy forwards ([`encode_head`], [`encode_chunk`]).
+//! write what the proxy forwards ([`encode_head`], [`encode_chunk`]), and
+//! what it answers itself ([`forbidden`], [`bad_request`]).
 //!
 //! Owns request framing. A request that a strict server would refuse, or
 //! that two servers could frame differently, is refused (400, then the
@@ -20,9 +21,11 @@
 
 mod decode;
 mod encode;
+mod response;
 
 pub use decode::{Decoder, Event};
 pub use encode::{encode_chunk, encode_head, encode_last_chunk};
+pub use response::{ACCESS_DENIED, bad_request, forbidden};
 
 /// The protocol version a request was sent with (the proxy forwards
 /// HTTP/1.1).

@@ -1,0 +1,57 @@
+//! What the proxy answers itself on an HTTP/1.1 connection: a request its
+//! rules deny (Cilium's `403 Access denied`), and one it refuses to parse
+//! (`400`, naming why, then the connection closes).
+
+use super::Refusal;
+
+/// The body of a denied request, as Cilium's Envoy filter writes it.
+pub const ACCESS_DENIED: &str = "Access denied\r\n";
+
+/// The response to a request the rules deny. The connection stays open
+/// (`keep_alive`) unless the request's body was not read to its end, in
+/// which case the response says `connection: close` and the proxy closes
+/// after it: what follows on the connection could be the rest of that body.
+pub fn forbidden(keep_alive: bool) -> Vec<u8> {
+    plain(403, "Forbidden", ACCESS_DENIED, !keep_alive)
+}
+
+/// The response to a request the decoder refused; the connection closes
+/// after it (nothing more on it can be framed safely).
+pub fn bad_request(why: &Refusal) -> Vec<u8> {
+    plain(400, "Bad Request", &format!("{why}\r\n"), true)
+}
+
+fn plain(status: u16, reason: &str, body: &str, close: bool) -> Vec<u8> {
+    let close = if close { "connection: close\r\n" } else { "" };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{close}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denied_request_gets_cilium_s_answer() {
+        assert_eq!(
+            forbidden(true),
+            b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 15\r\n\r\nAccess denied\r\n"
+        );
+        assert!(String::from_utf8_lossy(&forbidden(false)).contains("\r\nconnection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_refused_request_is_told_why_and_the_connection_closes() {
+        let r = String::from_utf8(bad_request(&Refusal::LengthAndChunked)).expect("text");
+        assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{r}");
+        assert!(
+            r.contains("connection: close\r\n") && r.ends_with("\r\n\r\nboth Content-Length and Transfer-Encoding\r\n"),
+            "{r}"
+        );
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert!(r.contains(&format!("content-length: {}\r\n", body.len())), "{r}");
+    }
+}
