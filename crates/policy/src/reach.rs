@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::L7Rules;
 use crate::engine::Engine;
 use crate::repository::Proto;
 use crate::resolve::{Decision, DirectionPolicy, Verdict};
@@ -72,13 +73,24 @@ pub struct ReachMatrix {
     pub verdicts: BTreeMap<String, BTreeMap<String, BTreeMap<String, Reach>>>,
 }
 
-/// Combines two lookups into a cell.
-fn cell(egress: Decision<'_>, ingress: Decision<'_>) -> Reach {
+/// Combines two lookups into a cell; a redirect to rules `proxied` says no
+/// proxy enforces is dropped (the datapath fails closed).
+fn cell(egress: Decision<'_>, ingress: Decision<'_>, proxied: &dyn Fn(&L7Rules) -> bool) -> Reach {
     if !egress.passes() || !ingress.passes() {
         return Reach::Denied;
     }
-    let l7 = |d: &Decision<'_>| matches!(d, Decision::Entry(_, e) if matches!(e.verdict, Verdict::Redirect(_)));
-    if l7(&egress) || l7(&ingress) { Reach::L7 } else { Reach::Allowed }
+    let redirect = |d: &Decision<'_>| match d {
+        Decision::Entry(_, e) => match &e.verdict {
+            Verdict::Redirect(l7) => Some(proxied(&l7.rules)),
+            _ => None,
+        },
+        Decision::Default { .. } => None,
+    };
+    match (redirect(&egress), redirect(&ingress)) {
+        (Some(false), _) | (_, Some(false)) => Reach::Denied,
+        (Some(true), _) | (_, Some(true)) => Reach::L7,
+        (None, None) => Reach::Allowed,
+    }
 }
 
 /// The ports every pod serves (container ports), sorted; `80/TCP` if none.
@@ -99,6 +111,13 @@ pub fn default_ports(engine: &Engine) -> Vec<ProbePort> {
 
 /// Computes the matrix over every pod the engine knows.
 pub fn reach(engine: &Engine, ports: &[ProbePort]) -> ReachMatrix {
+    reach_with(engine, ports, &|_| true)
+}
+
+/// [`reach`] as a node enforces it: traffic for L7 rules that `proxied`
+/// says no proxy there enforces is `denied` (the datapath drops it), not
+/// `l7`.
+pub fn reach_with(engine: &Engine, ports: &[ProbePort], proxied: &dyn Fn(&L7Rules) -> bool) -> ReachMatrix {
     let pods = engine.pod_keys();
     let empty = DirectionPolicy::default();
     let mut verdicts = BTreeMap::new();
@@ -126,7 +145,7 @@ pub fn reach(engine: &Engine, ports: &[ProbePort]) -> ReachMatrix {
                         p.proto,
                         p.port,
                     );
-                    cell(eg, ing)
+                    cell(eg, ing, proxied)
                 };
                 cells.insert(p.label(), r);
             }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{
     CidrRule, Direction, Entity, FqdnSelector, IcmpFamily, L7Rules, LabelSelector, NetworkPolicyPeer,
@@ -21,7 +21,7 @@ use crate::labels::{CLUSTER_LABEL, CLUSTER_NAME, NAMESPACE_LABEL, NAMESPACE_LABE
 use crate::selector::{Req, Selector};
 
 /// Names a rule: the policy and the field path of the rule inside it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RuleRef {
     /// The policy's kind.
     pub kind: PolicyKind,
@@ -101,7 +101,7 @@ impl fmt::Display for PeerSel {
 }
 
 /// IP protocol numbers as the datapath keys them; `Any` (0) is every protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum Proto {
     /// Every protocol (L3-only rules); ports are not looked at.

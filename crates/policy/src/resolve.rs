@@ -15,14 +15,14 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::api::L7Rules;
 use crate::identity::NumericIdentity;
 use crate::repository::{Proto, RuleRef};
 
 /// Who an entry is about, from most to least specific.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Peer {
     /// Any peer.
@@ -45,7 +45,7 @@ impl fmt::Display for Peer {
 
 /// A policy map key: peer, protocol, inclusive port range (ICMP: type range).
 /// `Proto::Any` keys always span every port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PolicyKey {
     /// The peer.
     pub peer: Peer,
@@ -76,7 +76,7 @@ impl PolicyKey {
 }
 
 /// L7 rules a redirected port enforces for one peer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct L7Policy {
     /// The union of the rules that allow this peer on this port.
     pub rules: L7Rules,
@@ -86,7 +86,7 @@ pub struct L7Policy {
 }
 
 /// What an entry does.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "action", content = "l7")]
 pub enum Verdict {
     /// Pass.
@@ -109,7 +109,7 @@ impl Verdict {
 }
 
 /// A policy map value: the verdict and the rules that produced it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PolicyEntry {
     /// The verdict.
     pub verdict: Verdict,
