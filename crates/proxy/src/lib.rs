@@ -1,11 +1,82 @@
-//! bulkhead's transparent L7 proxies (DESIGN.md §1: its own process,
-//! deciding with `bulkhead-policy`'s matchers).
+//! bulkhead's transparent L7 proxy (DESIGN.md §1: its own process,
+//! deciding with `bulkhead-policy`'s matchers): `bulkhead proxy`.
 //!
-//! So far the room holds the HTTP/1.1 codec ([`http1`]): a strict,
-//! sans-I/O request decoder and the encoder that writes every forwarded
-//! request anew from its parsed form. The trade-off is deliberate: the
-//! proxy frames requests itself instead of relaying bytes, so the server
-//! sees exactly the requests the proxy allowed, one for one, in order, and
-//! anything a strict server would refuse is refused before it.
+//! The kernel hands it every connection an L7 rule covers ([`server`]:
+//! transparent listeners, the original destination as the accepted
+//! socket's own address). It frames requests itself ([`http1`]: a strict,
+//! sans-I/O decoder, and the encoder that writes every forwarded request
+//! anew), so the server sees exactly the requests the proxy allowed, one
+//! for one, in order, and anything a strict server would refuse is refused
+//! before it. Its rules come from the agent as a stream of per-endpoint
+//! updates ([`control`], [`rules`]) and stay in force when the agent dies.
 
+pub mod control;
 pub mod http1;
+pub mod rules;
+pub mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bulkhead_policy::l7::EscapedSlashes;
+
+pub use server::UPSTREAM_MARK;
+
+/// What `bulkhead proxy` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The HTTP proxy's port (what the agent's `--proxy-http-port` names).
+    pub http_port: u16,
+    /// The control socket the agent writes rules to.
+    pub control: PathBuf,
+    /// What an encoded slash in a path does.
+    pub escaped_slashes: EscapedSlashes,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+/// Runs the proxy in the calling thread's network namespace until SIGINT
+/// or SIGTERM. Prints `ready` on stdout once it listens.
+pub fn run(config: Config) -> std::io::Result<()> {
+    // Sockets first, on this thread: it is in the node's namespace, the
+    // runtime's threads need not be.
+    let listeners = server::listeners(config.http_port)?;
+    let control = control_socket(&config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads.max(1)).enable_all().build()?;
+    let shared = Arc::new(server::Shared {
+        rules: Default::default(),
+        escaped_slashes: config.escaped_slashes,
+        port: config.http_port,
+    });
+    rt.block_on(async move {
+        for l in listeners {
+            tokio::spawn(server::serve(tokio::net::TcpListener::from_std(l)?, Arc::clone(&shared)));
+        }
+        control.set_nonblocking(true)?;
+        tokio::spawn(control::serve(tokio::net::UnixListener::from_std(control)?, Arc::clone(&shared)));
+        tracing::info!(port = config.http_port, control = %config.control.display(), "proxy ready");
+        println!("ready");
+        shutdown_signal().await;
+        tracing::info!("proxy stopped; L7 connections are dropped until it runs again");
+        Ok(())
+    })
+}
+
+fn control_socket(config: &Config) -> std::io::Result<std::os::unix::net::UnixListener> {
+    // tokio's listener needs a runtime to be made; make the std one here.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let l = rt.block_on(async { control::bind(&config.control) })?;
+    l.into_std()
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the proxy with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -22,10 +22,12 @@
 mod decode;
 mod encode;
 mod response;
+mod upstream;
 
 pub use decode::{Decoder, Event};
 pub use encode::{encode_chunk, encode_head, encode_last_chunk};
-pub use response::{ACCESS_DENIED, bad_request, forbidden};
+pub use response::{ACCESS_DENIED, CONTINUE, bad_request, forbidden, unavailable};
+pub use upstream::{BadResponse, ResponseFramer, Scan};
 
 /// The protocol version a request was sent with (the proxy forwards
 /// HTTP/1.1).

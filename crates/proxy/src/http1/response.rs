@@ -1,8 +1,14 @@
 //! What the proxy answers itself on an HTTP/1.1 connection: a request its
-//! rules deny (Cilium's `403 Access denied`), and one it refuses to parse
-//! (`400`, naming why, then the connection closes).
+//! rules deny (Cilium's `403 Access denied`), one it refuses to parse
+//! (`400`, naming why, then the connection closes), one whose server it
+//! cannot reach (`503`, as Envoy), and the `100 Continue` it sends itself
+//! for a request it allowed.
 
-use super::Refusal;
+use std::fmt::Display;
+
+/// The interim response to `Expect: 100-continue` (the proxy answers it
+/// once the rules allowed the request, and does not forward the `Expect`).
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The body of a denied request, as Cilium's Envoy filter writes it.
 pub const ACCESS_DENIED: &str = "Access denied\r\n";
@@ -15,10 +21,17 @@ pub fn forbidden(keep_alive: bool) -> Vec<u8> {
     plain(403, "Forbidden", ACCESS_DENIED, !keep_alive)
 }
 
-/// The response to a request the decoder refused; the connection closes
-/// after it (nothing more on it can be framed safely).
-pub fn bad_request(why: &Refusal) -> Vec<u8> {
+/// The response to a request the decoder refused (or whose target could
+/// not be normalized); the connection closes after it (nothing more on it
+/// can be framed safely).
+pub fn bad_request(why: &dyn Display) -> Vec<u8> {
     plain(400, "Bad Request", &format!("{why}\r\n"), true)
+}
+
+/// The response when the original destination cannot be reached; the
+/// connection closes after it.
+pub fn unavailable(why: &dyn Display) -> Vec<u8> {
+    plain(503, "Service Unavailable", &format!("upstream connect error: {why}\r\n"), true)
 }
 
 fn plain(status: u16, reason: &str, body: &str, close: bool) -> Vec<u8> {
@@ -33,6 +46,7 @@ fn plain(status: u16, reason: &str, body: &str, close: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http1::Refusal;
 
     #[test]
     fn a_denied_request_gets_cilium_s_answer() {

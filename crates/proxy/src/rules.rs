@@ -1,0 +1,400 @@
+//! What the proxy decides with: the agent's per-endpoint rules, as it
+//! streams them ([`Update`]), and the decision for one connection and each
+//! request on it ([`Rules::connection`], [`Connection::decide`]).
+//!
+//! Owns the question "which L7 rules apply to this connection". The kernel
+//! redirected it because the client's egress policy or the (local)
+//! server's ingress policy gave a `Redirect` verdict; the proxy repeats
+//! the kernel's own lookup ([`DirectionPolicy::lookup`], the code `policy
+//! trace` runs) on both ends, so it enforces exactly the rules the kernel
+//! meant, both when both ends have some (Cilium checks twice). The agent
+//! sends an endpoint's direction whole when it holds a redirect entry
+//! (a lookup needs every entry to find the one the kernel found), and
+//! nothing of a direction without one.
+//!
+//! Fails closed: before its first update, for a connection whose ends are
+//! not local endpoints it knows, or whose lookup now denies, the proxy
+//! refuses the connection; a redirect to rules it cannot enforce (not
+//! HTTP) denies every request. Pure: no I/O.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bulkhead_policy::api::L7Rules;
+use bulkhead_policy::cidr::Cidr;
+use bulkhead_policy::identity::{NumericIdentity, Reserved};
+use bulkhead_policy::l7::{HttpDecision, HttpPolicy, HttpRequest, L7Error};
+use bulkhead_policy::repository::Proto;
+use bulkhead_policy::resolve::{Decision, DirectionPolicy, L7Policy, PolicyEntry, PolicyKey, Verdict};
+use serde::{Deserialize, Serialize};
+
+/// One message of the agent's stream: what changed since the last one
+/// (everything, when `full`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    /// Increases with every update the agent sends; the proxy's reply
+    /// names it once the update is in force ([`crate::control::Reply`]).
+    pub generation: u64,
+    /// Forget every endpoint first (the first update on a connection).
+    pub full: bool,
+    /// Endpoints added or changed.
+    pub endpoints: Vec<Endpoint>,
+    /// Endpoints gone, by id.
+    pub removed: Vec<u32>,
+    /// The node's ipcache (prefix → identity), when it changed.
+    pub ipcache: Option<Vec<(Cidr, u32)>>,
+}
+
+/// A local endpoint and the directions of its policy that redirect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The agent's endpoint id.
+    pub id: u32,
+    /// `namespace/pod`.
+    pub name: String,
+    /// Its security identity.
+    pub identity: u32,
+    /// Its addresses.
+    pub addrs: Vec<IpAddr>,
+    /// Its ingress policy, when that holds a redirect entry.
+    pub ingress: Option<Direction>,
+    /// Its egress policy, when that holds a redirect entry.
+    pub egress: Option<Direction>,
+}
+
+/// One direction of an endpoint's policy, every entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Direction {
+    /// A lookup miss drops.
+    pub default_deny: bool,
+    /// The entries, as the kernel holds them.
+    pub entries: Vec<(PolicyKey, PolicyEntry)>,
+}
+
+impl Direction {
+    /// The direction as the proxy needs it: `None` unless some entry
+    /// redirects (the proxy has nothing to decide there).
+    pub fn of(policy: &DirectionPolicy) -> Option<Self> {
+        policy.entries.values().any(|e| matches!(e.verdict, Verdict::Redirect(_))).then(|| Self {
+            default_deny: policy.default_deny,
+            entries: policy.entries.iter().map(|(k, e)| (*k, PolicyEntry::clone(e))).collect(),
+        })
+    }
+}
+
+/// Which end's policy a check comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The client's egress policy.
+    Egress,
+    /// The server's ingress policy.
+    Ingress,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        })
+    }
+}
+
+/// The L7 rules one redirect entry enforces, compiled.
+#[derive(Debug)]
+pub struct Check {
+    /// The HTTP rules; `None` when the entry's rules are of another
+    /// protocol, which this proxy cannot decide: every request is denied.
+    http: Option<HttpPolicy>,
+    /// The peer is also allowed without L7 rules: every request passes.
+    allow_all: bool,
+    /// The rules behind the entry, `namespace/name spec.ingress[0]`.
+    pub rules: Vec<String>,
+}
+
+impl Check {
+    fn compile(l7: &L7Policy, entry: &PolicyEntry) -> Result<Self, L7Error> {
+        let http = match &l7.rules {
+            L7Rules::Http(rules) => Some(HttpPolicy::compile(rules)?),
+            _ => None,
+        };
+        let rules = entry.refs.iter().map(|r| format!("{} {}", r.policy_name(), r.rule)).collect();
+        Ok(Self { http, allow_all: l7.allow_all, rules })
+    }
+
+    fn decide(&self, req: &HttpRequest<'_>) -> Option<HttpDecision> {
+        if self.allow_all {
+            return Some(HttpDecision {
+                allowed: true,
+                matched_rule: None,
+                header_actions: Vec::new(),
+                secret_unresolved: false,
+            });
+        }
+        self.http.as_ref().map(|h| h.decide(req))
+    }
+}
+
+/// One direction, ready for lookups, with its redirect entries compiled.
+#[derive(Debug)]
+struct Compiled {
+    policy: DirectionPolicy,
+    checks: HashMap<PolicyKey, Arc<Check>>,
+}
+
+impl Compiled {
+    fn new(d: &Direction) -> Result<Self, L7Error> {
+        let mut checks = HashMap::new();
+        // Entries share their rules (one policy for many peers): compile
+        // each distinct rule set once.
+        let mut seen: HashMap<(&L7Policy, &PolicyEntry), Arc<Check>> = HashMap::new();
+        for (k, e) in &d.entries {
+            if let Verdict::Redirect(l7) = &e.verdict {
+                let c = match seen.get(&(l7.as_ref(), e)) {
+                    Some(c) => Arc::clone(c),
+                    None => {
+                        let c = Arc::new(Check::compile(l7, e)?);
+                        seen.insert((l7.as_ref(), e), Arc::clone(&c));
+                        c
+                    }
+                };
+                checks.insert(*k, c);
+            }
+        }
+        let policy = DirectionPolicy {
+            enforced: true,
+            default_deny: d.default_deny,
+            entries: d.entries.iter().map(|(k, e)| (*k, Arc::new(e.clone()))).collect(),
+            errors: Vec::new(),
+        };
+        Ok(Self { policy, checks })
+    }
+}
+
+#[derive(Debug)]
+struct Local {
+    name: Arc<str>,
+    identity: u32,
+    ingress: Option<Compiled>,
+    egress: Option<Compiled>,
+}
+
+/// Everything the proxy knows, as of one update. Immutable once built:
+/// the proxy swaps in a new one per update.
+#[derive(Debug, Default)]
+pub struct Rules {
+    generation: u64,
+    synced: bool,
+    wire: HashMap<u32, Endpoint>,
+    by_addr: HashMap<IpAddr, Arc<Local>>,
+    /// The ipcache: (IPv6, prefix length, prefixes), longest first.
+    ipcache: Vec<(bool, u8, HashMap<IpAddr, u32>)>,
+    ipcache_wire: Vec<(Cidr, u32)>,
+}
+
+/// Why a connection is refused outright.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The proxy has had no rules from the agent yet.
+    #[error("no rules from the agent yet")]
+    NotSynced,
+    /// Neither end is a local endpoint.
+    #[error("neither {client} nor {server} is a local endpoint")]
+    NotLocal {
+        /// The client's address.
+        client: IpAddr,
+        /// The original destination's address.
+        server: IpAddr,
+    },
+    /// An end's policy denies the connection (it changed since the kernel
+    /// redirected it).
+    #[error("{side} policy of {endpoint} denies it")]
+    Denied {
+        /// Which end.
+        side: Side,
+        /// The endpoint.
+        endpoint: String,
+    },
+}
+
+/// Why an update could not be taken (the proxy keeps the rules it had).
+#[derive(Debug, thiserror::Error)]
+#[error("endpoint {endpoint}: {error}")]
+pub struct UpdateError {
+    /// The endpoint whose rules did not compile.
+    pub endpoint: String,
+    /// Why.
+    pub error: L7Error,
+}
+
+impl Rules {
+    /// The rules after `u`, or why `u` cannot be taken.
+    pub fn apply(&self, u: &Update) -> Result<Rules, UpdateError> {
+        let mut wire = if u.full { HashMap::new() } else { self.wire.clone() };
+        for id in &u.removed {
+            wire.remove(id);
+        }
+        for e in &u.endpoints {
+            wire.insert(e.id, e.clone());
+        }
+        let mut by_addr = HashMap::new();
+        for e in wire.values() {
+            let compile = |d: &Option<Direction>| {
+                d.as_ref()
+                    .map(Compiled::new)
+                    .transpose()
+                    .map_err(|error| UpdateError { endpoint: e.name.clone(), error })
+            };
+            let local = Arc::new(Local {
+                name: e.name.as_str().into(),
+                identity: e.identity,
+                ingress: compile(&e.ingress)?,
+                egress: compile(&e.egress)?,
+            });
+            for a in &e.addrs {
+                by_addr.insert(a.to_canonical(), Arc::clone(&local));
+            }
+        }
+        let ipcache_wire = u.ipcache.clone().unwrap_or_else(|| self.ipcache_wire.clone());
+        Ok(Rules {
+            generation: u.generation,
+            synced: true,
+            wire,
+            by_addr,
+            ipcache: index_ipcache(&ipcache_wire),
+            ipcache_wire,
+        })
+    }
+
+    /// The generation in force.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Local endpoints known.
+    pub fn endpoints(&self) -> usize {
+        self.wire.len()
+    }
+
+    /// The identity the kernel gives `ip`: a local endpoint's, else the
+    /// ipcache's longest prefix, else world.
+    pub fn identity(&self, ip: IpAddr) -> NumericIdentity {
+        let ip = ip.to_canonical();
+        if let Some(l) = self.by_addr.get(&ip) {
+            return NumericIdentity(l.identity);
+        }
+        for (v6, len, prefixes) in &self.ipcache {
+            if *v6 == ip.is_ipv4() {
+                continue;
+            }
+            if let Some(id) = prefixes.get(&Cidr::new(ip, *len).addr()) {
+                return NumericIdentity(*id);
+            }
+        }
+        match ip {
+            IpAddr::V4(_) => Reserved::WorldIpv4.id(),
+            IpAddr::V6(_) => Reserved::WorldIpv6.id(),
+        }
+    }
+
+    /// The checks for a TCP connection from `client` to `server:port`.
+    pub fn connection(&self, client: IpAddr, server: IpAddr, port: u16) -> Result<Connection, Refused> {
+        if !self.synced {
+            return Err(Refused::NotSynced);
+        }
+        let (client, server) = (client.to_canonical(), server.to_canonical());
+        let (c, s) = (self.by_addr.get(&client), self.by_addr.get(&server));
+        if c.is_none() && s.is_none() {
+            return Err(Refused::NotLocal { client, server });
+        }
+        let mut checks = Vec::new();
+        for (side, local, peer) in [(Side::Egress, c, server), (Side::Ingress, s, client)] {
+            let Some(local) = local else { continue };
+            let dir = match side {
+                Side::Egress => &local.egress,
+                Side::Ingress => &local.ingress,
+            };
+            let Some(dir) = dir else { continue };
+            match dir.policy.lookup(Some(peer), self.identity(peer), Proto::Tcp, port) {
+                Decision::Entry(k, e) => match e.verdict {
+                    Verdict::Allow => {}
+                    Verdict::Deny => return Err(Refused::Denied { side, endpoint: local.name.to_string() }),
+                    Verdict::Redirect(_) => {
+                        // Compiled with the direction: present for every
+                        // redirect key.
+                        if let Some(check) = dir.checks.get(k) {
+                            checks.push((side, Arc::clone(check)));
+                        } else {
+                            return Err(Refused::Denied { side, endpoint: local.name.to_string() });
+                        }
+                    }
+                },
+                Decision::Default { deny: true } => {
+                    return Err(Refused::Denied { side, endpoint: local.name.to_string() });
+                }
+                Decision::Default { deny: false } => {}
+            }
+        }
+        Ok(Connection { client: c.map(|l| Arc::clone(&l.name)), server: s.map(|l| Arc::clone(&l.name)), checks })
+    }
+}
+
+/// The ipcache by family and prefix length, longest first: a lookup tries
+/// each length present once (at most 33 or 129 hash lookups, whatever the
+/// number of prefixes).
+fn index_ipcache(entries: &[(Cidr, u32)]) -> Vec<(bool, u8, HashMap<IpAddr, u32>)> {
+    let mut by_len: std::collections::BTreeMap<(bool, std::cmp::Reverse<u8>), HashMap<IpAddr, u32>> =
+        Default::default();
+    for (c, id) in entries {
+        by_len.entry((!c.is_ipv4(), std::cmp::Reverse(c.len()))).or_default().insert(c.addr(), *id);
+    }
+    by_len.into_iter().map(|((v6, std::cmp::Reverse(len)), m)| (v6, len, m)).collect()
+}
+
+/// The checks a connection's requests pass, in order: the client's egress
+/// rules, then the server's ingress rules.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client's endpoint (`namespace/pod`), when local.
+    pub client: Option<Arc<str>>,
+    /// The server's endpoint, when local.
+    pub server: Option<Arc<str>>,
+    checks: Vec<(Side, Arc<Check>)>,
+}
+
+/// The verdict on one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Every check allowed it.
+    pub allowed: bool,
+    /// The side and rules that decided: for an allowed request every
+    /// check's rules; for a denied one the first check that denied.
+    pub by: Vec<(Side, String)>,
+}
+
+impl Connection {
+    /// Whether any L7 rule applies (else every request passes, still
+    /// proxied and visible).
+    pub fn has_rules(&self) -> bool {
+        !self.checks.is_empty()
+    }
+
+    /// Decides `req` with every check; denied when any denies.
+    pub fn decide(&self, req: &HttpRequest<'_>) -> Verdicts {
+        let mut by = Vec::new();
+        for (side, check) in &self.checks {
+            let allowed = check.decide(req).is_some_and(|d| d.allowed);
+            if !allowed {
+                return Verdicts { allowed: false, by: check.rules.iter().map(|r| (*side, r.clone())).collect() };
+            }
+            by.extend(check.rules.iter().map(|r| (*side, r.clone())));
+        }
+        Verdicts { allowed: true, by }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,382 @@
+//! The HTTP/1.1 proxy on real sockets: transparent listeners in the node's
+//! network namespace, one task per client connection, and the upstream
+//! connection it opens as the client.
+//!
+//! A connection's rules are fixed when it is accepted (the kernel decided
+//! to redirect it then; [`Rules::connection`]). Each request is then read
+//! with the strict decoder, its target normalized, decided by both ends'
+//! rules, and either answered by the proxy (403, 400) or written anew to
+//! the server, whose response is relayed whole before the next request is
+//! looked at: responses come back in request order, and the proxy's own
+//! answers fall between them where they belong.
+//!
+//! The upstream connection keeps the client's address (`IP_TRANSPARENT`
+//! bind) and carries [`UPSTREAM_MARK`], so the server's L3/L4 policy
+//! judges it as the client and its replies come back to this socket
+//! (DESIGN.md §4). It is opened at the first allowed request and kept for
+//! the next ones while the server keeps it open.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bulkhead_policy::identity::Reserved;
+use bulkhead_policy::l7::{EscapedSlashes, HttpRequest, normalize_target};
+use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::http1::{
+    self, BodyLength, CONTINUE, Decoder, Event, Refusal, RequestHead, ResponseFramer, Version, encode_chunk,
+    encode_head, encode_last_chunk,
+};
+use crate::rules::{Connection, Rules};
+
+/// The mark on the proxy's upstream packets (`BH_FROM_PROXY_MARK` in
+/// `bpf/`): the datapath lets them past the server's L7 redirect (their
+/// requests were checked) and steers the replies back to the proxy.
+pub const UPSTREAM_MARK: u32 = 0xa00;
+
+/// How long the proxy waits to connect to a server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read size for client and server sockets.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What every connection shares: the rules in force and the settings.
+#[derive(Debug)]
+pub struct Shared {
+    /// The rules in force (swapped whole by each update).
+    pub rules: ArcSwap<Rules>,
+    /// What an encoded slash in a path does.
+    pub escaped_slashes: EscapedSlashes,
+    /// The port the proxy listens on (a connection to it that was not
+    /// redirected is refused, else the proxy would connect to itself).
+    pub port: u16,
+}
+
+/// Transparent listeners on `port`, IPv4 and IPv6, in the calling thread's
+/// network namespace.
+pub fn listeners(port: u16) -> io::Result<Vec<std::net::TcpListener>> {
+    [Domain::IPV4, Domain::IPV6]
+        .into_iter()
+        .map(|domain| {
+            let s = Socket::new(domain, Type::STREAM, None)?;
+            let any: IpAddr = if domain == Domain::IPV6 {
+                s.set_only_v6(true)?;
+                // Without it the kernel never answers an assigned SYN.
+                s.set_ip_transparent_v6(true)?;
+                IpAddr::from([0u16; 8])
+            } else {
+                s.set_ip_transparent_v4(true)?;
+                IpAddr::from([0u8; 4])
+            };
+            s.set_reuse_address(true)?;
+            s.bind(&SocketAddr::new(any, port).into())
+                .map_err(|e| io::Error::new(e.kind(), format!("binding [{any}]:{port}: {e}")))?;
+            s.listen(1024)?;
+            s.set_nonblocking(true)?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+/// Accepts on `listener` until the runtime stops.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, peer, &shared).await {
+                        tracing::debug!(client = %peer, error = %e, "connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(client: TcpStream, peer: SocketAddr, shared: &Shared) -> io::Result<()> {
+    let dst = client.local_addr()?;
+    let rules = shared.rules.load();
+    if dst.port() == shared.port && (dst.ip().is_loopback() || rules.identity(dst.ip()) == Reserved::Host.id()) {
+        tracing::warn!(client = %peer, "refused a connection to the proxy's own port (only redirected ones are served)");
+        return Ok(());
+    }
+    let conn = match rules.connection(peer.ip(), dst.ip(), dst.port()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(client = %peer, destination = %dst, reason = %e, "refused a connection");
+            return Ok(());
+        }
+    };
+    drop(rules);
+    client.set_nodelay(true)?;
+    Session { client, peer, dst, conn, slashes: shared.escaped_slashes, decoder: Decoder::default(), buf: Vec::new() }
+        .run()
+        .await
+}
+
+/// One client connection.
+struct Session {
+    client: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    conn: Connection,
+    slashes: EscapedSlashes,
+    decoder: Decoder,
+    /// What the client sent that the decoder has not consumed.
+    buf: Vec<u8>,
+}
+
+/// What became of a request.
+enum After {
+    /// Go on with the next request.
+    Next,
+    /// Close the client's connection.
+    Close,
+}
+
+impl Session {
+    async fn run(mut self) -> io::Result<()> {
+        let mut upstream: Option<Upstream> = None;
+        loop {
+            let head = match self.next_event().await? {
+                None => return Ok(()),
+                Some(Err(refusal)) => return self.refuse(&refusal).await,
+                Some(Ok(Event::Head(head))) => head,
+                Some(Ok(other)) => {
+                    // The decoder yields body events only after a head,
+                    // and this loop reads every body to its end.
+                    return Err(io::Error::other(format!("unexpected {other:?} between requests")));
+                }
+            };
+            match self.request(head, &mut upstream).await? {
+                After::Next => {}
+                After::Close => return Ok(()),
+            }
+        }
+    }
+
+    /// The next decoder event, reading as needed; `None` at a clean end.
+    async fn next_event(&mut self) -> io::Result<Option<Result<Event, Refusal>>> {
+        loop {
+            match self.decoder.decode(&self.buf) {
+                Ok((n, ev)) => {
+                    self.buf.drain(..n);
+                    if let Some(ev) = ev {
+                        return Ok(Some(Ok(ev)));
+                    }
+                    if n > 0 {
+                        continue;
+                    }
+                }
+                Err(r) => return Ok(Some(Err(r))),
+            }
+            let at = self.buf.len();
+            self.buf.resize(at + READ_CHUNK, 0);
+            let n = self.client.read(&mut self.buf[at..]).await?;
+            self.buf.truncate(at + n);
+            if n == 0 {
+                return if self.decoder.is_idle() && self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed mid-request"))
+                };
+            }
+        }
+    }
+
+    async fn refuse(&mut self, why: &(dyn std::fmt::Display + Sync)) -> io::Result<()> {
+        tracing::info!(client = %self.peer, destination = %self.dst, reason = %why, "refused a request (400)");
+        let answer = http1::bad_request(why);
+        self.client.write_all(&answer).await?;
+        self.client.shutdown().await
+    }
+
+    async fn request(&mut self, mut head: RequestHead, upstream: &mut Option<Upstream>) -> io::Result<After> {
+        if head.body == BodyLength::Empty {
+            // The decoder marks the end of every request, also of one with
+            // no body: take it now, nothing is left to forward.
+            match self.next_event().await? {
+                Some(Ok(Event::End)) => {}
+                other => {
+                    return Err(io::Error::other(format!("expected the end of a bodiless request, got {other:?}")));
+                }
+            }
+        }
+        if head.host.is_empty() {
+            // HTTP/1.0 without Host: what is forwarded is HTTP/1.1, which
+            // needs one; the original destination is the authority.
+            head.host = self.dst.to_string();
+        }
+        let target = match normalize_target(&head.target, self.slashes) {
+            Ok(t) => t,
+            Err(e) => {
+                self.refuse(&e).await?;
+                return Ok(After::Close);
+            }
+        };
+        let headers: Vec<(&str, String)> =
+            head.headers.iter().map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned())).collect();
+        let header_refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let req = HttpRequest { method: &head.method, path: &target, host: &head.host, headers: &header_refs };
+        let verdict = self.conn.decide(&req);
+        let rules: Vec<String> = verdict.by.iter().map(|(side, r)| format!("{side} {r}")).collect();
+        if !verdict.allowed {
+            tracing::info!(
+                client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
+                denied_by = %rules.join(", "), "request denied (403)"
+            );
+            // Keep-alive goes on unless a body is still unread (it could
+            // hold anything, including what would look like a request).
+            let unread = head.body != BodyLength::Empty;
+            self.client.write_all(&http1::forbidden(!unread)).await?;
+            return Ok(if unread || self.client_closes(&head) { After::Close } else { After::Next });
+        }
+        tracing::debug!(
+            client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
+            allowed_by = %rules.join(", "), "request allowed"
+        );
+        let expects_continue = take_expect_continue(&mut head);
+        let up = match upstream {
+            Some(up) => up,
+            None => match Upstream::connect(self.peer.ip(), self.dst).await {
+                Ok(up) => upstream.insert(up),
+                Err(e) => {
+                    tracing::warn!(client = %self.peer, destination = %self.dst, error = %e, "upstream connect failed (503)");
+                    let answer = http1::unavailable(&e);
+                    self.client.write_all(&answer).await?;
+                    return Ok(After::Close);
+                }
+            },
+        };
+        up.stream.write_all(&encode_head(&head, &target)).await?;
+        if expects_continue && head.body != BodyLength::Empty {
+            self.client.write_all(CONTINUE).await?;
+        }
+        if head.body != BodyLength::Empty {
+            self.forward_body(head.body, &mut up.stream).await?;
+        }
+        let keep = up.relay_response(&mut self.client, head.method == "HEAD").await?;
+        if !keep {
+            *upstream = None;
+        }
+        Ok(if self.client_closes(&head) || !keep { After::Close } else { After::Next })
+    }
+
+    /// Copies the request body, re-framed as the proxy chose (chunked
+    /// stays chunked, with the client's chunk boundaries not preserved).
+    async fn forward_body(&mut self, framing: BodyLength, up: &mut TcpStream) -> io::Result<()> {
+        loop {
+            match self.next_event().await? {
+                Some(Ok(Event::Data(d))) => {
+                    if framing == BodyLength::Chunked {
+                        up.write_all(&encode_chunk(&d)).await?;
+                    } else {
+                        up.write_all(&d).await?;
+                    }
+                }
+                Some(Ok(Event::End)) => {
+                    if framing == BodyLength::Chunked {
+                        up.write_all(encode_last_chunk()).await?;
+                    }
+                    return Ok(());
+                }
+                Some(Err(refusal)) => {
+                    // A bad chunk: the server got part of a body and will
+                    // see the connection end; the client is told why.
+                    self.refuse(&refusal).await?;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, refusal.to_string()));
+                }
+                Some(Ok(Event::Head(_))) | None => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the request body ended early"));
+                }
+            }
+        }
+    }
+
+    /// Whether the client asked to close after this request.
+    fn client_closes(&self, head: &RequestHead) -> bool {
+        let said = |token: &str| {
+            head.hop_by_hop.iter().any(|(k, v)| {
+                k == "connection" && String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        };
+        match head.version {
+            Version::Http11 => said("close"),
+            Version::Http10 => !said("keep-alive"),
+        }
+    }
+}
+
+/// Removes `Expect: 100-continue` (the proxy answers it itself); whether
+/// it was there.
+fn take_expect_continue(head: &mut RequestHead) -> bool {
+    let before = head.headers.len();
+    head.headers.retain(|(k, v)| !(k == "expect" && v.eq_ignore_ascii_case(b"100-continue")));
+    head.headers.len() != before
+}
+
+/// The proxy's connection to the original destination.
+struct Upstream {
+    stream: TcpStream,
+    /// Bytes read from the server past the response being relayed.
+    buf: Vec<u8>,
+}
+
+impl Upstream {
+    /// Connects to `dst` from `client`'s address, marked.
+    async fn connect(client: IpAddr, dst: SocketAddr) -> io::Result<Self> {
+        let s = Socket::new(if dst.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, Type::STREAM, None)?;
+        if dst.is_ipv6() {
+            s.set_ip_transparent_v6(true)?;
+        } else {
+            s.set_ip_transparent_v4(true)?;
+        }
+        s.set_mark(UPSTREAM_MARK)?;
+        s.set_tcp_nodelay(true)?;
+        s.bind(&SocketAddr::new(client, 0).into())?;
+        s.set_nonblocking(true)?;
+        let std: std::net::TcpStream = s.into();
+        let socket = tokio::net::TcpSocket::from_std_stream(std);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {dst} timed out")))??;
+        Ok(Self { stream, buf: Vec::new() })
+    }
+
+    /// Relays one response (and interim ones) to `client`; whether the
+    /// upstream connection can carry another request.
+    async fn relay_response(&mut self, client: &mut TcpStream, head_request: bool) -> io::Result<bool> {
+        let mut framer = ResponseFramer::new(head_request);
+        loop {
+            let scan = framer.scan(&self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if scan.consumed > 0 {
+                client.write_all(&self.buf[..scan.consumed]).await?;
+                self.buf.drain(..scan.consumed);
+            }
+            if scan.done {
+                // Bytes after the response that nobody asked for: the
+                // connection is not trusted with another request.
+                return Ok(!framer.closes() && self.buf.is_empty());
+            }
+            let at = self.buf.len();
+            self.buf.resize(at + READ_CHUNK, 0);
+            let n = self.stream.read(&mut self.buf[at..]).await?;
+            self.buf.truncate(at + n);
+            if n == 0 {
+                framer.eof().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                return Ok(false);
+            }
+        }
+    }
+}
