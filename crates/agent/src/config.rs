@@ -32,6 +32,17 @@ pub struct Config {
     pub policy_map_entries: u32,
     /// What an endpoint's direction does while its policy does not fit.
     pub policy_overflow: Overflow,
+    /// The L7 proxy (`None`: none; L7 connections are dropped).
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// Where the L7 proxy listens and takes its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The HTTP proxy's port in the node's network namespace.
+    pub http_port: u16,
+    /// Its control socket.
+    pub control: PathBuf,
 }
 
 /// What a request can fail with; each maps to an HTTP status.

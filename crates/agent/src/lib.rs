@@ -21,6 +21,7 @@ mod limits;
 pub mod metrics;
 mod node;
 pub mod observer;
+pub mod proxy;
 pub mod reconciler;
 pub mod server;
 pub mod snapshot;

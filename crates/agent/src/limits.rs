@@ -1,15 +1,17 @@
-//! What the applied policies ask for that this datapath cannot do yet, said
+//! What the applied policies ask for that this node cannot do (yet), said
 //! plainly at `apply` time rather than discovered as silent drops.
 //!
-//! Until the L7 and DNS proxies exist, an L7 rule's traffic is redirected
-//! to a proxy that is not there and dropped (`SOCKET_LOOKUP_FAILED`: fail
-//! closed), and `toFQDNs` matches no address, because names are learnt
-//! only from DNS answers the proxy sees.
+//! HTTP rules are enforced by the L7 proxy; while it is not there (or the
+//! agent runs without one) their traffic is dropped (`SOCKET_LOOKUP_FAILED`:
+//! fail closed). Other L7 rules (DNS, Kafka, TLS, l7proto) have no proxy
+//! yet and are dropped the same way, and `toFQDNs` matches no address,
+//! because names are learnt only from DNS answers a DNS proxy sees.
 
 use bulkhead_policy::api::{L7Rules, Policy, PolicyBody};
 
-/// One line per rule that is not enforced as written.
-pub fn not_enforced<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<String> {
+/// One line per rule that is not enforced as written; `no_http_proxy`:
+/// why the HTTP proxy does not hold the rules (`None`: it does).
+pub fn not_enforced<'a>(policies: impl IntoIterator<Item = &'a Policy>, no_http_proxy: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     for p in policies {
         let PolicyBody::Cilium(rules) = &p.body else { continue };
@@ -19,7 +21,15 @@ pub fn not_enforced<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<S
             for peer in sections {
                 for pr in &peer.to_ports {
                     let what = match &pr.rules {
-                        Some(L7Rules::Http(_)) => "HTTP rules",
+                        Some(L7Rules::Http(_)) => {
+                            if let Some(why) = no_http_proxy {
+                                out.push(format!(
+                                    "{name} {}: HTTP rules need the L7 proxy, and {why}: this traffic is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)",
+                                    peer.path
+                                ));
+                            }
+                            continue;
+                        }
                         Some(L7Rules::Dns(_)) => "DNS rules",
                         Some(L7Rules::Kafka(_)) => "Kafka rules",
                         Some(L7Rules::Tls(_)) => "TLS serverNames",
@@ -27,7 +37,7 @@ pub fn not_enforced<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Vec<S
                         None => continue,
                     };
                     out.push(format!(
-                        "{name} {}: {what} need the L7 proxy, which bulkhead does not have yet: this traffic is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)",
+                        "{name} {}: {what} need a proxy bulkhead does not have yet: this traffic is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)",
                         peer.path
                     ));
                 }
@@ -64,10 +74,17 @@ mod tests {
                 _ => None,
             }));
         }
-        let lines = super::not_enforced(&policies);
+        let lines = super::not_enforced(&policies, Some("it is not running"));
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert!(lines[0].contains("allow-stripe-api-only spec.egress[0]: toFQDNs"), "{lines:#?}");
         assert!(lines[1].contains("allow-stripe-api-only spec.egress[1]: DNS rules"), "{lines:#?}");
-        assert!(lines[2].contains("restrict-backend-api spec.ingress[0]: HTTP rules"), "{lines:#?}");
+        assert!(
+            lines[2]
+                .contains("restrict-backend-api spec.ingress[0]: HTTP rules need the L7 proxy, and it is not running"),
+            "{lines:#?}"
+        );
+        // With the proxy holding the rules, HTTP rules are enforced.
+        let lines = super::not_enforced(&policies, None);
+        assert_eq!(lines.len(), 2, "{lines:#?}");
     }
 }

@@ -25,7 +25,7 @@ use bulkhead_api::{
     EndpointRequest, Enforcement,
 };
 use bulkhead_datapath::abi::EP_MAX_ADDRS;
-use bulkhead_datapath::sync::{EndpointSpec, LoadFailure, Overflow, PolicySync};
+use bulkhead_datapath::sync::{EndpointSpec, LoadFailure, Overflow, PolicySync, ProxyPorts};
 use bulkhead_datapath::{Datapath, DatapathView};
 use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
 use bulkhead_policy::api::{Object, Pod};
@@ -33,11 +33,12 @@ use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::diag::{Severity, Sink};
 use bulkhead_policy::engine::{Change, Engine};
 use bulkhead_policy::identity::Reserved;
-use bulkhead_policy::reach::{ProbePort, ReachMatrix, default_ports, reach};
+use bulkhead_policy::reach::{ProbePort, ReachMatrix, default_ports, reach_with};
 
 use crate::config::{AgentError, Config};
 use crate::metrics::Metrics;
 use crate::node::{in_node, interface_index};
+use crate::proxy::ProxyLink;
 use crate::snapshot::{Published, Snapshot};
 use crate::store::{EndpointRecord, ObjectKey, Store};
 
@@ -112,6 +113,8 @@ pub enum Command {
 
 /// How often retired policy slots are looked at.
 const GC_EVERY: Duration = Duration::from_millis(500);
+/// How often a proxy that went away or (re)started is looked for.
+const PROXY_EVERY: Duration = Duration::from_millis(200);
 
 /// The writer. See the module documentation.
 pub struct Reconciler {
@@ -120,6 +123,8 @@ pub struct Reconciler {
     engine: Engine,
     dp: Datapath,
     sync: PolicySync,
+    /// The L7 proxy, when there is one.
+    proxy: Option<ProxyLink>,
     /// Endpoints (by pod key) whose latest policy is not loaded, and why.
     not_ready: BTreeMap<String, EndpointFailure>,
     generation: u64,
@@ -138,6 +143,14 @@ impl Reconciler {
         dp.set_slot_capacity(config.policy_map_entries);
         let mut sync = PolicySync::adopt(&dp)?;
         sync.set_overflow(config.policy_overflow);
+        let proxy = match &config.proxy {
+            Some(p) => {
+                in_node(&config, bulkhead_datapath::netns::route_marked_to_proxy)??;
+                sync.set_proxy_ports(ProxyPorts { http: p.http_port });
+                Some(ProxyLink::new(p.clone()))
+            }
+            None => None,
+        };
         let gone: Vec<String> = store
             .endpoints
             .iter()
@@ -163,6 +176,7 @@ impl Reconciler {
             store,
             dp,
             sync,
+            proxy,
             not_ready: BTreeMap::new(),
             generation: 0,
             published,
@@ -198,11 +212,18 @@ impl Reconciler {
     /// slots in between.
     pub fn run(mut self, commands: Receiver<Command>) {
         let mut next_gc = Instant::now() + GC_EVERY;
+        let mut next_proxy = Instant::now() + PROXY_EVERY;
         loop {
-            match commands.recv_timeout(next_gc.saturating_duration_since(Instant::now())) {
+            match commands.recv_timeout(next_gc.min(next_proxy).saturating_duration_since(Instant::now())) {
                 Ok(c) => self.handle(c),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if let Some(p) = &mut self.proxy
+                && Instant::now() >= next_proxy
+            {
+                p.tick();
+                next_proxy = Instant::now() + PROXY_EVERY;
             }
             if Instant::now() >= next_gc {
                 if let Err(e) = self.sync.collect_retired(&mut self.dp, false) {
@@ -229,14 +250,15 @@ impl Reconciler {
 
     fn apply(&mut self, req: Objects) -> Result<ApplyResponse> {
         let t0 = req.received;
-        let mut resp = ApplyResponse {
-            warnings: req.warnings,
-            not_enforced: crate::limits::not_enforced(req.objects.iter().filter_map(|o| match o {
-                Object::Policy(p) => Some(p),
+        let mut resp = ApplyResponse { warnings: req.warnings, ..ApplyResponse::default() };
+        let policies: Vec<_> = req
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Policy(p) => Some(p.clone()),
                 _ => None,
-            })),
-            ..ApplyResponse::default()
-        };
+            })
+            .collect();
         let mut changed = Vec::new();
         for o in req.objects {
             let key = ObjectKey::of(&o);
@@ -251,6 +273,7 @@ impl Reconciler {
             changed.push((key, o));
         }
         if req.dry_run || changed.is_empty() {
+            resp.not_enforced = crate::limits::not_enforced(&policies, self.http_proxy_problem().as_deref());
             return Ok(resp);
         }
         let t_start = t0.elapsed();
@@ -265,6 +288,7 @@ impl Reconciler {
         self.engine.apply_batch(changes);
         let t_resolved = t0.elapsed();
         resp.enforcement = self.reconcile_timed(t0, "apply")?;
+        resp.not_enforced = crate::limits::not_enforced(&policies, self.http_proxy_problem().as_deref());
         tracing::info!(
             objects = n,
             endpoints_updated = resp.enforcement.endpoints_updated,
@@ -447,10 +471,19 @@ impl Reconciler {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(AgentError::invalid)?
         };
-        Ok(reach(&self.engine, &ports))
+        let proxies = self.sync.proxy_ports();
+        Ok(reach_with(&self.engine, &ports, &|rules| proxies.port(rules) != 0))
     }
 
     // ---- the kernel ----
+
+    /// Why the HTTP proxy does not hold the newest rules (`None`: it does).
+    fn http_proxy_problem(&self) -> Option<String> {
+        match &self.proxy {
+            None => Some("the agent runs without one (--proxy-http-port 0)".into()),
+            Some(p) => p.problem(),
+        }
+    }
 
     fn reconcile_timed(&mut self, t0: Instant, source: &str) -> Result<Enforcement> {
         let mut e = self.reconcile()?;
@@ -471,12 +504,23 @@ impl Reconciler {
     fn write_kernel(&mut self) -> Result<Enforcement> {
         let t0 = Instant::now();
         let mut specs = Vec::new();
+        let mut proxied = Vec::new();
         let mut pod_of = BTreeMap::new();
         for r in self.store.endpoints.values() {
             let key = r.pod_key();
             let (Some((_, id)), Some(policy)) = (self.engine.pod(&key), self.engine.endpoint_policy(&key)) else {
                 continue;
             };
+            if self.proxy.is_some() {
+                proxied.push(bulkhead_proxy::rules::Endpoint {
+                    id: r.id,
+                    name: key.clone(),
+                    identity: id.0,
+                    addrs: r.request.ips.clone(),
+                    ingress: bulkhead_proxy::rules::Direction::of(&policy.ingress),
+                    egress: bulkhead_proxy::rules::Direction::of(&policy.egress),
+                });
+            }
             pod_of.insert(r.request.host_ifindex, key.clone());
             specs.push(EndpointSpec {
                 ifindex: r.request.host_ifindex,
@@ -493,6 +537,13 @@ impl Reconciler {
                 .into_iter()
                 .map(|ip| (Cidr::host(ip), Reserved::Host.id().0)),
         );
+        // The proxy first: a connection the kernel redirects under the new
+        // rules finds them there.
+        if let Some(p) = &mut self.proxy
+            && let Err(e) = p.update(proxied, ipcache.clone())
+        {
+            tracing::warn!(error = %e, "L7 rules not in the proxy (the kernel drops L7 connections it cannot take)");
+        }
         let report = self.sync.apply(&mut self.dp, specs, ipcache)?;
         let failed: Vec<EndpointFailure> = report
             .failed

@@ -73,20 +73,35 @@ pub struct AgentArgs {
     /// shows it not-ready and bulkhead_policy_load_failures counts it.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = PolicyOverflow::FailClosed)]
     pub policy_overflow: PolicyOverflow,
+    /// The L7 proxy's port: connections an L7 rule covers are handed to
+    /// it (`bulkhead proxy --http-port`). 0: no proxy; they are dropped
+    /// (PROXY_UNAVAILABLE), as they are while the proxy is not running.
+    #[arg(long, value_name = "PORT", default_value_t = crate::proxy_cmd::DEFAULT_HTTP_PORT)]
+    pub proxy_http_port: u16,
+    /// The proxy's control socket: the agent sends it every endpoint's L7
+    /// rules, and waits for it to take a change before `apply` returns.
+    #[arg(long, value_name = "PATH", default_value = crate::proxy_cmd::DEFAULT_CONTROL)]
+    pub proxy_control: PathBuf,
     /// Log filter (tracing's syntax: info, debug, bulkhead_agent=debug, …).
     #[arg(long, value_name = "FILTER", env = "BULKHEAD_LOG", default_value = "info")]
     pub log: String,
 }
 
-pub fn run(a: AgentArgs) -> Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&a.log)
-        .map_err(|e| anyhow::anyhow!("--log {}: {e} (try info or debug)", a.log))?;
+/// Logs to stderr with tracing's filter syntax.
+pub fn init_logging(filter: &str) -> Result<()> {
+    let env_filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("--log {filter}: {e} (try info or debug)"))?;
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(env_filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
+}
+
+pub fn run(a: AgentArgs) -> Result<ExitCode> {
+    init_logging(&a.log)?;
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!("the agent loads eBPF programs and must run as root");
     }
@@ -110,6 +125,8 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         flow_log,
         web_listen: (!a.no_web).then_some(a.web_listen),
         policy_map_entries: a.policy_map_max_entries,
+        proxy: (a.proxy_http_port != 0)
+            .then_some(bulkhead_agent::config::ProxyConfig { http_port: a.proxy_http_port, control: a.proxy_control }),
         policy_overflow: match a.policy_overflow {
             PolicyOverflow::FailClosed => Overflow::FailClosed,
             PolicyOverflow::KeepPrevious => Overflow::KeepPrevious,

@@ -13,6 +13,8 @@ mod live;
 #[cfg(feature = "node")]
 mod observe;
 mod policy_cmd;
+#[cfg(feature = "node")]
+mod proxy_cmd;
 
 use std::process::ExitCode;
 
@@ -43,6 +45,12 @@ enum Command {
     /// applied to it on the pods the CNI plugin registers.
     #[cfg(feature = "node")]
     Agent(agent_cmd::AgentArgs),
+    /// Run the L7 proxy in the foreground (root): it decides every request
+    /// on a connection an L7 rule covers, with the rules the agent sends it.
+    ///
+    /// Example: bulkhead proxy --node-netns /run/netns/node
+    #[cfg(feature = "node")]
+    Proxy(proxy_cmd::ProxyArgs),
     /// Create or update Namespaces, Pods and policies in the agent; their
     /// enforcement reaches the kernel before this returns.
     ///
@@ -100,6 +108,8 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         #[cfg(feature = "node")]
         Command::Agent(a) => agent_cmd::run(a),
+        #[cfg(feature = "node")]
+        Command::Proxy(a) => proxy_cmd::run(a),
         #[cfg(feature = "node")]
         Command::Apply(a) => live::apply(a, false),
         #[cfg(feature = "node")]

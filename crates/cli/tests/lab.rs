@@ -18,9 +18,11 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
     let lab = Lab::up("seed", &cluster, &[]);
     let out = lab.ok(&["apply", "-f", policies.to_str().expect("path"), "-n", "production"]);
     assert!(out.contains("CiliumNetworkPolicy production/restrict-backend-api created"), "{out}");
+    // HTTP rules are the L7 proxy's; DNS rules have no proxy yet.
+    assert!(!out.contains("HTTP rules"), "{out}");
     assert!(
         out.contains(
-            "not enforced yet: CiliumNetworkPolicy production/restrict-backend-api spec.ingress[0]: HTTP rules"
+            "not enforced yet: CiliumNetworkPolicy production/allow-stripe-api-only spec.egress[1]: DNS rules"
         ),
         "{out}"
     );
@@ -34,12 +36,18 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
     let cell = |from: &str, to: &str, port: &str| {
         (report["verdicts"][from][to][port].clone(), report["expected"][from][to][port].clone())
     };
-    // The L7 rule's traffic fails closed until the proxy exists.
-    assert_eq!(cell("production/frontend", "production/backend", "8080/TCP"), ("denied".into(), "l7".into()));
+    // The L7 rule decides the probe's GET / (only /api/v1/products and
+    // /api/v1/inventory are allowed): the proxy answers 403.
+    assert_eq!(cell("production/frontend", "production/backend", "8080/TCP"), ("l7-denied".into(), "l7".into()));
     // Lateral movement from staging is stopped by default deny.
     assert_eq!(cell("staging/debug-tools", "production/backend", "8080/TCP"), ("denied".into(), "denied".into()));
     assert_eq!(cell("staging/debug-tools", "production/frontend", "80/TCP"), ("allowed".into(), "allowed".into()));
-    assert_eq!(cell("production/payment-processor", "kube-system/kube-dns", "53/UDP"), ("denied".into(), "l7".into()));
+    // DNS rules have no proxy yet: the agent's view and the kernel agree
+    // that their traffic is dropped.
+    assert_eq!(
+        cell("production/payment-processor", "kube-system/kube-dns", "53/UDP"),
+        ("denied".into(), "denied".into())
+    );
     assert_eq!(
         cell("production/payment-processor", "production/frontend", "80/TCP"),
         ("denied".into(), "denied".into())
@@ -47,9 +55,9 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
     let reasons = report["reasons"].as_array().expect("reasons");
     let proxy = reasons
         .iter()
-        .find(|g| g["drop_reason_desc"] == "SOCKET_LOOKUP_FAILED" && g["endpoint"] == "production/backend")
-        .expect("the kernel reports the L7 redirect drop");
-    assert_eq!(proxy["policies"][0], "CiliumNetworkPolicy production/restrict-backend-api spec.ingress[0]");
+        .find(|g| g["drop_reason_desc"] == "SOCKET_LOOKUP_FAILED" && g["endpoint"] == "production/payment-processor")
+        .expect("the kernel reports the drop of a redirect no proxy takes");
+    assert_eq!(proxy["policies"][0], "CiliumNetworkPolicy production/allow-stripe-api-only spec.egress[1]");
     assert!(
         reasons
             .iter()

@@ -174,9 +174,14 @@ fn kill_9_the_agent_under_traffic_and_start_it_again() {
     assert_eq!(st["counts"]["endpoints"], 3);
     assert_eq!(st["endpoints_not_ready"], 0);
     let probe = |port| {
-        probe_from(&client_ns, &[Probe { dst: vault, proto: Proto::Tcp, port }], Duration::from_millis(800), 1)
-            .expect("probe")
-            .remove(0)
+        probe_from(
+            &client_ns,
+            &[Probe { dst: vault, proto: Proto::Tcp, port, http: false }],
+            Duration::from_millis(800),
+            1,
+        )
+        .expect("probe")
+        .remove(0)
     };
     assert_eq!(probe(5001), Outcome::Dropped);
     let open = write(&dir, "open.yaml", POLICY_OPEN_VAULT);

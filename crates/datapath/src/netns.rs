@@ -59,6 +59,34 @@ pub fn global_addresses() -> std::io::Result<Vec<IpAddr>> {
     Ok(out.into_iter().collect())
 }
 
+/// The policy routing the L7 redirect needs in the node's namespace (the
+/// calling thread's; DESIGN.md §4): a packet the datapath assigned to the
+/// proxy's socket carries mark `0x200` and must be delivered locally, else
+/// the kernel drops it. Idempotent. Runs iproute2's `ip`, which every
+/// Debian and Ubuntu system has.
+pub fn route_marked_to_proxy() -> std::io::Result<()> {
+    for (family, any) in [("-4", "0.0.0.0/0"), ("-6", "::/0")] {
+        let rule = ["rule", "add", "fwmark", "0x200/0xf00", "lookup", "2004", "pref", "9"];
+        ip(family, &rule, true)?;
+        ip(family, &["route", "replace", "local", any, "dev", "lo", "table", "2004"], false)?;
+    }
+    Ok(())
+}
+
+/// Runs `ip FAMILY ARGS`; `exists_ok`: "File exists" is success.
+fn ip(family: &str, args: &[&str], exists_ok: bool) -> std::io::Result<()> {
+    let out = std::process::Command::new("ip")
+        .arg(family)
+        .args(args)
+        .output()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("running ip (iproute2): {e}")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || (exists_ok && stderr.contains("File exists")) {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!("ip {family} {}: {}", args.join(" "), stderr.trim())))
+}
+
 fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }

@@ -25,7 +25,7 @@ use aya::maps::lpm_trie::Key;
 use bulkhead_policy::api::l7::L7Rules;
 use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::repository::{Proto, RuleRef};
-use bulkhead_policy::resolve::{EndpointPolicy, L7Policy, Peer, PolicyKey, Verdict};
+use bulkhead_policy::resolve::{EndpointPolicy, Peer, PolicyKey, Verdict};
 
 use crate::abi::{
     Addr, EP_AUDIT, EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, EP_MAX_ADDRS, Endpoint, LEVEL_ADDRESS, LEVEL_ANY,
@@ -135,8 +135,9 @@ pub struct ProxyPorts {
 }
 
 impl ProxyPorts {
-    fn port(&self, l7: &L7Policy) -> u16 {
-        match l7.rules {
+    /// The port of the proxy that enforces `rules` (0: none does).
+    pub fn port(&self, rules: &L7Rules) -> u16 {
+        match rules {
             L7Rules::Http(_) => self.http,
             _ => 0,
         }
@@ -193,6 +194,11 @@ impl PolicySync {
     /// Sets the proxies' ports; policies written from now on name them.
     pub fn set_proxy_ports(&mut self, ports: ProxyPorts) {
         self.proxy_ports = ports;
+    }
+
+    /// The proxies' ports.
+    pub fn proxy_ports(&self) -> ProxyPorts {
+        self.proxy_ports
     }
 
     /// The rules behind a rule reference id from an event or a map value.
@@ -388,7 +394,7 @@ impl PolicySync {
             let (verdict, proxy_port) = match &e.verdict {
                 Verdict::Allow => (VERDICT_ALLOW, 0),
                 Verdict::Deny => (VERDICT_DENY, 0),
-                Verdict::Redirect(l7) => (VERDICT_REDIRECT, self.proxy_ports.port(l7)),
+                Verdict::Redirect(l7) => (VERDICT_REDIRECT, self.proxy_ports.port(&l7.rules)),
             };
             let value = PolicyValue { verdict, r#match: match_kind(k), proxy_port, rule: self.rule_id(&e.refs) };
             entries.extend(map_keys(k).into_iter().map(|key| (key, value)));

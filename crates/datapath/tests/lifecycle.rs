@@ -265,13 +265,21 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
     flowing(50);
     let client = ns("t/client");
     let vault_ip = lab.pods["t/vault"].ips[0];
-    let denied =
-        probe_from(&client, &[Probe { dst: vault_ip, proto: Proto::Udp, port: 7000 }], Duration::from_millis(300), 1)
-            .expect("probe");
+    let denied = probe_from(
+        &client,
+        &[Probe { dst: vault_ip, proto: Proto::Udp, port: 7000, http: false }],
+        Duration::from_millis(300),
+        1,
+    )
+    .expect("probe");
     assert_eq!(denied, vec![Outcome::Dropped], "a denied flow passed while no agent ran");
-    let allowed =
-        probe_from(&client, &[Probe { dst: server_ip, proto: Proto::Udp, port: 7000 }], Duration::from_secs(1), 1)
-            .expect("probe");
+    let allowed = probe_from(
+        &client,
+        &[Probe { dst: server_ip, proto: Proto::Udp, port: 7000, http: false }],
+        Duration::from_secs(1),
+        1,
+    )
+    .expect("probe");
     assert_eq!(allowed, vec![Outcome::Reached], "an allowed new flow dropped while no agent ran");
 
     // A new agent adopts the pins, re-attaches (swapping its programs into

@@ -25,6 +25,9 @@ pub struct Probe {
     pub proto: Proto,
     /// Destination port (ignored for ICMP).
     pub port: u16,
+    /// TCP only: once connected, send `GET /` and read the response's
+    /// status (an L7 proxy decides it).
+    pub http: bool,
 }
 
 /// What a probe saw.
@@ -33,6 +36,8 @@ pub struct Probe {
 pub enum Outcome {
     /// The destination answered.
     Reached,
+    /// An HTTP probe's request was answered with this status.
+    Http(u16),
     /// Nothing came back in time.
     Dropped,
     /// The probe could not be sent.
@@ -42,6 +47,7 @@ pub enum Outcome {
 /// Sends one probe from the calling thread's network namespace.
 pub fn probe(p: Probe, timeout: Duration) -> Outcome {
     let r = match p.proto {
+        Proto::Tcp if p.http => return http(p, timeout),
         Proto::Tcp => tcp(p, timeout),
         Proto::Udp => udp(p, timeout),
         Proto::Icmp | Proto::Icmpv6 => echo(p, timeout),
@@ -89,6 +95,49 @@ fn tcp(p: Probe, timeout: Duration) -> io::Result<bool> {
         Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Connects, sends `GET /` and reads the status line: `Http(status)`;
+/// `Reached` when the connection was made but no HTTP answer came.
+fn http(p: Probe, timeout: Duration) -> Outcome {
+    use std::io::{Read as _, Write as _};
+    let deadline = Instant::now() + timeout;
+    let s = match Socket::new(domain(p.dst), Type::STREAM, Some(Protocol::TCP)) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    let dst = SocketAddr::new(p.dst, p.port);
+    match s.connect_timeout(&dst.into(), timeout) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Outcome::Reached,
+        Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => return Outcome::Dropped,
+        Err(e) => return Outcome::Error(e.to_string()),
+    }
+    let mut stream: std::net::TcpStream = s.into();
+    let request =
+        format!("GET / HTTP/1.1\r\nhost: {dst}\r\nuser-agent: bulkhead-lab-probe\r\nconnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return Outcome::Reached;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.windows(2).any(|w| w == b"\r\n") && got.len() < 256 {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        if stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let status = std::str::from_utf8(&got)
+        .ok()
+        .and_then(|t| t.strip_prefix("HTTP/1.1 ").or_else(|| t.strip_prefix("HTTP/1.0 ")))
+        .and_then(|t| t.get(..3)?.parse().ok());
+    status.map_or(Outcome::Reached, Outcome::Http)
 }
 
 /// A UDP probe's payload: a well-formed DNS query (id 0xb1b1, one
@@ -232,7 +281,10 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let prober = std::thread::spawn(move || {
             tx.send(pthread_self()).expect("send");
-            probe(Probe { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), proto: Proto::Udp, port }, Duration::from_secs(10))
+            probe(
+                Probe { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), proto: Proto::Udp, port, http: false },
+                Duration::from_secs(10),
+            )
         });
         let thread = rx.recv().expect("prober");
         let mut buf = [0u8; 64];

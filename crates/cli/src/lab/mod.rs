@@ -320,6 +320,7 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
     let t0 = Instant::now();
     let node = pods::create_netns(&st.node_netns, NODE_SYSCTLS).context("creating the node namespace")?;
     st.save()?;
+    start_proxy(st, &node)?;
     start_agent(st, &node)?;
     let client = Client::new(&st.socket);
 
@@ -507,6 +508,8 @@ fn start_agent(st: &mut LabState, node: &Path) -> Result<()> {
         .arg(&st.pin_root)
         .arg("--node-netns")
         .arg(node)
+        .arg("--proxy-control")
+        .arg(proxy_control(&st.name))
         // Several labs can run side by side: each serves its metrics and
         // service map on a port of its own (`status` names it).
         .args(["--web-listen", "127.0.0.1:0", "--node-name", &format!("lab-{}", st.name)])
@@ -529,6 +532,20 @@ fn start_agent(st: &mut LabState, node: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The lab proxy's control socket.
+fn proxy_control(name: &str) -> PathBuf {
+    lab_dir(name).join("proxy.sock")
+}
+
+/// Starts the L7 proxy in the node's namespace (on the default port: each
+/// lab's node has its own) and waits until it listens.
+fn start_proxy(st: &LabState, node: &Path) -> Result<()> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("proxy").arg("--node-netns").arg(node).arg("--control").arg(proxy_control(&st.name));
+    spawn_ready(node, cmd, &lab_dir(&st.name).join("proxy.log"))
+        .context("starting the L7 proxy (log: proxy.log in the lab's directory)")
 }
 
 /// Starts `cmd` inside the network namespace at `ns`, detached from this

@@ -3,9 +3,11 @@
 //! the kernel's own account of why (its events) grouped by policy.
 //!
 //! A cell is `allowed` when every address family got through and `denied`
-//! when none did; a pod pair whose families disagree is a difference. An
-//! `l7` cell is expected to be dropped until the L7 proxy exists (the
-//! datapath fails closed); that is reported, not counted as a difference.
+//! when none did; a pod pair whose families disagree is a difference. On
+//! an `l7` cell the probe is an HTTP `GET /`, which the L7 proxy decides:
+//! the cell is `l7-denied` when the proxy answered 403 and `l7-allowed`
+//! when the request reached the server; a connection that does not get
+//! through is a difference (L3/L4 allows it).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -55,10 +57,14 @@ type Grid<T> = BTreeMap<String, BTreeMap<String, BTreeMap<String, T>>>;
 
 /// One observed cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 enum Seen {
     Allowed,
     Denied,
+    /// The L7 rules let the probe's request through.
+    L7Allowed,
+    /// The L7 rules denied the probe's request (403).
+    L7Denied,
     /// Address families disagreed.
     Mixed,
     /// Not probed (a pod to itself, or a protocol the lab cannot send).
@@ -128,6 +134,9 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
         .map(|l| ProbePort::parse(l).map(|p| (l.clone(), p)).map_err(|e| anyhow::anyhow!(e)))
         .collect::<Result<_>>()?;
 
+    let l7 = |from: &str, to: &str, label: &str| {
+        expected.verdicts.get(from).and_then(|r| r.get(to)).and_then(|c| c.get(label)) == Some(&Reach::L7)
+    };
     // What to send, per source pod.
     let mut sent: BTreeMap<String, Vec<Sent>> = BTreeMap::new();
     for from in &pods {
@@ -146,7 +155,7 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
                         port: label.clone(),
                         src: *s,
                         dst: *d,
-                        probe: Probe { dst: *d, proto, port: p.port },
+                        probe: Probe { dst: *d, proto, port: p.port, http: proto == Proto::Tcp && l7(from, to, label) },
                     });
                 }
             }
@@ -194,16 +203,19 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
     let page: FlowsPage = client.post("/flows", &req).map_err(with_details)?;
     let events: Vec<&Flow> = page.flows.iter().map(|f| &**f).collect();
 
-    // (from, to, port) → each family's probe and whether it got through.
-    type Cells<'a> = BTreeMap<(String, String, String), Vec<(&'a Sent, bool)>>;
+    // (from, to, port) → each family's probe and what it saw.
+    type Cells<'a> = BTreeMap<(String, String, String), Vec<(&'a Sent, Seen)>>;
     let mut by_cell: Cells = BTreeMap::new();
     for (s, outcome) in &results {
-        let reached = match outcome {
-            Outcome::Reached => true,
-            Outcome::Dropped => false,
+        let seen = match outcome {
+            Outcome::Reached => Seen::Allowed,
+            Outcome::Dropped => Seen::Denied,
+            // The proxy's answer to a denied request.
+            Outcome::Http(403) => Seen::L7Denied,
+            Outcome::Http(_) => Seen::L7Allowed,
             Outcome::Error(e) => bail!("probe {} -> {} {}: {e}", s.from, s.to, s.port),
         };
-        by_cell.entry((s.from.clone(), s.to.clone(), s.port.clone())).or_default().push((s, reached));
+        by_cell.entry((s.from.clone(), s.to.clone(), s.port.clone())).or_default().push((s, seen));
     }
     let mut verdicts: Grid<Seen> = BTreeMap::new();
     let mut differences = Vec::new();
@@ -211,10 +223,9 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
         for to in &pods {
             for (label, _) in &ports {
                 let cell = by_cell.get(&(from.clone(), to.clone(), label.clone()));
-                let seen = match cell {
-                    None => Seen::Skipped,
-                    Some(v) if v.iter().all(|(_, r)| *r) => Seen::Allowed,
-                    Some(v) if v.iter().all(|(_, r)| !*r) => Seen::Denied,
+                let seen = match cell.map(Vec::as_slice) {
+                    None | Some([]) => Seen::Skipped,
+                    Some([(_, first), rest @ ..]) if rest.iter().all(|(_, r)| r == first) => *first,
                     Some(_) => Seen::Mixed,
                 };
                 verdicts.entry(from.clone()).or_default().entry(to.clone()).or_default().insert(label.clone(), seen);
@@ -222,7 +233,10 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
                 let Some(want) = want else { continue };
                 let ok = matches!(
                     (want, seen),
-                    (_, Seen::Skipped) | (Reach::Allowed, Seen::Allowed) | (Reach::Denied | Reach::L7, Seen::Denied)
+                    (_, Seen::Skipped)
+                        | (Reach::Allowed, Seen::Allowed)
+                        | (Reach::Denied, Seen::Denied)
+                        | (Reach::L7, Seen::L7Allowed | Seen::L7Denied)
                 );
                 if !ok {
                     differences.push(Difference {
@@ -235,7 +249,14 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
                             .map(|v| {
                                 v.iter()
                                     .map(|(s, r)| {
-                                        format!("{} -> {}: {}", s.src, s.dst, if *r { "reached" } else { "dropped" })
+                                        let what = match r {
+                                            Seen::Allowed => "reached",
+                                            Seen::Denied => "dropped",
+                                            Seen::L7Allowed => "GET / answered by the server",
+                                            Seen::L7Denied => "GET / denied by the L7 proxy (403)",
+                                            Seen::Mixed | Seen::Skipped => "?",
+                                        };
+                                        format!("{} -> {}: {what}", s.src, s.dst)
                                     })
                                     .collect()
                             })
@@ -323,7 +344,7 @@ fn group_reasons(results: &[(&Sent, Outcome)], flows: &[&Flow]) -> Vec<ReasonGro
 }
 
 fn render(r: &Report) -> String {
-    let legend = "(. allowed   X dropped   7 L7 rule: dropped until the L7 proxy exists   !x differs from the policy   - not probed)";
+    let legend = "(. allowed   X dropped   7 L7 rules denied the probe's GET / (403)   + L7 rules allowed it   !x differs from the policy   - not probed)";
     let mut s = crate::explain::grids(&r.pods, &r.ports, legend, |from, to, port| {
         let seen = r.verdicts.get(from).and_then(|x| x.get(to)).and_then(|c| c.get(port)).copied();
         let want = r.expected.get(from).and_then(|x| x.get(to)).and_then(|c| c.get(port)).copied();
@@ -331,11 +352,14 @@ fn render(r: &Report) -> String {
         match (seen, want) {
             (Some(Seen::Skipped) | None, _) if from == to => ".",
             (Some(Seen::Skipped) | None, _) => "-",
-            (Some(Seen::Denied), Some(Reach::L7)) if !differs => "7",
+            (Some(Seen::L7Denied), _) if !differs => "7",
+            (Some(Seen::L7Allowed), _) if !differs => "+",
             (Some(Seen::Allowed), _) if !differs => ".",
             (Some(Seen::Denied), _) if !differs => "X",
             (Some(Seen::Allowed), _) => "!.",
             (Some(Seen::Denied), _) => "!X",
+            (Some(Seen::L7Denied), _) => "!7",
+            (Some(Seen::L7Allowed), _) => "!+",
             (Some(Seen::Mixed), _) => "!~",
         }
         .to_string()

@@ -156,12 +156,14 @@ impl Lab {
     /// own was stopped or killed), with `extra` flags and its log in `log`.
     pub fn spawn_agent(&self, extra: &[&str], log: &Path) -> std::process::Child {
         let name = &self.name;
+        let control = format!("/run/bulkhead/{name}/proxy.sock");
+        let extra = [&["--proxy-control", control.as_str()][..], extra].concat();
         spawn_agent(
             Path::new(&format!("/run/bulkhead/{name}/agent")),
             &self.socket,
             Path::new(&format!("/sys/fs/bpf/bulkhead/{name}")),
             Path::new(&format!("/run/netns/bh-{name}-node")),
-            extra,
+            &extra,
             log,
         )
     }

@@ -1,0 +1,179 @@
+//! The agent's side of the L7 proxy's control socket: it sends the proxy
+//! what changed in the local endpoints' L7 rules and waits until the proxy
+//! has it in force, from the reconciler, before the kernel is written. So
+//! a rule reaches the proxy before the kernel redirects to it, and before
+//! `apply` returns.
+//!
+//! The proxy runs apart from the agent: when it is not there the kernel
+//! drops L7 connections (`PROXY_UNAVAILABLE`) and the agent goes on; it
+//! sends everything again to a proxy that (re)connects, found by
+//! [`ProxyLink::tick`] between changes. An agent that dies leaves the
+//! proxy enforcing the last rules it sent.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use bulkhead_policy::cidr::Cidr;
+use bulkhead_proxy::control::Reply;
+use bulkhead_proxy::rules::{Endpoint, Update};
+
+use crate::config::ProxyConfig;
+
+/// How long the agent waits for the proxy to take an update.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connection to the proxy and what it holds.
+#[derive(Debug)]
+pub struct ProxyLink {
+    config: ProxyConfig,
+    stream: Option<BufReader<UnixStream>>,
+    generation: u64,
+    /// What the proxy holds (as it last confirmed).
+    sent: BTreeMap<u32, Endpoint>,
+    sent_ipcache: Vec<(Cidr, u32)>,
+    /// What it should hold.
+    want: BTreeMap<u32, Endpoint>,
+    want_ipcache: Vec<(Cidr, u32)>,
+    /// Why the last exchange failed (cleared by the next that succeeds).
+    problem: Option<String>,
+}
+
+/// Why the proxy does not hold the newest rules.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The proxy is not running (or not reachable); the kernel drops L7
+    /// connections until it is.
+    #[error("the L7 proxy is not reachable at {path}: {error}")]
+    Unreachable {
+        /// Its control socket.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// It refused the update (it keeps the rules it had).
+    #[error("the L7 proxy refused the rules: {0}")]
+    Refused(String),
+}
+
+impl ProxyLink {
+    /// A link to the proxy `config` names; nothing is sent yet.
+    pub fn new(config: ProxyConfig) -> Self {
+        Self {
+            config,
+            stream: None,
+            generation: 0,
+            sent: BTreeMap::new(),
+            sent_ipcache: Vec::new(),
+            want: BTreeMap::new(),
+            want_ipcache: Vec::new(),
+            problem: Some("no rules were sent to it yet".into()),
+        }
+    }
+
+    /// Why the proxy does not hold the newest rules (`None`: it does).
+    pub fn problem(&self) -> Option<String> {
+        self.problem.clone()
+    }
+
+    /// Makes `endpoints` and `ipcache` what the proxy should hold, and
+    /// sends it what changed (everything, to a proxy new to this agent).
+    pub fn update(&mut self, endpoints: Vec<Endpoint>, ipcache: Vec<(Cidr, u32)>) -> Result<(), LinkError> {
+        self.want = endpoints.into_iter().map(|e| (e.id, e)).collect();
+        self.want_ipcache = ipcache;
+        let r = self.send();
+        self.problem = r.as_ref().err().map(ToString::to_string);
+        r
+    }
+
+    /// Between changes: notices a proxy that went away, and brings one that
+    /// (re)started up to date.
+    pub fn tick(&mut self) {
+        if let Some(s) = &mut self.stream
+            && !alive(s.get_mut())
+        {
+            tracing::warn!("the L7 proxy went away; L7 connections are dropped until it is back");
+            self.stream = None;
+        }
+        if self.stream.is_none() {
+            // Quietly: a proxy that is not running is reported when a
+            // change needs it, not every tick.
+            self.problem = self.send().err().map(|e| e.to_string());
+        }
+    }
+
+    fn send(&mut self) -> Result<(), LinkError> {
+        let full = self.stream.is_none();
+        if full {
+            let path = self.config.control.display().to_string();
+            let s = UnixStream::connect(&self.config.control)
+                .map_err(|error| LinkError::Unreachable { path: path.clone(), error })?;
+            s.set_read_timeout(Some(REPLY_TIMEOUT))
+                .map_err(|error| LinkError::Unreachable { path: path.clone(), error })?;
+            self.stream = Some(BufReader::new(s));
+            tracing::info!(control = %path, "connected to the L7 proxy; sending every endpoint's rules");
+        } else if self.want == self.sent && self.want_ipcache == self.sent_ipcache {
+            return Ok(());
+        }
+        self.generation += 1;
+        let update = Update {
+            generation: self.generation,
+            full,
+            endpoints: self
+                .want
+                .iter()
+                .filter(|(id, e)| full || self.sent.get(id) != Some(e))
+                .map(|(_, e)| e.clone())
+                .collect(),
+            removed: if full {
+                Vec::new()
+            } else {
+                self.sent.keys().filter(|id| !self.want.contains_key(id)).copied().collect()
+            },
+            ipcache: (full || self.want_ipcache != self.sent_ipcache).then(|| self.want_ipcache.clone()),
+        };
+        match self.exchange(&update) {
+            Ok(Reply { error: None, .. }) => {
+                self.sent = self.want.clone();
+                self.sent_ipcache = self.want_ipcache.clone();
+                Ok(())
+            }
+            Ok(Reply { error: Some(e), .. }) => Err(LinkError::Refused(e)),
+            Err(error) => {
+                self.stream = None;
+                Err(LinkError::Unreachable { path: self.config.control.display().to_string(), error })
+            }
+        }
+    }
+
+    fn exchange(&mut self, update: &Update) -> std::io::Result<Reply> {
+        let s = self.stream.as_mut().ok_or_else(|| std::io::Error::other("not connected"))?;
+        let mut line = serde_json::to_vec(update).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        s.get_mut().write_all(&line)?;
+        let mut answer = String::new();
+        if s.read_line(&mut answer)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the proxy closed the connection"));
+        }
+        let reply: Reply = serde_json::from_str(&answer).map_err(std::io::Error::other)?;
+        if reply.error.is_none() && reply.generation != update.generation {
+            return Err(std::io::Error::other(format!(
+                "the proxy confirmed generation {} for {}",
+                reply.generation, update.generation
+            )));
+        }
+        Ok(reply)
+    }
+}
+
+/// Whether the proxy's end of `s` is still open (it sends nothing
+/// unasked: readable means closed).
+fn alive(s: &mut UnixStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    let open = matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    open && s.set_nonblocking(false).is_ok()
+}
