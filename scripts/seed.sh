@@ -2,9 +2,11 @@
 # The main job: the seed policies enforced in the kernel on a live lab.
 #
 # Brings up examples/seed/cluster.yaml as network-namespace pods with the
-# agent enforcing, applies the seed policies, probes every pod pair on every
-# port and prints what got through beside what the policies say and which
-# policy the kernel reported, then takes the lab down (--keep leaves it up).
+# agent and the L7 proxy enforcing, applies the seed policies, probes every
+# pod pair on every port and prints what got through beside what the
+# policies say and which policy the kernel reported, sends the seed's HTTP
+# rule allowed, denied and disguised requests, then takes the lab down
+# (--keep leaves it up).
 # Needs root (network namespaces, eBPF).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +14,7 @@ keep=false
 for a in "$@"; do
   case "$a" in
     --keep) keep=true ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a (try --keep)" >&2; exit 2 ;;
   esac
 done
@@ -44,6 +46,23 @@ echo "== apply the seed policies"
 echo
 echo "== lab probe: real packets between every pod pair, beside what the policies say"
 "$bin" lab "${lab[@]}" probe
+echo
+echo "== the L7 proxy decides each request from frontend to backend:8080 (only GET /api/v1/products.* and /api/v1/inventory.*)"
+l7() { # METHOD PATH: what the frontend gets
+  printf '  %-6s %-34s -> ' "$1" "$2"
+  "$bin" lab "${lab[@]}" exec production/frontend -- \
+    curl -s -m 3 --path-as-is -X "$1" -o /dev/null -w '%{http_code}\n' "http://backend.production:8080$2" || echo "no answer"
+}
+l7 GET /api/v1/products
+l7 POST /api/v1/products
+l7 GET /admin
+echo "  normalized before matching: a bypass attempt is refused, a different spelling of an allowed path is not"
+l7 GET /api/v1/products/../../admin
+l7 GET /api//v1/%70roducts
+l7 GET /api/v1%2F..%2Fadmin
+echo
+echo "== L7 flows: each request the proxy decided, with the rule that allowed it or came closest"
+"$bin" observe --type l7 --last 6 --color never
 echo
 echo "== flows: the last drops, each with the policy that decided it (or the closest rule and why it missed)"
 "$bin" observe --verdict DROPPED --last 6 --color never

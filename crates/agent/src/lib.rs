@@ -110,6 +110,16 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
             });
         })?
     };
+    let l7 = match &config.proxy {
+        Some(p) => {
+            let (published, observer, stop) = (Arc::clone(&published), Arc::clone(&observer), Arc::clone(&stop));
+            let (control, node_name) = (p.control.clone(), config.node_name.clone());
+            Some(std::thread::Builder::new().name("l7-events".into()).spawn(move || {
+                observer::l7::run_subscriber(&control, &published, &observer, &stop, node_name);
+            })?)
+        }
+        None => None,
+    };
     let access = match web_listener.as_ref() {
         Some(l) => Some(Arc::new(web::WebAccess::new(l.local_addr()?)?)),
         None => None,
@@ -150,6 +160,9 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
     let _ = writer.join();
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
+    if let Some(t) = l7 {
+        let _ = t.join();
+    }
     observer.detach_log();
     if let Some(h) = flow_log {
         let _ = h.join();

@@ -53,6 +53,8 @@ struct HttpLabels {
     method: String,
     protocol: String,
     reporter: String,
+    /// FORWARDED, or DROPPED when the L7 rules denied it.
+    verdict: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,12 +62,14 @@ struct HttpResponseLabels {
     method: String,
     status: String,
     reporter: String,
+    verdict: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpDurationLabels {
     method: String,
     reporter: String,
+    verdict: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -351,6 +355,7 @@ impl Metrics {
                                 method: h.method.clone(),
                                 protocol: h.protocol.clone(),
                                 reporter: reporter.into(),
+                                verdict: f.verdict.as_str().into(),
                             })
                             .inc();
                     }
@@ -360,10 +365,15 @@ impl Metrics {
                                 method: h.method.clone(),
                                 status: h.code.to_string(),
                                 reporter: reporter.into(),
+                                verdict: f.verdict.as_str().into(),
                             })
                             .inc();
                         self.http_duration
-                            .get_or_create(&HttpDurationLabels { method: h.method.clone(), reporter: reporter.into() })
+                            .get_or_create(&HttpDurationLabels {
+                                method: h.method.clone(),
+                                reporter: reporter.into(),
+                                verdict: f.verdict.as_str().into(),
+                            })
                             .observe(l7.latency_ns as f64 / 1e9);
                     }
                     _ => {}
@@ -490,7 +500,7 @@ mod tests {
             ..Flow::default()
         });
         m.observe(&Flow {
-            verdict: Verdict::Forwarded,
+            verdict: Verdict::Dropped,
             traffic_direction: TrafficDirection::Ingress,
             source: Arc::new(Endpoint::default()),
             l7: Some(Layer7 {
@@ -523,7 +533,7 @@ mod tests {
             r#"bulkhead_flows_processed_total{type="drop",subtype="",verdict="DROPPED"} 3"#,
             r#"bulkhead_policy_verdicts_total{action="deny",match="none",direction="ingress"} 3"#,
             r#"bulkhead_policy_verdicts_total{action="allow",match="L3-L4",direction="egress"} 1"#,
-            r#"bulkhead_http_responses_total{method="GET",status="403",reporter="server"} 1"#,
+            r#"bulkhead_http_responses_total{method="GET",status="403",reporter="server",verdict="DROPPED"} 1"#,
             r#"bulkhead_drop_total{reason="POLICY_DENIED",direction="INGRESS"} 7"#,
             r#"bulkhead_lost_events_total{source="datapath_ring"} 0"#,
             "bulkhead_policy_implementation_delay_seconds_count{source=\"apply\"} 1",

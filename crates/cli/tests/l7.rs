@@ -93,6 +93,96 @@ fn the_seed_http_rule_is_enforced_per_request_on_both_families() {
     }
     let status = lab.json(&["status", "-o", "json"]);
     assert!(status["drops"]["POLICY_DENIED INGRESS"].as_u64().unwrap_or(0) > 0, "{status}");
+
+    // Every request and response is an L7 flow naming the rule: the one
+    // that allowed it, or for a denied one the rule that came closest.
+    let b = backend(&lab, true);
+    curl(&lab, "production/frontend", &["-H", "Authorization: Bearer s3cret"], &format!("{b}/api/v1/products"));
+    curl(&lab, "production/frontend", &["-X", "DELETE"], &format!("{b}/api/v1/products"));
+    let flows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = vec!["observe", "--type", "l7", "--last", "50", "-o", "json"];
+        a.extend_from_slice(args);
+        wait_until("L7 flows", Duration::from_secs(5), || !lab.ok(&a).trim().is_empty()).expect("flows");
+        lab.ok(&a)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("flow JSON")["flow"].clone())
+            .collect()
+    };
+    let allowed = flows(&["--http-method", "GET", "--http-path", "/api/v1/products", "--verdict", "FORWARDED"]);
+    let request = allowed.iter().rev().find(|f| f["l7"]["type"] == "REQUEST").expect("the allowed request's flow");
+    assert_eq!(request["ingress_allowed_by"][0]["name"], "restrict-backend-api", "{request}");
+    assert_eq!(request["source"]["pod_name"], "frontend");
+    assert_eq!(request["destination"]["pod_name"], "backend");
+    let headers = request["l7"]["http"]["headers"].as_array().expect("headers");
+    assert!(
+        headers.iter().any(|h| h["key"] == "authorization" && h["value"] == "HUBBLE_REDACTED"),
+        "the credential left the proxy: {headers:?}"
+    );
+    assert!(!request.to_string().contains("s3cret"));
+    let response = allowed.iter().rev().find(|f| f["l7"]["type"] == "RESPONSE").expect("its response's flow");
+    assert_eq!(response["l7"]["http"]["code"], 200);
+    assert!(response["l7"]["latency_ns"].as_u64().unwrap_or(0) > 0, "{response}");
+    assert_eq!(response["is_reply"], true);
+    let denied = flows(&["--http-method", "DELETE", "--verdict", "DROPPED"]);
+    let request = denied.iter().rev().find(|f| f["l7"]["type"] == "REQUEST").expect("the denied request's flow");
+    assert_eq!(request["drop_reason_desc"], "POLICY_DENIED");
+    assert_eq!(request["near_misses"][0]["policy"]["name"], "restrict-backend-api", "{request}");
+    assert!(flows(&["--http-status", "403"]).iter().any(|f| f["l7"]["http"]["method"] == "DELETE"));
+}
+
+/// The frontend's own egress rule on the backend's port (`PATH` allowed).
+fn frontend_egress(path: &str) -> String {
+    r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: frontend-out, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: frontend}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: backend}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}], rules: {http: [{method: GET, path: "PATH"}]}}]
+"#
+    .replace("PATH", path)
+}
+
+#[test]
+fn both_ends_rules_are_enforced_and_a_change_is_in_force_when_apply_returns() {
+    if !privileged("both_ends_rules_are_enforced_and_a_change_is_in_force_when_apply_returns") {
+        return;
+    }
+    let lab = seed_lab("l7both");
+    let file = std::env::temp_dir().join(format!("bulkhead-l7both-{}.yaml", std::process::id()));
+    let apply = |path: &str| {
+        std::fs::write(&file, frontend_egress(path)).expect("write policy");
+        lab.ok(&["apply", "-f", file.to_str().expect("path")]);
+    };
+    // The client's egress allows only inventory; the server's ingress allows
+    // products and inventory: a request passes only when both allow it.
+    apply("/api/v1/inventory.*");
+    for v4 in [true, false] {
+        let b = backend(&lab, v4);
+        assert_eq!(curl(&lab, "production/frontend", &[], &format!("{b}/api/v1/inventory")).0, 200, "{b}");
+        assert_eq!(curl(&lab, "production/frontend", &[], &format!("{b}/api/v1/products")).0, 403, "{b}");
+        // Egress allows nothing here, ingress too: still denied.
+        assert_eq!(curl(&lab, "production/frontend", &[], &format!("{b}/admin")).0, 403, "{b}");
+    }
+    let out =
+        lab.ok(&["observe", "--type", "l7", "--http-path", "/api/v1/products", "--verdict", "DROPPED", "-o", "json"]);
+    let flow: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("a denied products request")).expect("flow JSON");
+    assert_eq!(flow["flow"]["near_misses"][0]["policy"]["name"], "frontend-out", "the client's rule denied it: {flow}");
+    assert_eq!(flow["flow"]["traffic_direction"], "EGRESS");
+
+    // A change is in the proxy when apply returns: the very next request
+    // sees it, both ways.
+    for _ in 0..5 {
+        apply("/api/v1/products");
+        let b = backend(&lab, true);
+        assert_eq!(curl(&lab, "production/frontend", &[], &format!("{b}/api/v1/products")).0, 200);
+        apply("/api/v1/inventory.*");
+        assert_eq!(curl(&lab, "production/frontend", &[], &format!("{b}/api/v1/products")).0, 403);
+    }
+    let _ = std::fs::remove_file(&file);
 }
 
 /// A connection from `pod` to the backend's 8080 (IPv4).

@@ -7,6 +7,10 @@
 //! The proxy keeps the last rules it took when the agent goes away, and
 //! takes a full update from the next agent that connects. An update that
 //! does not parse or compile changes nothing and is answered with why.
+//!
+//! A connection whose first line is [`Subscribe`] instead receives every
+//! request's and response's [`crate::events::L7Event`], one per line, from
+//! then on (the agent's flows).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
@@ -28,6 +32,13 @@ pub struct Reply {
     /// Why the update was not taken (the rules in force did not change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The first line of a connection that wants the proxy's events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// What to receive: `l7`.
+    pub subscribe: String,
 }
 
 /// Longest update line accepted (a node's rules; far above any real set).
@@ -79,7 +90,7 @@ async fn agent(stream: UnixStream, shared: &Shared) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
-    tracing::info!("an agent connected");
+    let mut first = true;
     loop {
         line.clear();
         let n = (&mut lines).take(MAX_LINE as u64 + 1).read_line(&mut line).await?;
@@ -93,10 +104,43 @@ async fn agent(stream: UnixStream, shared: &Shared) -> io::Result<()> {
         if n > MAX_LINE {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "an update over the size limit"));
         }
+        if std::mem::take(&mut first) {
+            if let Ok(sub) = serde_json::from_str::<Subscribe>(&line) {
+                return stream_events(&sub, write, shared).await;
+            }
+            tracing::info!("an agent connected");
+        }
         let reply = take(&line, shared);
         let mut out = serde_json::to_vec(&reply).map_err(io::Error::other)?;
         out.push(b'\n');
         write.write_all(&out).await?;
+    }
+}
+
+/// Sends the events asked for until the subscriber goes away.
+async fn stream_events(
+    sub: &Subscribe,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    shared: &Shared,
+) -> io::Result<()> {
+    if sub.subscribe != "l7" {
+        let msg = serde_json::json!({ "error": format!("unknown subscription {:?}: only \"l7\"", sub.subscribe) });
+        return write.write_all(format!("{msg}\n").as_bytes()).await;
+    }
+    tracing::info!("an agent subscribed to L7 events");
+    let mut rx = shared.events.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(e) => {
+                let mut out = serde_json::to_vec(&*e).map_err(io::Error::other)?;
+                out.push(b'\n');
+                write.write_all(&out).await?;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "the L7 event subscriber fell behind");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! updates ([`control`], [`rules`]) and stay in force when the agent dies.
 
 pub mod control;
+pub mod events;
 pub mod http1;
 pub mod rules;
 pub mod server;
@@ -47,6 +48,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         rules: Default::default(),
         escaped_slashes: config.escaped_slashes,
         port: config.http_port,
+        events: Default::default(),
     });
     rt.block_on(async move {
         for l in listeners {

@@ -26,7 +26,7 @@ use bulkhead_policy::api::L7Rules;
 use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::identity::{NumericIdentity, Reserved};
 use bulkhead_policy::l7::{HttpDecision, HttpPolicy, HttpRequest, L7Error};
-use bulkhead_policy::repository::Proto;
+use bulkhead_policy::repository::{Proto, RuleRef};
 use bulkhead_policy::resolve::{Decision, DirectionPolicy, L7Policy, PolicyEntry, PolicyKey, Verdict};
 use serde::{Deserialize, Serialize};
 
@@ -111,8 +111,8 @@ pub struct Check {
     http: Option<HttpPolicy>,
     /// The peer is also allowed without L7 rules: every request passes.
     allow_all: bool,
-    /// The rules behind the entry, `namespace/name spec.ingress[0]`.
-    pub rules: Vec<String>,
+    /// The rules behind the entry.
+    pub rules: Vec<Arc<RuleRef>>,
 }
 
 impl Check {
@@ -121,8 +121,7 @@ impl Check {
             L7Rules::Http(rules) => Some(HttpPolicy::compile(rules)?),
             _ => None,
         };
-        let rules = entry.refs.iter().map(|r| format!("{} {}", r.policy_name(), r.rule)).collect();
-        Ok(Self { http, allow_all: l7.allow_all, rules })
+        Ok(Self { http, allow_all: l7.allow_all, rules: entry.refs.clone() })
     }
 
     fn decide(&self, req: &HttpRequest<'_>) -> Option<HttpDecision> {
@@ -371,8 +370,9 @@ pub struct Verdicts {
     /// Every check allowed it.
     pub allowed: bool,
     /// The side and rules that decided: for an allowed request every
-    /// check's rules; for a denied one the first check that denied.
-    pub by: Vec<(Side, String)>,
+    /// check's rules; for a denied one those of the first check that
+    /// denied (the rules that came closest).
+    pub by: Vec<(Side, Arc<RuleRef>)>,
 }
 
 impl Connection {
@@ -388,9 +388,9 @@ impl Connection {
         for (side, check) in &self.checks {
             let allowed = check.decide(req).is_some_and(|d| d.allowed);
             if !allowed {
-                return Verdicts { allowed: false, by: check.rules.iter().map(|r| (*side, r.clone())).collect() };
+                return Verdicts { allowed: false, by: check.rules.iter().map(|r| (*side, Arc::clone(r))).collect() };
             }
-            by.extend(check.rules.iter().map(|r| (*side, r.clone())));
+            by.extend(check.rules.iter().map(|r| (*side, Arc::clone(r))));
         }
         Verdicts { allowed: true, by }
     }

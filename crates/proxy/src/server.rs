@@ -24,15 +24,17 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bulkhead_policy::identity::Reserved;
 use bulkhead_policy::l7::{EscapedSlashes, HttpRequest, normalize_target};
+use bulkhead_policy::repository::RuleRef;
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::events::{Events, L7Event, now_ns, redacted};
 use crate::http1::{
     self, BodyLength, CONTINUE, Decoder, Event, Refusal, RequestHead, ResponseFramer, Version, encode_chunk,
     encode_head, encode_last_chunk,
 };
-use crate::rules::{Connection, Rules};
+use crate::rules::{Connection, Rules, Verdicts};
 
 /// The mark on the proxy's upstream packets (`BH_FROM_PROXY_MARK` in
 /// `bpf/`): the datapath lets them past the server's L7 redirect (their
@@ -55,6 +57,8 @@ pub struct Shared {
     /// The port the proxy listens on (a connection to it that was not
     /// redirected is refused, else the proxy would connect to itself).
     pub port: u16,
+    /// Where each request's and response's event goes.
+    pub events: Events,
 }
 
 /// Transparent listeners on `port`, IPv4 and IPv6, in the calling thread's
@@ -90,7 +94,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             Ok((stream, peer)) => {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, peer, &shared).await {
+                    if let Err(e) = connection(stream, peer, shared).await {
                         tracing::debug!(client = %peer, error = %e, "connection ended");
                     }
                 });
@@ -104,7 +108,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn connection(client: TcpStream, peer: SocketAddr, shared: &Shared) -> io::Result<()> {
+async fn connection(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> io::Result<()> {
     let dst = client.local_addr()?;
     let rules = shared.rules.load();
     if dst.port() == shared.port && (dst.ip().is_loopback() || rules.identity(dst.ip()) == Reserved::Host.id()) {
@@ -120,9 +124,7 @@ async fn connection(client: TcpStream, peer: SocketAddr, shared: &Shared) -> io:
     };
     drop(rules);
     client.set_nodelay(true)?;
-    Session { client, peer, dst, conn, slashes: shared.escaped_slashes, decoder: Decoder::default(), buf: Vec::new() }
-        .run()
-        .await
+    Session { client, peer, dst, conn, shared, decoder: Decoder::default(), buf: Vec::new() }.run().await
 }
 
 /// One client connection.
@@ -131,7 +133,7 @@ struct Session {
     peer: SocketAddr,
     dst: SocketAddr,
     conn: Connection,
-    slashes: EscapedSlashes,
+    shared: Arc<Shared>,
     decoder: Decoder,
     /// What the client sent that the decoder has not consumed.
     buf: Vec<u8>,
@@ -197,6 +199,10 @@ impl Session {
 
     async fn refuse(&mut self, why: &(dyn std::fmt::Display + Sync)) -> io::Result<()> {
         tracing::info!(client = %self.peer, destination = %self.dst, reason = %why, "refused a request (400)");
+        let mut event = self.event(false, "", "", &[], Verdicts { allowed: false, by: Vec::new() });
+        event.refused = Some(why.to_string());
+        self.shared.events.send(event.clone());
+        self.shared.events.send(L7Event { response: true, code: 400, headers: Vec::new(), ..event });
         let answer = http1::bad_request(why);
         self.client.write_all(&answer).await?;
         self.client.shutdown().await
@@ -218,7 +224,7 @@ impl Session {
             // needs one; the original destination is the authority.
             head.host = self.dst.to_string();
         }
-        let target = match normalize_target(&head.target, self.slashes) {
+        let target = match normalize_target(&head.target, self.shared.escaped_slashes) {
             Ok(t) => t,
             Err(e) => {
                 self.refuse(&e).await?;
@@ -231,7 +237,18 @@ impl Session {
         let req = HttpRequest { method: &head.method, path: &target, host: &head.host, headers: &header_refs };
         let verdict = self.conn.decide(&req);
         let rules: Vec<String> = verdict.by.iter().map(|(side, r)| format!("{side} {r}")).collect();
-        if !verdict.allowed {
+        let decided = std::time::Instant::now();
+        let event = self.event(false, &head.method, &format!("http://{}{target}", head.host), &head.headers, verdict);
+        self.shared.events.send(event.clone());
+        let respond = |code: u16| L7Event {
+            response: true,
+            code,
+            time_ns: now_ns(),
+            latency_ns: u64::try_from(decided.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            headers: Vec::new(),
+            ..event.clone()
+        };
+        if !event.allowed {
             tracing::info!(
                 client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
                 denied_by = %rules.join(", "), "request denied (403)"
@@ -240,6 +257,7 @@ impl Session {
             // hold anything, including what would look like a request).
             let unread = head.body != BodyLength::Empty;
             self.client.write_all(&http1::forbidden(!unread)).await?;
+            self.shared.events.send(respond(403));
             return Ok(if unread || self.client_closes(&head) { After::Close } else { After::Next });
         }
         tracing::debug!(
@@ -255,6 +273,7 @@ impl Session {
                     tracing::warn!(client = %self.peer, destination = %self.dst, error = %e, "upstream connect failed (503)");
                     let answer = http1::unavailable(&e);
                     self.client.write_all(&answer).await?;
+                    self.shared.events.send(respond(503));
                     return Ok(After::Close);
                 }
             },
@@ -266,7 +285,8 @@ impl Session {
         if head.body != BodyLength::Empty {
             self.forward_body(head.body, &mut up.stream).await?;
         }
-        let keep = up.relay_response(&mut self.client, head.method == "HEAD").await?;
+        let (keep, status) = up.relay_response(&mut self.client, head.method == "HEAD").await?;
+        self.shared.events.send(respond(status));
         if !keep {
             *upstream = None;
         }
@@ -301,6 +321,25 @@ impl Session {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the request body ended early"));
                 }
             }
+        }
+    }
+
+    /// A request's event (the response's is made from it).
+    fn event(&self, response: bool, method: &str, url: &str, headers: &[(String, Vec<u8>)], v: Verdicts) -> L7Event {
+        L7Event {
+            time_ns: now_ns(),
+            response,
+            allowed: v.allowed,
+            client: self.peer,
+            server: self.dst,
+            method: method.into(),
+            url: url.into(),
+            protocol: "HTTP/1.1".into(),
+            headers: redacted(headers),
+            code: 0,
+            latency_ns: 0,
+            by: v.by.into_iter().map(|(side, r)| (side, RuleRef::clone(&r))).collect(),
+            refused: None,
         }
     }
 
@@ -355,8 +394,8 @@ impl Upstream {
     }
 
     /// Relays one response (and interim ones) to `client`; whether the
-    /// upstream connection can carry another request.
-    async fn relay_response(&mut self, client: &mut TcpStream, head_request: bool) -> io::Result<bool> {
+    /// upstream connection can carry another request, and the status.
+    async fn relay_response(&mut self, client: &mut TcpStream, head_request: bool) -> io::Result<(bool, u16)> {
         let mut framer = ResponseFramer::new(head_request);
         loop {
             let scan = framer.scan(&self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -367,7 +406,7 @@ impl Upstream {
             if scan.done {
                 // Bytes after the response that nobody asked for: the
                 // connection is not trusted with another request.
-                return Ok(!framer.closes() && self.buf.is_empty());
+                return Ok((!framer.closes() && self.buf.is_empty(), framer.status()));
             }
             let at = self.buf.len();
             self.buf.resize(at + READ_CHUNK, 0);
@@ -375,7 +414,7 @@ impl Upstream {
             self.buf.truncate(at + n);
             if n == 0 {
                 framer.eof().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                return Ok(false);
+                return Ok((false, framer.status()));
             }
         }
     }

@@ -25,13 +25,16 @@ use bulkhead_datapath::abi::{
 use bulkhead_datapath::sync::RuleTable;
 use bulkhead_flow::Timestamp;
 use bulkhead_flow::model::{
-    DropReason, Endpoint, EventType, Flow, FlowType, Icmp, Ip, IpVersion, Layer4, NearMiss, NetworkInterface, Policy,
-    Ports, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Verdict, event_types,
+    DropReason, Endpoint, EventType, Flow, FlowType, Http, HttpHeader, Icmp, Ip, IpVersion, L7FlowType, Layer4, Layer7,
+    NearMiss, NetworkInterface, Policy, Ports, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Verdict,
+    event_types,
 };
 use bulkhead_policy::api::Direction;
 use bulkhead_policy::identity::NumericIdentity;
 use bulkhead_policy::reach::ProbePort;
 use bulkhead_policy::repository::{Proto, RuleRef};
+use bulkhead_proxy::events::L7Event;
+use bulkhead_proxy::rules::Side;
 
 use crate::snapshot::Snapshot;
 
@@ -93,13 +96,93 @@ impl Converter {
         }
     }
 
-    /// The flow for one event that happened at `wall_ns`.
-    pub fn convert(&mut self, n: &Snapshot, ev: &RawEvent, wall_ns: u64) -> Flow {
+    /// Forgets what was cached from an older snapshot.
+    fn refresh(&mut self, n: &Snapshot) {
         if n.generation != self.generation {
             self.generation = n.generation;
             self.endpoints.clear();
             self.near.clear();
         }
+    }
+
+    /// The L7 flow for one of the proxy's events: a request (from the
+    /// client) or a response (from the server, `is_reply`), `FORWARDED`
+    /// when the rules allowed the request and `DROPPED` (`POLICY_DENIED`)
+    /// when they did not, with the rules that allowed it, or those that came
+    /// closest as near misses.
+    pub fn convert_l7(&mut self, n: &Snapshot, e: &L7Event) -> Flow {
+        self.refresh(n);
+        let endpoint = |this: &mut Self, a: std::net::SocketAddr| {
+            let (id, _) = n.policy.identity_of_ip(a.ip());
+            this.endpoint(n, a.ip(), id.0, 0)
+        };
+        let (client, server) = (endpoint(self, e.client), endpoint(self, e.server));
+        let (from, to) = if e.response { (e.server, e.client) } else { (e.client, e.server) };
+        let (source, destination) = if e.response { (server, client) } else { (client, server) };
+        // The side that decided: the first check's (the client's egress
+        // when it has L7 rules); a server's own rules otherwise.
+        let direction = match e.by.first() {
+            Some((Side::Egress, _)) => TrafficDirection::Egress,
+            _ => TrafficDirection::Ingress,
+        };
+        let rules =
+            |side: Side| -> Arc<[Policy]> { e.by.iter().filter(|(s, _)| *s == side).map(|(_, r)| policy(r)).collect() };
+        let mut f = Flow {
+            time: Timestamp::from_nanos(e.time_ns),
+            uuid: self.uuids.next(),
+            verdict: if e.allowed { Verdict::Forwarded } else { Verdict::Dropped },
+            drop_reason: if e.allowed { 0 } else { DropReason::POLICY_DENIED.0 },
+            drop_reason_desc: if e.allowed { DropReason::UNKNOWN } else { DropReason::POLICY_DENIED },
+            ip: Some(Ip {
+                source: from.ip(),
+                destination: to.ip(),
+                ip_version: if from.is_ipv4() { IpVersion::V4 } else { IpVersion::V6 },
+                encrypted: false,
+            }),
+            l4: Some(Layer4::Tcp(Tcp {
+                source_port: from.port().into(),
+                destination_port: to.port().into(),
+                flags: None,
+            })),
+            source,
+            destination,
+            flow_type: FlowType::L7,
+            node_name: self.node_name.clone(),
+            event_type: Some(EventType { kind: event_types::L7, sub_type: 0 }),
+            traffic_direction: direction,
+            is_reply: Some(e.response),
+            l7: Some(Layer7 {
+                kind: if e.response { L7FlowType::Response } else { L7FlowType::Request },
+                latency_ns: e.latency_ns,
+                http: Some(Http {
+                    code: e.code.into(),
+                    method: e.method.clone(),
+                    url: e.url.clone(),
+                    protocol: e.protocol.clone(),
+                    headers: e.headers.iter().map(|(k, v)| HttpHeader { key: k.clone(), value: v.clone() }).collect(),
+                }),
+                ..Layer7::default()
+            }),
+            ..Flow::default()
+        };
+        if e.allowed {
+            f.egress_allowed_by = rules(Side::Egress);
+            f.ingress_allowed_by = rules(Side::Ingress);
+        } else {
+            f.near_misses =
+                e.by.iter()
+                    .map(|(_, r)| NearMiss {
+                        policy: policy(r),
+                        reason: "the request matches none of its HTTP rules (method, path, host, headers)".into(),
+                    })
+                    .collect();
+        }
+        f
+    }
+
+    /// The flow for one event that happened at `wall_ns`.
+    pub fn convert(&mut self, n: &Snapshot, ev: &RawEvent, wall_ns: u64) -> Flow {
+        self.refresh(n);
         let reason = Reason::from_u8(ev.reason).unwrap_or(Reason::InvalidPacket);
         let (src_ip, dst_ip) = (IpAddr::from(ev.saddr), IpAddr::from(ev.daddr));
         let dir = if ev.dir == 0 { Direction::Ingress } else { Direction::Egress };

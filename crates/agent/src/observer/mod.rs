@@ -18,6 +18,7 @@
 
 pub mod convert;
 pub mod flowlog;
+pub mod l7;
 pub mod map;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,6 +1,5 @@
 use super::*;
 use bulkhead_policy::api::{HttpRule, PolicyKind};
-use bulkhead_policy::repository::RuleRef;
 use bulkhead_policy::resolve::Peer;
 
 const CLIENT: &str = "198.18.1.10";
@@ -15,7 +14,7 @@ fn key(peer: Peer, lo: u16, hi: u16) -> PolicyKey {
     PolicyKey { peer, proto: Proto::Tcp, lo, hi }
 }
 
-fn rule_ref(name: &str, rule: &str) -> Arc<bulkhead_policy::repository::RuleRef> {
+fn rule_ref(name: &str, rule: &str) -> Arc<RuleRef> {
     Arc::new(RuleRef {
         kind: PolicyKind::CiliumNetworkPolicy,
         namespace: Some("production".into()),
@@ -39,6 +38,11 @@ fn allow(policy: &str) -> PolicyEntry {
 
 fn endpoint(id: u32, addr: &str, identity: u32) -> Endpoint {
     Endpoint { id, name: format!("production/ep{id}"), identity, addrs: vec![ip(addr)], ingress: None, egress: None }
+}
+
+/// `by` as `side policy rule` strings.
+fn by(v: &Verdicts) -> Vec<String> {
+    v.by.iter().map(|(s, r)| format!("{s} {} {}", r.policy_name(), r.rule)).collect()
 }
 
 fn get(path: &str) -> HttpRequest<'_> {
@@ -78,7 +82,7 @@ fn the_servers_rules_decide_each_request() {
     assert_eq!(conn.client.as_deref(), Some("production/ep1"));
     let v = conn.decide(&get("/api/v1/products?id=1"));
     assert!(v.allowed, "{v:?}");
-    assert_eq!(v.by, vec![(Side::Ingress, "production/api spec.ingress[0]".to_owned())]);
+    assert_eq!(by(&v), ["ingress production/api spec.ingress[0]"]);
     assert!(!conn.decide(&post("/api/v1/products")).allowed);
     assert!(!conn.decide(&get("/admin")).allowed);
 }
@@ -125,10 +129,10 @@ fn both_ends_rules_are_enforced() {
     // The client's egress allows POST, the server's ingress does not.
     let v = conn.decide(&post("/api/v1/products"));
     assert!(!v.allowed);
-    assert_eq!(v.by, vec![(Side::Ingress, "production/api spec.ingress[0]".to_owned())]);
+    assert_eq!(by(&v), ["ingress production/api spec.ingress[0]"]);
     // The server's ingress would allow it, the client's egress does not.
     let v = conn.decide(&get("/other"));
-    assert_eq!(v.by, vec![(Side::Egress, "production/egress spec.ingress[0]".to_owned())]);
+    assert_eq!(by(&v), ["egress production/egress spec.ingress[0]"]);
 }
 
 #[test]

@@ -1,0 +1,166 @@
+//! What the proxy tells the agent about each request it decided: one
+//! [`L7Event`] per request and one per response (Hubble's L7 flows), sent
+//! to every agent that subscribed on the control socket. The agent names
+//! the endpoints and policies and files them with the kernel's flows.
+//!
+//! Header values that look secret (credentials, cookies, tokens) are
+//! replaced before they leave the proxy, as Hubble's redaction does.
+//! Nobody subscribed, or a subscriber too slow: events are dropped and
+//! counted, never queued without bound; enforcement does not wait on them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bulkhead_policy::repository::RuleRef;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::rules::Side;
+
+/// What replaces a secret-looking header value (Hubble's word).
+pub const REDACTED: &str = "HUBBLE_REDACTED";
+
+/// Events a subscriber may fall behind by before it misses some.
+const QUEUE: usize = 1 << 14;
+
+/// One request or response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct L7Event {
+    /// Wall-clock time, nanoseconds since the epoch.
+    pub time_ns: u64,
+    /// A response (else a request).
+    pub response: bool,
+    /// The request passed the rules (a response: its request did).
+    pub allowed: bool,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The original destination.
+    pub server: SocketAddr,
+    /// `GET`, …
+    pub method: String,
+    /// `http://host/path?query`, as decided (normalized).
+    pub url: String,
+    /// `HTTP/1.1`.
+    pub protocol: String,
+    /// Request headers as sent (secret-looking values redacted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// The response's status (0 for a request).
+    #[serde(default)]
+    pub code: u16,
+    /// From the request's decision to the response's head.
+    #[serde(default)]
+    pub latency_ns: u64,
+    /// The rules that allowed it, or for a denied request the rules that
+    /// came closest; with the side whose policy they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by: Vec<(Side, RuleRef)>,
+    /// Why the proxy refused to parse the request (answered 400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// Where events go: every current subscriber.
+#[derive(Debug)]
+pub struct Events {
+    tx: broadcast::Sender<Arc<L7Event>>,
+    lost: AtomicU64,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self { tx: broadcast::channel(QUEUE).0, lost: AtomicU64::new(0) }
+    }
+}
+
+impl Events {
+    /// Sends `e` to the subscribers (dropped, and counted, when there are none).
+    pub fn send(&self, e: L7Event) {
+        if self.tx.send(Arc::new(e)).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A new subscriber.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<L7Event>> {
+        self.tx.subscribe()
+    }
+
+    /// Events no subscriber took.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether a header's value must not leave the proxy.
+pub fn is_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(n.as_str(), "authorization" | "proxy-authorization" | "cookie" | "set-cookie")
+        || ["token", "secret", "password", "passwd", "api-key", "apikey", "session", "credential"]
+            .iter()
+            .any(|w| n.contains(w))
+}
+
+/// `headers` as an event carries them.
+pub fn redacted(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_secret(k) { REDACTED.to_owned() } else { String::from_utf8_lossy(v).into_owned() };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// Now, in nanoseconds since the epoch.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_values_never_leave_the_proxy() {
+        let h = |k: &str, v: &str| (k.to_owned(), v.as_bytes().to_vec());
+        let out = redacted(&[
+            h("authorization", "Bearer abc"),
+            h("cookie", "s=1"),
+            h("x-api-key", "k"),
+            h("x-auth-token", "t"),
+            h("user-agent", "curl"),
+            h("accept", "*/*"),
+        ]);
+        let values: Vec<&str> = out.iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(values, [REDACTED, REDACTED, REDACTED, REDACTED, "curl", "*/*"]);
+    }
+
+    #[test]
+    fn events_without_subscribers_are_counted_not_kept() {
+        let e = Events::default();
+        let ev = L7Event {
+            time_ns: 1,
+            response: false,
+            allowed: true,
+            client: "198.18.0.1:1000".parse().expect("addr"),
+            server: "198.18.0.2:80".parse().expect("addr"),
+            method: "GET".into(),
+            url: "http://b/".into(),
+            protocol: "HTTP/1.1".into(),
+            headers: Vec::new(),
+            code: 0,
+            latency_ns: 0,
+            by: Vec::new(),
+            refused: None,
+        };
+        e.send(ev.clone());
+        assert_eq!(e.lost(), 1);
+        let mut rx = e.subscribe();
+        e.send(ev.clone());
+        assert_eq!(*rx.try_recv().expect("delivered"), ev);
+    }
+}
