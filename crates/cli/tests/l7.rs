@@ -363,3 +363,67 @@ fn the_proxy_outlives_the_agent_and_fails_closed_when_it_dies() {
     let _ = agent.wait();
     let _ = std::fs::remove_file(&log);
 }
+
+const PAYMENTS_GRPC: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: payments-grpc, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: payment-processor}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: "9090", protocol: TCP}], rules: {http: [{method: POST, path: /bulkhead.Payments/Charge}]}}]
+"#;
+
+#[test]
+fn http2_and_grpc_requests_are_decided_per_stream() {
+    if !privileged("http2_and_grpc_requests_are_decided_per_stream") {
+        return;
+    }
+    let lab = seed_lab("l7h2");
+    let file = std::env::temp_dir().join(format!("bulkhead-l7h2-{}.yaml", std::process::id()));
+    std::fs::write(&file, PAYMENTS_GRPC).expect("write policy");
+    lab.ok(&["apply", "-f", file.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&file);
+    let frontend = lab.netns("production/frontend");
+    let h2 = |dst: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]| {
+        netns::run_in(&frontend, || {
+            bulkhead_lab::h2client::request(dst, method, path, headers, b"", Duration::from_secs(3))
+        })
+        .expect("frontend netns")
+        .unwrap_or_else(|e| panic!("{method} {dst}{path}: {e}"))
+    };
+    for v4 in [true, false] {
+        let backend = SocketAddr::new(lab.ip("production/backend", v4), 8080);
+        // HTTP/2 with prior knowledge: each stream decided on its own.
+        let a = h2(backend, "GET", "/api/v1/products?page=2", &[]);
+        assert_eq!(a.status, 200, "{backend}");
+        assert_eq!(served(&String::from_utf8_lossy(&a.body)), ("GET".into(), "/api/v1/products".into()));
+        let a = h2(backend, "GET", "/api//v1/%70roducts", &[]);
+        assert_eq!((a.status, served(&String::from_utf8_lossy(&a.body)).1.as_str()), (200, "/api/v1/products"));
+        for (method, path) in
+            [("DELETE", "/api/v1/products"), ("GET", "/admin"), ("GET", "/api/v1/products/../../admin")]
+        {
+            let a = h2(backend, method, path, &[]);
+            assert_eq!((a.status, a.body.as_slice()), (403, &b"Access denied\r\n"[..]), "{method} {path}");
+        }
+        assert_eq!(h2(backend, "GET", "/api/v1%2F..%2Fadmin", &[]).status, 400);
+
+        // gRPC, written as Cilium users write it (POST /package.Service/Method).
+        let payments = SocketAddr::new(lab.ip("production/payment-processor", v4), 9090);
+        let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+        let a = h2(payments, "POST", "/bulkhead.Payments/Charge", &grpc);
+        assert_eq!((a.status, a.grpc_status()), (200, Some(0)), "{a:?}");
+        assert!(String::from_utf8_lossy(&a.body).contains("/bulkhead.Payments/Charge"), "the service saw the call");
+        let a = h2(payments, "POST", "/bulkhead.Payments/Refund", &grpc);
+        assert_eq!((a.status, a.grpc_status()), (200, Some(7)), "PERMISSION_DENIED: {a:?}");
+        assert!(a.body.is_empty() && a.trailers.is_empty(), "trailers-only: {a:?}");
+        assert_eq!(a.headers.get("grpc-message").and_then(|v| v.to_str().ok()), Some("Access%20denied%0D%0A"));
+    }
+    let out = lab.ok(&["observe", "--type", "l7", "--http-path", "/bulkhead.Payments/Refund", "-o", "json"]);
+    let flow: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("the denied call's flow")).expect("JSON");
+    assert_eq!(flow["flow"]["l7"]["http"]["protocol"], "HTTP/2");
+    assert_eq!(flow["flow"]["verdict"], "DROPPED");
+    assert_eq!(flow["flow"]["near_misses"][0]["policy"]["name"], "payments-grpc");
+}

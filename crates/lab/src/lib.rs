@@ -9,6 +9,7 @@
 //! address); each block carries a `// SAFETY:` note.
 
 pub mod frame;
+pub mod h2client;
 pub mod pods;
 pub mod probe;
 pub mod respond;

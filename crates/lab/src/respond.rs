@@ -1,6 +1,10 @@
 //! A lab pod's container ports: TCP echo, UDP echo, and HTTP on ports
-//! whose name starts with `http` (hyper), answering with the pod's name,
-//! the method and the path, so a probe or `curl` sees who answered.
+//! whose name starts with `http` or `grpc` (hyper: HTTP/1.1 and HTTP/2
+//! with prior knowledge), answering with the pod's name, the method and
+//! the path, so a probe or `curl` sees who answered. A gRPC call
+//! (`content-type: application/grpc`) is answered by a generic service: one
+//! message whose field 1 (a string) is the method called, then
+//! `grpc-status: 0`.
 //!
 //! It runs inside the pod's network namespace (started there by `lab up`),
 //! listens on `[::]` (dual-stack), and prints `ready` once every socket is
@@ -20,7 +24,7 @@ use tokio::net::{TcpListener, UdpSocket};
 /// A container port and what answers on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Port {
-    /// HTTP (a port whose name starts with `http`).
+    /// HTTP and gRPC (a port whose name starts with `http` or `grpc`).
     Http(u16),
     /// TCP echo.
     TcpEcho(u16),
@@ -37,7 +41,7 @@ impl Port {
         let proto = it.next().unwrap_or("TCP");
         let name = it.next().unwrap_or("");
         Ok(match proto {
-            "TCP" if name.starts_with("http") => Some(Port::Http(port)),
+            "TCP" if name.starts_with("http") || name.starts_with("grpc") => Some(Port::Http(port)),
             "TCP" => Some(Port::TcpEcho(port)),
             "UDP" => Some(Port::UdpEcho(port)),
             "SCTP" => {
@@ -87,17 +91,44 @@ async fn http(l: TcpListener, pod: &'static str) {
         let Ok((stream, _)) = l.accept().await else { continue };
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                let body = serde_json::json!({"pod": pod, "method": req.method().as_str(), "path": req.uri().path()});
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(format!("{body}\n"))))
-                        .unwrap_or_default(),
-                )
+                Ok::<_, Infallible>(answer(pod, &req))
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn answer(pod: &str, req: &Request<hyper::body::Incoming>) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    let grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        // One length-prefixed message: protobuf field 1 (string) = the method.
+        let method = req.uri().path().as_bytes();
+        let mut msg = vec![0x0a];
+        let mut n = method.len();
+        while n >= 0x80 {
+            msg.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(method);
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+        let body = Full::new(Bytes::from(frame)).with_trailers(async move { Some(Ok(trailers)) }).boxed();
+        return Response::builder().header("content-type", "application/grpc").body(body).unwrap_or_default();
+    }
+    let body = serde_json::json!({"pod": pod, "method": req.method().as_str(), "path": req.uri().path()});
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!("{body}\n"))).boxed())
+        .unwrap_or_default()
 }
 
 async fn tcp_echo(l: TcpListener) {

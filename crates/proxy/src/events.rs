@@ -16,7 +16,9 @@ use bulkhead_policy::repository::RuleRef;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::rules::Side;
+use std::time::Instant;
+
+use crate::rules::{Side, Verdicts};
 
 /// What replaces a secret-looking header value (Hubble's word).
 pub const REDACTED: &str = "HUBBLE_REDACTED";
@@ -61,6 +63,48 @@ pub struct L7Event {
     pub refused: Option<String>,
 }
 
+impl L7Event {
+    /// A request's event, as decided by `v`.
+    pub fn request(
+        client: SocketAddr,
+        server: SocketAddr,
+        protocol: &str,
+        method: &str,
+        url: String,
+        headers: Vec<(String, String)>,
+        v: Verdicts,
+    ) -> Self {
+        Self {
+            time_ns: now_ns(),
+            response: false,
+            allowed: v.allowed,
+            client,
+            server,
+            method: method.into(),
+            url,
+            protocol: protocol.into(),
+            headers,
+            code: 0,
+            latency_ns: 0,
+            by: v.by.into_iter().map(|(side, r)| (side, RuleRef::clone(&r))).collect(),
+            refused: None,
+        }
+    }
+
+    /// The event of the response to this request: `code`, `since` the
+    /// request was decided.
+    pub fn response(&self, code: u16, since: Instant) -> Self {
+        Self {
+            response: true,
+            code,
+            time_ns: now_ns(),
+            latency_ns: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            headers: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
 /// Where events go: every current subscriber.
 #[derive(Debug)]
 pub struct Events {
@@ -103,12 +147,12 @@ pub fn is_secret(name: &str) -> bool {
 }
 
 /// `headers` as an event carries them.
-pub fn redacted(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+pub fn redacted<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<(String, String)> {
     headers
-        .iter()
+        .into_iter()
         .map(|(k, v)| {
             let v = if is_secret(k) { REDACTED.to_owned() } else { String::from_utf8_lossy(v).into_owned() };
-            (k.clone(), v)
+            (k.to_owned(), v)
         })
         .collect()
 }
@@ -126,8 +170,8 @@ mod tests {
 
     #[test]
     fn secret_looking_values_never_leave_the_proxy() {
-        let h = |k: &str, v: &str| (k.to_owned(), v.as_bytes().to_vec());
-        let out = redacted(&[
+        let h = |k: &'static str, v: &'static str| (k, v.as_bytes());
+        let out = redacted([
             h("authorization", "Bearer abc"),
             h("cookie", "s=1"),
             h("x-api-key", "k"),

@@ -12,6 +12,7 @@
 
 pub mod control;
 pub mod events;
+pub mod h2;
 pub mod http1;
 pub mod rules;
 pub mod server;

@@ -375,6 +375,13 @@ pub struct Verdicts {
     pub by: Vec<(Side, Arc<RuleRef>)>,
 }
 
+impl Verdicts {
+    /// Denied, by no rule (a request refused before any rule could see it).
+    pub fn denied() -> Self {
+        Self { allowed: false, by: Vec::new() }
+    }
+}
+
 impl Connection {
     /// Whether any L7 rule applies (else every request passes, still
     /// proxied and visible).

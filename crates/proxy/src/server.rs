@@ -24,12 +24,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bulkhead_policy::identity::Reserved;
 use bulkhead_policy::l7::{EscapedSlashes, HttpRequest, normalize_target};
-use bulkhead_policy::repository::RuleRef;
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::events::{Events, L7Event, now_ns, redacted};
+use crate::events::{Events, L7Event, redacted};
 use crate::http1::{
     self, BodyLength, CONTINUE, Decoder, Event, Refusal, RequestHead, ResponseFramer, Version, encode_chunk,
     encode_head, encode_last_chunk,
@@ -124,7 +123,32 @@ async fn connection(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) ->
     };
     drop(rules);
     client.set_nodelay(true)?;
+    if opens_http2(&client).await? {
+        return crate::h2::serve(client, peer, dst, conn, shared).await;
+    }
     Session { client, peer, dst, conn, shared, decoder: Decoder::default(), buf: Vec::new() }.run().await
+}
+
+/// Whether the client's first bytes are the HTTP/2 preface (they are not
+/// consumed). Waits only while what arrived could still be one.
+async fn opens_http2(client: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; crate::h2::PREFACE.len()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        client.readable().await?;
+        let n = client.peek(&mut buf).await?;
+        if n == 0 || !crate::h2::PREFACE.starts_with(&buf[..n]) {
+            return Ok(false);
+        }
+        if n == buf.len() {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "a partial HTTP/2 preface"));
+        }
+        // Part of the preface: the rest is on its way.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// One client connection.
@@ -199,10 +223,11 @@ impl Session {
 
     async fn refuse(&mut self, why: &(dyn std::fmt::Display + Sync)) -> io::Result<()> {
         tracing::info!(client = %self.peer, destination = %self.dst, reason = %why, "refused a request (400)");
-        let mut event = self.event(false, "", "", &[], Verdicts { allowed: false, by: Vec::new() });
+        let mut event =
+            L7Event::request(self.peer, self.dst, "HTTP/1.1", "", String::new(), Vec::new(), Verdicts::denied());
         event.refused = Some(why.to_string());
         self.shared.events.send(event.clone());
-        self.shared.events.send(L7Event { response: true, code: 400, headers: Vec::new(), ..event });
+        self.shared.events.send(event.response(400, std::time::Instant::now()));
         let answer = http1::bad_request(why);
         self.client.write_all(&answer).await?;
         self.client.shutdown().await
@@ -238,16 +263,11 @@ impl Session {
         let verdict = self.conn.decide(&req);
         let rules: Vec<String> = verdict.by.iter().map(|(side, r)| format!("{side} {r}")).collect();
         let decided = std::time::Instant::now();
-        let event = self.event(false, &head.method, &format!("http://{}{target}", head.host), &head.headers, verdict);
+        let url = format!("http://{}{target}", head.host);
+        let headers = redacted(head.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        let event = L7Event::request(self.peer, self.dst, "HTTP/1.1", &head.method, url, headers, verdict);
         self.shared.events.send(event.clone());
-        let respond = |code: u16| L7Event {
-            response: true,
-            code,
-            time_ns: now_ns(),
-            latency_ns: u64::try_from(decided.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            headers: Vec::new(),
-            ..event.clone()
-        };
+        let respond = |code: u16| event.response(code, decided);
         if !event.allowed {
             tracing::info!(
                 client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
@@ -324,25 +344,6 @@ impl Session {
         }
     }
 
-    /// A request's event (the response's is made from it).
-    fn event(&self, response: bool, method: &str, url: &str, headers: &[(String, Vec<u8>)], v: Verdicts) -> L7Event {
-        L7Event {
-            time_ns: now_ns(),
-            response,
-            allowed: v.allowed,
-            client: self.peer,
-            server: self.dst,
-            method: method.into(),
-            url: url.into(),
-            protocol: "HTTP/1.1".into(),
-            headers: redacted(headers),
-            code: 0,
-            latency_ns: 0,
-            by: v.by.into_iter().map(|(side, r)| (side, RuleRef::clone(&r))).collect(),
-            refused: None,
-        }
-    }
-
     /// Whether the client asked to close after this request.
     fn client_closes(&self, head: &RequestHead) -> bool {
         let said = |token: &str| {
@@ -372,25 +373,29 @@ struct Upstream {
     buf: Vec<u8>,
 }
 
+/// Connects to `dst` from `client`'s address (`IP_TRANSPARENT`), marked
+/// [`UPSTREAM_MARK`].
+pub(crate) async fn connect_as(client: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
+    let s = Socket::new(if dst.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, Type::STREAM, None)?;
+    if dst.is_ipv6() {
+        s.set_ip_transparent_v6(true)?;
+    } else {
+        s.set_ip_transparent_v4(true)?;
+    }
+    s.set_mark(UPSTREAM_MARK)?;
+    s.set_tcp_nodelay(true)?;
+    s.bind(&SocketAddr::new(client, 0).into())?;
+    s.set_nonblocking(true)?;
+    let std: std::net::TcpStream = s.into();
+    let socket = tokio::net::TcpSocket::from_std_stream(std);
+    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {dst} timed out")))?
+}
+
 impl Upstream {
-    /// Connects to `dst` from `client`'s address, marked.
     async fn connect(client: IpAddr, dst: SocketAddr) -> io::Result<Self> {
-        let s = Socket::new(if dst.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, Type::STREAM, None)?;
-        if dst.is_ipv6() {
-            s.set_ip_transparent_v6(true)?;
-        } else {
-            s.set_ip_transparent_v4(true)?;
-        }
-        s.set_mark(UPSTREAM_MARK)?;
-        s.set_tcp_nodelay(true)?;
-        s.bind(&SocketAddr::new(client, 0).into())?;
-        s.set_nonblocking(true)?;
-        let std: std::net::TcpStream = s.into();
-        let socket = tokio::net::TcpSocket::from_std_stream(std);
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {dst} timed out")))??;
-        Ok(Self { stream, buf: Vec::new() })
+        Ok(Self { stream: connect_as(client, dst).await?, buf: Vec::new() })
     }
 
     /// Relays one response (and interim ones) to `client`; whether the
