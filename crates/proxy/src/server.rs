@@ -109,6 +109,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 async fn connection(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> io::Result<()> {
     let dst = client.local_addr()?;
+    session(client, peer, dst, shared).await
+}
+
+/// Serves one client connection from `peer` whose original destination is
+/// `dst` (for a redirected connection, its own local address).
+pub async fn session(client: TcpStream, peer: SocketAddr, dst: SocketAddr, shared: Arc<Shared>) -> io::Result<()> {
     let rules = shared.rules.load();
     if dst.port() == shared.port && (dst.ip().is_loopback() || rules.identity(dst.ip()) == Reserved::Host.id()) {
         tracing::warn!(client = %peer, "refused a connection to the proxy's own port (only redirected ones are served)");
