@@ -140,6 +140,7 @@ pub async fn session(client: TcpStream, peer: SocketAddr, dst: SocketAddr, share
 async fn opens_http2(client: &TcpStream) -> io::Result<bool> {
     let mut buf = [0u8; crate::h2::PREFACE.len()];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_millis(1);
     loop {
         client.readable().await?;
         let n = client.peek(&mut buf).await?;
@@ -152,8 +153,10 @@ async fn opens_http2(client: &TcpStream) -> io::Result<bool> {
         if tokio::time::Instant::now() >= deadline {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "a partial HTTP/2 preface"));
         }
-        // Part of the preface: the rest is on its way.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Part of the preface: the rest is on its way (backing off, so a
+        // client that stops mid-preface costs next to nothing).
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
