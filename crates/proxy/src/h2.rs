@@ -112,8 +112,8 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let decided = Instant::now();
     let url = format!("http://{authority}{target}");
     let shown = redacted(req.headers().iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
-    let event = L7Event::request(ctx.peer, ctx.dst, "HTTP/2", &method, url, shown, verdict);
-    ctx.shared.events.send(event.clone());
+    let event = Arc::new(L7Event::request(ctx.peer, ctx.dst, "HTTP/2", &method, url, shown, verdict));
+    ctx.shared.events.send(Arc::clone(&event));
     if !event.allowed {
         tracing::info!(client = %ctx.peer, destination = %ctx.dst, method = %method, path = %target, grpc, "request denied");
         ctx.shared.events.send(event.response(if grpc { 200 } else { 403 }, decided));
@@ -140,16 +140,11 @@ async fn forward(
     authority: &str,
     target: &str,
 ) -> Result<Response<Incoming>, String> {
-    let (parts, body) = req.into_parts();
-    let uri: hyper::Uri = format!("http://{authority}{target}").parse().map_err(|e| format!("{e}"))?;
-    let mut out = Request::builder().method(parts.method).uri(uri).version(hyper::Version::HTTP_2);
-    for (k, v) in &parts.headers {
-        // `:authority` carries the host.
-        if k != hyper::header::HOST {
-            out = out.header(k, v);
-        }
-    }
-    let out = out.body(body).map_err(|e| e.to_string())?;
+    let (mut parts, body) = req.into_parts();
+    parts.uri = format!("http://{authority}{target}").parse().map_err(|e| format!("{e}"))?;
+    // `:authority` carries the host.
+    parts.headers.remove(hyper::header::HOST);
+    let out = Request::from_parts(parts, body);
     let mut sender = {
         let mut up = ctx.upstream.lock().await;
         match up.as_ref() {

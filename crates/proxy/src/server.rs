@@ -274,8 +274,8 @@ impl Session {
         let decided = std::time::Instant::now();
         let url = format!("http://{}{target}", head.host);
         let headers = redacted(head.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
-        let event = L7Event::request(self.peer, self.dst, "HTTP/1.1", &head.method, url, headers, verdict);
-        self.shared.events.send(event.clone());
+        let event = Arc::new(L7Event::request(self.peer, self.dst, "HTTP/1.1", &head.method, url, headers, verdict));
+        self.shared.events.send(Arc::clone(&event));
         let respond = |code: u16| event.response(code, decided);
         if !event.allowed {
             tracing::info!(
