@@ -14,11 +14,12 @@
 #              same server over loopback (one hop fewer than bulkhead's).
 # HTTP/1.1 with wrk (requests/s, p50/p99 latency), HTTP/2 with h2load
 # (requests/s, mean latency), in each of ROUNDS rounds (default 5),
-# interleaved; the client and the server on CPU 0, the proxy on CPU 1 —
+# interleaved (after each proxy's memory, VmRSS, fresh and with 10,000 idle
+# client connections); the client and the server on CPU 0, the proxy on CPU 1 —
 # for bulkhead with the agent, which turns the proxy's events (one per
-# request and one per response) into flows and the signed flow log. Then each proxy's memory (VmRSS) before and with 10,000 idle
-# client connections. Prints every run and the medians with each row's
-# ratio to Envoy. Needs root.
+# request and one per response) into flows and the signed flow log.
+# Prints every run and the medians with each row's ratio to Envoy. Needs
+# root.
 #
 #   bash scripts/bench-l7.sh [ROUNDS] [SECONDS]    (defaults 5, 10)
 set -euo pipefail
@@ -174,11 +175,6 @@ h2() { # ROW ROUND
 to_us() { # 1.23ms / 456.00us / 1.2s → microseconds
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1e6; else print n }'
 }
-for ((r = 1; r <= rounds; r++)); do
-  for row in direct bulkhead envoy; do h1 $row $r; done
-  for row in direct bulkhead envoy; do h2 $row $r; done
-done
-
 idle() { # ROW PID → kB of RSS the proxy takes for 10,000 idle client connections
   local line
   line=$(ip netns exec $cns python3 - "$(url "$1")" "$2" <<'PY'
@@ -201,8 +197,15 @@ PY
   echo "$1 mem 1 $((after - before)) 0 0" >>"$work/results"
   sleep 1
 }
+# Memory first, while both proxies are fresh (after load, freed buffers
+# would be reused and hide the cost).
 idle bulkhead $proxy_pid
 idle envoy $envoy_pid
+for ((r = 1; r <= rounds; r++)); do
+  for row in direct bulkhead envoy; do h1 $row $r; done
+  for row in direct bulkhead envoy; do h2 $row $r; done
+done
+
 
 echo
 echo "medians of $rounds rounds (ratio to envoy):"
