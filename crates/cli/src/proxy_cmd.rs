@@ -63,6 +63,7 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
             Slashes::Unescape => EscapedSlashes::Unescape,
         },
         threads: a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1)),
+        reporter_init: Some(|| bulkhead_datapath::sched::lower_this_thread(bulkhead_datapath::sched::REPORTER_NICE)),
     })
     .with_context(|| format!("proxy on port {}", a.http_port))?;
     Ok(ExitCode::SUCCESS)

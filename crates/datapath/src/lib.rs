@@ -12,6 +12,7 @@ pub mod abi;
 pub mod events;
 mod maps;
 pub mod netns;
+pub mod sched;
 pub mod sync;
 mod view;
 

@@ -141,7 +141,11 @@ async fn stream_events(sub: &Subscribe, mut stream: UnixStream, shared: &Shared)
     let mut rx = shared.events.subscribe();
     let mut out = stream.into_std()?;
     out.set_nonblocking(false)?;
+    let init = shared.reporter_init;
     let writer = std::thread::Builder::new().name("l7-events".into()).spawn(move || -> io::Result<()> {
+        if let Some(Err(e)) = init.map(|f| f()) {
+            tracing::warn!(error = %e, "the L7 event writer keeps its priority");
+        }
         use std::io::Write as _;
         use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         let mut buf = Vec::with_capacity(64 * 1024);

@@ -35,6 +35,9 @@ pub struct Config {
     pub escaped_slashes: EscapedSlashes,
     /// Worker threads.
     pub threads: usize,
+    /// Run by the thread that streams L7 events to the agent as it starts:
+    /// `bulkhead proxy` lowers that thread's priority below the workers'.
+    pub reporter_init: Option<fn() -> std::io::Result<()>>,
 }
 
 /// Runs the proxy in the calling thread's network namespace until SIGINT
@@ -50,6 +53,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         escaped_slashes: config.escaped_slashes,
         port: config.http_port,
         events: Default::default(),
+        reporter_init: config.reporter_init,
     });
     rt.block_on(async move {
         for l in listeners {

@@ -58,6 +58,8 @@ pub struct Shared {
     pub port: u16,
     /// Where each request's and response's event goes.
     pub events: Events,
+    /// See [`crate::Config::reporter_init`].
+    pub reporter_init: Option<fn() -> io::Result<()>>,
 }
 
 /// Transparent listeners on `port`, IPv4 and IPv6, in the calling thread's
@@ -216,10 +218,9 @@ impl Session {
                 }
                 Err(r) => return Ok(Some(Err(r))),
             }
-            let at = self.buf.len();
-            self.buf.resize(at + READ_CHUNK, 0);
-            let n = self.client.read(&mut self.buf[at..]).await?;
-            self.buf.truncate(at + n);
+            // Into spare capacity: nothing is zeroed first.
+            self.buf.reserve(READ_CHUNK);
+            let n = self.client.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return if self.decoder.is_idle() && self.buf.is_empty() {
                     Ok(None)
@@ -422,10 +423,8 @@ impl Upstream {
                 // connection is not trusted with another request.
                 return Ok((!framer.closes() && self.buf.is_empty(), framer.status()));
             }
-            let at = self.buf.len();
-            self.buf.resize(at + READ_CHUNK, 0);
-            let n = self.stream.read(&mut self.buf[at..]).await?;
-            self.buf.truncate(at + n);
+            self.buf.reserve(READ_CHUNK);
+            let n = self.stream.read_buf(&mut self.buf).await?;
             if n == 0 {
                 framer.eof().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 return Ok((false, framer.status()));

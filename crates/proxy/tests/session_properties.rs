@@ -204,6 +204,7 @@ proptest! {
                 escaped_slashes: EscapedSlashes::Refuse,
                 port: 1,
                 events: Default::default(),
+                reporter_init: None,
             });
             let front = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("proxy listener");
             let front_addr = front.local_addr().expect("proxy address");

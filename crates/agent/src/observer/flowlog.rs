@@ -261,6 +261,10 @@ pub fn start(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let log = Log::open(cfg, key, Arc::clone(&stats))?;
     std::thread::Builder::new().name("flowlog".into()).spawn(move || {
+        // Below enforcement's priority; a full queue is counted as lost.
+        if let Err(e) = bulkhead_datapath::sched::lower_this_thread(bulkhead_datapath::sched::REPORTER_NICE) {
+            tracing::warn!(error = %e, "the flow log thread keeps its priority");
+        }
         if let Err(e) = run(log, &rx) {
             tracing::error!(error = %e, "the flow log stopped");
             *stats.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
