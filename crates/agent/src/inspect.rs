@@ -108,7 +108,7 @@ impl Readers<'_> {
             buffer_bytes: o.bytes,
             buffer_max_bytes: o.max_bytes,
             seen: o.seen,
-            lost: LostEvents { datapath_ring: datapath_lost, flow_log: o.log_lost },
+            lost: LostEvents { datapath_ring: datapath_lost, flow_log: o.log_lost, l7_proxy: o.l7_lost },
             log_dir: config.flow_log.as_ref().map(|c| c.dir.display().to_string()).unwrap_or_default(),
             log_written: log.map_or(0, |s| load(&s.written)),
             log_checkpoint: log.map_or(0, |s| load(&s.checkpoint_seq)),
@@ -179,7 +179,11 @@ impl Readers<'_> {
             }
         }
         let o = self.observer.stats();
-        snap.lost = vec![("datapath_ring".into(), counters.lost_events), ("flow_log".into(), o.log_lost)];
+        snap.lost = vec![
+            ("datapath_ring".into(), counters.lost_events),
+            ("flow_log".into(), o.log_lost),
+            ("l7_proxy".into(), o.l7_lost),
+        ];
         snap.map_pressure = self.kernel.map_pressure()?;
         snap.endpoints = self.snapshot.endpoints.len() as u64;
         snap.endpoints_not_ready = self.snapshot.not_ready.len() as u64;

@@ -401,6 +401,10 @@ pub struct LostEvents {
     pub datapath_ring: u64,
     /// Flows the flow log's queue could not take.
     pub flow_log: u64,
+    /// L7 events the proxy could not deliver (no agent listening, or the
+    /// agent behind: enforcement goes first).
+    #[serde(default)]
+    pub l7_proxy: u64,
 }
 
 /// The flow pipeline, for `status`.

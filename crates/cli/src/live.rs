@@ -348,8 +348,8 @@ fn render_status(s: &Status, socket: &std::path::Path) -> String {
     );
     let _ = writeln!(
         o,
-        "lost:       {} in the kernel ring, {} not logged ({} old flows evicted from the buffer)",
-        f.lost.datapath_ring, f.lost.flow_log, f.evicted
+        "lost:       {} in the kernel ring, {} L7 events from the proxy, {} not logged ({} old flows evicted from the buffer)",
+        f.lost.datapath_ring, f.lost.l7_proxy, f.lost.flow_log, f.evicted
     );
     if !f.log_dir.is_empty() {
         let _ = writeln!(o, "flow log:   {} ({} records, signed up to {})", f.log_dir, f.log_written, f.log_checkpoint);

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::events::Lost;
 use crate::rules::Update;
 use crate::server::Shared;
 
@@ -139,6 +140,7 @@ async fn stream_events(sub: &Subscribe, mut stream: UnixStream, shared: &Shared)
     }
     tracing::info!("an agent subscribed to L7 events");
     let mut rx = shared.events.subscribe();
+    let unsent = shared.events.take_lost();
     let mut out = stream.into_std()?;
     out.set_nonblocking(false)?;
     let init = shared.reporter_init;
@@ -149,11 +151,19 @@ async fn stream_events(sub: &Subscribe, mut stream: UnixStream, shared: &Shared)
         use std::io::Write as _;
         use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         let mut buf = Vec::with_capacity(64 * 1024);
+        // Events lost (no subscriber before this one, or this one behind),
+        // told to the agent, which counts them.
+        let mut lost = unsent;
         loop {
+            if lost > 0 {
+                serde_json::to_writer(&mut buf, &Lost { lost }).map_err(io::Error::other)?;
+                buf.push(b'\n');
+                lost = 0;
+            }
             let first = match rx.blocking_recv() {
                 Ok(e) => e,
                 Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "the L7 event subscriber fell behind");
+                    lost += n;
                     continue;
                 }
                 Err(RecvError::Closed) => return Ok(()),
@@ -171,7 +181,7 @@ async fn stream_events(sub: &Subscribe, mut stream: UnixStream, shared: &Shared)
                             std::thread::yield_now();
                         }
                     }
-                    Err(TryRecvError::Lagged(n)) => tracing::warn!(missed = n, "the L7 event subscriber fell behind"),
+                    Err(TryRecvError::Lagged(n)) => lost += n,
                     Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                 }
             }

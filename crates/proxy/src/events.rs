@@ -112,6 +112,15 @@ impl L7Event {
     }
 }
 
+/// A line of the event stream that is not an event: how many events the
+/// proxy could not deliver since the last such line (no subscriber, or one
+/// that fell behind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// Events dropped.
+    pub lost: u64,
+}
+
 /// Where events go: every current subscriber.
 #[derive(Debug)]
 pub struct Events {
@@ -138,9 +147,10 @@ impl Events {
         self.tx.subscribe()
     }
 
-    /// Events no subscriber took.
-    pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
+    /// Events no subscriber took since the last call (a new subscriber
+    /// is told).
+    pub fn take_lost(&self) -> u64 {
+        self.lost.swap(0, Ordering::Relaxed)
     }
 }
 
@@ -209,7 +219,8 @@ mod tests {
             refused: None,
         };
         e.send(ev.clone());
-        assert_eq!(e.lost(), 1);
+        assert_eq!(e.take_lost(), 1);
+        assert_eq!(e.take_lost(), 0);
         let mut rx = e.subscribe();
         e.send(ev.clone());
         assert_eq!(*rx.try_recv().expect("delivered"), ev);

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bulkhead_proxy::control::Subscribe;
-use bulkhead_proxy::events::L7Event;
+use bulkhead_proxy::events::{L7Event, Lost};
 
 use super::Observer;
 use super::convert::Converter;
@@ -50,6 +50,24 @@ fn subscribe(control: &Path) -> std::io::Result<BufReader<UnixStream>> {
     Ok(BufReader::new(s))
 }
 
+/// One line of the stream: an event becomes a flow; a count of events the
+/// proxy could not deliver is counted as lost.
+fn take(
+    line: &[u8],
+    snapshot: &crate::snapshot::Snapshot,
+    conv: &mut Converter,
+    observer: &Observer,
+    flows: &mut Vec<bulkhead_flow::model::Flow>,
+) -> std::io::Result<()> {
+    if let Ok(event) = serde_json::from_slice::<L7Event>(line) {
+        flows.push(conv.convert_l7(snapshot, &event));
+        return Ok(());
+    }
+    let lost: Lost = serde_json::from_slice(line).map_err(std::io::Error::other)?;
+    observer.count_l7_lost(lost.lost);
+    Ok(())
+}
+
 fn follow(
     mut reader: BufReader<UnixStream>,
     published: &Published,
@@ -64,16 +82,15 @@ fn follow(
         match reader.read_until(b'\n', &mut line) {
             Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the proxy went away")),
             Ok(_) if line.ends_with(b"\n") => {
-                let event: L7Event = serde_json::from_slice(&line).map_err(std::io::Error::other)?;
-                line.clear();
                 let snapshot = published.load();
-                let mut flows = vec![conv.convert_l7(&snapshot, &event)];
+                let mut flows = Vec::new();
+                take(&line, &snapshot, conv, observer, &mut flows)?;
+                line.clear();
                 // Whatever else is already buffered goes in the same batch.
                 while reader.buffer().contains(&b'\n') {
                     reader.read_until(b'\n', &mut line)?;
-                    let event: L7Event = serde_json::from_slice(&line).map_err(std::io::Error::other)?;
+                    take(&line, &snapshot, conv, observer, &mut flows)?;
                     line.clear();
-                    flows.push(conv.convert_l7(&snapshot, &event));
                 }
                 observer.publish(flows);
             }

@@ -42,6 +42,7 @@ pub struct Observer {
     metrics: Arc<Metrics>,
     log: Mutex<Option<SyncSender<Arc<Flow>>>>,
     log_lost: AtomicU64,
+    l7_lost: AtomicU64,
 }
 
 /// Counts for `status` and the metrics.
@@ -57,6 +58,8 @@ pub struct ObserverStats {
     pub overwritten: u64,
     /// Flows the flow log could not take.
     pub log_lost: u64,
+    /// L7 events the proxy could not deliver.
+    pub l7_lost: u64,
     /// Flows seen since the agent started.
     pub seen: u64,
 }
@@ -70,6 +73,7 @@ impl Observer {
             metrics,
             log: Mutex::new(None),
             log_lost: AtomicU64::new(0),
+            l7_lost: AtomicU64::new(0),
         }
     }
 
@@ -120,6 +124,12 @@ impl Observer {
         self.changed.notify_waiters();
     }
 
+    /// Counts L7 events the proxy dropped (nobody listening, or the
+    /// agent behind).
+    pub fn count_l7_lost(&self, n: u64) {
+        self.l7_lost.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Counts.
     pub fn stats(&self) -> ObserverStats {
         let r = self.ring();
@@ -129,6 +139,7 @@ impl Observer {
             max_bytes: r.max_bytes() as u64,
             overwritten: r.overwritten(),
             log_lost: self.log_lost.load(Ordering::Relaxed),
+            l7_lost: self.l7_lost.load(Ordering::Relaxed),
             seen: r.next_seq(),
         }
     }
