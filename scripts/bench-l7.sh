@@ -211,7 +211,7 @@ echo
 echo "bulkhead's L7 flows over all runs (the agent shares the proxy's CPU; under overload enforcement goes first and flows are shed, counted):"
 "$bin" status -o json | python3 -c 'import json, sys
 f = json.load(sys.stdin)["flows"]
-print(f"  {f[\"seen\"]} flows seen, {f[\"lost\"][\"l7_proxy\"]} L7 events the proxy could not deliver")'
+print("  %d flows seen, %d L7 events the proxy could not deliver" % (f["seen"], f["lost"]["l7_proxy"]))'
 echo
 echo "medians of $rounds rounds (ratio to envoy):"
 python3 - "$work/results" <<'PY'
