@@ -109,7 +109,10 @@ impl ProxyLink {
             let path = self.config.control.display().to_string();
             let s = UnixStream::connect(&self.config.control)
                 .map_err(|error| LinkError::Unreachable { path: path.clone(), error })?;
+            // A proxy that stopped (SIGSTOP, hung) holds up a change for
+            // this long at most, writing or waiting.
             s.set_read_timeout(Some(REPLY_TIMEOUT))
+                .and_then(|()| s.set_write_timeout(Some(REPLY_TIMEOUT)))
                 .map_err(|error| LinkError::Unreachable { path: path.clone(), error })?;
             self.stream = Some(BufReader::new(s));
             tracing::info!(control = %path, "connected to the L7 proxy; sending every endpoint's rules");

@@ -232,7 +232,7 @@ fn observe_metrics_and_the_signed_flow_log() {
     let status = lab.json(&["status", "-o", "json"]);
     let web = status["flows"]["web"].as_str().expect("web address").to_string();
     assert!(status["flows"]["seen"].as_u64().unwrap_or(0) > 100, "{status}");
-    assert_eq!(status["flows"]["lost"], serde_json::json!({"datapath_ring": 0, "flow_log": 0}));
+    assert_eq!(status["flows"]["lost"], serde_json::json!({"datapath_ring": 0, "flow_log": 0, "l7_proxy": 0}));
     let metrics = http_get(&format!("{web}metrics"));
     let m = dir.join("metrics.txt");
     std::fs::write(&m, &metrics).expect("write");
