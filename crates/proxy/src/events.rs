@@ -164,14 +164,8 @@ pub fn is_secret(name: &str) -> bool {
 }
 
 /// `headers` as an event carries them.
-pub fn redacted<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<(String, String)> {
-    headers
-        .into_iter()
-        .map(|(k, v)| {
-            let v = if is_secret(k) { REDACTED.to_owned() } else { String::from_utf8_lossy(v).into_owned() };
-            (k.to_owned(), v)
-        })
-        .collect()
+pub fn redacted(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    headers.iter().map(|(k, v)| ((*k).to_owned(), if is_secret(k) { REDACTED } else { v }.to_owned())).collect()
 }
 
 /// Now, in nanoseconds since the epoch.
@@ -187,14 +181,13 @@ mod tests {
 
     #[test]
     fn secret_looking_values_never_leave_the_proxy() {
-        let h = |k: &'static str, v: &'static str| (k, v.as_bytes());
-        let out = redacted([
-            h("authorization", "Bearer abc"),
-            h("cookie", "s=1"),
-            h("x-api-key", "k"),
-            h("x-auth-token", "t"),
-            h("user-agent", "curl"),
-            h("accept", "*/*"),
+        let out = redacted(&[
+            ("authorization", "Bearer abc"),
+            ("cookie", "s=1"),
+            ("x-api-key", "k"),
+            ("x-auth-token", "t"),
+            ("user-agent", "curl"),
+            ("accept", "*/*"),
         ]);
         let values: Vec<&str> = out.iter().map(|(_, v)| v.as_str()).collect();
         assert_eq!(values, [REDACTED, REDACTED, REDACTED, REDACTED, "curl", "*/*"]);

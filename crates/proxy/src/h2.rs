@@ -30,10 +30,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::events::{L7Event, redacted};
 use crate::http1::ACCESS_DENIED;
-use crate::rules::{Connection, Verdicts};
-use crate::server::{Shared, connect_as};
+use crate::rules::Connection;
+use crate::server::{Shared, connect_as, rules_of};
 
 /// What an HTTP/2 connection opens with (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -93,29 +92,20 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let target = match normalize_target(&sent, ctx.shared.escaped_slashes) {
         Ok(t) => t,
         Err(e) => {
-            let mut event =
-                L7Event::request(ctx.peer, ctx.dst, "HTTP/2", &method, String::new(), Vec::new(), Verdicts::denied());
-            event.refused = Some(e.to_string());
-            ctx.shared.events.send(event.clone());
-            ctx.shared.events.send(event.response(400, Instant::now()));
+            ctx.shared.refused((ctx.peer, ctx.dst), "HTTP/2", &method, e.to_string());
             return plain(StatusCode::BAD_REQUEST, format!("{e}\r\n"));
         }
     };
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
-    let header_refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let verdict =
-        ctx.conn.decide(&HttpRequest { method: &method, path: &target, host: &authority, headers: &header_refs });
+    let values: Vec<_> = req.headers().values().map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
+    let headers: Vec<(&str, &str)> = req.headers().keys().zip(&values).map(|(k, v)| (k.as_str(), &**v)).collect();
+    let req_seen = HttpRequest { method: &method, path: &target, host: &authority, headers: &headers };
+    let event = ctx.shared.decide(&ctx.conn, (ctx.peer, ctx.dst), "HTTP/2", &req_seen);
     let decided = Instant::now();
-    let url = format!("http://{authority}{target}");
-    let shown = redacted(req.headers().iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
-    let event = Arc::new(L7Event::request(ctx.peer, ctx.dst, "HTTP/2", &method, url, shown, verdict));
-    ctx.shared.events.send(Arc::clone(&event));
     if !event.allowed {
-        tracing::info!(client = %ctx.peer, destination = %ctx.dst, method = %method, path = %target, grpc, "request denied");
+        tracing::info!(
+            client = %ctx.peer, destination = %ctx.dst, method = %method, path = %target, grpc,
+            denied_by = %rules_of(&event), "request denied"
+        );
         ctx.shared.events.send(event.response(if grpc { 200 } else { 403 }, decided));
         return if grpc { grpc_denied() } else { plain(StatusCode::FORBIDDEN, ACCESS_DENIED.into()) };
     }

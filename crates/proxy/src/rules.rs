@@ -148,15 +148,15 @@ impl Compiled {
     fn new(d: &Direction) -> Result<Self, L7Error> {
         let mut checks = HashMap::new();
         // Entries share their rules (one policy for many peers): compile
-        // each distinct rule set once.
-        let mut seen: HashMap<(&L7Policy, &PolicyEntry), Arc<Check>> = HashMap::new();
+        // each distinct entry (its rules and the refs behind them) once.
+        let mut seen: HashMap<&PolicyEntry, Arc<Check>> = HashMap::new();
         for (k, e) in &d.entries {
             if let Verdict::Redirect(l7) = &e.verdict {
-                let c = match seen.get(&(l7.as_ref(), e)) {
+                let c = match seen.get(e) {
                     Some(c) => Arc::clone(c),
                     None => {
                         let c = Arc::new(Check::compile(l7, e)?);
-                        seen.insert((l7.as_ref(), e), Arc::clone(&c));
+                        seen.insert(e, Arc::clone(&c));
                         c
                     }
                 };

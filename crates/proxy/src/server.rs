@@ -62,6 +62,41 @@ pub struct Shared {
     pub reporter_init: Option<fn() -> io::Result<()>>,
 }
 
+impl Shared {
+    /// Decides one request (its target already normalized) with the
+    /// connection's rules and reports it: the request's event is sent,
+    /// and its response's are made from the one returned. HTTP/1.1 and
+    /// HTTP/2 alike.
+    pub(crate) fn decide(
+        &self,
+        conn: &Connection,
+        (peer, dst): (SocketAddr, SocketAddr),
+        protocol: &str,
+        req: &HttpRequest<'_>,
+    ) -> Arc<L7Event> {
+        let verdict = conn.decide(req);
+        let url = format!("http://{}{}", req.host, req.path);
+        let headers = redacted(req.headers);
+        let event = Arc::new(L7Event::request(peer, dst, protocol, req.method, url, headers, verdict));
+        self.events.send(Arc::clone(&event));
+        event
+    }
+
+    /// Reports a request refused before any rule saw it (answered 400).
+    pub(crate) fn refused(&self, (peer, dst): (SocketAddr, SocketAddr), protocol: &str, method: &str, why: String) {
+        let mut event = L7Event::request(peer, dst, protocol, method, String::new(), Vec::new(), Verdicts::denied());
+        event.refused = Some(why);
+        let response = event.response(400, std::time::Instant::now());
+        self.events.send(event);
+        self.events.send(response);
+    }
+}
+
+/// The rules behind an event, `side policy rule, …`, for a log line.
+pub(crate) fn rules_of(event: &L7Event) -> String {
+    event.by.iter().map(|(side, r)| format!("{side} {r}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Transparent listeners on `port`, IPv4 and IPv6, in the calling thread's
 /// network namespace.
 pub fn listeners(port: u16) -> io::Result<Vec<std::net::TcpListener>> {
@@ -233,11 +268,7 @@ impl Session {
 
     async fn refuse(&mut self, why: &(dyn std::fmt::Display + Sync)) -> io::Result<()> {
         tracing::info!(client = %self.peer, destination = %self.dst, reason = %why, "refused a request (400)");
-        let mut event =
-            L7Event::request(self.peer, self.dst, "HTTP/1.1", "", String::new(), Vec::new(), Verdicts::denied());
-        event.refused = Some(why.to_string());
-        self.shared.events.send(event.clone());
-        self.shared.events.send(event.response(400, std::time::Instant::now()));
+        self.shared.refused((self.peer, self.dst), "HTTP/1.1", "", why.to_string());
         let answer = http1::bad_request(why);
         self.client.write_all(&answer).await?;
         self.client.shutdown().await
@@ -266,22 +297,17 @@ impl Session {
                 return Ok(After::Close);
             }
         };
-        let headers: Vec<(&str, String)> =
-            head.headers.iter().map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned())).collect();
-        let header_refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let req = HttpRequest { method: &head.method, path: &target, host: &head.host, headers: &header_refs };
-        let verdict = self.conn.decide(&req);
-        let rules: Vec<String> = verdict.by.iter().map(|(side, r)| format!("{side} {r}")).collect();
+        let values: Vec<_> = head.headers.iter().map(|(_, v)| String::from_utf8_lossy(v)).collect();
+        let headers: Vec<(&str, &str)> =
+            head.headers.iter().zip(&values).map(|((k, _), v)| (k.as_str(), &**v)).collect();
+        let req = HttpRequest { method: &head.method, path: &target, host: &head.host, headers: &headers };
+        let event = self.shared.decide(&self.conn, (self.peer, self.dst), "HTTP/1.1", &req);
         let decided = std::time::Instant::now();
-        let url = format!("http://{}{target}", head.host);
-        let headers = redacted(head.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
-        let event = Arc::new(L7Event::request(self.peer, self.dst, "HTTP/1.1", &head.method, url, headers, verdict));
-        self.shared.events.send(Arc::clone(&event));
         let respond = |code: u16| event.response(code, decided);
         if !event.allowed {
             tracing::info!(
                 client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
-                denied_by = %rules.join(", "), "request denied (403)"
+                denied_by = %rules_of(&event), "request denied (403)"
             );
             // Keep-alive goes on unless a body is still unread (it could
             // hold anything, including what would look like a request).
@@ -292,7 +318,7 @@ impl Session {
         }
         tracing::debug!(
             client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
-            allowed_by = %rules.join(", "), "request allowed"
+            allowed_by = %rules_of(&event), "request allowed"
         );
         let expects_continue = take_expect_continue(&mut head);
         let up = match upstream {

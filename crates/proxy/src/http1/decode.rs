@@ -164,24 +164,22 @@ impl Decoder {
     }
 
     fn chunk_size(&mut self, input: &[u8]) -> Result<(usize, Option<Event>), Refusal> {
-        let Some(line) = crlf_line(input, MAX_CHUNK_LINE)? else { return Ok((0, None)) };
+        let Some(line) = crlf_line(input, MAX_CHUNK_LINE).map_err(Refusal::BadChunk)? else { return Ok((0, None)) };
         let text = &input[..line];
-        let digits = text.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-        if digits == 0 || digits > 15 {
+        let Some((size, ext)) = chunk_size(text) else {
             return Err(Refusal::BadChunk(format!("chunk size {:?}", String::from_utf8_lossy(text))));
-        }
-        let ext = &text[digits..];
+        };
         if !(ext.is_empty() || ext[0] == b';') || ext.iter().any(|&b| is_ctl(b)) {
             return Err(Refusal::BadChunk(format!("chunk size line {:?}", String::from_utf8_lossy(text))));
         }
-        let hex = std::str::from_utf8(&text[..digits]).map_err(|e| Refusal::BadChunk(e.to_string()))?;
-        let size = u64::from_str_radix(hex, 16).map_err(|e| Refusal::BadChunk(e.to_string()))?;
         self.state = if size == 0 { State::Trailers(0) } else { State::ChunkData(size) };
         Ok((line + 2, None))
     }
 
     fn trailer(&mut self, input: &[u8], read: usize) -> Result<(usize, Option<Event>), Refusal> {
-        let Some(line) = crlf_line(input, self.limits.max_head_bytes)? else { return Ok((0, None)) };
+        let Some(line) = crlf_line(input, self.limits.max_head_bytes).map_err(Refusal::BadChunk)? else {
+            return Ok((0, None));
+        };
         if line == 0 {
             self.state = State::Head;
             return Ok((2, Some(Event::End)));
@@ -202,15 +200,30 @@ impl Decoder {
 
 /// The length of the line at the start of `input`, which must end in CRLF
 /// within `max` bytes; `None` until it has arrived.
-fn crlf_line(input: &[u8], max: usize) -> Result<Option<usize>, Refusal> {
+/// Where the CRLF ending the line at the start of `input` is (`None`: not
+/// arrived yet); what is wrong with the line otherwise. Chunk lines and
+/// trailers, of requests and of responses.
+pub(super) fn crlf_line(input: &[u8], max: usize) -> Result<Option<usize>, String> {
     match input.iter().position(|&b| b == b'\n') {
-        Some(0) => Err(Refusal::BadChunk("a line ends in a bare LF".into())),
-        Some(lf) if input[lf - 1] != b'\r' => Err(Refusal::BadChunk("a line ends in a bare LF".into())),
-        Some(lf) if lf + 1 > max => Err(Refusal::BadChunk(format!("a line is over {max} bytes"))),
+        Some(0) => Err("a line ends in a bare LF".into()),
+        Some(lf) if input[lf - 1] != b'\r' => Err("a line ends in a bare LF".into()),
+        Some(lf) if lf + 1 > max => Err(format!("a line is over {max} bytes")),
         Some(lf) => Ok(Some(lf - 1)),
-        None if input.len() > max => Err(Refusal::BadChunk(format!("a line is over {max} bytes"))),
+        None if input.len() > max => Err(format!("a line is over {max} bytes")),
         None => Ok(None),
     }
+}
+
+/// A chunk-size line's size (1 to 15 hex digits) and what follows the
+/// digits (the extensions, checked by the caller); `None` if it has no
+/// size.
+pub(super) fn chunk_size(text: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = text.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let hex = std::str::from_utf8(&text[..digits]).ok()?;
+    Some((u64::from_str_radix(hex, 16).ok()?, &text[digits..]))
 }
 
 fn is_ctl(b: u8) -> bool {

@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use super::decode::{chunk_size, crlf_line};
+
 /// Bytes of a response head the framer accepts.
 const MAX_HEAD: usize = 64 * 1024;
 /// Header fields in a response head.
@@ -112,31 +114,20 @@ impl ResponseFramer {
     fn step(&mut self, input: &[u8]) -> Result<usize, BadResponse> {
         match self.state {
             State::Head(scanned) => self.head(input, scanned),
-            State::Length(left) => {
-                let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
-                let left = left - n as u64;
-                self.state = if left == 0 { State::Done } else { State::Length(left) };
-                Ok(n)
-            }
+            State::Length(left) => Ok(self.body(input, left, State::Done, State::Length)),
             State::ChunkSize => {
                 let Some(end) = line_end(input, MAX_CHUNK_LINE)? else { return Ok(0) };
-                let line = &input[..end];
-                let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-                let rest = &line[digits..];
-                if digits == 0 || digits > 15 || !(rest.is_empty() || matches!(rest[0], b';' | b' ' | b'\t')) {
-                    return Err(BadResponse("chunk size".into()));
+                // Extensions may follow whitespace in a response (RFC 9112
+                // §7.1.1 BWS).
+                match chunk_size(&input[..end]) {
+                    Some((size, ext)) if ext.is_empty() || matches!(ext[0], b';' | b' ' | b'\t') => {
+                        self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+                        Ok(end + 2)
+                    }
+                    _ => Err(BadResponse("chunk size".into())),
                 }
-                let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).unwrap_or("x"), 16)
-                    .map_err(|_| BadResponse("chunk size".into()))?;
-                self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
-                Ok(end + 2)
             }
-            State::ChunkData(left) => {
-                let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
-                let left = left - n as u64;
-                self.state = if left == 0 { State::ChunkDataEnd } else { State::ChunkData(left) };
-                Ok(n)
-            }
+            State::ChunkData(left) => Ok(self.body(input, left, State::ChunkDataEnd, State::ChunkData)),
             State::ChunkDataEnd => {
                 if input.len() < 2 {
                     return Ok(0);
@@ -157,6 +148,15 @@ impl ResponseFramer {
             State::UntilClose => Ok(input.len()),
             State::Done => Ok(0),
         }
+    }
+
+    /// Takes what `input` holds of the `left` body bytes; then `done`, or
+    /// `more` with what is left.
+    fn body(&mut self, input: &[u8], left: u64, done: State, more: fn(u64) -> State) -> usize {
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+        let left = left - n as u64;
+        self.state = if left == 0 { done } else { more(left) };
+        n
     }
 
     fn head(&mut self, input: &[u8], scanned: usize) -> Result<usize, BadResponse> {
@@ -240,14 +240,9 @@ impl ResponseFramer {
 }
 
 /// Where the CRLF ending the line at the start of `input` is, if it has
-/// arrived; an error past `max` bytes.
+/// arrived (the request decoder's rule: no bare LF, at most `max` bytes).
 fn line_end(input: &[u8], max: usize) -> Result<Option<usize>, BadResponse> {
-    match input.windows(2).position(|w| w == b"\r\n") {
-        Some(p) if p <= max => Ok(Some(p)),
-        Some(_) => Err(BadResponse("line too long".into())),
-        None if input.len() > max => Err(BadResponse("line too long".into())),
-        None => Ok(None),
-    }
+    crlf_line(input, max).map_err(BadResponse)
 }
 
 #[cfg(test)]
