@@ -5,8 +5,8 @@
 # agent and the L7 proxy enforcing, applies the seed policies, probes every
 # pod pair on every port and prints what got through beside what the
 # policies say and which policy the kernel reported, sends the seed's HTTP
-# rule allowed, denied and disguised requests, then takes the lab down
-# (--keep leaves it up).
+# rule allowed, denied and disguised requests and a RateLimit's 429s,
+# then takes the lab down (--keep leaves it up).
 # Needs root (network namespaces, eBPF).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +69,16 @@ echo "== flows: the last drops, each with the policy that decided it (or the clo
 echo
 echo "== the flow pipeline: counts, losses, the signed flow log, and where the service map and metrics are served"
 "$bin" status | grep -E '^(flows|lost|flow log|web):'
+echo
+echo "== rate controls (a bulkhead RateLimit; Cilium has none): the frontend may send the backend 5 requests at once, then 2/s"
+"$bin" apply -f examples/ratelimit
+printf '  8 quick GET /api/v1/products ->'
+for _ in 1 2 3 4 5 6 7 8; do
+  printf ' %s' "$("$bin" lab "${lab[@]}" exec production/frontend -- \
+    curl -s -m 3 -o /dev/null -w '%{http_code}' http://backend.production:8080/api/v1/products || echo none)"
+done
+echo "   (429: Too Many Requests, with Retry-After)"
+"$bin" observe --type l7 --http-status 429 --last 1 --color never
 echo
 echo "== why is staging/debug-tools kept out of the backend? (offline trace, same engine)"
 "$bin" policy trace --cluster examples/seed/cluster.yaml --policies examples/seed/policies -n production \

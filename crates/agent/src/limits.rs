@@ -1,9 +1,9 @@
 //! What the applied policies ask for that this node cannot do (yet), said
 //! plainly at `apply` time rather than discovered as silent drops.
 //!
-//! HTTP rules are enforced by the L7 proxy; while it is not there (or the
-//! agent runs without one) their traffic is dropped (`SOCKET_LOOKUP_FAILED`:
-//! fail closed). Other L7 rules (DNS, Kafka, TLS, l7proto) have no proxy
+//! HTTP rules and RateLimits are enforced by the L7 proxy; while it is not
+//! there (or the agent runs without one) their traffic is dropped
+//! (`SOCKET_LOOKUP_FAILED`: fail closed). Other L7 rules (DNS, Kafka, TLS, l7proto) have no proxy
 //! yet and are dropped the same way, and `toFQDNs` matches no address,
 //! because names are learnt only from DNS answers a DNS proxy sees.
 
@@ -14,8 +14,16 @@ use bulkhead_policy::api::{L7Rules, Policy, PolicyBody};
 pub fn not_enforced<'a>(policies: impl IntoIterator<Item = &'a Policy>, no_http_proxy: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     for p in policies {
-        let PolicyBody::Cilium(rules) = &p.body else { continue };
         let name = format!("{} {}", p.kind, p.display_name());
+        if let (PolicyBody::RateLimit(spec), Some(why)) = (&p.body, no_http_proxy) {
+            for r in &spec.ingress {
+                out.push(format!(
+                    "{name} {}: rate limits need the L7 proxy, and {why}: the limited traffic is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)",
+                    r.peers.path
+                ));
+            }
+        }
+        let PolicyBody::Cilium(rules) = &p.body else { continue };
         for rule in rules {
             let sections = [&rule.ingress, &rule.egress].into_iter().flatten().flatten();
             for peer in sections {

@@ -13,6 +13,7 @@
 use std::sync::Mutex;
 
 use bulkhead_flow::model::{Flow, L7FlowType, TrafficDirection, Verdict, event_types, policy_match_name};
+use bulkhead_policy::api::PolicyKind;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -55,6 +56,12 @@ struct HttpLabels {
     reporter: String,
     /// FORWARDED, or DROPPED when the L7 rules denied it.
     verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitLabels {
+    namespace: String,
+    name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -233,6 +240,7 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_responses: Family<HttpResponseLabels, Counter>,
     http_duration: Family<HttpDurationLabels, Histogram>,
+    http_rate_limited: Family<RateLimitLabels, Counter>,
     dns_queries: Family<DnsLabels, Counter>,
     dns_responses: Family<DnsLabels, Counter>,
     kafka_requests: Family<KafkaLabels, Counter>,
@@ -260,6 +268,7 @@ impl Metrics {
             http_requests: Family::default(),
             http_responses: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
+            http_rate_limited: Family::default(),
             dns_queries: Family::default(),
             dns_responses: Family::default(),
             kafka_requests: Family::default(),
@@ -291,6 +300,11 @@ impl Metrics {
             "HTTP request to response latency",
             Unit::Seconds,
             m.http_duration.clone(),
+        );
+        r.register(
+            "http_rate_limited",
+            "HTTP requests the L7 proxy refused for a RateLimit (429, gRPC RESOURCE_EXHAUSTED), by RateLimit",
+            m.http_rate_limited.clone(),
         );
         r.register("dns_queries", "DNS queries seen by the DNS proxy", m.dns_queries.clone());
         r.register("dns_responses", "DNS responses seen by the DNS proxy", m.dns_responses.clone());
@@ -350,6 +364,14 @@ impl Metrics {
             if let Some(h) = &l7.http {
                 match l7.kind {
                     L7FlowType::Request => {
+                        for p in f.ingress_denied_by.iter().filter(|p| p.kind == PolicyKind::RateLimit.as_str()) {
+                            self.http_rate_limited
+                                .get_or_create(&RateLimitLabels {
+                                    namespace: p.namespace.clone(),
+                                    name: p.name.clone(),
+                                })
+                                .inc();
+                        }
                         self.http_requests
                             .get_or_create(&HttpLabels {
                                 method: h.method.clone(),
@@ -523,6 +545,23 @@ mod tests {
             event_type: Some(EventType { kind: event_types::L7, sub_type: 0 }),
             ..Flow::default()
         });
+        m.observe(&Flow {
+            verdict: Verdict::Dropped,
+            traffic_direction: TrafficDirection::Ingress,
+            ingress_denied_by: Arc::from([bulkhead_flow::model::Policy {
+                name: "rl".into(),
+                namespace: "production".into(),
+                kind: "RateLimit".into(),
+                ..Default::default()
+            }]),
+            l7: Some(Layer7 {
+                kind: L7FlowType::Request,
+                http: Some(Http { method: "GET".into(), protocol: "HTTP/1.1".into(), ..Http::default() }),
+                ..Layer7::default()
+            }),
+            event_type: Some(EventType { kind: event_types::L7, sub_type: 0 }),
+            ..Flow::default()
+        });
         m.implementation_delay("apply", 0.04);
         let text = m.encode(Snapshot {
             drops: vec![("POLICY_DENIED".into(), "INGRESS".into(), 7, 420)],
@@ -535,6 +574,7 @@ mod tests {
             r#"bulkhead_policy_verdicts_total{action="allow",match="L3-L4",direction="egress"} 1"#,
             r#"bulkhead_http_responses_total{method="GET",status="403",reporter="server",verdict="DROPPED"} 1"#,
             r#"bulkhead_drop_total{reason="POLICY_DENIED",direction="INGRESS"} 7"#,
+            r#"bulkhead_http_rate_limited_total{namespace="production",name="rl"} 1"#,
             r#"bulkhead_lost_events_total{source="datapath_ring"} 0"#,
             "bulkhead_policy_implementation_delay_seconds_count{source=\"apply\"} 1",
             "# TYPE bulkhead_dns_queries_total counter",

@@ -427,3 +427,157 @@ fn http2_and_grpc_requests_are_decided_per_stream() {
     assert_eq!(flow["flow"]["verdict"], "DROPPED");
     assert_eq!(flow["flow"]["near_misses"][0]["policy"]["name"], "payments-grpc");
 }
+
+const RATE_LIMITS: &str = r#"
+apiVersion: bulkhead.io/v1alpha1
+kind: RateLimit
+metadata: {name: products-rl, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts: [{ports: [{port: "8080"}]}]
+    LIMIT
+---
+apiVersion: bulkhead.io/v1alpha1
+kind: RateLimit
+metadata: {name: payments-rl, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: payment-processor}}
+  ingress:
+  - toPorts: [{ports: [{port: grpc}]}]
+    requestsPerSecond: 1
+    burst: 2
+"#;
+
+/// One response from a keep-alive connection: (status, head, body).
+fn read_response(s: &mut TcpStream) -> (u16, String, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return (status, head, body);
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return (0, String::from_utf8_lossy(&buf).into_owned(), String::new()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn rate_limits_answer_429_and_grpc_8_per_source_identity_and_show_in_flows_and_metrics() {
+    if !privileged("rate_limits_answer_429_and_grpc_8_per_source_identity_and_show_in_flows_and_metrics") {
+        return;
+    }
+    let lab = seed_lab("l7rl");
+    let file = std::env::temp_dir().join(format!("bulkhead-l7rl-{}.yaml", std::process::id()));
+    let apply = |limit: &str| {
+        std::fs::write(&file, RATE_LIMITS.replace("LIMIT", limit)).expect("write policy");
+        lab.ok(&["apply", "-f", file.to_str().expect("path")])
+    };
+    let out = apply("requestsPerSecond: 1\n    burst: 3");
+    assert!(out.contains("products-rl"), "apply names what it applied: {out}");
+
+    // HTTP/1.1 on one keep-alive connection: the burst, then 429 with
+    // Retry-After, the connection kept; the rules still come first.
+    let get = b"GET /api/v1/products HTTP/1.1\r\nHost: backend\r\n\r\n";
+    let mut s = connect(&lab, "production/frontend");
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        s.write_all(get).expect("write");
+        let (code, head, body) = read_response(&mut s);
+        if code == 429 {
+            assert!(head.to_ascii_lowercase().contains("\r\nretry-after: 1"), "{head}");
+            assert_eq!(body, "Too many requests\r\n");
+        }
+        codes.push(code);
+    }
+    assert_eq!(codes, [200, 200, 200, 429, 429], "burst 3 at 1/s");
+    s.write_all(b"DELETE /api/v1/products HTTP/1.1\r\nHost: backend\r\n\r\n").expect("write");
+    assert_eq!(read_response(&mut s).0, 403, "a denied request is denied, not counted as limited");
+    // The bucket is the frontend's identity's, whatever its address.
+    let v6 = backend(&lab, false);
+    assert_eq!(curl(&lab, "production/frontend", &[], &format!("{v6}/api/v1/products")).0, 429);
+    std::thread::sleep(Duration::from_millis(1100));
+    s.write_all(get).expect("write");
+    assert_eq!(read_response(&mut s).0, 200, "a second refills one token");
+    drop(s);
+
+    // gRPC to a pod whose ingress no policy enforces: limited all the
+    // same, per source identity (RESOURCE_EXHAUSTED, trailers-only).
+    let call = |pod: &str| {
+        let payments = SocketAddr::new(lab.ip("production/payment-processor", true), 9090);
+        let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+        netns::run_in(&lab.netns(pod), || {
+            bulkhead_lab::h2client::request(
+                payments,
+                "POST",
+                "/bulkhead.Payments/Charge",
+                &grpc,
+                b"",
+                Duration::from_secs(3),
+            )
+        })
+        .expect("netns")
+        .unwrap_or_else(|e| panic!("gRPC from {pod}: {e}"))
+    };
+    let got: Vec<Option<u32>> = (0..3).map(|_| call("production/frontend").grpc_status()).collect();
+    assert_eq!(got, [Some(0), Some(0), Some(8)], "burst 2, then RESOURCE_EXHAUSTED");
+    let a = call("production/frontend");
+    assert_eq!(a.status, 200);
+    assert!(a.body.is_empty() && a.trailers.is_empty(), "trailers-only: {a:?}");
+    assert_eq!(a.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(call("staging/debug-tools").grpc_status(), Some(0), "another identity has its own bucket");
+
+    // maxConcurrentRequests: a request counts until its response is
+    // relayed; a body still arriving holds it.
+    apply("maxConcurrentRequests: 1");
+    let mut slow = connect(&lab, "production/frontend");
+    slow.write_all(b"GET /api/v1/products HTTP/1.1\r\nHost: backend\r\nContent-Length: 4\r\n\r\nab").expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    let b = backend(&lab, true);
+    assert_eq!(curl(&lab, "production/frontend", &[], &format!("{b}/api/v1/products")).0, 429, "one in flight");
+    slow.write_all(b"cd").expect("write");
+    assert_eq!(read_response(&mut slow).0, 200);
+    assert_eq!(curl(&lab, "production/frontend", &[], &format!("{b}/api/v1/products")).0, 200, "it completed");
+
+    // Flows name the RateLimit; metrics count by it.
+    let out = lab.ok(&["observe", "--type", "l7", "--http-status", "429", "-o", "json"]);
+    assert!(out.lines().count() >= 3, "the 429 responses: {out}");
+    let out =
+        lab.ok(&["observe", "--type", "l7", "--verdict", "DROPPED", "--http-path", "/api/v1/products", "-o", "json"]);
+    let denied: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["flow"].clone()).collect();
+    let limited = denied
+        .iter()
+        .find(|f| f["l7"]["type"] == "REQUEST" && f["ingress_denied_by"][0]["name"] == "products-rl")
+        .unwrap_or_else(|| panic!("a request flow denied by products-rl: {out}"));
+    assert_eq!(limited["ingress_denied_by"][0]["kind"], "RateLimit", "{limited}");
+    assert_eq!(limited["traffic_direction"], "INGRESS");
+    let status = lab.json(&["status", "-o", "json"]);
+    let web = status["flows"]["web"].as_str().expect("web address");
+    let metrics = std::process::Command::new("curl").args(["-sf", &format!("{web}metrics")]).output().expect("curl");
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    for (name, at_least) in [("products-rl", 4), ("payments-rl", 2)] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(r#"bulkhead_http_rate_limited_total{{namespace="production",name="{name}"}}"#))
+            })
+            .unwrap_or_else(|| panic!("no rate-limited counter for {name}:\n{text}"));
+        let n: u64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert!(n >= at_least, "{line}");
+    }
+    let _ = std::fs::remove_file(&file);
+}

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{
     CidrRule, Direction, Entity, FqdnSelector, IcmpFamily, L7Rules, LabelSelector, NetworkPolicyPeer,
-    NetworkPolicyRule, PeerRule, Policy, PolicyBody, PolicyKind, PortProtocol, PortSpec, Protocol, Rule,
+    NetworkPolicyRule, PeerRule, Policy, PolicyBody, PolicyKind, PortProtocol, PortSpec, Protocol, RateLimitSpec,
+    RequestLimit, Rule,
 };
 use crate::labels::{CLUSTER_LABEL, CLUSTER_NAME, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, Source};
 use crate::selector::{Req, Selector};
@@ -218,6 +219,10 @@ pub struct Contribution {
     pub deny: bool,
     /// L7 rules for these ports (allow only).
     pub l7: Option<L7Rules>,
+    /// A RateLimit's limit: the contribution neither allows nor denies;
+    /// wherever these peers pass on these ports, their requests go through
+    /// the L7 proxy, which holds them to it.
+    pub limit: Option<RequestLimit>,
     /// The rule that made it.
     pub rule_ref: Arc<RuleRef>,
 }
@@ -225,7 +230,8 @@ pub struct Contribution {
 /// The rules of one direction of a compiled rule.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DirectionRules {
-    /// The rule has a non-empty section in this direction (allow or deny).
+    /// The rule has a non-empty section in this direction (allow or deny):
+    /// the direction is enforced. A RateLimit's limits do not enforce it.
     pub present: bool,
     /// `enableDefaultDeny` for this direction, if set.
     pub default_deny: Option<bool>,
@@ -293,6 +299,27 @@ pub fn compile(policy: &Policy) -> Vec<CompiledRule> {
                 policy: Arc::new(RuleRef { rule: "spec".into(), ..base }),
             }]
         }
+        PolicyBody::RateLimit(spec) => vec![compile_rate_limit(spec, &base)],
+    }
+}
+
+/// A RateLimit: limit-only ingress contributions; its endpoints' ingress
+/// stays as enforced (or not) as their policies make it.
+fn compile_rate_limit(spec: &RateLimitSpec, base: &RuleRef) -> CompiledRule {
+    let ns = base.namespace.as_deref();
+    let mut ingress = DirectionRules::default();
+    for r in &spec.ingress {
+        let rule_ref = Arc::new(RuleRef { rule: r.peers.path.clone(), ..base.clone() });
+        for mut c in compile_peer_rule(&r.peers, false, ns, false, rule_ref) {
+            c.limit = Some(r.limit);
+            ingress.contributions.push(c);
+        }
+    }
+    CompiledRule {
+        subject: Some(Selector::scope_subject(&spec.endpoint_selector, ns)),
+        ingress,
+        egress: DirectionRules::default(),
+        policy: Arc::new(RuleRef { rule: "spec".into(), ..base.clone() }),
     }
 }
 
@@ -419,7 +446,7 @@ fn compile_peer_rule(
     let peers = peers_of(pr, ns, subject_is_init);
     let mut out = Vec::new();
     if pr.to_ports.is_empty() && pr.icmps.is_empty() {
-        out.push(Contribution { peers, ports: vec![PortItem::All], deny, l7: None, rule_ref });
+        out.push(Contribution { peers, ports: vec![PortItem::All], deny, l7: None, limit: None, rule_ref });
         return out;
     }
     for port_rule in &pr.to_ports {
@@ -429,6 +456,7 @@ fn compile_peer_rule(
             ports,
             deny,
             l7: port_rule.rules.clone(),
+            limit: None,
             rule_ref: rule_ref.clone(),
         });
     }
@@ -441,7 +469,7 @@ fn compile_peer_rule(
                 PortItem::Range { proto, lo: u16::from(f.icmp_type), hi: u16::from(f.icmp_type) }
             })
             .collect();
-        out.push(Contribution { peers, ports, deny, l7: None, rule_ref });
+        out.push(Contribution { peers, ports, deny, l7: None, limit: None, rule_ref });
     }
     out
 }
@@ -485,7 +513,7 @@ fn compile_np_rule(r: &NetworkPolicyRule, ns: Option<&str>, base: &RuleRef) -> C
         }
     }
     let ports = if r.ports.is_empty() { vec![PortItem::All] } else { port_items(&r.ports) };
-    Contribution { peers, ports, deny: false, l7: None, rule_ref }
+    Contribution { peers, ports, deny: false, l7: None, limit: None, rule_ref }
 }
 
 /// Compiled rules of all policies, keyed by policy.

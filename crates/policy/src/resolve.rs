@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::L7Rules;
+use crate::api::{L7Rules, RequestLimit};
 use crate::identity::NumericIdentity;
 use crate::repository::{Proto, RuleRef};
 
@@ -83,6 +83,19 @@ pub struct L7Policy {
     /// The peer is also allowed without L7 rules: every request passes
     /// (still proxied and visible).
     pub allow_all: bool,
+    /// RateLimits on this peer and port: a request the rules allow must
+    /// also be within every one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<AppliedLimit>,
+}
+
+/// A RateLimit entry that applies to an entry's peer and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AppliedLimit {
+    /// The limit.
+    pub limit: RequestLimit,
+    /// The RateLimit entry that sets it (its buckets are its own).
+    pub by: Arc<RuleRef>,
 }
 
 /// What an entry does.
@@ -120,7 +133,8 @@ pub struct PolicyEntry {
 /// The resolved policy of one direction of one endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DirectionPolicy {
-    /// Some rule selecting the endpoint has a section in this direction.
+    /// Some rule selecting the endpoint has a section in this direction,
+    /// or a RateLimit limits it: its entries are looked up.
     pub enforced: bool,
     /// A lookup miss drops (POLICY_DENIED) rather than passes.
     pub default_deny: bool,
@@ -211,6 +225,8 @@ pub struct Resolved<'a> {
     pub deny: bool,
     /// L7 rules (allow only).
     pub l7: Option<&'a L7Rules>,
+    /// A RateLimit's limit (then neither an allow nor a deny).
+    pub limit: Option<RequestLimit>,
     /// The rule.
     pub rule_ref: Arc<RuleRef>,
 }
@@ -227,6 +243,16 @@ impl Resolved<'_> {
     /// The L7 rules, unless they are an empty list (a plain allow).
     fn effective_l7(&self) -> Option<&L7Rules> {
         self.l7.filter(|r| !l7_is_empty(r))
+    }
+
+    /// An allow: neither a deny nor a limit.
+    fn allows(&self) -> bool {
+        !self.deny && self.limit.is_none()
+    }
+
+    /// The parser its port needs in the proxy, if any (limits: HTTP's).
+    fn proxy_kind(&self) -> Option<String> {
+        if self.limit.is_some() { Some("http".into()) } else { self.effective_l7().map(l7_kind) }
     }
 }
 
@@ -279,8 +305,11 @@ fn merge_l7(into: &mut L7Rules, from: &L7Rules) {
 
 struct Flattener<'c, 'a> {
     cs: &'c [Resolved<'a>],
+    /// A lookup miss passes: a limit then applies to peers no rule allows.
+    default_allow: bool,
     interned: HashMap<PolicyEntry, Arc<PolicyEntry>>,
-    /// (proto, lo, hi, index of the contribution) of every L7 allow.
+    /// (proto, lo, hi, index of the contribution) of every L7 allow and
+    /// every limit: the ranges that go through the proxy.
     l7_ranges: Vec<(Proto, u16, u16, usize)>,
     errors: BTreeSet<String>,
 }
@@ -299,8 +328,16 @@ impl Flattener<'_, '_> {
         if !deny_refs.is_empty() {
             return Some(PolicyEntry { verdict: Verdict::Deny, refs: deny_refs });
         }
-        let allow_refs = refs(&|c| !c.deny);
-        if allow_refs.is_empty() {
+        let allow_refs = refs(&|c| c.allows());
+        let mut limits: Vec<AppliedLimit> = cov
+            .iter()
+            .map(|&i| &self.cs[i])
+            .filter_map(|c| c.limit.map(|limit| AppliedLimit { limit, by: c.rule_ref.clone() }))
+            .collect();
+        limits.sort();
+        limits.dedup();
+        // A limit alone passes nothing, except where a miss would pass.
+        if allow_refs.is_empty() && (limits.is_empty() || !self.default_allow) {
             return None;
         }
         // Different L7 parsers on one port conflict whoever the peers are
@@ -309,7 +346,7 @@ impl Flattener<'_, '_> {
             let mut kinds: BTreeSet<String> = BTreeSet::new();
             for &(p, a, b, i) in &self.l7_ranges {
                 if p == proto && u32::from(a) <= lo && hi <= u32::from(b) {
-                    kinds.extend(self.cs[i].effective_l7().map(l7_kind));
+                    kinds.extend(self.cs[i].proxy_kind());
                 }
             }
             if kinds.len() > 1 {
@@ -321,21 +358,23 @@ impl Flattener<'_, '_> {
                 return Some(PolicyEntry { verdict: Verdict::Deny, refs: allow_refs });
             }
         }
-        // A peer is redirected when an L7 rule covering it applies here; its
-        // other allows on the port then mean "every request" (Cilium 1.17).
+        // A peer is redirected when an L7 rule or a limit covering it
+        // applies here; its other allows on the port then mean "every
+        // request" (Cilium 1.17), and so does the default with only limits.
         let port_l7 = if proto == Proto::Any {
             None
         } else {
-            cov.iter().map(|&i| &self.cs[i]).filter(|c| !c.deny).find_map(|c| c.effective_l7())
+            cov.iter().map(|&i| &self.cs[i]).filter(|c| c.allows()).find_map(|c| c.effective_l7())
         };
-        let Some(kind) = port_l7 else {
-            return Some(PolicyEntry { verdict: Verdict::Allow, refs: allow_refs });
+        let mut rules = match port_l7 {
+            Some(kind) => empty_like(kind),
+            None if !limits.is_empty() => L7Rules::Http(Vec::new()),
+            None => return Some(PolicyEntry { verdict: Verdict::Allow, refs: allow_refs }),
         };
-        let mut rules = empty_like(kind);
-        let mut allow_all = false;
+        let mut allow_all = allow_refs.is_empty();
         for &i in cov {
             let c = &self.cs[i];
-            if c.deny {
+            if !c.allows() {
                 continue;
             }
             match c.effective_l7() {
@@ -343,7 +382,8 @@ impl Flattener<'_, '_> {
                 None => allow_all = true,
             }
         }
-        Some(PolicyEntry { verdict: Verdict::Redirect(Arc::new(L7Policy { rules, allow_all })), refs: allow_refs })
+        let l7 = L7Policy { rules, allow_all, limits };
+        Some(PolicyEntry { verdict: Verdict::Redirect(Arc::new(l7)), refs: allow_refs })
     }
 
     /// Entries of one level: `own` are the contributions about this level's
@@ -424,17 +464,18 @@ impl Flattener<'_, '_> {
 /// An entry of a level, before the level's peer is attached.
 type LevelEntry = (Proto, u16, u16, Arc<PolicyEntry>);
 
-/// Builds the entries of one direction from its resolved contributions.
-/// Returns the entries and any conflicts (conflicting ports are denied).
+/// Builds the entries of one direction from its resolved contributions;
+/// `default_deny`: whether a lookup miss drops. Returns the entries and
+/// any conflicts (conflicting ports are denied).
 ///
 /// Identities covered by the same set of contributions get the same entries
 /// (only the peer differs), so each such class is computed once: a rule
 /// selecting thousands of identities costs one level computation and one map
 /// insert per identity.
-pub fn flatten(cs: &[Resolved<'_>]) -> (Entries, Vec<String>) {
+pub fn flatten(cs: &[Resolved<'_>], default_deny: bool) -> (Entries, Vec<String>) {
     let mut l7_ranges = Vec::new();
     for (i, c) in cs.iter().enumerate() {
-        if !c.deny && c.effective_l7().is_some() {
+        if !c.deny && c.proxy_kind().is_some() {
             for &(p, a, b) in &c.ports {
                 if p != Proto::Any {
                     l7_ranges.push((p, a, b, i));
@@ -442,7 +483,8 @@ pub fn flatten(cs: &[Resolved<'_>]) -> (Entries, Vec<String>) {
             }
         }
     }
-    let mut f = Flattener { cs, interned: HashMap::new(), l7_ranges, errors: BTreeSet::new() };
+    let mut f =
+        Flattener { cs, default_allow: !default_deny, interned: HashMap::new(), l7_ranges, errors: BTreeSet::new() };
     let any: Vec<usize> = (0..cs.len()).filter(|&i| cs[i].all).collect();
     let mut pairs: Vec<(NumericIdentity, usize)> = Vec::new();
     let mut by_addr: BTreeMap<IpAddr, (NumericIdentity, Vec<usize>)> = BTreeMap::new();

@@ -184,9 +184,12 @@ pub fn trace(engine: &mut Engine, req: &TraceRequest) -> Result<TraceResult, Tra
         if let Some(Decision::Entry(_, e)) = pol.as_ref().map(|p| p.lookup(addr, id, proto, port))
             && let Verdict::Redirect(l7p) = &e.verdict
         {
-            let (ok, text) = l7_decision(&l7p.rules, l7p.allow_all, req.http.as_ref(), &to_text);
+            let (ok, mut text) = l7_decision(&l7p.rules, l7p.allow_all, req.http.as_ref(), &to_text);
             if !ok {
                 verdict = "denied";
+            }
+            for l in &l7p.limits {
+                text.push_str(&format!("; limited by {} {} ({})", l.by.policy_name(), l.by.rule, l.limit));
             }
             l7 = Some(text);
         }
@@ -356,8 +359,7 @@ fn explain(
                 t.near_misses = near_misses(engine, endpoint_id, dir, peer_id, proto, port);
             } else {
                 t.verdict = "allowed".into();
-                t.reason =
-                    format!("no rule matches and every policy selecting {endpoint} disables default deny for {dir}");
+                t.reason = format!("no rule matches and no policy selecting {endpoint} makes {dir} default-deny");
             }
         }
     }

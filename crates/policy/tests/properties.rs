@@ -1,7 +1,9 @@
 //! Property tests of the policy algebra over random clusters and policies:
 //! order independence, incremental = full, batches = one change at a time,
 //! deny wins, adding an allow never
-//! removes reachability, unselected pods are reachable.
+//! removes reachability, unselected pods are reachable, a RateLimit
+//! changes no reachability and puts exactly the cells it covers through
+//! the proxy.
 
 use bulkhead_policy::api::Object;
 use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
@@ -432,6 +434,48 @@ proptest! {
                     for port in &m.ports {
                         prop_assert_eq!(m.verdicts[&f][&t][port], Reach::Allowed, "{} -> {} {}", f, t, port);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rate_limit_changes_no_reachability_and_proxies_exactly_what_it_covers(
+        pods in arb_pods(),
+        ps in prop::collection::vec(arb_policy(), 0..4),
+        ns in 0..3usize,
+        subject in prop::option::of(0..3usize),
+        peer in prop::option::of((0..3usize, prop::option::of(0..3usize))),
+        port in 0..3usize,
+    ) {
+        let mut objs = cluster(&pods);
+        objs.extend(policies(&ps, 0));
+        let before = matrix(objs.clone());
+        let sel = subject.map_or("{}".to_string(), |a| format!("{{matchLabels: {{app: {}}}}}", APPS[a]));
+        let from = match peer {
+            Some((a, n)) => format!("{}, ", cilium_peer(&Peer::App(a, n), true)),
+            None => String::new(),
+        };
+        objs.extend(decode(&format!(
+            "apiVersion: bulkhead.io/v1alpha1\nkind: RateLimit\nmetadata: {{name: rl, namespace: {}}}\nspec:\n  endpointSelector: {sel}\n  ingress:\n  - {{{from}toPorts: [{{ports: [{{port: \"{}\"}}]}}], requestsPerSecond: 10}}\n",
+            NS[ns], PORTS[port]
+        )));
+        let after = matrix(objs);
+        let key = |i: usize, p: &PodSpec| format!("{}/p{i}", NS[p.ns]);
+        for (i, src) in pods.iter().enumerate() {
+            for (j, dst) in pods.iter().enumerate() {
+                let (f, t) = (key(i, src), key(j, dst));
+                let limited_dst = dst.ns == ns && subject.is_none_or(|a| a == dst.app);
+                let limited_src = match peer {
+                    None => true,
+                    Some((a, n)) => src.app == a && src.ns == n.unwrap_or(ns),
+                };
+                for (k, pl) in before.ports.iter().enumerate() {
+                    let (b, a) = (before.verdicts[&f][&t][pl], after.verdicts[&f][&t][pl]);
+                    prop_assert_eq!(b == Reach::Denied, a == Reach::Denied, "{} -> {} {}: {:?} then {:?}", f, t, pl, b, a);
+                    let covered = i != j && limited_dst && limited_src && k == port && b != Reach::Denied;
+                    let want = if covered { Reach::L7 } else { b };
+                    prop_assert_eq!(a, want, "{} -> {} {} (covered: {})", f, t, pl, covered);
                 }
             }
         }

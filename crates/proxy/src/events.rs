@@ -61,6 +61,10 @@ pub struct L7Event {
     /// Why the proxy refused to parse the request (answered 400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The RateLimit entry the request was over (answered 429; the rules
+    /// in `by` allowed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<RuleRef>,
 }
 
 impl L7Event {
@@ -88,6 +92,7 @@ impl L7Event {
             latency_ns: 0,
             by: v.by.into_iter().map(|(side, r)| (side, RuleRef::clone(&r))).collect(),
             refused: None,
+            limited_by: None,
         }
     }
 
@@ -108,6 +113,7 @@ impl L7Event {
             latency_ns: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
             by: self.by.clone(),
             refused: self.refused.clone(),
+            limited_by: self.limited_by.clone(),
         }
     }
 }
@@ -210,6 +216,7 @@ mod tests {
             latency_ns: 0,
             by: Vec::new(),
             refused: None,
+            limited_by: None,
         };
         e.send(ev.clone());
         assert_eq!(e.take_lost(), 1);

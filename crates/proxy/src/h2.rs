@@ -11,7 +11,9 @@
 //! with PROTOCOL_ERROR before a request exists); the header list is bounded
 //! like an HTTP/1.1 head. Denied: `403 Access denied`, or for gRPC
 //! (`content-type: application/grpc…`) Cilium's trailers-only answer,
-//! `:status 200` with `grpc-status: 7` (PERMISSION_DENIED).
+//! `:status 200` with `grpc-status: 7` (PERMISSION_DENIED). Over a
+//! RateLimit: `429` with `retry-after`, for gRPC `grpc-status: 8`
+//! (RESOURCE_EXHAUSTED).
 //!
 //! An HTTP/1.1 client asking to upgrade (`Upgrade: h2c`) is answered in
 //! HTTP/1.1: the upgrade is hop-by-hop and declined, as RFC 9110 allows.
@@ -30,9 +32,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::http1::ACCESS_DENIED;
+use crate::http1::{ACCESS_DENIED, TOO_MANY_REQUESTS};
 use crate::rules::Connection;
-use crate::server::{Shared, connect_as, rules_of};
+use crate::server::{Decided, Shared, connect_as, rules_of};
 
 /// What an HTTP/2 connection opens with (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -99,20 +101,46 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let values: Vec<_> = req.headers().values().map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
     let headers: Vec<(&str, &str)> = req.headers().keys().zip(&values).map(|(k, v)| (k.as_str(), &**v)).collect();
     let req_seen = HttpRequest { method: &method, path: &target, host: &authority, headers: &headers };
-    let event = ctx.shared.decide(&ctx.conn, (ctx.peer, ctx.dst), "HTTP/2", &req_seen);
+    let Decided { event, permit, retry_after } = ctx.shared.decide(&ctx.conn, (ctx.peer, ctx.dst), "HTTP/2", &req_seen);
     let decided = Instant::now();
+    if let Some(retry_after) = retry_after {
+        tracing::info!(
+            client = %ctx.peer, destination = %ctx.dst, method = %method, path = %target, grpc,
+            limited_by = ?event.limited_by.as_ref().map(ToString::to_string), "request over a rate limit"
+        );
+        ctx.shared.events.send(event.response(if grpc { 200 } else { 429 }, decided));
+        let mut r = if grpc {
+            grpc_refused("8", "Too%20many%20requests%0D%0A")
+        } else {
+            plain(StatusCode::TOO_MANY_REQUESTS, TOO_MANY_REQUESTS.into())
+        };
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, retry_after.into());
+        return r;
+    }
     if !event.allowed {
         tracing::info!(
             client = %ctx.peer, destination = %ctx.dst, method = %method, path = %target, grpc,
             denied_by = %rules_of(&event), "request denied"
         );
         ctx.shared.events.send(event.response(if grpc { 200 } else { 403 }, decided));
-        return if grpc { grpc_denied() } else { plain(StatusCode::FORBIDDEN, ACCESS_DENIED.into()) };
+        return if grpc {
+            grpc_refused("7", "Access%20denied%0D%0A")
+        } else {
+            plain(StatusCode::FORBIDDEN, ACCESS_DENIED.into())
+        };
     }
     match forward(ctx, req, &authority, &target).await {
         Ok(resp) => {
             ctx.shared.events.send(event.response(resp.status().as_u16(), decided));
-            resp.map(BodyExt::boxed)
+            // In flight (for maxConcurrentRequests) until the response's
+            // body is done with.
+            resp.map(|body| {
+                body.map_frame(move |frame| {
+                    let _in_flight = &permit;
+                    frame
+                })
+                .boxed()
+            })
         }
         Err(e) => {
             tracing::warn!(client = %ctx.peer, destination = %ctx.dst, error = %e, "upstream failed (503)");
@@ -163,13 +191,15 @@ fn plain(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-/// Cilium's answer to a denied gRPC call: trailers-only (one HEADERS frame
-/// ending the stream), PERMISSION_DENIED, the message percent-encoded.
-fn grpc_denied() -> Response<Body> {
+/// A gRPC call the proxy answers itself, as Cilium does: trailers-only
+/// (one HEADERS frame ending the stream), `status` (7 PERMISSION_DENIED
+/// for a denied call, 8 RESOURCE_EXHAUSTED for one over a RateLimit), the
+/// message percent-encoded.
+fn grpc_refused(status: &'static str, message: &'static str) -> Response<Body> {
     let mut r = Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed());
     let h = r.headers_mut();
     h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", hyper::header::HeaderValue::from_static("7"));
-    h.insert("grpc-message", hyper::header::HeaderValue::from_static("Access%20denied%0D%0A"));
+    h.insert("grpc-status", hyper::header::HeaderValue::from_static(status));
+    h.insert("grpc-message", hyper::header::HeaderValue::from_static(message));
     r
 }

@@ -9,11 +9,13 @@
 //! for one, in order, and anything a strict server would refuse is refused
 //! before it. Its rules come from the agent as a stream of per-endpoint
 //! updates ([`control`], [`rules`]) and stay in force when the agent dies.
+//! RateLimits are held per source identity and endpoint ([`limits`]).
 
 pub mod control;
 pub mod events;
 pub mod h2;
 pub mod http1;
+pub mod limits;
 pub mod rules;
 pub mod server;
 
@@ -53,6 +55,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         escaped_slashes: config.escaped_slashes,
         port: config.http_port,
         events: Default::default(),
+        limiter: Default::default(),
         reporter_init: config.reporter_init,
     });
     rt.block_on(async move {

@@ -27,7 +27,7 @@ use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::identity::{NumericIdentity, Reserved};
 use bulkhead_policy::l7::{HttpDecision, HttpPolicy, HttpRequest, L7Error};
 use bulkhead_policy::repository::{Proto, RuleRef};
-use bulkhead_policy::resolve::{Decision, DirectionPolicy, L7Policy, PolicyEntry, PolicyKey, Verdict};
+use bulkhead_policy::resolve::{AppliedLimit, Decision, DirectionPolicy, L7Policy, PolicyEntry, PolicyKey, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// One message of the agent's stream: what changed since the last one
@@ -111,6 +111,8 @@ pub struct Check {
     http: Option<HttpPolicy>,
     /// The peer is also allowed without L7 rules: every request passes.
     allow_all: bool,
+    /// RateLimits an allowed request must also be within.
+    limits: Vec<AppliedLimit>,
     /// The rules behind the entry.
     pub rules: Vec<Arc<RuleRef>>,
 }
@@ -121,7 +123,7 @@ impl Check {
             L7Rules::Http(rules) => Some(HttpPolicy::compile(rules)?),
             _ => None,
         };
-        Ok(Self { http, allow_all: l7.allow_all, rules: entry.refs.clone() })
+        Ok(Self { http, allow_all: l7.allow_all, limits: l7.limits.clone(), rules: entry.refs.clone() })
     }
 
     fn decide(&self, req: &HttpRequest<'_>) -> Option<HttpDecision> {
@@ -310,6 +312,7 @@ impl Rules {
             return Err(Refused::NotLocal { client, server });
         }
         let mut checks = Vec::new();
+        let client_identity = self.identity(client);
         for (side, local, peer) in [(Side::Egress, c, server), (Side::Ingress, s, client)] {
             let Some(local) = local else { continue };
             let dir = match side {
@@ -317,7 +320,8 @@ impl Rules {
                 Side::Ingress => &local.ingress,
             };
             let Some(dir) = dir else { continue };
-            match dir.policy.lookup(Some(peer), self.identity(peer), Proto::Tcp, port) {
+            let peer_identity = if side == Side::Ingress { client_identity } else { self.identity(peer) };
+            match dir.policy.lookup(Some(peer), peer_identity, Proto::Tcp, port) {
                 Decision::Entry(k, e) => match e.verdict {
                     Verdict::Allow => {}
                     Verdict::Deny => return Err(Refused::Denied { side, endpoint: local.name.to_string() }),
@@ -337,7 +341,12 @@ impl Rules {
                 Decision::Default { deny: false } => {}
             }
         }
-        Ok(Connection { client: c.map(|l| Arc::clone(&l.name)), server: s.map(|l| Arc::clone(&l.name)), checks })
+        Ok(Connection {
+            client: c.map(|l| Arc::clone(&l.name)),
+            server: s.map(|l| Arc::clone(&l.name)),
+            client_identity: client_identity.0,
+            checks,
+        })
     }
 }
 
@@ -361,6 +370,8 @@ pub struct Connection {
     pub client: Option<Arc<str>>,
     /// The server's endpoint, when local.
     pub server: Option<Arc<str>>,
+    /// The client's identity (what RateLimits count by).
+    pub client_identity: u32,
     checks: Vec<(Side, Arc<Check>)>,
 }
 
@@ -387,6 +398,12 @@ impl Connection {
     /// proxied and visible).
     pub fn has_rules(&self) -> bool {
         !self.checks.is_empty()
+    }
+
+    /// The RateLimits on this connection's requests (the server's:
+    /// RateLimits are ingress rules).
+    pub fn limits(&self) -> Vec<&AppliedLimit> {
+        self.checks.iter().filter(|(side, _)| *side == Side::Ingress).flat_map(|(_, c)| &c.limits).collect()
     }
 
     /// Decides `req` with every check; denied when any denies.

@@ -24,6 +24,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bulkhead_policy::identity::Reserved;
 use bulkhead_policy::l7::{EscapedSlashes, HttpRequest, normalize_target};
+use bulkhead_policy::repository::RuleRef;
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +34,7 @@ use crate::http1::{
     self, BodyLength, CONTINUE, Decoder, Event, Refusal, RequestHead, ResponseFramer, Version, encode_chunk,
     encode_head, encode_last_chunk,
 };
+use crate::limits::{Limiter, Permit};
 use crate::rules::{Connection, Rules, Verdicts};
 
 /// The mark on the proxy's upstream packets (`BH_FROM_PROXY_MARK` in
@@ -58,28 +60,49 @@ pub struct Shared {
     pub port: u16,
     /// Where each request's and response's event goes.
     pub events: Events,
+    /// The RateLimits' buckets.
+    pub limiter: Arc<Limiter>,
     /// See [`crate::Config::reporter_init`].
     pub reporter_init: Option<fn() -> io::Result<()>>,
 }
 
 impl Shared {
     /// Decides one request (its target already normalized) with the
-    /// connection's rules and reports it: the request's event is sent,
-    /// and its response's are made from the one returned. HTTP/1.1 and
-    /// HTTP/2 alike.
+    /// connection's rules, then its RateLimits, and reports it: the
+    /// request's event is sent, and its response's are made from the one
+    /// returned. An admitted request under a limit comes with its permit,
+    /// to hold until its response is relayed. HTTP/1.1 and HTTP/2 alike.
     pub(crate) fn decide(
         &self,
         conn: &Connection,
         (peer, dst): (SocketAddr, SocketAddr),
         protocol: &str,
         req: &HttpRequest<'_>,
-    ) -> Arc<L7Event> {
+    ) -> Decided {
         let verdict = conn.decide(req);
+        let mut permit = None;
+        let mut limited = None;
+        if verdict.allowed
+            && let Some(server) = &conn.server
+        {
+            let limits = conn.limits();
+            if !limits.is_empty() {
+                match self.limiter.admit(&limits, conn.client_identity, server, std::time::Instant::now()) {
+                    Ok(p) => permit = Some(p),
+                    Err(l) => limited = Some(l),
+                }
+            }
+        }
         let url = format!("http://{}{}", req.host, req.path);
         let headers = redacted(req.headers);
-        let event = Arc::new(L7Event::request(peer, dst, protocol, req.method, url, headers, verdict));
+        let mut event = L7Event::request(peer, dst, protocol, req.method, url, headers, verdict);
+        if let Some(l) = &limited {
+            event.allowed = false;
+            event.limited_by = Some(RuleRef::clone(&l.by));
+        }
+        let event = Arc::new(event);
         self.events.send(Arc::clone(&event));
-        event
+        Decided { event, permit, retry_after: limited.map(|l| l.retry_after) }
     }
 
     /// Reports a request refused before any rule saw it (answered 400).
@@ -90,6 +113,17 @@ impl Shared {
         self.events.send(event);
         self.events.send(response);
     }
+}
+
+/// A request, decided.
+pub(crate) struct Decided {
+    /// Its event (responses' events are made from it).
+    pub event: Arc<L7Event>,
+    /// Admitted under RateLimits: in flight until dropped.
+    pub permit: Option<Permit>,
+    /// Over a RateLimit: the seconds for `Retry-After` (the event is
+    /// denied, and names the limit).
+    pub retry_after: Option<u64>,
 }
 
 /// The rules behind an event, `side policy rule, …`, for a log line.
@@ -301,17 +335,28 @@ impl Session {
         let headers: Vec<(&str, &str)> =
             head.headers.iter().zip(&values).map(|((k, _), v)| (k.as_str(), &**v)).collect();
         let req = HttpRequest { method: &head.method, path: &target, host: &head.host, headers: &headers };
-        let event = self.shared.decide(&self.conn, (self.peer, self.dst), "HTTP/1.1", &req);
+        let Decided { event, permit, retry_after } =
+            self.shared.decide(&self.conn, (self.peer, self.dst), "HTTP/1.1", &req);
         let decided = std::time::Instant::now();
         let respond = |code: u16| event.response(code, decided);
+        // Keep-alive goes on after the proxy's own answer unless a body is
+        // still unread (it could hold anything, including what would look
+        // like a request).
+        let unread = head.body != BodyLength::Empty;
+        if let Some(retry_after) = retry_after {
+            tracing::info!(
+                client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
+                limited_by = ?event.limited_by.as_ref().map(ToString::to_string), "request over a rate limit (429)"
+            );
+            self.client.write_all(&http1::too_many_requests(retry_after, !unread)).await?;
+            self.shared.events.send(respond(429));
+            return Ok(if unread || self.client_closes(&head) { After::Close } else { After::Next });
+        }
         if !event.allowed {
             tracing::info!(
                 client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
                 denied_by = %rules_of(&event), "request denied (403)"
             );
-            // Keep-alive goes on unless a body is still unread (it could
-            // hold anything, including what would look like a request).
-            let unread = head.body != BodyLength::Empty;
             self.client.write_all(&http1::forbidden(!unread)).await?;
             self.shared.events.send(respond(403));
             return Ok(if unread || self.client_closes(&head) { After::Close } else { After::Next });
@@ -342,6 +387,7 @@ impl Session {
             self.forward_body(head.body, &mut up.stream).await?;
         }
         let (keep, status) = up.relay_response(&mut self.client, head.method == "HEAD").await?;
+        drop(permit);
         self.shared.events.send(respond(status));
         if !keep {
             *upstream = None;

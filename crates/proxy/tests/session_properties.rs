@@ -121,7 +121,11 @@ fn rules() -> Rules {
     let ip = |s: &str| s.parse::<IpAddr>().expect("address");
     let rule = HttpRule { method: Some("GET".into()), path: Some("/api/v1/products.*".into()), ..HttpRule::default() };
     let entry = PolicyEntry {
-        verdict: Verdict::Redirect(Arc::new(L7Policy { rules: L7Rules::Http(vec![rule]), allow_all: false })),
+        verdict: Verdict::Redirect(Arc::new(L7Policy {
+            rules: L7Rules::Http(vec![rule]),
+            allow_all: false,
+            limits: Vec::new(),
+        })),
         refs: vec![Arc::new(RuleRef {
             kind: PolicyKind::CiliumNetworkPolicy,
             namespace: Some("t".into()),
@@ -200,6 +204,7 @@ proptest! {
             let seen = Arc::new(Mutex::new(Vec::new()));
             tokio::spawn(server(listener, Arc::clone(&seen)));
             let shared = Arc::new(Shared {
+                limiter: Default::default(),
                 rules: arc_swap::ArcSwap::from_pointee(rules()),
                 escaped_slashes: EscapedSlashes::Refuse,
                 port: 1,

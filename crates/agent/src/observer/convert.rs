@@ -122,17 +122,23 @@ impl Converter {
         // The side that decided: the first check's (the client's egress
         // when it has L7 rules); a server's own rules otherwise.
         let direction = match e.by.first() {
-            Some((Side::Egress, _)) => TrafficDirection::Egress,
+            Some((Side::Egress, _)) if e.limited_by.is_none() => TrafficDirection::Egress,
             _ => TrafficDirection::Ingress,
         };
         let rules =
             |side: Side| -> Arc<[Policy]> { e.by.iter().filter(|(s, _)| *s == side).map(|(_, r)| policy(r)).collect() };
+        // Over a RateLimit: dropped by that policy, as a deny rule drops.
+        let drop = match (e.allowed, &e.limited_by) {
+            (true, _) => DropReason::UNKNOWN,
+            (false, Some(_)) => DropReason::POLICY_DENY,
+            (false, None) => DropReason::POLICY_DENIED,
+        };
         let mut f = Flow {
             time: Timestamp::from_nanos(e.time_ns),
             uuid: self.uuids.next(),
             verdict: if e.allowed { Verdict::Forwarded } else { Verdict::Dropped },
-            drop_reason: if e.allowed { 0 } else { DropReason::POLICY_DENIED.0 },
-            drop_reason_desc: if e.allowed { DropReason::UNKNOWN } else { DropReason::POLICY_DENIED },
+            drop_reason: drop.0,
+            drop_reason_desc: drop,
             ip: Some(Ip {
                 source: from.ip(),
                 destination: to.ip(),
@@ -165,7 +171,9 @@ impl Converter {
             }),
             ..Flow::default()
         };
-        if e.allowed {
+        if let Some(limit) = &e.limited_by {
+            f.ingress_denied_by = Arc::from([policy(limit)]);
+        } else if e.allowed {
             f.egress_allowed_by = rules(Side::Egress);
             f.ingress_allowed_by = rules(Side::Ingress);
         } else {

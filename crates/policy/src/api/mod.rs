@@ -28,6 +28,9 @@ pub enum PolicyKind {
     NetworkPolicy,
     /// A bare list of Cilium rules (the `cilium policy import` JSON form).
     CiliumRules,
+    /// `bulkhead.io/v1alpha1` RateLimit (namespaced): request rate and
+    /// concurrency limits the L7 proxy enforces.
+    RateLimit,
 }
 
 impl PolicyKind {
@@ -38,6 +41,7 @@ impl PolicyKind {
             Self::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
             Self::NetworkPolicy => "NetworkPolicy",
             Self::CiliumRules => "CiliumRules",
+            Self::RateLimit => "RateLimit",
         }
     }
 }
@@ -90,6 +94,65 @@ pub enum PolicyBody {
     Cilium(Vec<Rule>),
     /// A Kubernetes NetworkPolicy spec.
     Kubernetes(NetworkPolicySpec),
+    /// A RateLimit spec.
+    RateLimit(RateLimitSpec),
+}
+
+/// A RateLimit's `spec`: limits on the requests the selected endpoints
+/// accept, per source identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// `endpointSelector`: the endpoints whose ingress is limited.
+    pub endpoint_selector: LabelSelector,
+    /// `ingress`: one limit per entry.
+    pub ingress: Vec<RateLimitRule>,
+}
+
+/// One `ingress[]` entry of a RateLimit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitRule {
+    /// The peers (`fromEndpoints` / `fromEntities`; neither: every peer)
+    /// and the ports (`toPorts`, TCP) it limits, as in a Cilium rule; no
+    /// L7 rules. `path` is the entry's field path.
+    pub peers: PeerRule,
+    /// The limit.
+    pub limit: RequestLimit,
+}
+
+/// How many requests a source identity may send one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestLimit {
+    /// `requestsPerSecond`: the sustained rate (a token bucket's refill).
+    pub requests_per_second: Option<u32>,
+    /// `burst`: requests that may arrive at once (the bucket's size);
+    /// defaults to `requestsPerSecond`.
+    pub burst: Option<u32>,
+    /// `maxConcurrentRequests`: requests in flight at once (sent to the
+    /// server, response not yet complete).
+    pub max_concurrent_requests: Option<u32>,
+}
+
+impl RequestLimit {
+    /// The bucket size: `burst`, else one second's worth.
+    pub fn bucket(&self) -> Option<u32> {
+        self.requests_per_second.map(|r| self.burst.unwrap_or(r))
+    }
+}
+
+impl fmt::Display for RequestLimit {
+    /// `50 requests/s, burst 100, 4 concurrent`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let (Some(r), Some(b)) = (self.requests_per_second, self.bucket()) {
+            parts.push(format!("{r} requests/s, burst {b}"));
+        }
+        if let Some(c) = self.max_concurrent_requests {
+            parts.push(format!("{c} concurrent"));
+        }
+        f.write_str(&parts.join(", "))
+    }
 }
 
 /// A label selector as written (`matchLabels` + `matchExpressions`). Keys keep

@@ -219,9 +219,12 @@ impl Engine {
         let mut out = EndpointPolicy::default();
         for d in Direction::BOTH {
             let present: Vec<&Arc<CompiledRule>> = selecting.iter().filter(|r| r.dir(d).present).collect();
-            if present.is_empty() {
+            let limited = selecting.iter().any(|r| r.dir(d).contributions.iter().any(|c| c.limit.is_some()));
+            if present.is_empty() && !limited {
                 continue;
             }
+            // Limits alone leave a direction open (a miss passes) but give
+            // it entries: the limited peers' redirects.
             let default_deny = present.iter().any(|r| r.dir(d).default_deny != Some(false));
             let gather = |f: fn(&crate::repository::DirectionRules) -> &Vec<crate::selector::Req>| {
                 let mut v: Vec<crate::selector::Req> =
@@ -255,6 +258,7 @@ impl Engine {
                         ports: Vec::new(),
                         deny: c.deny,
                         l7: c.l7.as_ref(),
+                        limit: c.limit,
                         rule_ref: c.rule_ref.clone(),
                     };
                     if d == Direction::Egress && has_named && !all {
@@ -281,10 +285,11 @@ impl Engine {
                     ports: vec![(Proto::Any, 0, 65535)],
                     deny: false,
                     l7: None,
+                    limit: None,
                     rule_ref: Arc::new(RuleRef::allow_localhost()),
                 });
             }
-            let (entries, errors) = flatten(&resolved);
+            let (entries, errors) = flatten(&resolved, default_deny);
             *dir_mut(&mut out, d) = DirectionPolicy { enforced: true, default_deny, entries, errors };
         }
         out

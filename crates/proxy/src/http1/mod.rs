@@ -1,6 +1,7 @@
 //! HTTP/1.1 requests, strictly: decode what a client sends ([`Decoder`]),
 //! write what the proxy forwards ([`encode_head`], [`encode_chunk`]), and
-//! what it answers itself ([`forbidden`], [`bad_request`]).
+//! what it answers itself ([`forbidden`], [`too_many_requests`],
+//! [`bad_request`]).
 //!
 //! Owns request framing. A request that a strict server would refuse, or
 //! that two servers could frame differently, is refused (400, then the
@@ -26,7 +27,9 @@ mod upstream;
 
 pub use decode::{Decoder, Event};
 pub use encode::{encode_chunk, encode_head, encode_last_chunk};
-pub use response::{ACCESS_DENIED, CONTINUE, bad_request, forbidden, unavailable};
+pub use response::{
+    ACCESS_DENIED, CONTINUE, TOO_MANY_REQUESTS, bad_request, forbidden, too_many_requests, unavailable,
+};
 pub use upstream::{BadResponse, ResponseFramer, Scan};
 
 /// The protocol version a request was sent with (the proxy forwards

@@ -27,7 +27,7 @@ fn redirect(policy: &str, method: &str, path: &str) -> PolicyEntry {
     let rules =
         L7Rules::Http(vec![HttpRule { method: Some(method.into()), path: Some(path.into()), ..HttpRule::default() }]);
     PolicyEntry {
-        verdict: Verdict::Redirect(Arc::new(L7Policy { rules, allow_all: false })),
+        verdict: Verdict::Redirect(Arc::new(L7Policy { rules, allow_all: false, limits: Vec::new() })),
         refs: vec![rule_ref(policy, "spec.ingress[0]")],
     }
 }

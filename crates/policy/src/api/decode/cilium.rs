@@ -574,7 +574,7 @@ impl Decoder<'_> {
         self.items(node, path, Self::label_selector)
     }
 
-    fn entities(&mut self, node: &Node, path: &FieldPath) -> Option<Vec<Entity>> {
+    pub(super) fn entities(&mut self, node: &Node, path: &FieldPath) -> Option<Vec<Entity>> {
         let mut out = Vec::new();
         for (i, (name, pos)) in self.strings(node, path)?.into_iter().enumerate() {
             match Entity::ALL.iter().find(|(_, n)| *n == name) {

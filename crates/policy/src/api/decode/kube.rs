@@ -17,6 +17,7 @@ const KINDS: &[(&str, &str)] = &[
     ("CiliumNetworkPolicy", "cilium.io/v2"),
     ("CiliumClusterwideNetworkPolicy", "cilium.io/v2"),
     ("NetworkPolicy", "networking.k8s.io/v1"),
+    ("RateLimit", "bulkhead.io/v1alpha1"),
     ("Namespace", "v1"),
     ("Pod", "v1"),
 ];
@@ -94,7 +95,7 @@ impl Decoder<'_> {
             "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" => {
                 &["apiVersion", "kind", "metadata", "spec", "specs", "status"]
             }
-            "NetworkPolicy" => &["apiVersion", "kind", "metadata", "spec", "status"],
+            "NetworkPolicy" | "RateLimit" => &["apiVersion", "kind", "metadata", "spec", "status"],
             _ => &[],
         };
         let unknown = if known.is_empty() { Unknown::Ignore } else { Unknown::Warn };
@@ -128,6 +129,17 @@ impl Decoder<'_> {
                     namespace,
                     origin,
                     body: PolicyBody::Kubernetes(spec),
+                })
+            }
+            "RateLimit" => {
+                let spec = self.rate_limit_spec(&fields)?;
+                let namespace = self.policy_namespace(&fields, &meta, false);
+                Object::Policy(Policy {
+                    kind: PolicyKind::RateLimit,
+                    name: meta.name?,
+                    namespace,
+                    origin,
+                    body: PolicyBody::RateLimit(spec),
                 })
             }
             "Namespace" => {
@@ -187,7 +199,8 @@ impl Decoder<'_> {
             );
             return meta;
         };
-        let strict = matches!(kind, "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" | "NetworkPolicy");
+        let strict =
+            matches!(kind, "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" | "NetworkPolicy" | "RateLimit");
         let Some(m) = self.map(node, &path, METADATA_FIELDS, if strict { Unknown::Warn } else { Unknown::Ignore })
         else {
             return meta;

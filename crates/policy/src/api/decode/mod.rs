@@ -8,6 +8,7 @@
 mod cilium;
 mod kube;
 mod ports;
+mod ratelimit;
 mod scalar;
 
 use crate::api::{Object, Protocol};

@@ -115,7 +115,7 @@ impl Decoder<'_> {
         }
     }
 
-    fn port_protocol(&mut self, node: &Node, path: &FieldPath) -> Option<PortProtocol> {
+    pub(super) fn port_protocol(&mut self, node: &Node, path: &FieldPath) -> Option<PortProtocol> {
         let f = self.map(node, path, &["port", "endPort", "protocol"], Unknown::Error)?;
         let protocol = self.protocol(f.value("protocol"), &f.path("protocol"), super::ProtocolSet::Cilium);
         let port = match f.value("port") {
@@ -406,7 +406,7 @@ impl Decoder<'_> {
     }
 }
 
-fn protocol_name(p: Protocol) -> &'static str {
+pub(super) fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "TCP",
         Protocol::Udp => "UDP",

@@ -114,3 +114,84 @@ fn json_list_and_bare_rules() {
     let Object::Policy(p) = &objs[0] else { panic!("policy") };
     assert_eq!(p.name, "r");
 }
+
+const RATE_LIMIT: &str = "apiVersion: bulkhead.io/v1alpha1\nkind: RateLimit\nmetadata: {name: rl, namespace: production}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\"}, {port: http, protocol: TCP}]}]\n    requestsPerSecond: 50\n    burst: 100\n  - fromEntities: [world]\n    toPorts: [{ports: [{port: \"8080\"}]}]\n    maxConcurrentRequests: 4\n";
+
+#[test]
+fn a_rate_limit_reads_as_its_own_kind() {
+    let (objs, diags) = decode(RATE_LIMIT);
+    assert!(diags.is_empty(), "{diags:?}");
+    let [Object::Policy(p)] = objs.as_slice() else { panic!("{objs:?}") };
+    assert_eq!((p.kind, p.display_name().as_str()), (crate::api::PolicyKind::RateLimit, "production/rl"));
+    let crate::api::PolicyBody::RateLimit(spec) = &p.body else { panic!("{p:?}") };
+    assert_eq!(spec.ingress.len(), 2);
+    let first = &spec.ingress[0];
+    assert_eq!(first.peers.path, "spec.ingress[0]");
+    assert_eq!(
+        (first.limit.requests_per_second, first.limit.burst, first.limit.max_concurrent_requests),
+        (Some(50), Some(100), None)
+    );
+    let ports = &first.peers.to_ports[0].ports;
+    assert!(ports.iter().all(|p| p.protocol == crate::api::Protocol::Tcp), "omitted protocol reads as TCP");
+    assert_eq!(spec.ingress[1].peers.entities.as_deref(), Some(&[crate::api::Entity::World][..]));
+    assert_eq!(spec.ingress[1].limit.max_concurrent_requests, Some(4));
+}
+
+#[test]
+fn a_rate_limit_that_could_be_read_two_ways_is_refused_naming_the_field() {
+    let cases = [
+        (
+            "    requestsPerSecond: 50\n",
+            "    requestsPerSecond: 0\n",
+            "spec.ingress[0].requestsPerSecond: 0 is out of range 1..1000000",
+        ),
+        (
+            "    requestsPerSecond: 50\n",
+            "    requestPerSecond: 50\n",
+            "spec.ingress[0].requestPerSecond: unknown field `requestPerSecond` (fix: did you mean `requestsPerSecond`?)",
+        ),
+        (
+            "    requestsPerSecond: 50\n",
+            "    requestsPerSecond: \"50\"\n",
+            "spec.ingress[0].requestsPerSecond: expected an integer",
+        ),
+        (
+            "    requestsPerSecond: 50\n    burst: 100\n",
+            "    maxConcurrentRequests: 3\n    burst: 100\n",
+            "spec.ingress[0].burst: `burst` needs `requestsPerSecond`",
+        ),
+        ("    requestsPerSecond: 50\n    burst: 100\n", "", "spec.ingress[0]: the entry sets no limit"),
+        (
+            "{port: \"8080\"}, {port: http, protocol: TCP}",
+            "{port: \"53\", protocol: UDP}",
+            "spec.ingress[0].toPorts[0].ports[0].protocol: rate limits apply to HTTP over TCP, not UDP",
+        ),
+        (
+            "{port: \"8080\"}, {port: http, protocol: TCP}",
+            "{port: \"0\"}",
+            "spec.ingress[0].toPorts[0].ports[0].port: a rate limit needs an explicit port",
+        ),
+        (
+            "[{ports: [{port: \"8080\"}, {port: http, protocol: TCP}]}]",
+            "[{ports: [{port: \"8080\"}], rules: {http: [{}]}}]",
+            "spec.ingress[0].toPorts[0].rules: a RateLimit limits requests; it does not allow or deny them",
+        ),
+        (
+            "  - fromEndpoints: [{matchLabels: {app: frontend}}]\n",
+            "  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    fromEntities: [world]\n",
+            "spec.ingress[0].fromEntities: combining fromEndpoints and fromEntities",
+        ),
+        (
+            "  endpointSelector: {matchLabels: {app: backend}}\n",
+            "",
+            "spec.endpointSelector: missing field `endpointSelector`",
+        ),
+        ("apiVersion: bulkhead.io/v1alpha1", "apiVersion: cilium.io/v2", "apiVersion: wrong apiVersion for RateLimit"),
+    ];
+    for (from, to, want) in cases {
+        assert!(RATE_LIMIT.contains(from), "{from}");
+        let (objs, diags) = decode(&RATE_LIMIT.replacen(from, to, 1));
+        assert!(objs.is_empty(), "{to}: {objs:?}");
+        assert!(diags.iter().any(|d| d.contains(want)), "{to}: want {want}\n{diags:#?}");
+    }
+}
