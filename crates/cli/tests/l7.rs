@@ -26,6 +26,15 @@ fn seed_lab(tag: &str) -> Lab {
     lab
 }
 
+/// `bulkhead apply` of `yaml` (through a file of the lab's own): its output.
+fn apply(lab: &Lab, yaml: &str) -> String {
+    let file = std::env::temp_dir().join(format!("bulkhead-{}-{}.yaml", lab.name, std::process::id()));
+    std::fs::write(&file, yaml).expect("write policy");
+    let out = lab.ok(&["apply", "-f", file.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&file);
+    out
+}
+
 /// `curl` from `pod` to `url` with `args`: (status, body); status 0 when
 /// no response came.
 fn curl(lab: &Lab, pod: &str, args: &[&str], url: &str) -> (u16, String) {
@@ -151,11 +160,7 @@ fn both_ends_rules_are_enforced_and_a_change_is_in_force_when_apply_returns() {
         return;
     }
     let lab = seed_lab("l7both");
-    let file = std::env::temp_dir().join(format!("bulkhead-l7both-{}.yaml", std::process::id()));
-    let apply = |path: &str| {
-        std::fs::write(&file, frontend_egress(path)).expect("write policy");
-        lab.ok(&["apply", "-f", file.to_str().expect("path")]);
-    };
+    let apply = |path: &str| apply(&lab, &frontend_egress(path));
     // The client's egress allows only inventory; the server's ingress allows
     // products and inventory: a request passes only when both allow it.
     apply("/api/v1/inventory.*");
@@ -182,7 +187,6 @@ fn both_ends_rules_are_enforced_and_a_change_is_in_force_when_apply_returns() {
         apply("/api/v1/inventory.*");
         assert_eq!(curl(&lab, "production/frontend", &[], &format!("{b}/api/v1/products")).0, 403);
     }
-    let _ = std::fs::remove_file(&file);
 }
 
 /// A connection from `pod` to the backend's 8080 (IPv4).
@@ -381,10 +385,7 @@ fn http2_and_grpc_requests_are_decided_per_stream() {
         return;
     }
     let lab = seed_lab("l7h2");
-    let file = std::env::temp_dir().join(format!("bulkhead-l7h2-{}.yaml", std::process::id()));
-    std::fs::write(&file, PAYMENTS_GRPC).expect("write policy");
-    lab.ok(&["apply", "-f", file.to_str().expect("path")]);
-    let _ = std::fs::remove_file(&file);
+    apply(&lab, PAYMENTS_GRPC);
     let frontend = lab.netns("production/frontend");
     let h2 = |dst: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]| {
         netns::run_in(&frontend, || {
@@ -481,11 +482,7 @@ fn rate_limits_answer_429_and_grpc_8_per_source_identity_and_show_in_flows_and_m
         return;
     }
     let lab = seed_lab("l7rl");
-    let file = std::env::temp_dir().join(format!("bulkhead-l7rl-{}.yaml", std::process::id()));
-    let apply = |limit: &str| {
-        std::fs::write(&file, RATE_LIMITS.replace("LIMIT", limit)).expect("write policy");
-        lab.ok(&["apply", "-f", file.to_str().expect("path")])
-    };
+    let apply = |limit: &str| apply(&lab, &RATE_LIMITS.replace("LIMIT", limit));
     let out = apply("requestsPerSecond: 1\n    burst: 3");
     assert!(out.contains("products-rl"), "apply names what it applied: {out}");
 
@@ -579,5 +576,4 @@ fn rate_limits_answer_429_and_grpc_8_per_source_identity_and_show_in_flows_and_m
         let n: u64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0);
         assert!(n >= at_least, "{line}");
     }
-    let _ = std::fs::remove_file(&file);
 }

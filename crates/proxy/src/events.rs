@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 
 use std::time::Instant;
 
-use crate::rules::{Side, Verdicts};
+use crate::rules::{RuleRefs, Verdicts};
 
 /// What replaces a secret-looking header value (Hubble's word).
 pub const REDACTED: &str = "HUBBLE_REDACTED";
@@ -39,12 +39,12 @@ pub struct L7Event {
     pub client: SocketAddr,
     /// The original destination.
     pub server: SocketAddr,
-    /// `GET`, …
-    pub method: String,
+    /// `GET`, … (the text fields are shared with the response's event).
+    pub method: Arc<str>,
     /// `http://host/path?query`, as decided (normalized).
-    pub url: String,
+    pub url: Arc<str>,
     /// `HTTP/1.1`.
-    pub protocol: String,
+    pub protocol: Arc<str>,
     /// Request headers as sent (secret-looking values redacted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
@@ -56,15 +56,15 @@ pub struct L7Event {
     pub latency_ns: u64,
     /// The rules that allowed it, or for a denied request the rules that
     /// came closest; with the side whose policy they are.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub by: Vec<(Side, RuleRef)>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub by: RuleRefs,
     /// Why the proxy refused to parse the request (answered 400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
     /// The RateLimit entry the request was over (answered 429; the rules
     /// in `by` allowed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limited_by: Option<RuleRef>,
+    pub limited_by: Option<Arc<RuleRef>>,
 }
 
 impl L7Event {
@@ -85,12 +85,12 @@ impl L7Event {
             client,
             server,
             method: method.into(),
-            url,
+            url: url.into(),
             protocol: protocol.into(),
             headers,
             code: 0,
             latency_ns: 0,
-            by: v.by.into_iter().map(|(side, r)| (side, RuleRef::clone(&r))).collect(),
+            by: v.by,
             refused: None,
             limited_by: None,
         }
@@ -111,7 +111,7 @@ impl L7Event {
             headers: Vec::new(),
             code,
             latency_ns: u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            by: self.by.clone(),
+            by: Arc::clone(&self.by),
             refused: self.refused.clone(),
             limited_by: self.limited_by.clone(),
         }
@@ -214,7 +214,7 @@ mod tests {
             headers: Vec::new(),
             code: 0,
             latency_ns: 0,
-            by: Vec::new(),
+            by: Arc::new([]),
             refused: None,
             limited_by: None,
         };

@@ -341,11 +341,21 @@ impl Rules {
                 Decision::Default { deny: false } => {}
             }
         }
+        // What a verdict names, made once per connection, not per request.
+        let allowed_by = checks.iter().flat_map(|(side, c)| c.rules.iter().map(|r| (*side, Arc::clone(r)))).collect();
+        let checks = checks
+            .into_iter()
+            .map(|(side, c)| {
+                let denied_by = c.rules.iter().map(|r| (side, Arc::clone(r))).collect();
+                (side, c, denied_by)
+            })
+            .collect();
         Ok(Connection {
             client: c.map(|l| Arc::clone(&l.name)),
             server: s.map(|l| Arc::clone(&l.name)),
             client_identity: client_identity.0,
             checks,
+            allowed_by,
         })
     }
 }
@@ -372,8 +382,14 @@ pub struct Connection {
     pub server: Option<Arc<str>>,
     /// The client's identity (what RateLimits count by).
     pub client_identity: u32,
-    checks: Vec<(Side, Arc<Check>)>,
+    /// Each check, with what a request it denies is denied by.
+    checks: Vec<(Side, Arc<Check>, RuleRefs)>,
+    /// What an allowed request is allowed by: every check's rules.
+    allowed_by: RuleRefs,
 }
+
+/// The rules behind a verdict, with the side whose policy they are.
+pub type RuleRefs = Arc<[(Side, Arc<RuleRef>)]>;
 
 /// The verdict on one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,13 +399,13 @@ pub struct Verdicts {
     /// The side and rules that decided: for an allowed request every
     /// check's rules; for a denied one those of the first check that
     /// denied (the rules that came closest).
-    pub by: Vec<(Side, Arc<RuleRef>)>,
+    pub by: RuleRefs,
 }
 
 impl Verdicts {
     /// Denied, by no rule (a request refused before any rule could see it).
     pub fn denied() -> Self {
-        Self { allowed: false, by: Vec::new() }
+        Self { allowed: false, by: Arc::new([]) }
     }
 }
 
@@ -403,20 +419,17 @@ impl Connection {
     /// The RateLimits on this connection's requests (the server's:
     /// RateLimits are ingress rules).
     pub fn limits(&self) -> Vec<&AppliedLimit> {
-        self.checks.iter().filter(|(side, _)| *side == Side::Ingress).flat_map(|(_, c)| &c.limits).collect()
+        self.checks.iter().filter(|(side, ..)| *side == Side::Ingress).flat_map(|(_, c, _)| &c.limits).collect()
     }
 
     /// Decides `req` with every check; denied when any denies.
     pub fn decide(&self, req: &HttpRequest<'_>) -> Verdicts {
-        let mut by = Vec::new();
-        for (side, check) in &self.checks {
-            let allowed = check.decide(req).is_some_and(|d| d.allowed);
-            if !allowed {
-                return Verdicts { allowed: false, by: check.rules.iter().map(|r| (*side, Arc::clone(r))).collect() };
+        for (_, check, denied_by) in &self.checks {
+            if !check.decide(req).is_some_and(|d| d.allowed) {
+                return Verdicts { allowed: false, by: Arc::clone(denied_by) };
             }
-            by.extend(check.rules.iter().map(|r| (*side, Arc::clone(r))));
         }
-        Verdicts { allowed: true, by }
+        Verdicts { allowed: true, by: Arc::clone(&self.allowed_by) }
     }
 }
 

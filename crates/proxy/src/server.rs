@@ -24,7 +24,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bulkhead_policy::identity::Reserved;
 use bulkhead_policy::l7::{EscapedSlashes, HttpRequest, normalize_target};
-use bulkhead_policy::repository::RuleRef;
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -98,7 +97,7 @@ impl Shared {
         let mut event = L7Event::request(peer, dst, protocol, req.method, url, headers, verdict);
         if let Some(l) = &limited {
             event.allowed = false;
-            event.limited_by = Some(RuleRef::clone(&l.by));
+            event.limited_by = Some(Arc::clone(&l.by));
         }
         let event = Arc::new(event);
         self.events.send(Arc::clone(&event));

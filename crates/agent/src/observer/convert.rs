@@ -162,9 +162,9 @@ impl Converter {
                 latency_ns: e.latency_ns,
                 http: Some(Http {
                     code: e.code.into(),
-                    method: e.method.clone(),
-                    url: e.url.clone(),
-                    protocol: e.protocol.clone(),
+                    method: e.method.to_string(),
+                    url: e.url.to_string(),
+                    protocol: e.protocol.to_string(),
                     headers: e.headers.iter().map(|(k, v)| HttpHeader { key: k.clone(), value: v.clone() }).collect(),
                 }),
                 ..Layer7::default()
