@@ -409,6 +409,32 @@ fn http2_and_grpc_requests_are_decided_per_stream() {
             assert_eq!((a.status, a.body.as_slice()), (403, &b"Access denied\r\n"[..]), "{method} {path}");
         }
         assert_eq!(h2(backend, "GET", "/api/v1%2F..%2Fadmin", &[]).status, 400);
+        // Upgrade from HTTP/1.1 (curl --http2 asks with `Upgrade: h2c`): the
+        // first answer comes on stream 1, the next requests are streams,
+        // each decided.
+        let (products, admin) = (format!("http://{backend}/api/v1/products"), format!("http://{backend}/admin"));
+        let out = lab.lab(&[
+            "exec",
+            "production/frontend",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "--http2",
+            "-w",
+            "%{http_version} %{http_code}\n",
+            "-o",
+            "/dev/null",
+            &products,
+            "-o",
+            "/dev/null",
+            &admin,
+            "-o",
+            "/dev/null",
+            &products,
+        ]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200\n2 403\n2 200\n", "{backend}");
 
         // gRPC, written as Cilium users write it (POST /package.Service/Method).
         let payments = SocketAddr::new(lab.ip("production/payment-processor", v4), 9090);

@@ -248,6 +248,8 @@ enum After {
     Next,
     /// Close the client's connection.
     Close,
+    /// Switch the client to HTTP/2: the server answered its upgrade.
+    Upgrade(Box<crate::h2::Upgrade>),
 }
 
 impl Session {
@@ -267,6 +269,10 @@ impl Session {
             match self.request(head, &mut upstream).await? {
                 After::Next => {}
                 After::Close => return Ok(()),
+                After::Upgrade(up) => {
+                    let Session { client, peer, dst, conn, shared, buf, .. } = self;
+                    return crate::h2::serve_upgraded(client, buf, (peer, dst), conn, shared, *up).await;
+                }
             }
         }
     }
@@ -334,7 +340,7 @@ impl Session {
         let headers: Vec<(&str, &str)> =
             head.headers.iter().zip(&values).map(|((k, _), v)| (k.as_str(), &**v)).collect();
         let req = HttpRequest { method: &head.method, path: &target, host: &head.host, headers: &headers };
-        let Decided { event, permit, retry_after } =
+        let Decided { event, mut permit, retry_after } =
             self.shared.decide(&self.conn, (self.peer, self.dst), "HTTP/1.1", &req);
         let decided = std::time::Instant::now();
         let respond = |code: u16| event.response(code, decided);
@@ -364,6 +370,16 @@ impl Session {
             client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
             allowed_by = %rules_of(&event), "request allowed"
         );
+        if crate::h2::asks_h2c(&head) {
+            let decision = (&event, &mut permit, decided);
+            match crate::h2::ahead((self.peer.ip(), self.dst), &head, &target, decision).await {
+                Ok(up) => return Ok(After::Upgrade(Box::new(up))),
+                Err(e) => tracing::debug!(
+                    client = %self.peer, destination = %self.dst, error = %e,
+                    "the server did not answer over HTTP/2: the upgrade is declined"
+                ),
+            }
+        }
         let expects_continue = take_expect_continue(&mut head);
         let up = match upstream {
             Some(up) => up,

@@ -6,24 +6,19 @@
 //! nothing after a refusal, while the client gets one answer per request
 //! in order.
 
-use std::net::{IpAddr, SocketAddr};
+mod support;
+
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bulkhead_policy::api::{HttpRule, L7Rules, PolicyKind};
-use bulkhead_policy::identity::NumericIdentity;
-use bulkhead_policy::l7::EscapedSlashes;
-use bulkhead_policy::repository::{Proto, RuleRef};
-use bulkhead_policy::resolve::{L7Policy, Peer, PolicyEntry, PolicyKey, Verdict};
-use bulkhead_proxy::rules::{Direction, Endpoint, Rules, Update};
-use bulkhead_proxy::server::{Shared, session};
+use bulkhead_proxy::server::session;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-const CLIENT: &str = "127.0.0.2";
-const SERVER: &str = "127.0.0.3";
+use support::{CLIENT, SERVER, root};
 
 /// One request the client sends, and what should become of it.
 #[derive(Debug, Clone)]
@@ -117,43 +112,6 @@ fn expected(atoms: &[Atom]) -> (Vec<(String, Vec<u8>)>, Vec<u16>) {
     (seen, statuses)
 }
 
-fn rules() -> Rules {
-    let ip = |s: &str| s.parse::<IpAddr>().expect("address");
-    let rule = HttpRule { method: Some("GET".into()), path: Some("/api/v1/products.*".into()), ..HttpRule::default() };
-    let entry = PolicyEntry {
-        verdict: Verdict::Redirect(Arc::new(L7Policy {
-            rules: L7Rules::Http(vec![rule]),
-            allow_all: false,
-            limits: Vec::new(),
-        })),
-        refs: vec![Arc::new(RuleRef {
-            kind: PolicyKind::CiliumNetworkPolicy,
-            namespace: Some("t".into()),
-            name: "api".into(),
-            rule: "spec.ingress[0]".into(),
-        })],
-    };
-    let key = PolicyKey { peer: Peer::Identity(NumericIdentity(1000)), proto: Proto::Tcp, lo: 0, hi: u16::MAX };
-    let endpoint = |id, addr, identity, ingress| Endpoint {
-        id,
-        name: format!("t/ep{id}"),
-        identity,
-        addrs: vec![ip(addr)],
-        ingress,
-        egress: None,
-    };
-    let update = Update {
-        generation: 1,
-        full: true,
-        endpoints: vec![
-            endpoint(1, CLIENT, 1000, None),
-            endpoint(2, SERVER, 2000, Some(Direction { default_deny: true, entries: vec![(key, entry)] })),
-        ],
-        ..Update::default()
-    };
-    Rules::default().apply(&update).expect("rules")
-}
-
 /// The server: records (path, body) of every request hyper parses.
 async fn server(listener: tokio::net::TcpListener, seen: Seen) {
     loop {
@@ -180,15 +138,6 @@ fn statuses(text: &str) -> Vec<u16> {
     text.split("HTTP/1.1 ").skip(1).filter_map(|r| r.get(..3)?.parse().ok()).collect()
 }
 
-fn root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "CI runs this test as root (the proxy's upstream socket is transparent)");
-    eprintln!("skipped: needs root");
-    false
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -203,14 +152,7 @@ proptest! {
             let dst = listener.local_addr().expect("server address");
             let seen = Arc::new(Mutex::new(Vec::new()));
             tokio::spawn(server(listener, Arc::clone(&seen)));
-            let shared = Arc::new(Shared {
-                limiter: Default::default(),
-                rules: arc_swap::ArcSwap::from_pointee(rules()),
-                escaped_slashes: EscapedSlashes::Refuse,
-                port: 1,
-                events: Default::default(),
-                reporter_init: None,
-            });
+            let shared = support::shared();
             let front = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("proxy listener");
             let front_addr = front.local_addr().expect("proxy address");
             let client = tokio::spawn(async move {
