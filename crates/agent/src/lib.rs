@@ -152,7 +152,7 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
                 }
             });
         }
-        axum::serve(listener, server::router(state)).with_graceful_shutdown(shutdown_signal()).await
+        axum::serve(listener, server::router(state)).with_graceful_shutdown(bulkhead_proxy::stopped("agent")).await
     });
     // The runtime (and with it every holder of the writer's queue) goes
     // first, so that the writer finishes its last change and stops.
@@ -170,16 +170,4 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("agent stopped; enforcement continues from the pinned programs and maps");
     served.map_err(AgentError::Io)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -66,7 +66,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         tokio::spawn(control::serve(tokio::net::UnixListener::from_std(control)?, Arc::clone(&shared)));
         tracing::info!(port = config.http_port, control = %config.control.display(), "proxy ready");
         println!("ready");
-        shutdown_signal().await;
+        stopped("proxy").await;
         tracing::info!("proxy stopped; L7 connections are dropped until it runs again");
         Ok(())
     })
@@ -79,10 +79,13 @@ fn control_socket(config: &Config) -> std::io::Result<std::os::unix::net::UnixLi
     l.into_std()
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT (never, with an error logged, when the
+/// handlers cannot be installed): how the proxy's and the agent's
+/// processes (`what`) are stopped.
+pub async fn stopped(what: &str) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the proxy with SIGKILL");
+        tracing::error!("cannot install signal handlers; stop the {what} with SIGKILL");
         return std::future::pending().await;
     };
     tokio::select! {
