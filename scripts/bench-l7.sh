@@ -18,8 +18,9 @@
 # client connections); the client and the server on CPU 0, the proxy on CPU 1 —
 # for bulkhead with the agent, which turns the proxy's events (one per
 # request and one per response) into flows and the signed flow log.
-# Prints every run and the medians with each row's ratio to Envoy. Needs
-# root.
+# Prints every run and the medians with each row's ratio to Envoy; then,
+# through bulkhead alone, HTTP/1.1 at fixed rates (h2load --h1 --rps) and
+# the L7 events lost at each (0: every flow kept). Needs root.
 #
 #   bash scripts/bench-l7.sh [ROUNDS] [SECONDS]    (defaults 5, 10)
 set -euo pipefail
@@ -206,12 +207,31 @@ for ((r = 1; r <= rounds; r++)); do
   for row in direct bulkhead envoy; do h2 $row $r; done
 done
 
-
-echo
-echo "bulkhead's L7 flows over all runs (the agent shares the proxy's CPU; under overload enforcement goes first and flows are shed, counted):"
-"$bin" status -o json | python3 -c 'import json, sys
+flows() { # → "seen lost": flows the agent has seen, L7 events the proxy could not deliver
+  "$bin" status -o json | python3 -c 'import json, sys
 f = json.load(sys.stdin)["flows"]
-print("  %d flows seen, %d L7 events the proxy could not deliver" % (f["seen"], f["lost"]["l7_proxy"]))'
+print(f["seen"], f["lost"]["l7_proxy"])'
+}
+echo
+read -r seen lost <<<"$(flows)"
+echo "bulkhead's L7 flows over all runs (the agent shares the proxy's CPU; under overload enforcement goes first and flows are shed, counted):"
+echo "  $seen flows seen, $lost L7 events the proxy could not deliver"
+
+# Below saturation: HTTP/1.1 at fixed rates (h2load --h1 --rps, 32
+# connections), through bulkhead only — is every request's and response's
+# flow kept? Each request is two L7 events.
+echo
+echo "bulkhead at fixed HTTP/1.1 rates, $secs s each: L7 events lost (every flow kept when 0)"
+for rate in 5000 10000 20000 30000; do
+  read -r seen0 lost0 <<<"$(flows)"
+  out=$(ip netns exec $cns taskset -c 0 h2load --h1 -t1 -c32 --rps=$((rate / 32)) -D "$secs" "$(url bulkhead)" 2>&1)
+  sleep 2 # the agent catches up with what it queued
+  read -r seen1 lost1 <<<"$(flows)"
+  done_=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+  mean=$(awk '/^time for request:/ { print $6 }' <<<"$out")
+  printf '  %6d req/s asked: %8s succeeded (%s req/s), mean %8s, %8d flows seen, %8d L7 events lost\n' \
+    "$rate" "$done_" "$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")" "$mean" $((seen1 - seen0)) $((lost1 - lost0))
+done
 echo
 echo "medians of $rounds rounds (ratio to envoy):"
 python3 - "$work/results" <<'PY'

@@ -97,11 +97,10 @@ pub async fn serve(
     shared: Arc<Shared>,
 ) -> io::Result<()> {
     let ctx = Ctx { peer, dst, conn, shared, upstream: Mutex::new(None), first: std::sync::Mutex::new(None) };
-    serve_io(client, ctx).await
+    serve_io(client, Arc::new(ctx)).await
 }
 
-async fn serve_io(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, ctx: Ctx) -> io::Result<()> {
-    let ctx = Arc::new(ctx);
+async fn serve_io(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, ctx: Arc<Ctx>) -> io::Result<()> {
     let svc = hyper::service::service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
         // Taken when the stream is accepted, in the order streams open.
@@ -248,7 +247,7 @@ pub(crate) async fn serve_upgraded(
         upstream: Mutex::new(Some(up.sender)),
         first: std::sync::Mutex::new(Some(up.first)),
     };
-    serve_io(Prefixed { prefix: read, at: 0, inner: client }, ctx).await
+    serve_io(Prefixed { prefix: read, at: 0, inner: client }, Arc::new(ctx)).await
 }
 
 /// Reads until `read` holds the client's preface and its first frame,

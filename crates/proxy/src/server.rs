@@ -271,7 +271,7 @@ impl Session {
                 After::Close => return Ok(()),
                 After::Upgrade(up) => {
                     let Session { client, peer, dst, conn, shared, buf, .. } = self;
-                    return crate::h2::serve_upgraded(client, buf, (peer, dst), conn, shared, *up).await;
+                    return Box::pin(crate::h2::serve_upgraded(client, buf, (peer, dst), conn, shared, *up)).await;
                 }
             }
         }
@@ -371,8 +371,11 @@ impl Session {
             allowed_by = %rules_of(&event), "request allowed"
         );
         if crate::h2::asks_h2c(&head) {
+            // The upgrade's futures are boxed: inline, their state would
+            // grow every HTTP/1.1 connection's task (memory per idle
+            // connection).
             let decision = (&event, &mut permit, decided);
-            match crate::h2::ahead((self.peer.ip(), self.dst), &head, &target, decision).await {
+            match Box::pin(crate::h2::ahead((self.peer.ip(), self.dst), &head, &target, decision)).await {
                 Ok(up) => return Ok(After::Upgrade(Box::new(up))),
                 Err(e) => tracing::debug!(
                     client = %self.peer, destination = %self.dst, error = %e,
