@@ -53,10 +53,13 @@ pub fn trace(a: TraceArgs) -> Result<ExitCode> {
         (None, None, Some(n)) => Target::Fqdn(n),
         _ => bail!("give exactly one of --to NS/POD, --to-ip IP or --to-fqdn NAME"),
     };
-    let http = (a.http_method.is_some() || a.http_path.is_some() || a.http_host.is_some()).then(|| HttpProbe {
+    let probing =
+        a.http_method.is_some() || a.http_path.is_some() || a.http_host.is_some() || !a.http_header.is_empty();
+    let http = probing.then(|| HttpProbe {
         method: a.http_method.unwrap_or_else(|| "GET".into()),
         path: a.http_path.unwrap_or_else(|| "/".into()),
         host: a.http_host.unwrap_or_default(),
+        headers: a.http_header,
     });
     let req = TraceRequest { from: a.from, to, port, http };
     let result = run_trace(&mut engine, &req)?;

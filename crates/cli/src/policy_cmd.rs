@@ -77,6 +77,11 @@ pub struct TraceArgs {
     /// HTTP Host header to check against L7 rules.
     #[arg(long, value_name = "H")]
     pub http_host: Option<String>,
+    /// An HTTP header to check against L7 rules' `headers` and
+    /// `headerMatches`, as `Name: value`; repeat for more. The answer says
+    /// what each `headerMatches` mismatch action would do.
+    #[arg(long, value_name = "NAME: VALUE", value_parser = parse_http_header)]
+    pub http_header: Vec<(String, String)>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -165,4 +170,15 @@ fn validate(a: ValidateArgs) -> Result<ExitCode> {
         }
     }
     Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `--http-header`: `Name: value`, the name an HTTP token, the value one a
+/// header can carry.
+fn parse_http_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once(':').ok_or_else(|| format!("{s:?}: write it as `Name: value`"))?;
+    let name = name.trim();
+    bulkhead_policy::l7::validate_header_name(name).map_err(|e| e.to_string())?;
+    let value = value.trim();
+    bulkhead_policy::l7::validate_header_value(value).map_err(|e| e.to_string())?;
+    Ok((name.to_ascii_lowercase(), value.to_owned()))
 }

@@ -455,6 +455,62 @@ fn http2_and_grpc_requests_are_decided_per_stream() {
     assert_eq!(flow["flow"]["near_misses"][0]["policy"]["name"], "payments-grpc");
 }
 
+const HEADER_MATCHES: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: team-headers, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: frontend}}]
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+      rules:
+        http:
+        - method: GET
+          path: "/team/.*"
+          headerMatches:
+          - {name: X-Tenant, value: acme}
+          - {name: X-Team, value: blue, mismatch: REPLACE}
+          - {name: X-Trace, value: "on", mismatch: ADD}
+          - {name: X-Debug, value: "off", mismatch: DELETE}
+          - {name: X-Audit, value: "1", mismatch: LOG}
+"#;
+
+#[test]
+fn header_matches_decide_and_fix_what_is_forwarded_on_both_protocols() {
+    if !privileged("header_matches_decide_and_fix_what_is_forwarded_on_both_protocols") {
+        return;
+    }
+    let lab = seed_lab("l7hm");
+    apply(&lab, HEADER_MATCHES);
+    let sent = ["X-Tenant: acme", "X-Team: red", "X-Debug: on", "X-Audit: 0"].map(|h| ["-H", h]).concat();
+    for (v4, protocol) in [(true, "--http1.1"), (false, "--http1.1"), (true, "--http2-prior-knowledge")] {
+        let b = backend(&lab, v4);
+        let mut args = vec![protocol];
+        args.extend(&sent);
+        let (code, body) = curl(&lab, "production/frontend", &args, &format!("{b}/team/7"));
+        assert_eq!(code, 200, "{b} {protocol}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        // X-Tenant matched; X-Team replaced, X-Trace added, X-Debug (a
+        // wrong value) deleted, X-Audit logged and left as sent.
+        assert_eq!(
+            v["headers"],
+            serde_json::json!({"x-tenant": "acme", "x-team": "blue", "x-trace": "on", "x-audit": "0"}),
+            "{b} {protocol}"
+        );
+        // Without X-Tenant (a headerMatches entry with no mismatch action)
+        // the rule does not match.
+        let (code, _) = curl(&lab, "production/frontend", &[protocol, "-H", "X-Team: blue"], &format!("{b}/team/7"));
+        assert_eq!(code, 403, "{b} {protocol}");
+    }
+    let log = std::fs::read_to_string(format!("/run/bulkhead/{}/proxy.log", lab.name)).expect("the proxy's log");
+    assert!(
+        log.lines().any(|l| l.contains("headerMatches mismatch") && l.contains("X-Audit") && l.contains("action=Log")),
+        "the LOG mismatch is in the proxy's log"
+    );
+}
+
 const RATE_LIMITS: &str = r#"
 apiVersion: bulkhead.io/v1alpha1
 kind: RateLimit

@@ -1,7 +1,8 @@
 //! A lab pod's container ports: TCP echo, UDP echo, and HTTP on ports
 //! whose name starts with `http` or `grpc` (hyper: HTTP/1.1 and HTTP/2
-//! with prior knowledge), answering with the pod's name, the method and
-//! the path, so a probe or `curl` sees who answered. A gRPC call
+//! with prior knowledge), answering with the pod's name, the method, the
+//! path and the request's `x-` headers (repeats joined with `,`), so a
+//! probe or `curl` sees who answered and what reached it. A gRPC call
 //! (`content-type: application/grpc`) is answered by a generic service: one
 //! message whose field 1 (a string) is the method called, then
 //! `grpc-status: 0`.
@@ -124,7 +125,19 @@ fn answer(pod: &str, req: &Request<hyper::body::Incoming>) -> Response<Body> {
         let body = Full::new(Bytes::from(frame)).with_trailers(async move { Some(Ok(trailers)) }).boxed();
         return Response::builder().header("content-type", "application/grpc").body(body).unwrap_or_default();
     }
-    let body = serde_json::json!({"pod": pod, "method": req.method().as_str(), "path": req.uri().path()});
+    let mut body = serde_json::json!({"pod": pod, "method": req.method().as_str(), "path": req.uri().path()});
+    // `x-` headers, so a test sees what a proxy forwarded (absent when none).
+    let mut echoed = serde_json::Map::new();
+    for (name, value) in req.headers().iter().filter(|(n, _)| n.as_str().starts_with("x-")) {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match echoed.get_mut(name.as_str()) {
+            Some(serde_json::Value::String(v)) => *v = format!("{v},{value}"),
+            _ => drop(echoed.insert(name.as_str().to_owned(), value.into())),
+        }
+    }
+    if !echoed.is_empty() {
+        body["headers"] = echoed.into();
+    }
     Response::builder()
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(format!("{body}\n"))).boxed())

@@ -39,6 +39,8 @@ pub struct HttpProbe {
     pub path: String,
     /// Host header (default: the destination's name).
     pub host: String,
+    /// Other headers, `(name, value)`.
+    pub headers: Vec<(String, String)>,
 }
 
 /// What to trace.
@@ -221,6 +223,19 @@ fn dns_allows(pol: &DirectionPolicy, name: &str) -> bool {
     })
 }
 
+/// What a `headerMatches` mismatch action does to the request, in words.
+fn describe_action(a: &crate::l7::HeaderAction) -> String {
+    use crate::api::l7::MismatchAction;
+    let found = a.found.as_deref().map_or_else(|| "absent".to_owned(), |v| format!("{v:?}"));
+    let what = match a.action {
+        MismatchAction::Log => "logged".to_owned(),
+        MismatchAction::Add => format!("{:?} added", a.expected),
+        MismatchAction::Delete => "deleted".to_owned(),
+        MismatchAction::Replace => format!("replaced with {:?}", a.expected),
+    };
+    format!("{} ({found}) {what}", a.name)
+}
+
 fn l7_decision(rules: &L7Rules, allow_all: bool, http: Option<&HttpProbe>, host: &str) -> (bool, String) {
     if allow_all {
         return (true, "proxied; every request allowed (a rule allows this peer on this port without L7 rules)".into());
@@ -240,11 +255,18 @@ fn l7_decision(rules: &L7Rules, allow_all: bool, http: Option<&HttpProbe>, host:
                 }
             };
             let shown = if path == h.path { path.clone() } else { format!("{} (normalized to {path})", h.path) };
-            let d = p.decide(&HttpRequest { method: &h.method, path: &path, host: hostv, headers: &[] });
+            let headers: Vec<(&str, &str)> = h.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let d = p.decide(&HttpRequest { method: &h.method, path: &path, host: hostv, headers: &headers });
             match d.matched_rule {
                 Some(i) if d.allowed => {
                     let rule = serde_json::to_string(&r[i]).unwrap_or_default();
-                    (true, format!("HTTP {} {shown} allowed by the rule {rule}", h.method))
+                    let actions: Vec<String> = d.header_actions.iter().map(describe_action).collect();
+                    let actions = if actions.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; headerMatches: {}", actions.join(", "))
+                    };
+                    (true, format!("HTTP {} {shown} allowed by the rule {rule}{actions}", h.method))
                 }
                 _ => (
                     false,

@@ -35,11 +35,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bulkhead_policy::l7::{HttpRequest, normalize_target};
+use bulkhead_policy::api::l7::MismatchAction;
+use bulkhead_policy::l7::{HeaderAction, HttpRequest, normalize_target};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http2::SendRequest;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
@@ -50,7 +52,7 @@ use crate::events::L7Event;
 use crate::http1::{ACCESS_DENIED, BodyLength, RequestHead, TOO_MANY_REQUESTS, Version};
 use crate::limits::Permit;
 use crate::rules::Connection;
-use crate::server::{Decided, Shared, connect_as, rules_of};
+use crate::server::{Decided, Shared, connect_as, rewritable, rules_of};
 
 /// What an HTTP/2 connection opens with (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -390,7 +392,8 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let values: Vec<_> = req.headers().values().map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
     let headers: Vec<(&str, &str)> = req.headers().keys().zip(&values).map(|(k, v)| (k.as_str(), &**v)).collect();
     let req_seen = HttpRequest { method: &method, path: &target, host: &authority, headers: &headers };
-    let Decided { event, permit, retry_after } = ctx.shared.decide(&ctx.conn, (ctx.peer, ctx.dst), "HTTP/2", &req_seen);
+    let Decided { event, permit, retry_after, actions } =
+        ctx.shared.decide(&ctx.conn, (ctx.peer, ctx.dst), "HTTP/2", &req_seen);
     let decided = Instant::now();
     if let Some(retry_after) = retry_after {
         tracing::info!(
@@ -418,7 +421,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             plain(StatusCode::FORBIDDEN, ACCESS_DENIED.into())
         };
     }
-    match forward(ctx, req, &authority, &target).await {
+    match forward(ctx, req, &authority, &target, &actions).await {
         Ok(resp) => relayed(ctx, resp, &event, permit, decided),
         Err(e) => {
             tracing::warn!(client = %ctx.peer, destination = %ctx.dst, error = %e, "upstream failed (503)");
@@ -455,11 +458,32 @@ async fn forward(
     req: Request<Incoming>,
     authority: &str,
     target: &str,
+    actions: &[HeaderAction],
 ) -> Result<Response<Incoming>, String> {
     let (mut parts, body) = req.into_parts();
     parts.uri = format!("http://{authority}{target}").parse().map_err(|e| format!("{e}"))?;
     // `:authority` carries the host.
     parts.headers.remove(hyper::header::HOST);
+    // `headerMatches` actions, as `HeaderAction::apply` does on a list.
+    for a in actions.iter().filter(|a| rewritable(&a.name)) {
+        let (Ok(name), Ok(value)) =
+            (HeaderName::try_from(a.name.to_ascii_lowercase()), HeaderValue::try_from(&a.expected))
+        else {
+            continue; // both were validated with the policy
+        };
+        match a.action {
+            MismatchAction::Log => {}
+            MismatchAction::Add => {
+                parts.headers.append(name, value);
+            }
+            MismatchAction::Delete => {
+                parts.headers.remove(name);
+            }
+            MismatchAction::Replace => {
+                parts.headers.insert(name, value);
+            }
+        }
+    }
     let out = Request::from_parts(parts, body.boxed_unsync());
     let mut sender = {
         let mut up = ctx.upstream.lock().await;

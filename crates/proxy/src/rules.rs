@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bulkhead_policy::api::L7Rules;
 use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::identity::{NumericIdentity, Reserved};
-use bulkhead_policy::l7::{HttpDecision, HttpPolicy, HttpRequest, L7Error};
+use bulkhead_policy::l7::{HeaderAction, HttpDecision, HttpPolicy, HttpRequest, L7Error};
 use bulkhead_policy::repository::{Proto, RuleRef};
 use bulkhead_policy::resolve::{AppliedLimit, Decision, DirectionPolicy, L7Policy, PolicyEntry, PolicyKey, Verdict};
 use serde::{Deserialize, Serialize};
@@ -400,12 +400,15 @@ pub struct Verdicts {
     /// check's rules; for a denied one those of the first check that
     /// denied (the rules that came closest).
     pub by: RuleRefs,
+    /// An allowed request's `headerMatches` mismatch actions, in the order
+    /// they apply to what is forwarded.
+    pub actions: Vec<HeaderAction>,
 }
 
 impl Verdicts {
     /// Denied, by no rule (a request refused before any rule could see it).
     pub fn denied() -> Self {
-        Self { allowed: false, by: Arc::new([]) }
+        Self { allowed: false, by: Arc::new([]), actions: Vec::new() }
     }
 }
 
@@ -422,14 +425,37 @@ impl Connection {
         self.checks.iter().filter(|(side, ..)| *side == Side::Ingress).flat_map(|(_, c, _)| &c.limits).collect()
     }
 
-    /// Decides `req` with every check; denied when any denies.
+    /// Decides `req` with every check; denied when any denies. An allowed
+    /// request comes with its `headerMatches` actions, in order; a check
+    /// sees the headers as the checks before it left them (Cilium's two
+    /// proxy passes: the server's ingress rules see what the client's
+    /// egress rules forwarded).
     pub fn decide(&self, req: &HttpRequest<'_>) -> Verdicts {
+        let mut actions: Vec<HeaderAction> = Vec::new();
+        // The headers as changed by the actions so far (none: as sent).
+        let mut changed: Option<Vec<(String, String)>> = None;
         for (_, check, denied_by) in &self.checks {
-            if !check.decide(req).is_some_and(|d| d.allowed) {
-                return Verdicts { allowed: false, by: Arc::clone(denied_by) };
+            let decision = match &changed {
+                None => check.decide(req),
+                Some(h) => {
+                    let headers: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    check.decide(&HttpRequest { headers: &headers, ..*req })
+                }
+            };
+            let Some(d) = decision.filter(|d| d.allowed) else {
+                return Verdicts { allowed: false, by: Arc::clone(denied_by), actions: Vec::new() };
+            };
+            if !d.header_actions.is_empty() {
+                let h = changed.get_or_insert_with(|| {
+                    req.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned())).collect()
+                });
+                for a in &d.header_actions {
+                    a.apply(h);
+                }
+                actions.extend(d.header_actions);
             }
         }
-        Verdicts { allowed: true, by: Arc::clone(&self.allowed_by) }
+        Verdicts { allowed: true, by: Arc::clone(&self.allowed_by), actions }
     }
 }
 

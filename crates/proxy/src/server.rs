@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bulkhead_policy::identity::Reserved;
-use bulkhead_policy::l7::{EscapedSlashes, HttpRequest, normalize_target};
+use bulkhead_policy::l7::{EscapedSlashes, HeaderAction, HttpRequest, normalize_target};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -78,7 +78,14 @@ impl Shared {
         protocol: &str,
         req: &HttpRequest<'_>,
     ) -> Decided {
-        let verdict = conn.decide(req);
+        let mut verdict = conn.decide(req);
+        let actions = std::mem::take(&mut verdict.actions);
+        for a in &actions {
+            tracing::info!(
+                client = %peer, destination = %dst, header = %a.name, action = ?a.action, expected = %a.expected,
+                found = ?a.found, applied = rewritable(&a.name), "headerMatches mismatch"
+            );
+        }
         let mut permit = None;
         let mut limited = None;
         if verdict.allowed
@@ -101,7 +108,7 @@ impl Shared {
         }
         let event = Arc::new(event);
         self.events.send(Arc::clone(&event));
-        Decided { event, permit, retry_after: limited.map(|l| l.retry_after) }
+        Decided { event, permit, retry_after: limited.map(|l| l.retry_after), actions }
     }
 
     /// Reports a request refused before any rule saw it (answered 400).
@@ -123,6 +130,21 @@ pub(crate) struct Decided {
     /// Over a RateLimit: the seconds for `Retry-After` (the event is
     /// denied, and names the limit).
     pub retry_after: Option<u64>,
+    /// An allowed request's `headerMatches` actions (logged already): the
+    /// [`rewritable`] ones are applied to what is forwarded.
+    pub actions: Vec<HeaderAction>,
+}
+
+/// Whether a `headerMatches` action may change header `name` in what the
+/// proxy forwards: not a pseudo-header, `Host`, the body's framing or a
+/// hop-by-hop header — those the proxy writes itself, from what it
+/// decided (a rule's ADD of `Content-Length` must not reframe a request).
+/// Such an action is logged, not applied.
+pub(crate) fn rewritable(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    !name.starts_with(':')
+        && !["host", "content-length", "transfer-encoding", "expect"].contains(&name.as_str())
+        && !http1::HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// The rules behind an event, `side policy rule, …`, for a log line.
@@ -340,7 +362,7 @@ impl Session {
         let headers: Vec<(&str, &str)> =
             head.headers.iter().zip(&values).map(|((k, _), v)| (k.as_str(), &**v)).collect();
         let req = HttpRequest { method: &head.method, path: &target, host: &head.host, headers: &headers };
-        let Decided { event, mut permit, retry_after } =
+        let Decided { event, mut permit, retry_after, actions } =
             self.shared.decide(&self.conn, (self.peer, self.dst), "HTTP/1.1", &req);
         let decided = std::time::Instant::now();
         let respond = |code: u16| event.response(code, decided);
@@ -370,6 +392,9 @@ impl Session {
             client = %self.peer, destination = %self.dst, method = %head.method, path = %target,
             allowed_by = %rules_of(&event), "request allowed"
         );
+        for a in actions.iter().filter(|a| rewritable(&a.name)) {
+            a.apply(&mut head.headers);
+        }
         if crate::h2::asks_h2c(&head) {
             // The upgrade's futures are boxed: inline, their state would
             // grow every HTTP/1.1 connection's task (memory per idle

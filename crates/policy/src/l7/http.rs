@@ -56,6 +56,26 @@ pub struct HeaderAction {
     pub found: Option<String>,
 }
 
+impl HeaderAction {
+    /// Applies the action to `headers` (names lowercased), as Cilium's
+    /// filter does to the request it forwards: ADD appends the expected
+    /// value (a header already there stays), DELETE removes every value,
+    /// REPLACE removes every value and sets the expected one, LOG changes
+    /// nothing. Whether a name may be rewritten at all is the caller's.
+    pub fn apply<V: for<'v> From<&'v str>>(&self, headers: &mut Vec<(String, V)>) {
+        let name = self.name.to_ascii_lowercase();
+        match self.action {
+            MismatchAction::Log => {}
+            MismatchAction::Add => headers.push((name, self.expected.as_str().into())),
+            MismatchAction::Delete => headers.retain(|(k, _)| *k != name),
+            MismatchAction::Replace => {
+                headers.retain(|(k, _)| *k != name);
+                headers.push((name, self.expected.as_str().into()));
+            }
+        }
+    }
+}
+
 /// The verdict on one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpDecision {
@@ -83,6 +103,19 @@ pub struct HeaderSpec {
 /// pseudo-headers such as `:method`.
 pub fn validate_header_name(name: &str) -> Result<(), L7Error> {
     header_name_problem(name).map_or(Ok(()), |reason| Err(L7Error::Header { spec: name.to_owned(), reason }))
+}
+
+/// Checks that `value` can be sent as a header value (RFC 9110 §5.5: no
+/// CR, LF, NUL or other control character but HTAB), as a `headerMatches`
+/// value an ADD or REPLACE writes into requests must.
+pub fn validate_header_value(value: &str) -> Result<(), L7Error> {
+    match value.chars().find(|c| c.is_control() && *c != '\t') {
+        Some(c) => Err(L7Error::Header {
+            spec: value.to_owned(),
+            reason: format!("character {c:?} is not allowed in a header value"),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn header_name_problem(name: &str) -> Option<String> {
@@ -211,6 +244,7 @@ fn compile_rule(rule: &HttpRule) -> Result<CompiledRule, L7Error> {
     }
     for hm in &rule.header_matches {
         validate_header_name(&hm.name)?;
+        validate_header_value(&hm.value)?;
         if hm.secret.is_some() {
             out.uses_secret = true;
             if hm.value.is_empty() {
@@ -441,6 +475,32 @@ mod tests {
         assert!(d.allowed && d.header_actions.is_empty());
         let d = p.decide(&req("GET", "/b", &[]));
         assert_eq!((d.matched_rule, d.header_actions.len()), (Some(1), 1));
+
+        // Applied in order to what is forwarded.
+        let mut h: Vec<(String, String)> =
+            [("x-del", "bad"), ("x-rep", "old"), ("x-log", "yes"), ("x-rep", "older"), ("x-add", "mine")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into();
+        let d = p.decide(&req("GET", "/a", &[("X-Del", "bad"), ("X-Rep", "old"), ("X-Log", "yes"), ("x-add", "mine")]));
+        for a in &d.header_actions {
+            a.apply(&mut h);
+        }
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(h, [("x-log", "yes"), ("x-add", "mine"), ("x-add", "v"), ("x-rep", "new"), ("x-second", "2")]);
+    }
+
+    #[test]
+    fn a_header_value_with_a_control_character_is_refused() {
+        assert!(validate_header_value("a b\tc ~ é").is_ok());
+        for bad in ["a\r\nx-injected: 1", "a\nb", "a\0", "a\u{7f}"] {
+            let e = validate_header_value(bad).expect_err(bad).to_string();
+            assert!(e.contains("not allowed in a header value"), "{e}");
+        }
+        let rule = HttpRule {
+            header_matches: vec![hm("X-A", "v\r\nX-B: 1", Some(MismatchAction::Add))],
+            ..Default::default()
+        };
+        assert!(HttpPolicy::compile(&[rule]).is_err());
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub mod kafka;
 pub mod path;
 
 pub use dns::{DnsPolicy, normalize_name, selector_matches, validate_match_name, validate_match_pattern};
-pub use http::{HeaderAction, HttpDecision, HttpPolicy, HttpRequest, compile_regex};
+pub use http::{
+    HeaderAction, HttpDecision, HttpPolicy, HttpRequest, compile_regex, validate_header_name, validate_header_value,
+};
 pub use kafka::{
     KafkaDecision, KafkaPolicy, KafkaRequest, api_key_from_name, api_key_name, role_api_keys, validate_topic,
 };
@@ -176,6 +178,7 @@ pub fn check_rules(rules: &L7Rules) -> Vec<(String, String)> {
                 }
                 for (j, hm) in rule.header_matches.iter().enumerate() {
                     push(format!("http[{i}].headerMatches[{j}].name"), http::validate_header_name(&hm.name));
+                    push(format!("http[{i}].headerMatches[{j}].value"), http::validate_header_value(&hm.value));
                 }
             }
         }

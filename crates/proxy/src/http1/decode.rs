@@ -35,7 +35,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 
 /// Headers about the client's connection, not the request (RFC 9110
 /// §7.6.1; `Transfer-Encoding` is framing, handled apart).
-const HOP_BY_HOP: [&str; 8] = [
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",

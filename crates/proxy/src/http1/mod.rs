@@ -25,6 +25,7 @@ mod encode;
 mod response;
 mod upstream;
 
+pub(crate) use decode::HOP_BY_HOP;
 pub use decode::{Decoder, Event};
 pub use encode::{encode_chunk, encode_head, encode_last_chunk};
 pub use response::{

@@ -136,6 +136,50 @@ fn both_ends_rules_are_enforced() {
 }
 
 #[test]
+fn the_servers_rules_see_the_headers_the_clients_rules_fixed() {
+    use bulkhead_policy::api::{HeaderMatch, MismatchAction};
+    let l7 = |rule: HttpRule, name: &str| PolicyEntry {
+        verdict: Verdict::Redirect(Arc::new(L7Policy {
+            rules: L7Rules::Http(vec![rule]),
+            allow_all: false,
+            limits: Vec::new(),
+        })),
+        refs: vec![rule_ref(name, "spec.ingress[0]")],
+    };
+    let fix = |name: &str, value: &str, action| HeaderMatch {
+        name: name.into(),
+        value: value.into(),
+        mismatch: Some(action),
+        secret: None,
+    };
+    let mut client = endpoint(1, CLIENT, 1000);
+    let egress =
+        HttpRule { header_matches: vec![fix("X-Team", "blue", MismatchAction::Replace)], ..HttpRule::default() };
+    client.egress =
+        Some(Direction { default_deny: true, entries: vec![(key(Peer::Any, 0, u16::MAX), l7(egress, "egress"))] });
+    let mut server = endpoint(2, SERVER, 2000);
+    let ingress = HttpRule {
+        headers: vec!["X-Team: blue".into()],
+        header_matches: vec![fix("X-Seen", "1", MismatchAction::Add)],
+        ..HttpRule::default()
+    };
+    server.ingress = Some(Direction {
+        default_deny: true,
+        entries: vec![(key(Peer::Identity(NumericIdentity(1000)), 8080, 8080), l7(ingress, "ingress"))],
+    });
+    let update = Update { generation: 1, full: true, endpoints: vec![client, server], ..Update::default() };
+    let rules = Rules::default().apply(&update).expect("compiles");
+    let conn = rules.connection(ip(CLIENT), ip(SERVER), 8080).expect("a connection");
+    let v = conn.decide(&HttpRequest { headers: &[("x-team", "red")], ..get("/") });
+    assert!(v.allowed, "the server's rules saw X-Team as the client's rules left it");
+    let got: Vec<_> = v.actions.iter().map(|a| (a.action, a.name.as_str(), a.found.as_deref())).collect();
+    assert_eq!(got, [(MismatchAction::Replace, "X-Team", Some("red")), (MismatchAction::Add, "X-Seen", None)]);
+    // REPLACE also sets a header that was absent.
+    let v = conn.decide(&get("/"));
+    assert_eq!((v.allowed, v.actions.len()), (true, 2));
+}
+
+#[test]
 fn updates_change_and_remove_endpoints_and_keep_the_rest() {
     let rules = seed();
     let u = Update { generation: 2, removed: vec![2], ..Update::default() };
