@@ -75,8 +75,17 @@ struct HttpResponseLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpDurationLabels {
     method: String,
+    status: String,
     reporter: String,
     verdict: String,
+}
+
+/// The `method` label: a method RFC 9110 (or PATCH) defines, else `other`
+/// — a client choosing method names must not choose how many series the
+/// agent keeps.
+fn method_label(method: &str) -> String {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    if KNOWN.contains(&method) { method.to_owned() } else { "other".to_owned() }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -374,7 +383,7 @@ impl Metrics {
                         }
                         self.http_requests
                             .get_or_create(&HttpLabels {
-                                method: h.method.clone(),
+                                method: method_label(&h.method),
                                 protocol: h.protocol.clone(),
                                 reporter: reporter.into(),
                                 verdict: f.verdict.as_str().into(),
@@ -384,7 +393,7 @@ impl Metrics {
                     L7FlowType::Response => {
                         self.http_responses
                             .get_or_create(&HttpResponseLabels {
-                                method: h.method.clone(),
+                                method: method_label(&h.method),
                                 status: h.code.to_string(),
                                 reporter: reporter.into(),
                                 verdict: f.verdict.as_str().into(),
@@ -392,7 +401,8 @@ impl Metrics {
                             .inc();
                         self.http_duration
                             .get_or_create(&HttpDurationLabels {
-                                method: h.method.clone(),
+                                method: method_label(&h.method),
+                                status: h.code.to_string(),
                                 reporter: reporter.into(),
                                 verdict: f.verdict.as_str().into(),
                             })
@@ -562,6 +572,18 @@ mod tests {
             event_type: Some(EventType { kind: event_types::L7, sub_type: 0 }),
             ..Flow::default()
         });
+        // A method nobody defined: counted, under `other`.
+        m.observe(&Flow {
+            verdict: Verdict::Forwarded,
+            traffic_direction: TrafficDirection::Ingress,
+            l7: Some(Layer7 {
+                kind: L7FlowType::Request,
+                http: Some(Http { method: "X-7f3a".into(), protocol: "HTTP/1.1".into(), ..Http::default() }),
+                ..Layer7::default()
+            }),
+            event_type: Some(EventType { kind: event_types::L7, sub_type: 0 }),
+            ..Flow::default()
+        });
         m.implementation_delay("apply", 0.04);
         let text = m.encode(Snapshot {
             drops: vec![("POLICY_DENIED".into(), "INGRESS".into(), 7, 420)],
@@ -573,6 +595,8 @@ mod tests {
             r#"bulkhead_policy_verdicts_total{action="deny",match="none",direction="ingress"} 3"#,
             r#"bulkhead_policy_verdicts_total{action="allow",match="L3-L4",direction="egress"} 1"#,
             r#"bulkhead_http_responses_total{method="GET",status="403",reporter="server",verdict="DROPPED"} 1"#,
+            r#"bulkhead_http_request_duration_seconds_count{method="GET",status="403",reporter="server",verdict="DROPPED"} 1"#,
+            r#"bulkhead_http_requests_total{method="other",protocol="HTTP/1.1",reporter="server",verdict="FORWARDED"} 1"#,
             r#"bulkhead_drop_total{reason="POLICY_DENIED",direction="INGRESS"} 7"#,
             r#"bulkhead_http_rate_limited_total{namespace="production",name="rl"} 1"#,
             r#"bulkhead_lost_events_total{source="datapath_ring"} 0"#,
@@ -584,5 +608,6 @@ mod tests {
             assert!(text.contains(want), "missing `{want}` in:\n{text}");
         }
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        assert!(!text.contains("X-7f3a"), "{text}");
     }
 }
