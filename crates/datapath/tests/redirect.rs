@@ -147,6 +147,18 @@ fn connect(lab: &Lab, dst: SocketAddr) -> std::io::Result<TcpStream> {
     .expect("client netns")
 }
 
+/// A connection from the client pod whose socket carries `mark` (a
+/// compromised pod forging the proxy's mark).
+fn connect_marked(lab: &Lab, dst: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
+    netns::run_in(&netns::named(&lab.pods["rd/client"].netns), || {
+        let s = Socket::new(if dst.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, Type::STREAM, None)?;
+        s.set_mark(mark)?;
+        s.connect_timeout(&dst.into(), Duration::from_millis(1500))?;
+        Ok(s.into())
+    })
+    .expect("client netns")
+}
+
 /// A connection one of `listeners` accepted, waiting a little for it:
 /// the stream, its own address and its peer's.
 fn accepted(listeners: &[&TcpListener]) -> Option<(TcpStream, SocketAddr, SocketAddr)> {
@@ -315,12 +327,16 @@ fn the_servers_l7_rules_send_its_clients_through_the_proxy() {
     }
     let (mut lab, server, pairs) = lab_with_proxy_port("in", SERVER_L7);
 
-    // No proxy: the client's connection goes nowhere.
+    // No proxy: the client's connection goes nowhere — also when the
+    // client (root in its pod) marks its socket as the proxy's own: the
+    // mark does not survive the veth into the node.
     let before = unavailable(&mut lab);
     for (_, s_ip) in pairs {
-        assert!(connect(&lab, SocketAddr::new(s_ip, 80)).is_err(), "{s_ip}: connected with no proxy");
+        let dst = SocketAddr::new(s_ip, 80);
+        assert!(connect(&lab, dst).is_err(), "{s_ip}: connected with no proxy");
+        assert!(connect_marked(&lab, dst, FROM_PROXY_MARK).is_err(), "{dst}: the proxy's mark, forged, passed");
     }
-    assert!(unavailable(&mut lab) >= before + 2, "no PROXY_UNAVAILABLE drop counted");
+    assert!(unavailable(&mut lab) >= before + 4, "no PROXY_UNAVAILABLE drop counted");
 
     // The proxy gets the connection; its own, marked connection reaches the
     // server, which sees the client.
