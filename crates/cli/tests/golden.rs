@@ -361,37 +361,14 @@ mod observe {
 }
 
 /// `--http-header` reaches `headers` and `headerMatches`, and the answer
-/// says what each mismatch action would do — as the proxy does.
+/// says what each mismatch action would do — as the proxy does (the same
+/// example policy as `l7.rs` `header_matches_decide_and_fix…`).
 #[test]
 fn trace_http_headers_and_header_match_actions() {
-    let file = std::env::temp_dir().join(format!("bulkhead-trace-headers-{}.yaml", std::process::id()));
-    std::fs::write(
-        &file,
-        r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: team-headers, namespace: production}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts:
-    - ports: [{port: "8080", protocol: TCP}]
-      rules:
-        http:
-        - method: GET
-          path: "/team/.*"
-          headerMatches:
-          - {name: X-Tenant, value: acme}
-          - {name: X-Team, value: blue, mismatch: REPLACE}
-          - {name: X-Trace, value: "on", mismatch: ADD}
-"#,
-    )
-    .expect("write policy");
     let trace = |headers: &[&str]| {
         let mut args =
             vec!["policy", "trace", "--cluster", "examples/seed/cluster.yaml", "--policies", "examples/seed/policies"];
-        args.push(file.to_str().expect("path"));
+        args.push("examples/header-matches/team-headers.yaml");
         args.extend(["-n", "production", "--from", "production/frontend", "--to", "production/backend"]);
         args.extend(["--port", "8080/TCP", "--http-path", "/team/7"]);
         for h in headers {
@@ -411,5 +388,4 @@ spec:
     let (code, _, err) = trace(&["X-Tenant"]);
     assert_eq!(code, 2);
     assert!(err.contains("write it as `Name: value`"), "{err}");
-    let _ = std::fs::remove_file(&file);
 }

@@ -455,35 +455,14 @@ fn http2_and_grpc_requests_are_decided_per_stream() {
     assert_eq!(flow["flow"]["near_misses"][0]["policy"]["name"], "payments-grpc");
 }
 
-const HEADER_MATCHES: &str = r#"
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: team-headers, namespace: production}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts:
-    - ports: [{port: "8080", protocol: TCP}]
-      rules:
-        http:
-        - method: GET
-          path: "/team/.*"
-          headerMatches:
-          - {name: X-Tenant, value: acme}
-          - {name: X-Team, value: blue, mismatch: REPLACE}
-          - {name: X-Trace, value: "on", mismatch: ADD}
-          - {name: X-Debug, value: "off", mismatch: DELETE}
-          - {name: X-Audit, value: "1", mismatch: LOG}
-"#;
-
 #[test]
 fn header_matches_decide_and_fix_what_is_forwarded_on_both_protocols() {
     if !privileged("header_matches_decide_and_fix_what_is_forwarded_on_both_protocols") {
         return;
     }
     let lab = seed_lab("l7hm");
-    apply(&lab, HEADER_MATCHES);
+    let example = repo().join("examples/header-matches/team-headers.yaml");
+    lab.ok(&["apply", "-f", example.to_str().expect("path")]);
     let sent = ["X-Tenant: acme", "X-Team: red", "X-Debug: on", "X-Audit: 0"].map(|h| ["-H", h]).concat();
     for (v4, protocol) in [(true, "--http1.1"), (false, "--http1.1"), (true, "--http2-prior-knowledge")] {
         let b = backend(&lab, v4);
