@@ -12,6 +12,7 @@
 //! RateLimits are held per source identity and endpoint ([`limits`]).
 
 pub mod control;
+pub mod dns;
 pub mod events;
 pub mod h2;
 pub mod http1;
