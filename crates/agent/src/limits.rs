@@ -9,58 +9,90 @@
 
 use bulkhead_policy::api::{L7Rules, Policy, PolicyBody};
 
-/// One line per rule that is not enforced as written; `no_http_proxy`:
-/// why the HTTP proxy does not hold the rules (`None`: it does).
-pub fn not_enforced<'a>(policies: impl IntoIterator<Item = &'a Policy>, no_http_proxy: Option<&str>) -> Vec<String> {
-    let mut out = Vec::new();
-    for p in policies {
-        let name = format!("{} {}", p.kind, p.display_name());
-        if let (PolicyBody::RateLimit(spec), Some(why)) = (&p.body, no_http_proxy) {
-            for r in &spec.ingress {
-                out.push(format!(
-                    "{name} {}: rate limits need the L7 proxy, and {why}: the limited traffic is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)",
-                    r.peers.path
-                ));
+/// What applied policies ask for that this node cannot do as written,
+/// read from the policies before their objects are moved into the store,
+/// and worded once the proxy's state is known ([`NotEnforced::lines`]).
+#[derive(Debug, Default)]
+pub struct NotEnforced(Vec<Need>);
+
+#[derive(Debug)]
+enum Need {
+    /// HTTP rules or RateLimits: enforced while the HTTP proxy holds them.
+    HttpProxy { subject: String, what: &'static str, traffic: &'static str },
+    /// Said whatever the proxy does.
+    Always(String),
+}
+
+impl NotEnforced {
+    /// Reads what `policies` need.
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Self {
+        let mut out = Vec::new();
+        for p in policies {
+            let name = format!("{} {}", p.kind, p.display_name());
+            if let PolicyBody::RateLimit(spec) = &p.body {
+                for r in &spec.ingress {
+                    out.push(Need::HttpProxy {
+                        subject: format!("{name} {}", r.peers.path),
+                        what: "rate limits",
+                        traffic: "the limited traffic",
+                    });
+                }
             }
-        }
-        let PolicyBody::Cilium(rules) = &p.body else { continue };
-        for rule in rules {
-            let sections = [&rule.ingress, &rule.egress].into_iter().flatten().flatten();
-            for peer in sections {
-                for pr in &peer.to_ports {
-                    let what = match &pr.rules {
-                        Some(L7Rules::Http(_)) => {
-                            if let Some(why) = no_http_proxy {
-                                out.push(format!(
-                                    "{name} {}: HTTP rules need the L7 proxy, and {why}: this traffic is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)",
-                                    peer.path
-                                ));
+            let PolicyBody::Cilium(rules) = &p.body else { continue };
+            for rule in rules {
+                let sections = [&rule.ingress, &rule.egress].into_iter().flatten().flatten();
+                for peer in sections {
+                    for pr in &peer.to_ports {
+                        let what = match &pr.rules {
+                            Some(L7Rules::Http(_)) => {
+                                out.push(Need::HttpProxy {
+                                    subject: format!("{name} {}", peer.path),
+                                    what: "HTTP rules",
+                                    traffic: "this traffic",
+                                });
+                                continue;
                             }
-                            continue;
-                        }
-                        Some(L7Rules::Dns(_)) => "DNS rules",
-                        Some(L7Rules::Kafka(_)) => "Kafka rules",
-                        Some(L7Rules::Tls(_)) => "TLS serverNames",
-                        Some(L7Rules::Generic { .. }) => "l7proto rules",
-                        None => continue,
-                    };
-                    out.push(format!(
-                        "{name} {}: {what} need a proxy bulkhead does not have yet: this traffic is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)",
-                        peer.path
-                    ));
-                }
-                if peer.fqdns.is_some() {
-                    out.push(format!(
-                        "{name} {}: toFQDNs needs the DNS proxy, which bulkhead does not have yet: it matches no address",
-                        peer.path
-                    ));
+                            Some(L7Rules::Dns(_)) => "DNS rules",
+                            Some(L7Rules::Kafka(_)) => "Kafka rules",
+                            Some(L7Rules::Tls(_)) => "TLS serverNames",
+                            Some(L7Rules::Generic { .. }) => "l7proto rules",
+                            None => continue,
+                        };
+                        out.push(Need::Always(format!(
+                            "{name} {}: {what} need a proxy bulkhead does not have yet: this traffic is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)",
+                            peer.path
+                        )));
+                    }
+                    if peer.fqdns.is_some() {
+                        out.push(Need::Always(format!(
+                            "{name} {}: toFQDNs needs the DNS proxy, which bulkhead does not have yet: it matches no address",
+                            peer.path
+                        )));
+                    }
                 }
             }
         }
+        Self(out)
     }
-    out.sort();
-    out.dedup();
-    out
+
+    /// One line per rule that is not enforced as written; `no_http_proxy`:
+    /// why the HTTP proxy does not hold the rules (`None`: it does).
+    pub fn lines(&self, no_http_proxy: Option<&str>) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .0
+            .iter()
+            .filter_map(|n| match (n, no_http_proxy) {
+                (Need::Always(line), _) => Some(line.clone()),
+                (Need::HttpProxy { subject, what, traffic }, Some(why)) => Some(format!(
+                    "{subject}: {what} need the L7 proxy, and {why}: {traffic} is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)"
+                )),
+                (Need::HttpProxy { .. }, None) => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 #[cfg(test)]
@@ -82,7 +114,7 @@ mod tests {
                 _ => None,
             }));
         }
-        let lines = super::not_enforced(&policies, Some("it is not running"));
+        let lines = super::NotEnforced::of(&policies).lines(Some("it is not running"));
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert!(lines[0].contains("allow-stripe-api-only spec.egress[0]: toFQDNs"), "{lines:#?}");
         assert!(lines[1].contains("allow-stripe-api-only spec.egress[1]: DNS rules"), "{lines:#?}");
@@ -92,7 +124,7 @@ mod tests {
             "{lines:#?}"
         );
         // With the proxy holding the rules, HTTP rules are enforced.
-        let lines = super::not_enforced(&policies, None);
+        let lines = super::NotEnforced::of(&policies).lines(None);
         assert_eq!(lines.len(), 2, "{lines:#?}");
     }
 }

@@ -251,14 +251,12 @@ impl Reconciler {
     fn apply(&mut self, req: Objects) -> Result<ApplyResponse> {
         let t0 = req.received;
         let mut resp = ApplyResponse { warnings: req.warnings, ..ApplyResponse::default() };
-        let policies: Vec<_> = req
-            .objects
-            .iter()
-            .filter_map(|o| match o {
-                Object::Policy(p) => Some(p.clone()),
-                _ => None,
-            })
-            .collect();
+        // Read before the objects move into the store; worded after the
+        // reconcile, when the proxy's state is known.
+        let needs = crate::limits::NotEnforced::of(req.objects.iter().filter_map(|o| match o {
+            Object::Policy(p) => Some(p),
+            _ => None,
+        }));
         let mut changed = Vec::new();
         for o in req.objects {
             let key = ObjectKey::of(&o);
@@ -273,7 +271,7 @@ impl Reconciler {
             changed.push((key, o));
         }
         if req.dry_run || changed.is_empty() {
-            resp.not_enforced = crate::limits::not_enforced(&policies, self.http_proxy_problem().as_deref());
+            resp.not_enforced = needs.lines(self.http_proxy_problem().as_deref());
             return Ok(resp);
         }
         let t_start = t0.elapsed();
@@ -288,7 +286,7 @@ impl Reconciler {
         self.engine.apply_batch(changes);
         let t_resolved = t0.elapsed();
         resp.enforcement = self.reconcile_timed(t0, "apply")?;
-        resp.not_enforced = crate::limits::not_enforced(&policies, self.http_proxy_problem().as_deref());
+        resp.not_enforced = needs.lines(self.http_proxy_problem().as_deref());
         tracing::info!(
             objects = n,
             endpoints_updated = resp.enforcement.endpoints_updated,
