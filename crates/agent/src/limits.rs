@@ -12,7 +12,7 @@ use bulkhead_policy::api::{L7Rules, Policy, PolicyBody};
 /// What applied policies ask for that this node cannot do as written,
 /// read from the policies before their objects are moved into the store,
 /// and worded once the proxy's state is known ([`NotEnforced::lines`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NotEnforced(Vec<Need>);
 
 #[derive(Debug)]

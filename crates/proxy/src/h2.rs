@@ -35,8 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bulkhead_policy::api::l7::MismatchAction;
-use bulkhead_policy::l7::{HeaderAction, HttpRequest, normalize_target};
+use bulkhead_policy::l7::{HeaderAction, HeaderEdit, HttpRequest, normalize_target};
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
@@ -139,12 +138,13 @@ impl Ctx {
 pub(crate) struct Upgrade {
     sender: SendRequest<UpBody>,
     first: First,
+    /// The request as stream 1's frames ([`stream_one`]).
+    stream_one: Vec<u8>,
 }
 
 /// The upgraded request, for stream 1.
 struct First {
     method: Method,
-    authority: String,
     target: String,
     response: Response<Incoming>,
     event: Arc<L7Event>,
@@ -209,16 +209,10 @@ pub(crate) async fn ahead(
     let method = req.method().clone();
     let mut sender = open_upstream(client, dst).await?;
     let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let first = First {
-        method,
-        authority: head.host.clone(),
-        target: target.to_owned(),
-        response,
-        event: Arc::clone(event),
-        permit: permit.take(),
-        decided,
-    };
-    Ok(Upgrade { sender, first })
+    let stream_one = stream_one(method.as_str(), &head.host, target);
+    let first =
+        First { method, target: target.to_owned(), response, event: Arc::clone(event), permit: permit.take(), decided };
+    Ok(Upgrade { sender, first, stream_one })
 }
 
 /// Switches an HTTP/1.1 client whose upgrade the server answered
@@ -239,8 +233,7 @@ pub(crate) async fn serve_upgraded(
     let at = tokio::time::timeout(PREFACE_WAIT, preface_and_settings(&mut client, &mut read))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface after the upgrade"))??;
-    let f = &up.first;
-    read.splice(at..at, stream_one(f.method.as_str(), &f.authority, &f.target));
+    read.splice(at..at, up.stream_one);
     let ctx = Ctx {
         peer,
         dst,
@@ -464,23 +457,22 @@ async fn forward(
     parts.uri = format!("http://{authority}{target}").parse().map_err(|e| format!("{e}"))?;
     // `:authority` carries the host.
     parts.headers.remove(hyper::header::HOST);
-    // `headerMatches` actions, as `HeaderAction::apply` does on a list.
+    // `headerMatches` actions (`HeaderAction::apply` on a list).
     for a in actions.iter().filter(|a| rewritable(&a.name)) {
-        let (Ok(name), Ok(value)) =
-            (HeaderName::try_from(a.name.to_ascii_lowercase()), HeaderValue::try_from(&a.expected))
-        else {
-            continue; // both were validated with the policy
-        };
-        match a.action {
-            MismatchAction::Log => {}
-            MismatchAction::Add => {
-                parts.headers.append(name, value);
+        let Some(edit) = a.edit() else { continue };
+        // Names and values were validated with the policy.
+        let Ok(name) = HeaderName::try_from(a.name.to_ascii_lowercase()) else { continue };
+        match edit {
+            HeaderEdit::Remove => drop(parts.headers.remove(name)),
+            HeaderEdit::Append(v) => {
+                if let Ok(v) = HeaderValue::try_from(v) {
+                    parts.headers.append(name, v);
+                }
             }
-            MismatchAction::Delete => {
-                parts.headers.remove(name);
-            }
-            MismatchAction::Replace => {
-                parts.headers.insert(name, value);
+            HeaderEdit::Set(v) => {
+                if let Ok(v) = HeaderValue::try_from(v) {
+                    parts.headers.insert(name, v);
+                }
             }
         }
     }

@@ -56,21 +56,41 @@ pub struct HeaderAction {
     pub found: Option<String>,
 }
 
+/// What a `headerMatches` action does to the header it names, in what
+/// is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderEdit<'a> {
+    /// Append this value (a header already there stays): ADD.
+    Append(&'a str),
+    /// Remove every value: DELETE.
+    Remove,
+    /// Remove every value and set this one: REPLACE.
+    Set(&'a str),
+}
+
 impl HeaderAction {
-    /// Applies the action to `headers` (names lowercased), as Cilium's
-    /// filter does to the request it forwards: ADD appends the expected
-    /// value (a header already there stays), DELETE removes every value,
-    /// REPLACE removes every value and sets the expected one, LOG changes
-    /// nothing. Whether a name may be rewritten at all is the caller's.
-    pub fn apply<V: for<'v> From<&'v str>>(&self, headers: &mut Vec<(String, V)>) {
-        let name = self.name.to_ascii_lowercase();
+    /// The change the action makes, as Cilium's filter makes it to the
+    /// request it forwards; `None` for LOG. Whether a name may be
+    /// rewritten at all is the caller's.
+    pub fn edit(&self) -> Option<HeaderEdit<'_>> {
         match self.action {
-            MismatchAction::Log => {}
-            MismatchAction::Add => headers.push((name, self.expected.as_str().into())),
-            MismatchAction::Delete => headers.retain(|(k, _)| *k != name),
-            MismatchAction::Replace => {
+            MismatchAction::Log => None,
+            MismatchAction::Add => Some(HeaderEdit::Append(&self.expected)),
+            MismatchAction::Delete => Some(HeaderEdit::Remove),
+            MismatchAction::Replace => Some(HeaderEdit::Set(&self.expected)),
+        }
+    }
+
+    /// Applies [`Self::edit`] to `headers` (names lowercased).
+    pub fn apply<V: for<'v> From<&'v str>>(&self, headers: &mut Vec<(String, V)>) {
+        let Some(edit) = self.edit() else { return };
+        let name = self.name.to_ascii_lowercase();
+        match edit {
+            HeaderEdit::Append(v) => headers.push((name, v.into())),
+            HeaderEdit::Remove => headers.retain(|(k, _)| *k != name),
+            HeaderEdit::Set(v) => {
                 headers.retain(|(k, _)| *k != name);
-                headers.push((name, self.expected.as_str().into()));
+                headers.push((name, v.into()));
             }
         }
     }

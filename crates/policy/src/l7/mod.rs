@@ -24,7 +24,8 @@ pub mod path;
 
 pub use dns::{DnsPolicy, normalize_name, selector_matches, validate_match_name, validate_match_pattern};
 pub use http::{
-    HeaderAction, HttpDecision, HttpPolicy, HttpRequest, compile_regex, validate_header_name, validate_header_value,
+    HeaderAction, HeaderEdit, HttpDecision, HttpPolicy, HttpRequest, compile_regex, validate_header_name,
+    validate_header_value,
 };
 pub use kafka::{
     KafkaDecision, KafkaPolicy, KafkaRequest, api_key_from_name, api_key_name, role_api_keys, validate_topic,
