@@ -429,8 +429,7 @@ impl Session {
         if head.body != BodyLength::Empty {
             self.forward_body(head.body, &mut up.stream).await?;
         }
-        let (keep, status) = up.relay_response(&mut self.client, head.method == "HEAD").await?;
-        drop(permit);
+        let (keep, status) = up.relay_response(&mut self.client, head.method == "HEAD", permit).await?;
         self.shared.events.send(respond(status));
         if !keep {
             *upstream = None;
@@ -524,11 +523,22 @@ impl Upstream {
     }
 
     /// Relays one response (and interim ones) to `client`; whether the
-    /// upstream connection can carry another request, and the status.
-    async fn relay_response(&mut self, client: &mut TcpStream, head_request: bool) -> io::Result<(bool, u16)> {
+    /// upstream connection can carry another request, and the status. The
+    /// request's `permit` (RateLimits' in-flight count) is released before
+    /// the response's last bytes go out: a client holding the whole
+    /// response never finds its request still counted.
+    async fn relay_response(
+        &mut self,
+        client: &mut TcpStream,
+        head_request: bool,
+        mut permit: Option<Permit>,
+    ) -> io::Result<(bool, u16)> {
         let mut framer = ResponseFramer::new(head_request);
         loop {
             let scan = framer.scan(&self.buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if scan.done {
+                drop(permit.take());
+            }
             if scan.consumed > 0 {
                 client.write_all(&self.buf[..scan.consumed]).await?;
                 self.buf.drain(..scan.consumed);
