@@ -131,6 +131,16 @@ fn proxy_listeners(lab: &Lab) -> Vec<TcpListener> {
     .expect("proxy listeners")
 }
 
+/// The stand-in proxy dies: its listeners stop at once. Shut down, not just
+/// dropped — a child another test is spawning may hold a copy of their
+/// descriptors until it execs, and a listener kept alive that way would
+/// still answer a connection (as it never would for a process that died).
+fn die(proxy: Vec<TcpListener>) {
+    for l in proxy {
+        socket2::SockRef::from(&l).shutdown(std::net::Shutdown::Both).expect("shut the listener down");
+    }
+}
+
 /// The server's own listener on port 80 (it must never see a connection).
 fn server_listener(lab: &Lab) -> TcpListener {
     let l = netns::run_in(&netns::named(&lab.pods["rd/server"].netns), || TcpListener::bind("[::]:80"))
@@ -283,7 +293,7 @@ fn l7_connections_reach_the_proxy_and_never_the_server() {
     assert!(server.accept().is_err(), "the server saw a connection past the proxy");
 
     // The proxy dies: its connections and new ones go nowhere.
-    drop(proxy);
+    die(proxy);
     let dropped_before = unavailable(&mut lab);
     for (mut c, p) in held {
         drop(p);
