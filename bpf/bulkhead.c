@@ -800,22 +800,26 @@ static __always_inline __u16 dst_redirect(const struct pkt *p)
 }
 
 /*
- * Hands a TCP packet of a redirected connection to the proxy: to the local
+ * Hands a packet of a redirected flow to the proxy. TCP: to the local
  * socket that already holds the connection (established, or half-open as a
  * request sock, hence the skc_ lookup), else, when `port` is given, to the
- * proxy's listener on it (bound to the wildcard address, transparent). The
- * mark routes the packet to the local stack. Returns 0, or the drop reason
- * when there is no such socket: nothing redirected is ever forwarded past
- * the proxy.
+ * proxy's listener on it (bound to the wildcard address, transparent). UDP
+ * (DNS) has no connection in a socket: with `port` every datagram goes to
+ * the proxy's socket on it; without, to the connected socket that holds the
+ * exact tuple (the proxy's upstream query, for a reply to it). The mark
+ * routes the packet to the local stack. Returns 0, or the drop reason when
+ * there is no such socket: nothing redirected is ever forwarded past the
+ * proxy.
  */
 static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, __u16 port)
 {
 	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk;
+	struct bpf_sock *sk = NULL;
+	int udp = p->proto == IPPROTO_UDP;
 	__u32 len;
 	long err;
 
-	if (p->proto != IPPROTO_TCP)
+	if (p->proto != IPPROTO_TCP && !udp)
 		return BH_REASON_PROXY_UNAVAILABLE;
 	if (p->v6) {
 		__builtin_memcpy(t.ipv6.saddr, p->saddr.b, 16);
@@ -830,10 +834,20 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 		t.ipv4.dport = p->dport;
 		len = sizeof(t.ipv4);
 	}
-	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
-	if (sk && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
-		bpf_sk_release(sk);
-		sk = NULL;
+	if (udp && !port) {
+		sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		/* Only a socket connected to the sender: a wildcard one bound to
+		 * the port would be anyone's. */
+		if (sk && !sk->dst_port) {
+			bpf_sk_release(sk);
+			sk = NULL;
+		}
+	} else if (!udp) {
+		sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		if (sk && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
+			bpf_sk_release(sk);
+			sk = NULL;
+		}
 	}
 	if (!sk && port) {
 		if (p->v6) {
@@ -843,10 +857,16 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 			t.ipv4.daddr = 0;
 			t.ipv4.dport = bpf_htons(port);
 		}
-		sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
-		if (sk && sk->state != BPF_TCP_LISTEN) {
-			bpf_sk_release(sk);
-			sk = NULL;
+		/* Only a socket bound to the wildcard address matches (UDP's
+		 * lookup needs the local address equal, TCP's listener has none). */
+		if (udp) {
+			sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+		} else {
+			sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+			if (sk && sk->state != BPF_TCP_LISTEN) {
+				bpf_sk_release(sk);
+				sk = NULL;
+			}
 		}
 	}
 	if (!sk)
@@ -1094,7 +1114,9 @@ static __always_inline int proxied(struct __sk_buff *skb, const struct pkt *p, c
 
 	if (d)
 		return to_proxy(skb, p, d->proxy_port);
-	if ((p->tcp_flags & 0x12) != 0x02) /* not a SYN without ACK */
+	/* A TCP connection's later packets go to the socket that holds it; a
+	 * UDP flow's datagrams each go to the proxy's socket, as its first. */
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & 0x12) != 0x02) /* not a SYN without ACK */
 		return to_proxy(skb, p, 0);
 	decide(ep, dir, &p->daddr, p->proto, p->policy_port, BH_VIA_SOURCE, &now);
 	if (now.reason)
@@ -1173,6 +1195,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ck.dir = !dir;
 		cv = ct_get(&ck, now);
 		if (cv && ct_current(ep, &ck, cv)) {
+			/* About a packet the proxy sent as the client: the node's
+			 * stack takes it, and hands it to the proxy's socket (the
+			 * kernel finds that by the packet inside), not the client. */
+			if (cv->flags & BH_CT_FROM_PROXY)
+				skb->mark = BH_PROXY_MARK;
 			count(BH_REASON_FORWARDED, dir, skb->len);
 			return TC_ACT_OK;
 		}

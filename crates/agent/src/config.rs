@@ -41,6 +41,8 @@ pub struct Config {
 pub struct ProxyConfig {
     /// The HTTP proxy's port in the node's network namespace.
     pub http_port: u16,
+    /// The DNS proxy's port there (UDP and TCP; 0: none, and DNS rules drop).
+    pub dns_port: u16,
     /// Its control socket.
     pub control: PathBuf,
 }

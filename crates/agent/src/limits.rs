@@ -1,11 +1,11 @@
 //! What the applied policies ask for that this node cannot do (yet), said
 //! plainly at `apply` time rather than discovered as silent drops.
 //!
-//! HTTP rules and RateLimits are enforced by the L7 proxy; while it is not
-//! there (or the agent runs without one) their traffic is dropped
-//! (`SOCKET_LOOKUP_FAILED`: fail closed). Other L7 rules (DNS, Kafka, TLS, l7proto) have no proxy
-//! yet and are dropped the same way, and `toFQDNs` matches no address,
-//! because names are learnt only from DNS answers a DNS proxy sees.
+//! HTTP rules, RateLimits and DNS rules are enforced by the L7 proxy; while
+//! it is not there (or the agent runs without one) their traffic is dropped
+//! (`SOCKET_LOOKUP_FAILED`: fail closed). Other L7 rules (Kafka, TLS,
+//! l7proto) have no proxy yet and are dropped the same way, and `toFQDNs`
+//! matches no address: the DNS proxy does not learn names' addresses yet.
 
 use bulkhead_policy::api::{L7Rules, Policy, PolicyBody};
 
@@ -17,8 +17,9 @@ pub struct NotEnforced(Vec<Need>);
 
 #[derive(Debug)]
 enum Need {
-    /// HTTP rules or RateLimits: enforced while the HTTP proxy holds them.
-    HttpProxy { subject: String, what: &'static str, traffic: &'static str },
+    /// HTTP rules or RateLimits (`dns` false), DNS rules (true): enforced
+    /// while the proxy holds them.
+    Proxy { subject: String, what: &'static str, traffic: &'static str, dns: bool },
     /// Said whatever the proxy does.
     Always(String),
 }
@@ -31,10 +32,11 @@ impl NotEnforced {
             let name = format!("{} {}", p.kind, p.display_name());
             if let PolicyBody::RateLimit(spec) = &p.body {
                 for r in &spec.ingress {
-                    out.push(Need::HttpProxy {
+                    out.push(Need::Proxy {
                         subject: format!("{name} {}", r.peers.path),
                         what: "rate limits",
                         traffic: "the limited traffic",
+                        dns: false,
                     });
                 }
             }
@@ -44,15 +46,16 @@ impl NotEnforced {
                 for peer in sections {
                     for pr in &peer.to_ports {
                         let what = match &pr.rules {
-                            Some(L7Rules::Http(_)) => {
-                                out.push(Need::HttpProxy {
+                            Some(rules @ (L7Rules::Http(_) | L7Rules::Dns(_))) => {
+                                let dns = matches!(rules, L7Rules::Dns(_));
+                                out.push(Need::Proxy {
                                     subject: format!("{name} {}", peer.path),
-                                    what: "HTTP rules",
+                                    what: if dns { "DNS rules" } else { "HTTP rules" },
                                     traffic: "this traffic",
+                                    dns,
                                 });
                                 continue;
                             }
-                            Some(L7Rules::Dns(_)) => "DNS rules",
                             Some(L7Rules::Kafka(_)) => "Kafka rules",
                             Some(L7Rules::Tls(_)) => "TLS serverNames",
                             Some(L7Rules::Generic { .. }) => "l7proto rules",
@@ -65,7 +68,7 @@ impl NotEnforced {
                     }
                     if peer.fqdns.is_some() {
                         out.push(Need::Always(format!(
-                            "{name} {}: toFQDNs needs the DNS proxy, which bulkhead does not have yet: it matches no address",
+                            "{name} {}: toFQDNs needs addresses learnt from DNS answers, which bulkhead's DNS proxy does not learn yet: it matches no address",
                             peer.path
                         )));
                     }
@@ -75,18 +78,18 @@ impl NotEnforced {
         Self(out)
     }
 
-    /// One line per rule that is not enforced as written; `no_http_proxy`:
-    /// why the HTTP proxy does not hold the rules (`None`: it does).
-    pub fn lines(&self, no_http_proxy: Option<&str>) -> Vec<String> {
+    /// One line per rule that is not enforced as written; `no_proxy(dns)`:
+    /// why the HTTP (`false`) or DNS (`true`) proxy does not hold the rules
+    /// (`None`: it does).
+    pub fn lines(&self, no_proxy: impl Fn(bool) -> Option<String>) -> Vec<String> {
         let mut out: Vec<String> = self
             .0
             .iter()
-            .filter_map(|n| match (n, no_http_proxy) {
-                (Need::Always(line), _) => Some(line.clone()),
-                (Need::HttpProxy { subject, what, traffic }, Some(why)) => Some(format!(
+            .filter_map(|n| match n {
+                Need::Always(line) => Some(line.clone()),
+                Need::Proxy { subject, what, traffic, dns } => no_proxy(*dns).map(|why| format!(
                     "{subject}: {what} need the L7 proxy, and {why}: {traffic} is dropped (SOCKET_LOOKUP_FAILED: no proxy socket)"
                 )),
-                (Need::HttpProxy { .. }, None) => None,
             })
             .collect();
         out.sort();
@@ -114,17 +117,23 @@ mod tests {
                 _ => None,
             }));
         }
-        let lines = super::NotEnforced::of(&policies).lines(Some("it is not running"));
+        let lines = super::NotEnforced::of(&policies).lines(|_| Some("it is not running".into()));
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert!(lines[0].contains("allow-stripe-api-only spec.egress[0]: toFQDNs"), "{lines:#?}");
-        assert!(lines[1].contains("allow-stripe-api-only spec.egress[1]: DNS rules"), "{lines:#?}");
+        assert!(
+            lines[1].contains("allow-stripe-api-only spec.egress[1]: DNS rules need the L7 proxy, and it is not running"),
+            "{lines:#?}"
+        );
         assert!(
             lines[2]
                 .contains("restrict-backend-api spec.ingress[0]: HTTP rules need the L7 proxy, and it is not running"),
             "{lines:#?}"
         );
-        // With the proxy holding the rules, HTTP rules are enforced.
-        let lines = super::NotEnforced::of(&policies).lines(None);
+        // With the proxy holding the rules, HTTP and DNS rules are enforced.
+        let lines = super::NotEnforced::of(&policies).lines(|_| None);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        // Without a DNS port, DNS rules are not.
+        let lines = super::NotEnforced::of(&policies).lines(|dns| dns.then(|| "no DNS port".to_string()));
         assert_eq!(lines.len(), 2, "{lines:#?}");
     }
 }

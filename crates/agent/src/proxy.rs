@@ -72,6 +72,11 @@ impl ProxyLink {
         }
     }
 
+    /// The DNS (`dns`) or HTTP proxy's port (0: none).
+    pub fn port(&self, dns: bool) -> u16 {
+        if dns { self.config.dns_port } else { self.config.http_port }
+    }
+
     /// Why the proxy does not hold the newest rules (`None`: it does).
     pub fn problem(&self) -> Option<String> {
         self.problem.clone()

@@ -146,7 +146,7 @@ impl Reconciler {
         let proxy = match &config.proxy {
             Some(p) => {
                 in_node(&config, bulkhead_datapath::netns::route_marked_to_proxy)??;
-                sync.set_proxy_ports(ProxyPorts { http: p.http_port });
+                sync.set_proxy_ports(ProxyPorts { http: p.http_port, dns: p.dns_port });
                 Some(ProxyLink::new(p.clone()))
             }
             None => None,
@@ -271,7 +271,7 @@ impl Reconciler {
             changed.push((key, o));
         }
         if req.dry_run || changed.is_empty() {
-            resp.not_enforced = needs.lines(self.http_proxy_problem().as_deref());
+            resp.not_enforced = needs.lines(|dns| self.proxy_problem(dns));
             return Ok(resp);
         }
         let t_start = t0.elapsed();
@@ -286,7 +286,7 @@ impl Reconciler {
         self.engine.apply_batch(changes);
         let t_resolved = t0.elapsed();
         resp.enforcement = self.reconcile_timed(t0, "apply")?;
-        resp.not_enforced = needs.lines(self.http_proxy_problem().as_deref());
+        resp.not_enforced = needs.lines(|dns| self.proxy_problem(dns));
         tracing::info!(
             objects = n,
             endpoints_updated = resp.enforcement.endpoints_updated,
@@ -476,9 +476,12 @@ impl Reconciler {
     // ---- the kernel ----
 
     /// Why the HTTP proxy does not hold the newest rules (`None`: it does).
-    fn http_proxy_problem(&self) -> Option<String> {
+    /// Why the HTTP (`dns` false) or DNS proxy does not hold the rules.
+    fn proxy_problem(&self, dns: bool) -> Option<String> {
+        let flag = if dns { "--proxy-dns-port" } else { "--proxy-http-port" };
         match &self.proxy {
-            None => Some("the agent runs without one (--proxy-http-port 0)".into()),
+            None => Some(format!("the agent runs without one ({flag} 0)")),
+            Some(p) if p.port(dns) == 0 => Some(format!("the agent runs without one ({flag} 0)")),
             Some(p) => p.problem(),
         }
     }

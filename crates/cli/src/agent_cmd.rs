@@ -78,6 +78,10 @@ pub struct AgentArgs {
     /// (PROXY_UNAVAILABLE), as they are while the proxy is not running.
     #[arg(long, value_name = "PORT", default_value_t = crate::proxy_cmd::DEFAULT_HTTP_PORT)]
     pub proxy_http_port: u16,
+    /// The DNS proxy's port (UDP and TCP): queries a DNS rule covers are
+    /// handed to it (`bulkhead proxy --dns-port`). 0: none; they are dropped.
+    #[arg(long, value_name = "PORT", default_value_t = crate::proxy_cmd::DEFAULT_DNS_PORT)]
+    pub proxy_dns_port: u16,
     /// The proxy's control socket: the agent sends it every endpoint's L7
     /// rules, and waits for it to take a change before `apply` returns.
     #[arg(long, value_name = "PATH", default_value = crate::proxy_cmd::DEFAULT_CONTROL)]
@@ -125,8 +129,11 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         flow_log,
         web_listen: (!a.no_web).then_some(a.web_listen),
         policy_map_entries: a.policy_map_max_entries,
-        proxy: (a.proxy_http_port != 0)
-            .then_some(bulkhead_agent::config::ProxyConfig { http_port: a.proxy_http_port, control: a.proxy_control }),
+        proxy: (a.proxy_http_port != 0 || a.proxy_dns_port != 0).then_some(bulkhead_agent::config::ProxyConfig {
+            http_port: a.proxy_http_port,
+            dns_port: a.proxy_dns_port,
+            control: a.proxy_control,
+        }),
         policy_overflow: match a.policy_overflow {
             PolicyOverflow::FailClosed => Overflow::FailClosed,
             PolicyOverflow::KeepPrevious => Overflow::KeepPrevious,

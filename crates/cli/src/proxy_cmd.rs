@@ -11,6 +11,8 @@ use clap::{Args, ValueEnum};
 pub const DEFAULT_CONTROL: &str = "/run/bulkhead/proxy.sock";
 /// The HTTP proxy's port both default to.
 pub const DEFAULT_HTTP_PORT: u16 = 15001;
+/// The DNS proxy's port both default to.
+pub const DEFAULT_DNS_PORT: u16 = 15053;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Slashes {
@@ -21,12 +23,29 @@ pub enum Slashes {
     Unescape,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Reject {
+    /// REFUSED: the server will not answer this client.
+    Refused,
+    /// NXDOMAIN: the name does not exist.
+    #[value(name = "nameError")]
+    NameError,
+}
+
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
     /// The port the datapath hands L7 connections to (the agent's
     /// --proxy-http-port names the same).
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_HTTP_PORT)]
     pub http_port: u16,
+    /// The port the datapath hands DNS queries to, UDP and TCP (the
+    /// agent's --proxy-dns-port names the same).
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_DNS_PORT)]
+    pub dns_port: u16,
+    /// The answer to a query no DNS rule allows (Cilium's
+    /// --tofqdns-dns-reject-response-code).
+    #[arg(long, value_enum, value_name = "CODE", default_value_t = Reject::Refused)]
+    pub dns_reject_response_code: Reject,
     /// The unix socket (mode 0600) the agent writes rules to.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
     pub control: PathBuf,
@@ -57,6 +76,8 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
     }
     bulkhead_proxy::run(bulkhead_proxy::Config {
         http_port: a.http_port,
+        dns_port: a.dns_port,
+        dns_nxdomain: a.dns_reject_response_code == Reject::NameError,
         control: a.control,
         escaped_slashes: match a.escaped_slashes {
             Slashes::Refuse => EscapedSlashes::Refuse,
@@ -65,6 +86,6 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
         threads: a.threads.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1)),
         reporter_init: Some(|| bulkhead_datapath::sched::lower_this_thread(bulkhead_datapath::sched::REPORTER_NICE)),
     })
-    .with_context(|| format!("proxy on port {}", a.http_port))?;
+    .with_context(|| format!("proxy on ports {} (HTTP) and {} (DNS)", a.http_port, a.dns_port))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -18,12 +18,10 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
     let lab = Lab::up("seed", &cluster, &[]);
     let out = lab.ok(&["apply", "-f", policies.to_str().expect("path"), "-n", "production"]);
     assert!(out.contains("CiliumNetworkPolicy production/restrict-backend-api created"), "{out}");
-    // HTTP rules are the L7 proxy's; DNS rules have no proxy yet.
-    assert!(!out.contains("HTTP rules"), "{out}");
+    // HTTP and DNS rules are the L7 proxy's; toFQDNs learns no addresses yet.
+    assert!(!out.contains("HTTP rules") && !out.contains("DNS rules"), "{out}");
     assert!(
-        out.contains(
-            "not enforced yet: CiliumNetworkPolicy production/allow-stripe-api-only spec.egress[1]: DNS rules"
-        ),
+        out.contains("not enforced yet: CiliumNetworkPolicy production/allow-stripe-api-only spec.egress[0]: toFQDNs"),
         "{out}"
     );
 
@@ -42,22 +40,20 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
     // Lateral movement from staging is stopped by default deny.
     assert_eq!(cell("staging/debug-tools", "production/backend", "8080/TCP"), ("denied".into(), "denied".into()));
     assert_eq!(cell("staging/debug-tools", "production/frontend", "80/TCP"), ("allowed".into(), "allowed".into()));
-    // DNS rules have no proxy yet: the agent's view and the kernel agree
-    // that their traffic is dropped.
-    assert_eq!(
-        cell("production/payment-processor", "kube-system/kube-dns", "53/UDP"),
-        ("denied".into(), "denied".into())
-    );
+    // The DNS rule (any name) decides the probe's query, on both
+    // transports; the resolver answers it.
+    for port in ["53/UDP", "53/TCP"] {
+        assert_eq!(
+            cell("production/payment-processor", "kube-system/kube-dns", port),
+            ("l7-allowed".into(), "l7".into()),
+            "{port}"
+        );
+    }
     assert_eq!(
         cell("production/payment-processor", "production/frontend", "80/TCP"),
         ("denied".into(), "denied".into())
     );
     let reasons = report["reasons"].as_array().expect("reasons");
-    let proxy = reasons
-        .iter()
-        .find(|g| g["drop_reason_desc"] == "SOCKET_LOOKUP_FAILED" && g["endpoint"] == "production/payment-processor")
-        .expect("the kernel reports the drop of a redirect no proxy takes");
-    assert_eq!(proxy["policies"][0], "CiliumNetworkPolicy production/allow-stripe-api-only spec.egress[1]");
     assert!(
         reasons
             .iter()

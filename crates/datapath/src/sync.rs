@@ -132,6 +132,8 @@ struct Loaded {
 pub struct ProxyPorts {
     /// The HTTP (and gRPC) proxy.
     pub http: u16,
+    /// The DNS proxy (UDP and TCP on the same port).
+    pub dns: u16,
 }
 
 impl ProxyPorts {
@@ -139,6 +141,7 @@ impl ProxyPorts {
     pub fn port(&self, rules: &L7Rules) -> u16 {
         match rules {
             L7Rules::Http(_) => self.http,
+            L7Rules::Dns(_) => self.dns,
             _ => 0,
         }
     }

@@ -11,7 +11,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use bulkhead_datapath::abi::Reason;
@@ -80,7 +80,21 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]
 "#;
 
+/// The client may ask the server (its resolver) on UDP 53, for names under
+/// `example.` only: a DNS rule.
+const CLIENT_DNS: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: rd}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts: [{ports: [{port: "53", protocol: UDP}], rules: {dns: [{matchPattern: "*.example"}]}}]
+"#;
+
 const PROXY_PORT: u16 = 15001;
+const DNS_PROXY_PORT: u16 = 15053;
 
 /// The mark of the proxy's upstream sockets (`BH_FROM_PROXY_MARK`).
 const FROM_PROXY_MARK: u32 = 0xa00;
@@ -190,7 +204,7 @@ fn accepted(listeners: &[&TcpListener]) -> Option<(TcpStream, SocketAddr, Socket
 /// With each (client, server) address pair, IPv4 then IPv6.
 fn lab_with_proxy_port(tag: &str, policies: &str) -> (Lab, TcpListener, [(IpAddr, IpAddr); 2]) {
     let mut lab = Lab::up(tag, CLUSTER, "");
-    lab.sync.set_proxy_ports(ProxyPorts { http: PROXY_PORT });
+    lab.sync.set_proxy_ports(ProxyPorts { http: PROXY_PORT, dns: DNS_PROXY_PORT });
     lab.replace_policies(policies);
     route_marked_packets_locally(&lab);
     let server = server_listener(&lab);
@@ -362,4 +376,150 @@ fn the_servers_l7_rules_send_its_clients_through_the_proxy() {
         assert!(upstream_marked(&lab, c_ip, dst, 0).is_err(), "{dst}: an unmarked connection passed the L7 rule");
     }
     assert!(unavailable(&mut lab) >= before + 2, "no PROXY_UNAVAILABLE drop counted");
+}
+
+/// A UDP socket in the netns at `ns` bound to `addr` (transparent when
+/// `transparent`), with a read timeout.
+fn udp_in(ns: &std::path::Path, addr: SocketAddr, transparent: bool, mark: u32) -> UdpSocket {
+    netns::run_in(ns, || {
+        let s = Socket::new(if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, Type::DGRAM, None)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        if transparent {
+            if addr.is_ipv6() {
+                s.set_ip_transparent_v6(true)?;
+            } else {
+                s.set_ip_transparent_v4(true)?;
+            }
+            s.set_reuse_address(true)?;
+        }
+        if mark != 0 {
+            s.set_mark(mark)?;
+        }
+        s.bind(&addr.into())?;
+        s.set_read_timeout(Some(Duration::from_millis(700)))?;
+        Ok::<UdpSocket, std::io::Error>(s.into())
+    })
+    .expect("netns")
+    .unwrap_or_else(|e| panic!("UDP socket on {addr}: {e}"))
+}
+
+/// The stand-in DNS proxy's sockets: transparent, wildcard-bound on the DNS
+/// proxy port, reporting each datagram's original destination.
+fn dns_proxy_sockets(lab: &Lab) -> Vec<UdpSocket> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])]
+        .into_iter()
+        .map(|any| {
+            let s = udp_in(&lab.node.path(), SocketAddr::new(any, DNS_PROXY_PORT), true, 0);
+            if any.is_ipv6() {
+                setsockopt(&s, sockopt::Ipv6OrigDstAddr, &true).expect("IPV6_RECVORIGDSTADDR");
+            } else {
+                setsockopt(&s, sockopt::Ipv4OrigDstAddr, &true).expect("IP_RECVORIGDSTADDR");
+            }
+            s
+        })
+        .collect()
+}
+
+/// A datagram on `s`: its bytes, sender and original destination.
+fn recv_orig(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr, SocketAddr)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    use std::os::fd::AsRawFd as _;
+    let mut buf = [0u8; 512];
+    let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).ok()?;
+    let from = msg.address.and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|s| SocketAddr::from(std::net::SocketAddrV4::from(*s)))
+            .or_else(|| a.as_sockaddr_in6().map(|s| SocketAddr::from(std::net::SocketAddrV6::from(*s))))
+    })?;
+    let n = msg.bytes;
+    let dst = msg.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::Ipv4OrigDstAddr(a) => Some(SocketAddr::new(
+            std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
+            u16::from_be(a.sin_port),
+        )),
+        ControlMessageOwned::Ipv6OrigDstAddr(a) => {
+            Some(SocketAddr::new(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into(), u16::from_be(a.sin6_port)))
+        }
+        _ => None,
+    })?;
+    Some((buf[..n].to_vec(), from, dst))
+}
+
+/// A datagram on `s`, its bytes and sender.
+fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 512];
+    let (n, from) = s.recv_from(&mut buf).ok()?;
+    Some((buf[..n].to_vec(), from))
+}
+
+#[test]
+fn dns_queries_reach_the_proxy_and_its_queries_the_server_as_the_client() {
+    if !privileged("dns_queries_reach_the_proxy_and_its_queries_the_server_as_the_client") {
+        return;
+    }
+    let (mut lab, _tcp_server, pairs) = lab_with_proxy_port("dn", CLIENT_DNS);
+    let client_ns = netns::named(&lab.pods["rd/client"].netns);
+    let server_ns = netns::named(&lab.pods["rd/server"].netns);
+    let resolvers: Vec<UdpSocket> =
+        pairs.iter().map(|(_, s)| udp_in(&server_ns, SocketAddr::new(*s, 53), false, 0)).collect();
+    let client = |c_ip: IpAddr| udp_in(&client_ns, SocketAddr::new(c_ip, 0), false, 0);
+
+    // No proxy socket: the query goes nowhere, and is counted.
+    let before = unavailable(&mut lab);
+    for (i, (c_ip, s_ip)) in pairs.into_iter().enumerate() {
+        client(c_ip).send_to(b"query", SocketAddr::new(s_ip, 53)).expect("send");
+        assert!(recv(&resolvers[i]).is_none(), "{s_ip}: the resolver got a query with no proxy");
+    }
+    assert!(unavailable(&mut lab) >= before + 2, "no PROXY_UNAVAILABLE drop counted");
+
+    let proxy = dns_proxy_sockets(&lab);
+    for (i, (c_ip, s_ip)) in pairs.into_iter().enumerate() {
+        let dst = SocketAddr::new(s_ip, 53);
+        let c = client(c_ip);
+        // Each datagram of the flow reaches the proxy, with its original
+        // destination; none the resolver.
+        for n in 0..3u8 {
+            c.send_to(&[b'q', n], dst).expect("send");
+            let (bytes, from, orig) =
+                recv_orig(&proxy[i]).unwrap_or_else(|| panic!("{dst}: the proxy got no query {n}"));
+            assert_eq!((bytes.as_slice(), from, orig), (&[b'q', n][..], c.local_addr().expect("addr"), dst));
+        }
+        assert!(recv(&resolvers[i]).is_none(), "{dst}: the resolver saw a query past the proxy");
+
+        // The proxy asks the resolver as the client, marked; the answer
+        // comes back to the proxy's socket, not to the client.
+        let up = udp_in(&lab.node.path(), SocketAddr::new(c_ip, 0), true, FROM_PROXY_MARK);
+        up.connect(dst).expect("connect upstream");
+        up.send(b"forwarded").expect("send upstream");
+        let (bytes, from) = recv(&resolvers[i]).unwrap_or_else(|| panic!("{dst}: the resolver got nothing"));
+        assert_eq!(
+            (bytes.as_slice(), from.ip().to_canonical()),
+            (&b"forwarded"[..], c_ip),
+            "the resolver sees the client"
+        );
+        resolvers[i].send_to(b"answer", from).expect("answer");
+        let (bytes, _) = recv(&up).unwrap_or_else(|| panic!("{dst}: the answer did not come back to the proxy"));
+        assert_eq!(bytes, b"answer");
+        assert!(recv(&c).is_none(), "{dst}: the resolver's answer to the proxy reached the client");
+
+        // The proxy answers the client as the resolver.
+        let reply = udp_in(&lab.node.path(), dst, true, 0);
+        reply.send_to(b"relayed", c.local_addr().expect("addr")).expect("reply");
+        let (bytes, from) = recv(&c).unwrap_or_else(|| panic!("{dst}: the client got no answer"));
+        assert_eq!((bytes.as_slice(), from), (&b"relayed"[..], dst), "the answer comes from the resolver's address");
+    }
+
+    // The proxy's sockets close: queries go nowhere again.
+    drop(proxy);
+    let before = unavailable(&mut lab);
+    for (i, (c_ip, s_ip)) in pairs.into_iter().enumerate() {
+        client(c_ip).send_to(b"query", SocketAddr::new(s_ip, 53)).expect("send");
+        assert!(recv(&resolvers[i]).is_none(), "{s_ip}: the resolver got a query after the proxy died");
+    }
+    assert!(unavailable(&mut lab) >= before + 2, "no PROXY_UNAVAILABLE drop after the proxy died");
 }

@@ -1,6 +1,6 @@
 //! bulkhead's test bed: network-namespace pods wired through a CNI chain
 //! exactly as a container runtime wires them ([`pods`]), real probes and
-//! raw frames between them ([`probe`]), and the responders that serve a lab
+//! raw frames between them ([`probe`]), DNS queries ([`dns`]), and the responders that serve a lab
 //! pod's container ports ([`respond`]).
 //!
 //! Used by `bulkhead lab` and by the privileged tests; never by the agent,
@@ -8,6 +8,7 @@
 //! needs `unsafe` (socket2 has no safe constructor for a link-layer
 //! address); each block carries a `// SAFETY:` note.
 
+pub mod dns;
 pub mod frame;
 pub mod h2client;
 pub mod pods;

@@ -25,9 +25,10 @@ pub struct Probe {
     pub proto: Proto,
     /// Destination port (ignored for ICMP).
     pub port: u16,
-    /// TCP only: once connected, send `GET /` and read the response's
-    /// status (an L7 proxy decides it).
-    pub http: bool,
+    /// An L7 proxy decides it: a UDP probe, or a TCP one to port 53, is a
+    /// DNS query whose answer's rcode is read; another TCP probe sends
+    /// `GET /` once connected and reads the response's status.
+    pub l7: bool,
 }
 
 /// What a probe saw.
@@ -38,6 +39,8 @@ pub enum Outcome {
     Reached,
     /// An HTTP probe's request was answered with this status.
     Http(u16),
+    /// An L7 DNS probe's query was answered with this rcode.
+    Dns(u8),
     /// Nothing came back in time.
     Dropped,
     /// The probe could not be sent.
@@ -47,7 +50,9 @@ pub enum Outcome {
 /// Sends one probe from the calling thread's network namespace.
 pub fn probe(p: Probe, timeout: Duration) -> Outcome {
     let r = match p.proto {
-        Proto::Tcp if p.http => return http(p, timeout),
+        Proto::Tcp if p.l7 && p.port == 53 => return dns(p, crate::dns::Transport::Tcp, timeout),
+        Proto::Udp if p.l7 => return dns(p, crate::dns::Transport::Udp, timeout),
+        Proto::Tcp if p.l7 => return http(p, timeout),
         Proto::Tcp => tcp(p, timeout),
         Proto::Udp => udp(p, timeout),
         Proto::Icmp | Proto::Icmpv6 => echo(p, timeout),
@@ -148,6 +153,19 @@ const PAYLOAD: [u8; 32] = [
     5, b'p', b'r', b'o', b'b', b'e', 8, b'b', b'u', b'l', b'k', b'h', b'e', b'a', b'd', 0, // probe.bulkhead.
     0x00, 0x01, 0x00, 0x01, // QTYPE A, QCLASS IN
 ];
+
+/// Sends the probe's DNS query over `transport`: `Dns(rcode)` for an
+/// answer, `Dropped` when none came (or the connection was not made),
+/// `Reached` for something else.
+fn dns(p: Probe, transport: crate::dns::Transport, timeout: Duration) -> Outcome {
+    match crate::dns::exchange(SocketAddr::new(p.dst, p.port), &PAYLOAD, transport, timeout) {
+        Ok(answer) if answer.len() >= 12 && answer[..2] == PAYLOAD[..2] => Outcome::Dns(answer[3] & 0x0f),
+        Ok(_) => Outcome::Reached,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Outcome::Reached,
+        Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => Outcome::Dropped,
+        Err(e) => Outcome::Error(e.to_string()),
+    }
+}
 
 fn udp(p: Probe, timeout: Duration) -> io::Result<bool> {
     let s = Socket::new(domain(p.dst), Type::DGRAM, Some(Protocol::UDP))?;
@@ -282,7 +300,7 @@ mod tests {
         let prober = std::thread::spawn(move || {
             tx.send(pthread_self()).expect("send");
             probe(
-                Probe { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), proto: Proto::Udp, port, http: false },
+                Probe { dst: IpAddr::V4(Ipv4Addr::LOCALHOST), proto: Proto::Udp, port, l7: false },
                 Duration::from_secs(10),
             )
         });

@@ -13,6 +13,7 @@
 
 pub mod control;
 pub mod dns;
+pub mod dns_proxy;
 pub mod events;
 pub mod h2;
 pub mod http1;
@@ -32,6 +33,10 @@ pub use server::UPSTREAM_MARK;
 pub struct Config {
     /// The HTTP proxy's port (what the agent's `--proxy-http-port` names).
     pub http_port: u16,
+    /// The DNS proxy's port, UDP and TCP (the agent's `--proxy-dns-port`).
+    pub dns_port: u16,
+    /// A denied DNS query is answered NXDOMAIN instead of REFUSED.
+    pub dns_nxdomain: bool,
     /// The control socket the agent writes rules to.
     pub control: PathBuf,
     /// What an encoded slash in a path does.
@@ -49,6 +54,11 @@ pub fn run(config: Config) -> std::io::Result<()> {
     // Sockets first, on this thread: it is in the node's namespace, the
     // runtime's threads need not be.
     let listeners = server::listeners(config.http_port)?;
+    // DNS port 0: no DNS proxy (DNS rules drop, as the agent's 0 says).
+    let (dns_listeners, dns_sockets) = match config.dns_port {
+        0 => (Vec::new(), Vec::new()),
+        port => (server::listeners(port)?, dns_proxy::udp_sockets(port)?),
+    };
     let control = control_socket(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads.max(1)).enable_all().build()?;
     let shared = Arc::new(server::Shared {
@@ -63,9 +73,17 @@ pub fn run(config: Config) -> std::io::Result<()> {
         for l in listeners {
             tokio::spawn(server::serve(tokio::net::TcpListener::from_std(l)?, Arc::clone(&shared)));
         }
+        let settings = dns_proxy::DnsSettings { port: config.dns_port, nxdomain: config.dns_nxdomain };
+        let dns = Arc::new(dns_proxy::Dns::new(Arc::clone(&shared), settings));
+        for l in dns_listeners {
+            tokio::spawn(dns_proxy::serve_tcp(tokio::net::TcpListener::from_std(l)?, Arc::clone(&dns)));
+        }
+        for s in dns_sockets {
+            tokio::spawn(dns_proxy::serve_udp(tokio::net::UdpSocket::from_std(s)?, Arc::clone(&dns)));
+        }
         control.set_nonblocking(true)?;
         tokio::spawn(control::serve(tokio::net::UnixListener::from_std(control)?, Arc::clone(&shared)));
-        tracing::info!(port = config.http_port, control = %config.control.display(), "proxy ready");
+        tracing::info!(http_port = config.http_port, dns_port = config.dns_port, control = %config.control.display(), "proxy ready");
         println!("ready");
         stopped("proxy").await;
         tracing::info!("proxy stopped; L7 connections are dropped until it runs again");

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use bulkhead_policy::api::L7Rules;
 use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::identity::{NumericIdentity, Reserved};
-use bulkhead_policy::l7::{HeaderAction, HttpDecision, HttpPolicy, HttpRequest, L7Error};
+use bulkhead_policy::l7::{DnsPolicy, HeaderAction, HttpDecision, HttpPolicy, HttpRequest, L7Error};
 use bulkhead_policy::repository::{Proto, RuleRef};
 use bulkhead_policy::resolve::{AppliedLimit, Decision, DirectionPolicy, L7Policy, PolicyEntry, PolicyKey, Verdict};
 use serde::{Deserialize, Serialize};
@@ -107,8 +107,11 @@ impl fmt::Display for Side {
 #[derive(Debug)]
 pub struct Check {
     /// The HTTP rules; `None` when the entry's rules are of another
-    /// protocol, which this proxy cannot decide: every request is denied.
+    /// protocol: every HTTP request is denied.
     http: Option<HttpPolicy>,
+    /// The DNS rules; `None` when the entry's rules are of another
+    /// protocol: every query is denied.
+    dns: Option<DnsPolicy>,
     /// The peer is also allowed without L7 rules: every request passes.
     allow_all: bool,
     /// RateLimits an allowed request must also be within.
@@ -119,11 +122,16 @@ pub struct Check {
 
 impl Check {
     fn compile(l7: &L7Policy, entry: &PolicyEntry) -> Result<Self, L7Error> {
-        let http = match &l7.rules {
-            L7Rules::Http(rules) => Some(HttpPolicy::compile(rules)?),
-            _ => None,
+        let (http, dns) = match &l7.rules {
+            L7Rules::Http(rules) => (Some(HttpPolicy::compile(rules)?), None),
+            L7Rules::Dns(selectors) => (None, Some(DnsPolicy::compile(selectors)?)),
+            _ => (None, None),
         };
-        Ok(Self { http, allow_all: l7.allow_all, limits: l7.limits.clone(), rules: entry.refs.clone() })
+        Ok(Self { http, dns, allow_all: l7.allow_all, limits: l7.limits.clone(), rules: entry.refs.clone() })
+    }
+
+    fn allows_name(&self, qname: &str) -> bool {
+        self.allow_all || self.dns.as_ref().is_some_and(|d| d.allows(qname).is_some())
     }
 
     fn decide(&self, req: &HttpRequest<'_>) -> Option<HttpDecision> {
@@ -303,6 +311,12 @@ impl Rules {
 
     /// The checks for a TCP connection from `client` to `server:port`.
     pub fn connection(&self, client: IpAddr, server: IpAddr, port: u16) -> Result<Connection, Refused> {
+        self.flow(client, server, Proto::Tcp, port)
+    }
+
+    /// The checks for a flow of `proto` (a TCP connection, a UDP query)
+    /// from `client` to `server:port`.
+    pub fn flow(&self, client: IpAddr, server: IpAddr, proto: Proto, port: u16) -> Result<Connection, Refused> {
         if !self.synced {
             return Err(Refused::NotSynced);
         }
@@ -321,7 +335,7 @@ impl Rules {
             };
             let Some(dir) = dir else { continue };
             let peer_identity = if side == Side::Ingress { client_identity } else { self.identity(peer) };
-            match dir.policy.lookup(Some(peer), peer_identity, Proto::Tcp, port) {
+            match dir.policy.lookup(Some(peer), peer_identity, proto, port) {
                 Decision::Entry(k, e) => match e.verdict {
                     Verdict::Allow => {}
                     Verdict::Deny => return Err(Refused::Denied { side, endpoint: local.name.to_string() }),
@@ -456,6 +470,17 @@ impl Connection {
             }
         }
         Verdicts { allowed: true, by: Arc::clone(&self.allowed_by), actions }
+    }
+
+    /// Decides a DNS query for `qname` with every check; denied when any
+    /// denies (a check of rules that are not DNS rules denies every query).
+    pub fn decide_dns(&self, qname: &str) -> Verdicts {
+        for (_, check, denied_by) in &self.checks {
+            if !check.allows_name(qname) {
+                return Verdicts { allowed: false, by: Arc::clone(denied_by), actions: Vec::new() };
+            }
+        }
+        Verdicts { allowed: true, by: Arc::clone(&self.allowed_by), actions: Vec::new() }
     }
 }
 

@@ -368,6 +368,8 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
     };
     let mut cmd = Command::new("/usr/sbin/dnsmasq");
     cmd.args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces", "--user=root", "--local=/#/"])
+        // Who asked what: the lab's DNS log shows each query's client.
+        .arg("--log-queries")
         .arg(format!("--addn-hosts={}", hosts.display()))
         .arg(format!("--pid-file={}", lab_dir(&st.name).join("dnsmasq.pid").display()))
         .arg(format!("--log-facility={}", lab_dir(&st.name).join("dnsmasq.log").display()));

@@ -4,10 +4,11 @@
 //!
 //! A cell is `allowed` when every address family got through and `denied`
 //! when none did; a pod pair whose families disagree is a difference. On
-//! an `l7` cell the probe is an HTTP `GET /`, which the L7 proxy decides:
-//! the cell is `l7-denied` when the proxy answered 403 and `l7-allowed`
-//! when the request reached the server; a connection that does not get
-//! through is a difference (L3/L4 allows it).
+//! an `l7` cell the probe is an HTTP `GET /` (a DNS query on UDP, and on
+//! TCP port 53), which the L7 proxy decides: the cell is `l7-denied` when
+//! the proxy answered 403 (REFUSED) and `l7-allowed` when the request
+//! reached the server; a connection that does not get through is a
+//! difference (L3/L4 allows it).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -119,6 +120,9 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The rcode the DNS proxy answers a denied query with (by default).
+const DNS_REFUSED: u8 = 5;
+
 pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
     let st = LabState::require(name)?;
     let client = Client::new(&st.socket);
@@ -155,7 +159,7 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
                         port: label.clone(),
                         src: *s,
                         dst: *d,
-                        probe: Probe { dst: *d, proto, port: p.port, http: proto == Proto::Tcp && l7(from, to, label) },
+                        probe: Probe { dst: *d, proto, port: p.port, l7: l7(from, to, label) },
                     });
                 }
             }
@@ -210,9 +214,9 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
         let seen = match outcome {
             Outcome::Reached => Seen::Allowed,
             Outcome::Dropped => Seen::Denied,
-            // The proxy's answer to a denied request.
-            Outcome::Http(403) => Seen::L7Denied,
-            Outcome::Http(_) => Seen::L7Allowed,
+            // The proxy's answer to a denied request or query.
+            Outcome::Http(403) | Outcome::Dns(DNS_REFUSED) => Seen::L7Denied,
+            Outcome::Http(_) | Outcome::Dns(_) => Seen::L7Allowed,
             Outcome::Error(e) => bail!("probe {} -> {} {}: {e}", s.from, s.to, s.port),
         };
         by_cell.entry((s.from.clone(), s.to.clone(), s.port.clone())).or_default().push((s, seen));
@@ -252,8 +256,8 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
                                         let what = match r {
                                             Seen::Allowed => "reached",
                                             Seen::Denied => "dropped",
-                                            Seen::L7Allowed => "GET / answered by the server",
-                                            Seen::L7Denied => "GET / denied by the L7 proxy (403)",
+                                            Seen::L7Allowed => "GET / or DNS query answered by the server",
+                                            Seen::L7Denied => "GET / or DNS query denied by the L7 proxy (403, REFUSED)",
                                             Seen::Mixed | Seen::Skipped => "?",
                                         };
                                         format!("{} -> {}: {what}", s.src, s.dst)

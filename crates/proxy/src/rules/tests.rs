@@ -245,3 +245,47 @@ fn an_update_survives_its_wire_form() {
     assert!(!line.contains('\n'));
     assert_eq!(serde_json::from_str::<Update>(&line).expect("parses"), u);
 }
+
+/// The client (identity 1000) may ask the resolver (2000) on UDP 53 for
+/// `*.stripe.com` only: its egress DNS rule.
+fn dns_client() -> Rules {
+    use bulkhead_policy::api::FqdnSelector;
+    let mut client = endpoint(1, CLIENT, 1000);
+    let rules = L7Rules::Dns(vec![FqdnSelector::MatchPattern("*.stripe.com".into())]);
+    client.egress = Some(Direction {
+        default_deny: true,
+        entries: vec![(
+            PolicyKey { peer: Peer::Identity(NumericIdentity(2000)), proto: Proto::Udp, lo: 53, hi: 53 },
+            PolicyEntry {
+                verdict: Verdict::Redirect(Arc::new(L7Policy { rules, allow_all: false, limits: Vec::new() })),
+                refs: vec![rule_ref("dns", "spec.egress[0]")],
+            },
+        )],
+    });
+    let update =
+        Update { generation: 1, full: true, endpoints: vec![client, endpoint(2, SERVER, 2000)], ..Update::default() };
+    Rules::default().apply(&update).expect("compiles")
+}
+
+#[test]
+fn a_dns_rule_decides_each_query_by_name() {
+    let rules = dns_client();
+    let conn = rules.flow(ip(CLIENT), ip(SERVER), Proto::Udp, 53).expect("a flow");
+    assert!(conn.has_rules());
+    for allowed in ["api.stripe.com", "API.Stripe.COM.", "checkout.stripe.com."] {
+        let v = conn.decide_dns(allowed);
+        assert!(v.allowed, "{allowed}");
+        assert_eq!(by(&v), ["egress production/dns spec.egress[0]"]);
+    }
+    for denied in ["stripe.com.", "evil.example.com.", "api.stripe.com.evil.example."] {
+        let v = conn.decide_dns(denied);
+        assert!(!v.allowed, "{denied}");
+        assert_eq!(by(&v), ["egress production/dns spec.egress[0]"]);
+    }
+    // The same port over TCP is not covered: the lookup denies the flow.
+    assert!(matches!(rules.flow(ip(CLIENT), ip(SERVER), Proto::Tcp, 53), Err(Refused::Denied { .. })));
+    // HTTP rules deny every query; DNS rules every HTTP request.
+    let http = seed().connection(ip(CLIENT), ip(SERVER), 8080).expect("a connection");
+    assert!(!http.decide_dns("api.stripe.com.").allowed);
+    assert!(!conn.decide(&get("/")).allowed);
+}

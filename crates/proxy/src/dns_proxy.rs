@@ -1,0 +1,401 @@
+//! The DNS proxy on real sockets: the queries a DNS rule covers, handed
+//! over by the kernel on UDP and TCP (transparent sockets on one port in
+//! the node's network namespace), decided by name and either answered by
+//! the proxy or forwarded to their original destination as the client.
+//!
+//! A UDP query arrives on the proxy's wildcard socket with its original
+//! destination (`IP_RECVORIGDSTADDR`); a TCP one on a transparent listener
+//! whose accepted socket's own address is the original destination. Each
+//! query is read with [`crate::dns`] and decided by both ends' rules
+//! ([`Connection::decide_dns`]):
+//!
+//! - not a DNS message: dropped; a header but not a query the proxy
+//!   forwards (a response, several questions, another opcode or class):
+//!   FORMERR. Nothing malformed is ever forwarded.
+//! - denied: REFUSED (or NXDOMAIN, [`DnsSettings::nxdomain`]).
+//! - allowed: sent to the original destination from the client's address
+//!   with [`UPSTREAM_MARK`] (the server's policy judges the client, and the
+//!   kernel steers the answer back to this socket), and the upstream's
+//!   answer relayed as it is — NXDOMAIN and SERVFAIL too — once it is
+//!   checked to answer the query (ID and question). An upstream that does
+//!   not answer in [`UPSTREAM_TIMEOUT`], or answers wrongly: SERVFAIL.
+//!
+//! A UDP answer leaves from a transparent socket bound to the original
+//! destination, so that the client's resolver sees it come from the server
+//! it asked. Fails closed: before the agent's first rules a query gets
+//! SERVFAIL (the client asks again), a query to a flow the policy no longer
+//! redirects is refused, and past [`MAX_IN_FLIGHT`] UDP queries at once a
+//! query is dropped rather than queued without bound.
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulkhead_policy::repository::Proto;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
+use socket2::{Domain, Socket, Type};
+use tokio::io::Interest;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+
+use crate::UPSTREAM_MARK;
+use crate::dns::{BadQuery, Query, format_error};
+use crate::rules::Refused;
+use crate::server::{Shared, connect_as};
+
+/// How long the proxy waits for the upstream's answer.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// UDP queries being answered at once, at most (each holds a task and an
+/// upstream socket); past it a query is dropped and its client retries.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
+/// How long a TCP client connection may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// The largest DNS message (TCP's length prefix; UDP's datagram limit).
+const MAX_MESSAGE: usize = 65_535;
+
+/// Reply sockets kept, one per original destination (resolvers are few;
+/// past this many the cache starts over).
+const MAX_REPLY_SOCKETS: usize = 1024;
+
+/// What the DNS proxy runs with.
+#[derive(Debug, Clone, Copy)]
+pub struct DnsSettings {
+    /// Its port (UDP and TCP); a query addressed to it was not redirected
+    /// and is dropped.
+    pub port: u16,
+    /// A denied query is answered NXDOMAIN instead of REFUSED.
+    pub nxdomain: bool,
+}
+
+/// The DNS proxy's state, shared by its tasks.
+#[derive(Debug)]
+pub struct Dns {
+    shared: Arc<Shared>,
+    settings: DnsSettings,
+    in_flight: Arc<Semaphore>,
+    /// Sockets bound to an original destination, to answer from it.
+    replies: Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>,
+}
+
+/// What becomes of one query.
+enum Outcome {
+    /// Nothing is sent back.
+    Drop,
+    /// The proxy answers it.
+    Answer(Vec<u8>),
+    /// It goes to the original destination.
+    Forward(Query),
+}
+
+impl Dns {
+    /// The DNS proxy deciding with `shared`'s rules.
+    pub fn new(shared: Arc<Shared>, settings: DnsSettings) -> Self {
+        Self { shared, settings, in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), replies: Mutex::default() }
+    }
+
+    /// Decides the query `bytes` from `client` to `dst` over `proto`.
+    fn decide(&self, client: SocketAddr, dst: SocketAddr, proto: Proto, bytes: &[u8]) -> Outcome {
+        if dst.port() == self.settings.port {
+            // Addressed to the proxy itself, not handed over by the kernel.
+            return Outcome::Drop;
+        }
+        let query = match Query::parse(bytes) {
+            Ok(q) => q,
+            Err(BadQuery::NoHeader(n)) => {
+                tracing::debug!(%client, destination = %dst, bytes = n, "not a DNS message; dropped");
+                return Outcome::Drop;
+            }
+            Err(BadQuery::Malformed { id, why }) => {
+                tracing::info!(%client, destination = %dst, %why, "malformed DNS query; FORMERR");
+                return Outcome::Answer(format_error(id));
+            }
+        };
+        let rules = self.shared.rules.load();
+        let conn = match rules.flow(client.ip(), dst.ip(), proto, dst.port()) {
+            Ok(c) => c,
+            Err(Refused::NotSynced) => return Outcome::Answer(query.server_failure()),
+            Err(e @ Refused::Denied { .. }) => {
+                tracing::info!(%client, destination = %dst, query = %query.name, why = %e, "DNS query refused");
+                return Outcome::Answer(query.refuse(self.settings.nxdomain));
+            }
+            Err(e @ Refused::NotLocal { .. }) => {
+                tracing::warn!(%client, destination = %dst, why = %e, "DNS query dropped");
+                return Outcome::Drop;
+            }
+        };
+        let verdict = conn.decide_dns(&query.name);
+        let by = verdict.by.iter().map(|(side, r)| format!("{side} {r}")).collect::<Vec<_>>().join(", ");
+        if verdict.allowed {
+            tracing::debug!(%client, destination = %dst, query = %query.name, qtype = %query.qtype, rules = %by, "DNS query allowed");
+            Outcome::Forward(query)
+        } else {
+            tracing::info!(%client, destination = %dst, query = %query.name, qtype = %query.qtype, rules = %by, "DNS query denied");
+            Outcome::Answer(query.refuse(self.settings.nxdomain))
+        }
+    }
+
+    /// What the client gets for `query` once the upstream answered
+    /// (`answer`) or failed: the answer as it is when it answers the
+    /// query, else (as the error) SERVFAIL.
+    fn relay(
+        &self,
+        client: SocketAddr,
+        dst: SocketAddr,
+        query: &Query,
+        answer: io::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>, Vec<u8>> {
+        let checked = answer.and_then(|a| query.learn(&a).map(|l| (a, l)).map_err(io::Error::other));
+        match checked {
+            Ok((a, learnt)) => {
+                tracing::debug!(%client, destination = %dst, query = %query.name, rcode = %learnt.rcode,
+                    addresses = learnt.addrs.len(), ttl = learnt.ttl, "DNS answer relayed");
+                Ok(a)
+            }
+            Err(e) => {
+                tracing::info!(%client, destination = %dst, query = %query.name, error = %e, "upstream failed; SERVFAIL");
+                Err(query.server_failure())
+            }
+        }
+    }
+
+    /// The socket that answers as `dst` (bound to it, transparent).
+    fn reply_socket(&self, dst: SocketAddr) -> io::Result<Arc<UdpSocket>> {
+        let mut replies = self.replies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = replies.get(&dst) {
+            return Ok(Arc::clone(s));
+        }
+        let s = transparent(dst, Type::DGRAM)?;
+        s.set_reuse_address(true)?;
+        s.bind(&dst.into())?;
+        let s = Arc::new(UdpSocket::from_std(s.into())?);
+        if replies.len() >= MAX_REPLY_SOCKETS {
+            replies.clear();
+        }
+        replies.insert(dst, Arc::clone(&s));
+        Ok(s)
+    }
+}
+
+/// A socket of `addr`'s family that may use addresses not the node's own.
+fn transparent(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
+    let s = Socket::new(if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, ty, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+        s.set_ip_transparent_v6(true)?;
+    } else {
+        s.set_ip_transparent_v4(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// The proxy's UDP sockets on `port`, IPv4 and IPv6 (transparent, bound to
+/// the wildcard address, reporting each datagram's original destination),
+/// in the calling thread's network namespace.
+pub fn udp_sockets(port: u16) -> io::Result<Vec<std::net::UdpSocket>> {
+    [IpAddr::from(Ipv4Addr::UNSPECIFIED), IpAddr::from(Ipv6Addr::UNSPECIFIED)]
+        .into_iter()
+        .map(|any| {
+            let addr = SocketAddr::new(any, port);
+            let s = transparent(addr, Type::DGRAM)?;
+            if addr.is_ipv6() {
+                setsockopt(&s, sockopt::Ipv6OrigDstAddr, &true)?;
+            } else {
+                setsockopt(&s, sockopt::Ipv4OrigDstAddr, &true)?;
+            }
+            s.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("binding UDP [{any}]:{port}: {e}")))?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+/// One datagram: its bytes' length, its sender and its original destination.
+fn receive(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, SocketAddr)> {
+    let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in6);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_TRUNC)?;
+    let from = msg.address.and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|s| SocketAddr::from(std::net::SocketAddrV4::from(*s)))
+            .or_else(|| a.as_sockaddr_in6().map(|s| SocketAddr::from(std::net::SocketAddrV6::from(*s))))
+    });
+    let mut dst = None;
+    for c in msg.cmsgs()? {
+        match c {
+            ControlMessageOwned::Ipv4OrigDstAddr(a) => {
+                dst = Some(SocketAddr::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
+                    u16::from_be(a.sin_port),
+                ));
+            }
+            ControlMessageOwned::Ipv6OrigDstAddr(a) => {
+                dst = Some(SocketAddr::new(Ipv6Addr::from(a.sin6_addr.s6_addr).into(), u16::from_be(a.sin6_port)));
+            }
+            _ => {}
+        }
+    }
+    match (from, dst) {
+        (Some(from), Some(dst)) => Ok((msg.bytes, from, dst)),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidData, "a datagram without its sender or original destination")),
+    }
+}
+
+/// Answers the UDP queries arriving on `sock` until the runtime stops.
+pub async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let got = sock.async_io(Interest::READABLE, || receive(&sock, &mut buf)).await;
+        let (n, client, dst) = match got {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if n > buf.len() {
+            // Truncated (MSG_TRUNC reports the real length): not one we read whole.
+            continue;
+        }
+        let Ok(permit) = Arc::clone(&dns.in_flight).try_acquire_owned() else {
+            tracing::warn!(%client, "{MAX_IN_FLIGHT} DNS queries in flight; dropped");
+            continue;
+        };
+        let query = buf[..n].to_vec();
+        let dns = Arc::clone(&dns);
+        tokio::spawn(async move {
+            let answer = match dns.decide(client, dst, Proto::Udp, &query) {
+                Outcome::Drop => return,
+                Outcome::Answer(a) => a,
+                Outcome::Forward(q) => {
+                    let up = forward_udp(client.ip(), dst, &query, &q).await;
+                    dns.relay(client, dst, &q, up).unwrap_or_else(|servfail| servfail)
+                }
+            };
+            drop(permit);
+            let sent = match dns.reply_socket(dst) {
+                Ok(s) => s.send_to(&answer, client).await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(%client, destination = %dst, error = %e, "DNS answer not sent");
+            }
+        });
+    }
+}
+
+/// Sends `bytes` to `dst` from `client`'s address and waits for a datagram
+/// that answers `query` (others are ignored).
+async fn forward_udp(client: IpAddr, dst: SocketAddr, bytes: &[u8], query: &Query) -> io::Result<Vec<u8>> {
+    let s = transparent(dst, Type::DGRAM)?;
+    s.set_mark(UPSTREAM_MARK)?;
+    s.bind(&SocketAddr::new(client, 0).into())?;
+    s.connect(&dst.into())?;
+    let s = UdpSocket::from_std(s.into())?;
+    s.send(bytes).await?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+        loop {
+            let n = s.recv(&mut buf).await?;
+            if query.learn(&buf[..n]).is_ok() {
+                return Ok(buf[..n].to_vec());
+            }
+        }
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {dst} in {UPSTREAM_TIMEOUT:?}")))?
+}
+
+/// Accepts DNS-over-TCP connections on `listener` until the runtime stops.
+pub async fn serve_tcp(listener: TcpListener, dns: Arc<Dns>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, client)) => {
+                let dns = Arc::clone(&dns);
+                tokio::spawn(async move {
+                    if let Err(e) = tcp_connection(stream, client, dns).await {
+                        tracing::debug!(%client, error = %e, "DNS connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads one length-prefixed message (`None` at a clean end).
+async fn read_message(s: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match s.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut msg).await?;
+    Ok(Some(msg))
+}
+
+async fn write_message(s: &mut TcpStream, msg: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| io::Error::other("a DNS message over 65,535 bytes"))?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    s.write_all(&out).await
+}
+
+/// Serves one client's DNS-over-TCP connection: its queries in turn, the
+/// allowed ones over one upstream connection opened as the client.
+async fn tcp_connection(mut client: TcpStream, peer: SocketAddr, dns: Arc<Dns>) -> io::Result<()> {
+    let dst = client.local_addr()?;
+    let mut upstream: Option<TcpStream> = None;
+    loop {
+        let Some(bytes) = tokio::time::timeout(TCP_IDLE, read_message(&mut client)).await.ok().transpose()?.flatten()
+        else {
+            return Ok(());
+        };
+        let answer = match dns.decide(peer, dst, Proto::Tcp, &bytes) {
+            Outcome::Drop => return Ok(()),
+            Outcome::Answer(a) => a,
+            Outcome::Forward(q) => {
+                let up = forward_tcp(&mut upstream, peer.ip(), dst, &bytes).await;
+                dns.relay(peer, dst, &q, up).unwrap_or_else(|servfail| {
+                    // What the upstream connection carries next is unknown.
+                    upstream = None;
+                    servfail
+                })
+            }
+        };
+        write_message(&mut client, &answer).await?;
+    }
+}
+
+/// Sends `bytes` on the upstream connection (opened as `client` when there
+/// is none) and reads the next message on it.
+async fn forward_tcp(
+    upstream: &mut Option<TcpStream>,
+    client: IpAddr,
+    dst: SocketAddr,
+    bytes: &[u8],
+) -> io::Result<Vec<u8>> {
+    tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+        if upstream.is_none() {
+            *upstream = Some(connect_as(client, dst).await?);
+        }
+        let up = upstream.as_mut().expect("opened above");
+        write_message(up, bytes).await?;
+        read_message(up).await?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed"))
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {dst} in {UPSTREAM_TIMEOUT:?}")))?
+}
