@@ -121,7 +121,8 @@ mod tests {
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert!(lines[0].contains("allow-stripe-api-only spec.egress[0]: toFQDNs"), "{lines:#?}");
         assert!(
-            lines[1].contains("allow-stripe-api-only spec.egress[1]: DNS rules need the L7 proxy, and it is not running"),
+            lines[1]
+                .contains("allow-stripe-api-only spec.egress[1]: DNS rules need the L7 proxy, and it is not running"),
             "{lines:#?}"
         );
         assert!(

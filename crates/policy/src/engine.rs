@@ -39,6 +39,9 @@ pub enum Change {
     UpsertPolicy(Policy),
     /// Remove a policy.
     DeletePolicy(PolicyId),
+    /// An address learnt from DNS answers under these names (none: it is
+    /// forgotten). `toFQDNs` selectors that match a name select it.
+    SetLearnt(IpAddr, BTreeSet<String>),
 }
 
 /// How one direction of one endpoint's policy map changed.
@@ -151,6 +154,11 @@ pub struct Engine {
     outside_ids: BTreeSet<NumericIdentity>,
     by_labels: HashMap<LabelSet, NumericIdentity>,
     cidr_ids: BTreeMap<Cidr, NumericIdentity>,
+    /// Addresses learnt from DNS answers, with their names.
+    learnt: BTreeMap<IpAddr, BTreeSet<String>>,
+    /// Their identities, and how many addresses each identity has.
+    learnt_ids: BTreeMap<IpAddr, NumericIdentity>,
+    learnt_refs: HashMap<NumericIdentity, usize>,
     /// Pod addresses: the pod and its identity.
     addrs: BTreeMap<IpAddr, (String, NumericIdentity)>,
     /// How many pod addresses each identity has.
@@ -203,6 +211,9 @@ impl Engine {
             outside_ids: BTreeSet::new(),
             by_labels: HashMap::new(),
             cidr_ids: BTreeMap::new(),
+            learnt: BTreeMap::new(),
+            learnt_ids: BTreeMap::new(),
+            learnt_refs: HashMap::new(),
             addrs: BTreeMap::new(),
             id_addr_count: HashMap::new(),
             block_cache: HashMap::new(),
@@ -247,6 +258,9 @@ impl Engine {
     pub fn resolve_all(&mut self) -> Vec<EndpointDiff> {
         self.sync_cidr_identities_now();
         self.deferred = false;
+        for addr in self.learnt.keys().copied().collect::<Vec<_>>() {
+            self.sync_learnt(addr);
+        }
         // Selector results were not maintained while deferred.
         self.sel_cache.clear();
         self.dirty = Dirty { pods: self.pods.keys().cloned().collect(), ..Dirty::default() };
@@ -292,10 +306,15 @@ impl Engine {
                     self.remove_policy(&id);
                     policies_changed = true;
                 }
+                Change::SetLearnt(addr, names) => self.set_learnt(addr, names),
             }
         }
         if policies_changed {
             self.sync_cidr_identities();
+            // The prefixes containing learnt addresses may have changed.
+            for addr in self.learnt.keys().copied().collect::<Vec<_>>() {
+                self.sync_learnt(addr);
+            }
         }
         if self.deferred {
             self.dirty = Dirty::default();
@@ -345,14 +364,16 @@ impl Engine {
     /// longest prefix, which is [`Engine::identity_of_ip`]'s answer.
     pub fn ipcache(&self) -> Vec<(Cidr, NumericIdentity)> {
         let pods = self.addrs.iter().map(|(ip, (_, id))| (Cidr::host(*ip), *id));
-        let cidrs = self.cidr_ids.iter().filter(|(c, _)| !self.addrs.contains_key(&c.addr()) || c.len() < host_len(c));
-        pods.chain(cidrs.map(|(c, id)| (*c, *id))).collect()
+        let learnt = self.learnt_ids.iter().filter(|(ip, _)| !self.addrs.contains_key(ip));
+        let host = |ip: &IpAddr| self.addrs.contains_key(ip) || self.learnt_ids.contains_key(ip);
+        let cidrs = self.cidr_ids.iter().filter(|(c, _)| !host(&c.addr()) || c.len() < host_len(c));
+        pods.chain(learnt.map(|(ip, id)| (Cidr::host(*ip), *id))).chain(cidrs.map(|(c, id)| (*c, *id))).collect()
     }
 
     /// The identity the datapath gives a peer address: its pod's, else the
     /// longest policy prefix's, else world (per family). Also the pod key.
     pub fn identity_of_ip(&self, ip: IpAddr) -> (NumericIdentity, Option<String>) {
-        view::identity_of_ip(&self.addrs, &self.cidr_ids, ip)
+        view::identity_of_ip(&self.addrs, &self.learnt_ids, &self.cidr_ids, ip)
     }
 }
 

@@ -120,8 +120,16 @@ pub enum IdentityKind {
     Cluster,
     /// Addresses outside the cluster whose longest matching policy prefix is this.
     Cidr(Cidr),
-    /// Addresses a DNS name resolved to (node-local).
-    Fqdn(String),
+    /// Addresses learnt from DNS answers (node-local): the names they were
+    /// learnt under, and the policy prefixes that contain them (with their
+    /// family's `/0`; none for a name's identity that no address has yet,
+    /// `policy trace --to-fqdn`'s), so that CIDR rules still see them.
+    Fqdn {
+        /// The names, lowercased with their trailing dot.
+        names: Vec<String>,
+        /// The policy prefixes containing the addresses.
+        cidrs: Vec<Cidr>,
+    },
 }
 
 /// An identity: its number, labels and kind.
@@ -145,7 +153,7 @@ impl Identity {
     pub fn is_world(&self) -> bool {
         match &self.kind {
             IdentityKind::Reserved(r) => matches!(r, Reserved::World | Reserved::WorldIpv4 | Reserved::WorldIpv6),
-            IdentityKind::Cidr(_) | IdentityKind::Fqdn(_) => true,
+            IdentityKind::Cidr(_) | IdentityKind::Fqdn { .. } => true,
             IdentityKind::Cluster => false,
         }
     }

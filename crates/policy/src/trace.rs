@@ -458,7 +458,9 @@ fn peer_mismatch(peers: &[PeerSel], peer: &crate::identity::Identity) -> String 
                 None => format!("{p}"),
             },
             PeerSel::Fqdn(_) => match &peer.kind {
-                crate::identity::IdentityKind::Fqdn(name) => format!("`{name}` does not match {p}"),
+                crate::identity::IdentityKind::Fqdn { names, .. } => {
+                    format!("`{}` does not match {p}", names.join("`, `"))
+                }
                 _ => format!("{p} matches only addresses learned from DNS"),
             },
             PeerSel::Cidr { .. } => format!("{p} does not cover the peer"),

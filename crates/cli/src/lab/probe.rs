@@ -257,7 +257,9 @@ pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
                                             Seen::Allowed => "reached",
                                             Seen::Denied => "dropped",
                                             Seen::L7Allowed => "GET / or DNS query answered by the server",
-                                            Seen::L7Denied => "GET / or DNS query denied by the L7 proxy (403, REFUSED)",
+                                            Seen::L7Denied => {
+                                                "GET / or DNS query denied by the L7 proxy (403, REFUSED)"
+                                            }
                                             Seen::Mixed | Seen::Skipped => "?",
                                         };
                                         format!("{} -> {}: {what}", s.src, s.dst)

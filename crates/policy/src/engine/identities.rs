@@ -4,6 +4,7 @@
 //! identities of the CIDRs and names that policies use.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::{Engine, RuleId};
@@ -180,6 +181,69 @@ impl Engine {
         self.deferred = deferred;
     }
 
+    /// Gives `addr`, learnt from DNS answers under `names` (none: forgotten),
+    /// the identity of its names and containing policy prefixes, shared by
+    /// every address with the same; an identity no address has any more is
+    /// removed.
+    pub(super) fn set_learnt(&mut self, addr: IpAddr, names: BTreeSet<String>) {
+        if names.is_empty() {
+            self.learnt.remove(&addr);
+        } else {
+            self.learnt.insert(addr, names);
+        }
+        self.sync_learnt(addr);
+    }
+
+    /// Brings `addr`'s identity up to date with its names and the policy
+    /// prefixes (every address's, after the prefixes changed).
+    pub(super) fn sync_learnt(&mut self, addr: IpAddr) {
+        let want = self.learnt.get(&addr).map(|names| {
+            let host = Cidr::host(addr);
+            let mut cidrs: Vec<Cidr> = self.cidr_ids.keys().filter(|c| c.contains(&host)).copied().collect();
+            cidrs.push(Cidr::new(addr, 0));
+            cidrs.sort();
+            cidrs.dedup();
+            (fqdn_labels(names, &cidrs), names, cidrs)
+        });
+        let new = match want {
+            None => None,
+            Some((labels, _, _)) if self.by_labels.contains_key(&labels) => {
+                let id = self.by_labels[&labels];
+                if self.learnt_ids.get(&addr) == Some(&id) {
+                    return;
+                }
+                Some(id)
+            }
+            Some((labels, names, cidrs)) => {
+                let names = names.iter().cloned().collect();
+                let Ok(id) = self.alloc.allocate_local(&labels) else {
+                    // Out of numbers: the address stays world's (fail closed).
+                    return self.drop_learnt_id(addr);
+                };
+                self.insert_identity(Identity { id, labels, kind: IdentityKind::Fqdn { names, cidrs } });
+                self.identity_changed(id, true);
+                Some(id)
+            }
+        };
+        self.drop_learnt_id(addr);
+        if let Some(id) = new {
+            self.learnt_ids.insert(addr, id);
+            *self.learnt_refs.entry(id).or_default() += 1;
+        }
+    }
+
+    /// Takes `addr`'s learnt identity away, removing it when no address
+    /// has it any more.
+    fn drop_learnt_id(&mut self, addr: IpAddr) {
+        let Some(old) = self.learnt_ids.remove(&addr) else { return };
+        let refs = self.learnt_refs.entry(old).or_default();
+        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            self.learnt_refs.remove(&old);
+            self.remove_identity(old);
+        }
+    }
+
     /// The node-local identity for addresses `name` resolves to (for `trace
     /// --to-fqdn`): labelled with every toFQDNs selector that matches it.
     pub fn fqdn_identity(&mut self, name: &str) -> NumericIdentity {
@@ -191,13 +255,34 @@ impl Engine {
             return *id;
         }
         let Ok(id) = self.alloc.allocate_local(&labels) else { return Reserved::World.id() };
-        self.insert_identity(Identity { id, labels, kind: IdentityKind::Fqdn(name) });
+        self.insert_identity(Identity {
+            id,
+            labels,
+            kind: IdentityKind::Fqdn { names: vec![name], cidrs: Vec::new() },
+        });
         self.identity_changed(id, true);
         if !self.deferred {
             self.recompute();
         }
         id
     }
+}
+
+/// The labels of learnt addresses: each name (`fqdn:`), each policy
+/// prefix containing them with their family's `/0` (`cidr:`), and world.
+fn fqdn_labels(names: &BTreeSet<String>, cidrs: &[Cidr]) -> LabelSet {
+    let mut l = LabelSet::new();
+    for n in names {
+        l.insert(Source::Fqdn, n, "");
+    }
+    for c in cidrs {
+        l.insert(Source::Cidr, &c.to_string(), "");
+    }
+    l.insert(Source::Reserved, "world", "");
+    if let Some(c) = cidrs.first() {
+        l.insert(Source::Reserved, if c.is_ipv4() { "world-ipv4" } else { "world-ipv6" }, "");
+    }
+    l
 }
 
 fn cidr_labels(c: &Cidr) -> LabelSet {
@@ -218,12 +303,16 @@ pub fn peer_matches(sel: &PeerSel, ident: &Identity) -> bool {
             IdentityKind::Reserved(Reserved::WorldIpv4) => rule.cidr.is_empty() && rule.cidr.is_ipv4(),
             IdentityKind::Reserved(Reserved::WorldIpv6) => rule.cidr.is_empty() && !rule.cidr.is_ipv4(),
             IdentityKind::Reserved(Reserved::World) => rule.cidr.is_empty(),
-            // A /0 rule is the world selector, which also covers names.
-            IdentityKind::Fqdn(_) => rule.cidr.is_empty() && rule.except.is_empty(),
+            // Learnt addresses: as the prefixes that contain them. A name
+            // without addresses: only the world selector covers it.
+            IdentityKind::Fqdn { cidrs, .. } if cidrs.is_empty() => rule.cidr.is_empty() && rule.except.is_empty(),
+            IdentityKind::Fqdn { cidrs, .. } => {
+                cidrs.contains(&rule.cidr) && !rule.except.iter().any(|e| cidrs.contains(e))
+            }
             _ => false,
         },
         PeerSel::Fqdn(f) => match &ident.kind {
-            IdentityKind::Fqdn(name) => crate::l7::dns::selector_matches(f, name),
+            IdentityKind::Fqdn { names, .. } => names.iter().any(|n| crate::l7::dns::selector_matches(f, n)),
             _ => false,
         },
     }

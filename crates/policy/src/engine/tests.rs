@@ -233,3 +233,63 @@ fn ipblock_straddling_identity_after_namespace_relabel() {
         inc.endpoint_policy("a/p2").map(|p| p.egress.entries.len())
     );
 }
+
+/// Whether `from`'s egress policy lets it reach `ip` on TCP `port`, with
+/// the identity the datapath gives `ip`.
+fn egress_allows(e: &Engine, from: &str, ip: &str, port: u16) -> bool {
+    let ip: IpAddr = ip.parse().expect("address");
+    let (id, _) = e.identity_of_ip(ip);
+    let policy = e.endpoint_policy(from).expect("policy");
+    match policy.egress.lookup(Some(ip), id, Proto::Tcp, port) {
+        crate::resolve::Decision::Entry(_, entry) => entry.verdict == crate::resolve::Verdict::Allow,
+        crate::resolve::Decision::Default { deny } => !deny,
+    }
+}
+
+#[test]
+fn learnt_addresses_are_selected_by_matching_to_fqdns_and_still_by_cidr_rules() {
+    let mut e = engine(
+        &cluster(),
+        &format!(
+            "{CNP}metadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  egress:\n  \
+             - toFQDNs: [{{matchPattern: \"*.stripe.com\"}}]\n    toPorts: [{{ports: [{{port: \"443\", protocol: TCP}}]}}]\n  \
+             - toCIDRSet: [{{cidr: 203.0.113.0/24, except: [203.0.113.128/25]}}]\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]\n"
+        ),
+    );
+    let names = |n: &[&str]| n.iter().map(|s| (*s).to_string()).collect::<BTreeSet<String>>();
+    // Unknown: world, nothing on 443; the CIDR rule on 80.
+    assert!(!egress_allows(&e, "a/web", "203.0.113.7", 443));
+    assert!(egress_allows(&e, "a/web", "203.0.113.7", 80));
+
+    // Learnt under a matching name: 443 opens, 80 stays (the CIDR rule
+    // still sees the address); the ipcache holds the address itself.
+    e.apply(Change::SetLearnt("203.0.113.7".parse().expect("ip"), names(&["api.stripe.com."])));
+    assert!(egress_allows(&e, "a/web", "203.0.113.7", 443));
+    assert!(egress_allows(&e, "a/web", "203.0.113.7", 80));
+    let (id, _) = e.identity_of_ip("203.0.113.7".parse().expect("ip"));
+    assert!(e.ipcache().contains(&(Cidr::host("203.0.113.7".parse().expect("ip")), id)));
+    // In the except range: 443 by name, not 80.
+    e.apply(Change::SetLearnt("203.0.113.200".parse().expect("ip"), names(&["api.stripe.com."])));
+    assert!(egress_allows(&e, "a/web", "203.0.113.200", 443));
+    assert!(!egress_allows(&e, "a/web", "203.0.113.200", 80));
+    // Learnt under a name no selector matches: nothing by name.
+    e.apply(Change::SetLearnt("198.51.100.9".parse().expect("ip"), names(&["evil.example.com."])));
+    assert!(!egress_allows(&e, "a/web", "198.51.100.9", 443));
+    // An address shared by both names: selected for the matching one.
+    e.apply(Change::SetLearnt("198.51.100.9".parse().expect("ip"), names(&["evil.example.com.", "js.stripe.com."])));
+    assert!(egress_allows(&e, "a/web", "198.51.100.9", 443));
+
+    // Forgotten: back to the prefix's identity, 443 closes.
+    e.apply(Change::SetLearnt("203.0.113.7".parse().expect("ip"), BTreeSet::new()));
+    assert!(!egress_allows(&e, "a/web", "203.0.113.7", 443));
+    assert!(egress_allows(&e, "a/web", "203.0.113.7", 80));
+    assert!(!e.ipcache().iter().any(|(c, _)| *c == Cidr::host("203.0.113.7".parse().expect("ip"))));
+
+    // Another pod's policy is unaffected; the same address sets share an identity.
+    assert!(egress_allows(&e, "b/client", "203.0.113.200", 443), "b/client has no policy");
+    e.apply(Change::SetLearnt("203.0.113.201".parse().expect("ip"), names(&["api.stripe.com."])));
+    assert_eq!(
+        e.identity_of_ip("203.0.113.201".parse().expect("ip")).0,
+        e.identity_of_ip("203.0.113.200".parse().expect("ip")).0
+    );
+}

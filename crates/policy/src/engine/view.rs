@@ -30,6 +30,7 @@ pub struct PolicyView {
     /// Every pod: its identity and policy (none while unresolved).
     pods: BTreeMap<String, (NumericIdentity, Option<Arc<EndpointPolicy>>)>,
     addrs: BTreeMap<IpAddr, (String, NumericIdentity)>,
+    learnt_ids: BTreeMap<IpAddr, NumericIdentity>,
     cidr_ids: BTreeMap<Cidr, NumericIdentity>,
     rules: BTreeMap<RuleId, Arc<CompiledRule>>,
     rules_by_ns: HashMap<Option<String>, BTreeSet<RuleId>>,
@@ -42,6 +43,7 @@ impl Engine {
             identities: self.identities.clone(),
             pods: self.pods.iter().map(|(k, e)| (k.clone(), (e.identity, self.endpoint_policy(k).cloned()))).collect(),
             addrs: self.addrs.clone(),
+            learnt_ids: self.learnt_ids.clone(),
             cidr_ids: self.cidr_ids.clone(),
             rules: self.rules.clone(),
             rules_by_ns: self.rules_by_ns.clone(),
@@ -78,7 +80,7 @@ impl PolicyView {
     /// The identity the datapath gives a peer address, and its pod (see
     /// [`Engine::identity_of_ip`]).
     pub fn identity_of_ip(&self, ip: IpAddr) -> (NumericIdentity, Option<String>) {
-        identity_of_ip(&self.addrs, &self.cidr_ids, ip)
+        identity_of_ip(&self.addrs, &self.learnt_ids, &self.cidr_ids, ip)
     }
 
     /// Why `endpoint`'s policy in `dir` decides as it does for one packet
@@ -109,15 +111,20 @@ impl Facts for PolicyView {
     }
 }
 
-/// The identity the datapath gives a peer address: its pod's, else the
-/// longest policy prefix's, else world (per family). Also the pod key.
+/// The identity the datapath gives a peer address: its pod's, else its
+/// learnt one (DNS answers), else the longest policy prefix's, else world
+/// (per family). Also the pod key.
 pub(super) fn identity_of_ip(
     addrs: &BTreeMap<IpAddr, (String, NumericIdentity)>,
+    learnt_ids: &BTreeMap<IpAddr, NumericIdentity>,
     cidr_ids: &BTreeMap<Cidr, NumericIdentity>,
     ip: IpAddr,
 ) -> (NumericIdentity, Option<String>) {
     if let Some((key, id)) = addrs.get(&ip) {
         return (*id, Some(key.clone()));
+    }
+    if let Some(id) = learnt_ids.get(&ip) {
+        return (*id, None);
     }
     let best = cidr_ids.iter().filter(|(c, _)| c.contains_ip(ip)).max_by_key(|(c, _)| c.len());
     match best {
