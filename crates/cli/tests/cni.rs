@@ -139,13 +139,13 @@ fn raw(env: &[(&str, &str)], conf: &Value) -> (bool, Value) {
 
 fn reached(from: &Attachment, dst: IpAddr, port: u16) -> bool {
     let got =
-        probe_from(&from.netns, &[Probe { dst, proto: Proto::Tcp, port, http: false }], Duration::from_millis(500), 1)
+        probe_from(&from.netns, &[Probe { dst, proto: Proto::Tcp, port, l7: false }], Duration::from_millis(500), 1)
             .expect("probe");
     match &got[0] {
         Outcome::Reached => true,
         Outcome::Dropped => {
             // A slow machine is not a drop: once more, patiently.
-            probe_from(&from.netns, &[Probe { dst, proto: Proto::Tcp, port, http: false }], Duration::from_secs(2), 1)
+            probe_from(&from.netns, &[Probe { dst, proto: Proto::Tcp, port, l7: false }], Duration::from_secs(2), 1)
                 .expect("probe")[0]
                 == Outcome::Reached
         }

@@ -176,7 +176,7 @@ fn kill_9_the_agent_under_traffic_and_start_it_again() {
     let probe = |port| {
         probe_from(
             &client_ns,
-            &[Probe { dst: vault, proto: Proto::Tcp, port, http: false }],
+            &[Probe { dst: vault, proto: Proto::Tcp, port, l7: false }],
             Duration::from_millis(800),
             1,
         )

@@ -241,7 +241,7 @@ impl Lab {
                             Proto::Icmpv6 => 128,
                             _ => port,
                         };
-                        probes.push(Probe { dst: *d, proto, port, http: false });
+                        probes.push(Probe { dst: *d, proto, port, l7: false });
                         meta.push((to.clone(), *s, *d, proto, policy_port));
                     }
                 }
@@ -336,7 +336,7 @@ pub fn send_and_capture(from: &PodLink, to: &PodLink, frames: &[&[u8]]) -> Vec<V
 /// fixed MACs are forwarded at once.
 pub fn warm_up(from: &PodLink, to: &PodLink) {
     for dst in &to.ips {
-        let probe = Probe { dst: *dst, proto: Proto::Tcp, port: 1, http: false };
+        let probe = Probe { dst: *dst, proto: Proto::Tcp, port: 1, l7: false };
         let _ = probe_from(&netns::named(&from.netns), &[probe], Duration::from_millis(500), 1);
     }
 }
