@@ -149,7 +149,7 @@ fn reached(from: &Attachment, dst: IpAddr, port: u16) -> bool {
                 .expect("probe")[0]
                 == Outcome::Reached
         }
-        Outcome::Http(_) => unreachable!("not an HTTP probe"),
+        Outcome::Http(_) | Outcome::Dns(_) => unreachable!("not an L7 probe"),
         Outcome::Error(e) => panic!("probe: {e}"),
     }
 }

@@ -313,7 +313,7 @@ fn observe_metrics_and_the_signed_flow_log() {
                     dst,
                     proto: bulkhead_policy::repository::Proto::Udp,
                     port: 20_000 + i,
-                    http: false,
+                    l7: false,
                 })
                 .collect();
             let _ = bulkhead_lab::probe::probe_from(&ns, &probes, Duration::from_millis(1), 4);

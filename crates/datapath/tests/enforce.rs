@@ -126,7 +126,7 @@ fn audit_mode_passes_would_be_drops() {
     lab.load();
     let debug = lab.pods["dev/debug"].clone();
     let web = lab.pods["shop/web"].ips[0];
-    let probe = bulkhead_lab::probe::Probe { dst: web, proto: Proto::Tcp, port: 80, http: false };
+    let probe = bulkhead_lab::probe::Probe { dst: web, proto: Proto::Tcp, port: 80, l7: false };
     let got = bulkhead_lab::probe::probe_from(
         &bulkhead_datapath::netns::named(&debug.netns),
         &[probe],

@@ -267,7 +267,7 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
     let vault_ip = lab.pods["t/vault"].ips[0];
     let denied = probe_from(
         &client,
-        &[Probe { dst: vault_ip, proto: Proto::Udp, port: 7000, http: false }],
+        &[Probe { dst: vault_ip, proto: Proto::Udp, port: 7000, l7: false }],
         Duration::from_millis(300),
         1,
     )
@@ -275,7 +275,7 @@ fn enforcement_continues_without_the_agent_and_a_new_one_adopts_it() {
     assert_eq!(denied, vec![Outcome::Dropped], "a denied flow passed while no agent ran");
     let allowed = probe_from(
         &client,
-        &[Probe { dst: server_ip, proto: Proto::Udp, port: 7000, http: false }],
+        &[Probe { dst: server_ip, proto: Proto::Udp, port: 7000, l7: false }],
         Duration::from_secs(1),
         1,
     )

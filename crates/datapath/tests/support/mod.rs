@@ -271,7 +271,7 @@ impl Lab {
                 let ok = match got {
                     Outcome::Reached => want,
                     Outcome::Dropped => !want,
-                    Outcome::Http(_) => unreachable!("not an HTTP probe"),
+                    Outcome::Http(_) | Outcome::Dns(_) => unreachable!("not an L7 probe"),
                     Outcome::Error(ref e) => panic!("probe {from} -> {to} {d} {}/{port}: {e}", proto.as_str()),
                 };
                 if !ok {
