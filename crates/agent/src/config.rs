@@ -34,6 +34,8 @@ pub struct Config {
     pub policy_overflow: Overflow,
     /// The L7 proxy (`None`: none; L7 connections are dropped).
     pub proxy: Option<ProxyConfig>,
+    /// How long and how many addresses learnt from DNS answers are kept.
+    pub fqdn: crate::fqdn::Limits,
 }
 
 /// Where the L7 proxy listens and takes its rules.

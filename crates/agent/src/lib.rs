@@ -16,6 +16,7 @@
 //! them.
 
 pub mod config;
+pub mod fqdn;
 pub mod inspect;
 mod limits;
 pub mod metrics;
@@ -120,6 +121,18 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
         }
         None => None,
     };
+    // What the DNS proxy learns, to the writer; stopped before it (it holds
+    // one of the writer's queue senders).
+    let learn_stop = Arc::new(AtomicBool::new(false));
+    let learner = match &config.proxy {
+        Some(p) if p.dns_port != 0 => {
+            let (control, commands, stop) = (p.control.clone(), commands.clone(), Arc::clone(&learn_stop));
+            Some(std::thread::Builder::new().name("fqdn-learner".into()).spawn(move || {
+                proxy::run_learner(&control, &commands, &stop);
+            })?)
+        }
+        _ => None,
+    };
     let access = match web_listener.as_ref() {
         Some(l) => Some(Arc::new(web::WebAccess::new(l.local_addr()?)?)),
         None => None,
@@ -157,6 +170,10 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
     // The runtime (and with it every holder of the writer's queue) goes
     // first, so that the writer finishes its last change and stops.
     drop(rt);
+    learn_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = learner {
+        let _ = t.join();
+    }
     let _ = writer.join();
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();

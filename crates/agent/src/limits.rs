@@ -3,9 +3,9 @@
 //!
 //! HTTP rules, RateLimits and DNS rules are enforced by the L7 proxy; while
 //! it is not there (or the agent runs without one) their traffic is dropped
-//! (`SOCKET_LOOKUP_FAILED`: fail closed). Other L7 rules (Kafka, TLS,
-//! l7proto) have no proxy yet and are dropped the same way, and `toFQDNs`
-//! matches no address: the DNS proxy does not learn names' addresses yet.
+//! (`SOCKET_LOOKUP_FAILED`: fail closed), and `toFQDNs` learns no address
+//! (names are learnt from the answers the DNS proxy allows). Other L7 rules
+//! (Kafka, TLS, l7proto) have no proxy yet and are dropped the same way.
 
 use bulkhead_policy::api::{L7Rules, Policy, PolicyBody};
 
@@ -67,10 +67,12 @@ impl NotEnforced {
                         )));
                     }
                     if peer.fqdns.is_some() {
-                        out.push(Need::Always(format!(
-                            "{name} {}: toFQDNs needs addresses learnt from DNS answers, which bulkhead's DNS proxy does not learn yet: it matches no address",
-                            peer.path
-                        )));
+                        out.push(Need::Proxy {
+                            subject: format!("{name} {}", peer.path),
+                            what: "toFQDNs",
+                            traffic: "no address is learnt, and this traffic",
+                            dns: true,
+                        });
                     }
                 }
             }
@@ -119,7 +121,7 @@ mod tests {
         }
         let lines = super::NotEnforced::of(&policies).lines(|_| Some("it is not running".into()));
         assert_eq!(lines.len(), 3, "{lines:#?}");
-        assert!(lines[0].contains("allow-stripe-api-only spec.egress[0]: toFQDNs"), "{lines:#?}");
+        assert!(lines[0].contains("allow-stripe-api-only spec.egress[0]: toFQDNs need the L7 proxy"), "{lines:#?}");
         assert!(
             lines[1]
                 .contains("allow-stripe-api-only spec.egress[1]: DNS rules need the L7 proxy, and it is not running"),
@@ -130,10 +132,10 @@ mod tests {
                 .contains("restrict-backend-api spec.ingress[0]: HTTP rules need the L7 proxy, and it is not running"),
             "{lines:#?}"
         );
-        // With the proxy holding the rules, HTTP and DNS rules are enforced.
+        // With the proxy holding the rules, HTTP and DNS rules and toFQDNs are enforced.
         let lines = super::NotEnforced::of(&policies).lines(|_| None);
-        assert_eq!(lines.len(), 1, "{lines:#?}");
-        // Without a DNS port, DNS rules are not.
+        assert!(lines.is_empty(), "{lines:#?}");
+        // Without a DNS port, DNS rules and toFQDNs are not.
         let lines = super::NotEnforced::of(&policies).lines(|dns| dns.then(|| "no DNS port".to_string()));
         assert_eq!(lines.len(), 2, "{lines:#?}");
     }

@@ -16,10 +16,14 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use bulkhead_policy::cidr::Cidr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bulkhead_proxy::control::Reply;
+use bulkhead_proxy::learn::{Learn, Learnt};
 use bulkhead_proxy::rules::{Endpoint, Update};
 
 use crate::config::ProxyConfig;
+use crate::reconciler::Command;
 
 /// How long the agent waits for the proxy to take an update.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -184,4 +188,86 @@ fn alive(s: &mut UnixStream) -> bool {
     let mut b = [0u8; 1];
     let open = matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
     open && s.set_nonblocking(false).is_ok()
+}
+
+/// How often a missing proxy is looked for, and how long a read waits
+/// before the stop flag is looked at.
+const LEARN_POLL: Duration = Duration::from_millis(200);
+
+/// Takes what the DNS proxy learns until `stop`: each batch of learns that
+/// arrived together goes to the writer as one [`Command::Learn`], and once
+/// it is in the kernel, every learn of it is acknowledged, releasing the
+/// answers the proxy holds.
+pub fn run_learner(control: &std::path::Path, commands: &std::sync::mpsc::Sender<Command>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let conn = UnixStream::connect(control).and_then(|mut s| {
+            s.write_all(b"{\"subscribe\":\"fqdn\"}\n")?;
+            s.set_read_timeout(Some(LEARN_POLL))?;
+            Ok(s)
+        });
+        match conn {
+            Ok(s) => {
+                tracing::info!(control = %control.display(), "taking the names the DNS proxy learns");
+                if let Err(e) = learn_from(s, commands, stop) {
+                    tracing::warn!(error = %e, "the DNS proxy's learnt names stopped; looking for it again");
+                }
+            }
+            Err(_) => std::thread::sleep(LEARN_POLL),
+        }
+    }
+}
+
+fn learn_from(s: UnixStream, commands: &std::sync::mpsc::Sender<Command>, stop: &AtomicBool) -> std::io::Result<()> {
+    let mut write = s.try_clone()?;
+    let mut reader = BufReader::new(s);
+    let mut line = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut batch = Vec::new();
+        // A read timeout may leave part of a line in `line`: the next read
+        // appends the rest. Whole lines already buffered join the batch.
+        loop {
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the proxy went away")),
+                Ok(_) if line.ends_with(b"\n") => {
+                    match serde_json::from_slice::<Learn>(&line) {
+                        Ok(l) => batch.push(l),
+                        Err(e) => tracing::warn!(error = %e, "an unreadable learn from the DNS proxy"),
+                    }
+                    line.clear();
+                    if !reader.buffer().contains(&b'\n') {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let ids: Vec<u64> = batch.iter().map(|l| l.id).collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if commands.send(Command::Learn(batch, tx)).is_err() {
+            return Ok(());
+        }
+        match rx.blocking_recv() {
+            Ok(Ok(())) => {}
+            // Not in the kernel: the answers are not released early; the
+            // proxy's hold time runs out (and counts them).
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "learnt names could not be enforced");
+                continue;
+            }
+            Err(_) => return Ok(()),
+        }
+        let mut out = Vec::with_capacity(ids.len() * 20);
+        for id in ids {
+            serde_json::to_writer(&mut out, &Learnt { learnt: id }).map_err(std::io::Error::other)?;
+            out.push(b'\n');
+        }
+        write.write_all(&out)?;
+    }
+    Ok(())
 }

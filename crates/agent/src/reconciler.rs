@@ -36,6 +36,7 @@ use bulkhead_policy::identity::Reserved;
 use bulkhead_policy::reach::{ProbePort, ReachMatrix, default_ports, reach_with};
 
 use crate::config::{AgentError, Config};
+use crate::fqdn::NameCache;
 use crate::metrics::Metrics;
 use crate::node::{in_node, interface_index};
 use crate::proxy::ProxyLink;
@@ -109,6 +110,8 @@ pub enum Command {
     SetAudit(AuditRequest, Reply<AuditSettings>),
     /// The engine's reachability matrix (for `lab probe`).
     Reach(Vec<String>, Reply<ReachMatrix>),
+    /// Addresses the DNS proxy learnt: answered once the kernel enforces them.
+    Learn(Vec<bulkhead_proxy::learn::Learn>, Reply<()>),
 }
 
 /// How often retired policy slots are looked at.
@@ -127,6 +130,8 @@ pub struct Reconciler {
     proxy: Option<ProxyLink>,
     /// Endpoints (by pod key) whose latest policy is not loaded, and why.
     not_ready: BTreeMap<String, EndpointFailure>,
+    /// Names learnt from DNS answers, with their addresses (persisted).
+    fqdn: NameCache,
     generation: u64,
     published: Arc<Published>,
     metrics: Arc<Metrics>,
@@ -178,11 +183,16 @@ impl Reconciler {
             sync,
             proxy,
             not_ready: BTreeMap::new(),
+            fqdn: NameCache::default(),
             generation: 0,
             published,
             metrics,
         };
-        let changes: Vec<Change> = r.store.objects.values().map(|o| r.change_for(o.clone())).collect();
+        let mut changes: Vec<Change> = r.store.objects.values().map(|o| r.change_for(o.clone())).collect();
+        // The names learnt before a restart, in force before the first
+        // packet is judged by this agent's maps.
+        r.fqdn = r.load_fqdn();
+        changes.extend(r.fqdn.addresses().iter().map(|(a, names)| Change::SetLearnt(*a, names.clone())));
         r.engine.apply_batch(changes);
         r.reconcile()?;
         let endpoints: Vec<EndpointRecord> = r.store.endpoints.values().cloned().collect();
@@ -229,6 +239,9 @@ impl Reconciler {
                 if let Err(e) = self.sync.collect_retired(&mut self.dp, false) {
                     tracing::warn!(error = %e, "deleting retired policy slots");
                 }
+                if let Err(e) = self.expire_fqdn() {
+                    tracing::warn!(error = %e, "expiring learnt names");
+                }
                 next_gc = Instant::now() + GC_EVERY;
             }
         }
@@ -243,7 +256,71 @@ impl Reconciler {
             Command::RemoveEndpoint(id, reply) => drop(reply.send(self.remove_endpoint(&id))),
             Command::SetAudit(req, reply) => drop(reply.send(self.set_audit(req))),
             Command::Reach(ports, reply) => drop(reply.send(self.reach(&ports))),
+            Command::Learn(learns, reply) => drop(reply.send(self.learn(learns))),
         }
+    }
+
+    // ---- names learnt from DNS answers ----
+
+    fn fqdn_path(&self) -> std::path::PathBuf {
+        self.config.state_dir.join("fqdn.json")
+    }
+
+    /// The persisted name cache; an unreadable one is moved aside (names are
+    /// learnt again from the next lookups) rather than stopping the agent.
+    fn load_fqdn(&self) -> NameCache {
+        let path = self.fqdn_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => NameCache::from_json(&bytes).unwrap_or_else(|e| {
+                let aside = path.with_extension("json.bad");
+                tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "unreadable name cache; starting empty");
+                let _ = std::fs::rename(&path, &aside);
+                NameCache::default()
+            }),
+            Err(_) => NameCache::default(),
+        }
+    }
+
+    fn save_fqdn(&self) -> Result<()> {
+        let path = self.fqdn_path();
+        let bytes = self.fqdn.to_json().map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
+        crate::store::write_atomically(&path, &bytes)
+            .map_err(|e| AgentError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
+    }
+
+    /// Takes what the DNS proxy learnt: saved, then in the engine and the
+    /// kernel, before the answers are released.
+    fn learn(&mut self, learns: Vec<bulkhead_proxy::learn::Learn>) -> Result<()> {
+        let now = unix_now();
+        let mut changed = Vec::new();
+        for l in learns {
+            let endpoint = self.engine.identity_of_ip(l.client).1.unwrap_or_else(|| l.client.to_string());
+            changed.extend(self.fqdn.learn(self.config.fqdn, &endpoint, &l.name, &l.addrs, l.ttl, now));
+        }
+        self.save_fqdn()?;
+        self.apply_learnt(changed)
+    }
+
+    /// Forgets addresses past their TTL that no open connection uses.
+    fn expire_fqdn(&mut self) -> Result<()> {
+        if self.fqdn.next_expiry().is_none_or(|t| t >= unix_now()) {
+            return Ok(());
+        }
+        let in_use = self.dp.view().conntrack_addresses();
+        let changed = self.fqdn.expire(unix_now(), &in_use);
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.save_fqdn()?;
+        self.apply_learnt(changed)
+    }
+
+    fn apply_learnt(&mut self, changed: Vec<(std::net::IpAddr, BTreeSet<String>)>) -> Result<()> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.engine.apply_batch(changed.into_iter().map(|(a, names)| Change::SetLearnt(a, names)));
+        self.reconcile().map(drop)
     }
 
     // ---- objects ----
@@ -639,4 +716,9 @@ fn check_endpoint_request(r: &EndpointRequest) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Seconds since the epoch (what learnt names expire by: it survives a restart).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -86,6 +86,15 @@ pub struct AgentArgs {
     /// rules, and waits for it to take a change before `apply` returns.
     #[arg(long, value_name = "PATH", default_value = crate::proxy_cmd::DEFAULT_CONTROL)]
     pub proxy_control: PathBuf,
+    /// The shortest time, in seconds, an address learnt from a DNS answer
+    /// is kept (a shorter TTL counts as this); past its TTL it still stays
+    /// while a connection to it is open.
+    #[arg(long, value_name = "SECONDS", default_value_t = bulkhead_agent::fqdn::DEFAULT_MIN_TTL)]
+    pub tofqdns_min_ttl: u32,
+    /// Addresses kept per DNS name at most; a new one pushes out the one
+    /// expiring first.
+    #[arg(long, value_name = "N", default_value_t = bulkhead_agent::fqdn::DEFAULT_MAX_PER_NAME)]
+    pub tofqdns_endpoint_max_ip_per_hostname: usize,
     /// Log filter (tracing's syntax: info, debug, bulkhead_agent=debug, …).
     #[arg(long, value_name = "FILTER", env = "BULKHEAD_LOG", default_value = "info")]
     pub log: String,
@@ -134,6 +143,10 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
             dns_port: a.proxy_dns_port,
             control: a.proxy_control,
         }),
+        fqdn: bulkhead_agent::fqdn::Limits {
+            min_ttl: a.tofqdns_min_ttl,
+            max_per_name: a.tofqdns_endpoint_max_ip_per_hostname.max(1),
+        },
         policy_overflow: match a.policy_overflow {
             PolicyOverflow::FailClosed => Overflow::FailClosed,
             PolicyOverflow::KeepPrevious => Overflow::KeepPrevious,
@@ -158,7 +171,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).ok_or_else(|| format!("`{s}` is not a size (e.g. 64Mi)"))
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     bulkhead_flow::time::parse_duration(s)
         .map(std::time::Duration::from_nanos)
         .ok_or_else(|| format!("`{s}` is not a duration (e.g. 500ms, 30s, 12h, 7d)"))

@@ -46,6 +46,12 @@ pub struct ProxyArgs {
     /// --tofqdns-dns-reject-response-code).
     #[arg(long, value_enum, value_name = "CODE", default_value_t = Reject::Refused)]
     pub dns_reject_response_code: Reject,
+    /// How long an allowed DNS answer is held at most, waiting for the
+    /// agent to put its addresses in the kernel (so that the client's first
+    /// connection to them is not dropped); past it, the answer is released
+    /// and counted (Cilium's --tofqdns-proxy-response-max-delay, 100ms).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::agent_cmd::parse_duration)]
+    pub tofqdns_proxy_response_max_delay: std::time::Duration,
     /// The unix socket (mode 0600) the agent writes rules to.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
     pub control: PathBuf,
@@ -78,6 +84,7 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
         http_port: a.http_port,
         dns_port: a.dns_port,
         dns_nxdomain: a.dns_reject_response_code == Reject::NameError,
+        dns_hold: a.tofqdns_proxy_response_max_delay,
         control: a.control,
         escaped_slashes: match a.escaped_slashes {
             Slashes::Refuse => EscapedSlashes::Refuse,

@@ -265,6 +265,20 @@ pub struct CtValue {
     pub packets: u32,
 }
 
+/// How long a conntrack entry lives without packets, in nanoseconds, as
+/// `ct_timeout` in `bpf/bulkhead.c` says (TCP 6 h, 10 s once closing;
+/// anything else 60 s).
+pub fn ct_timeout_ns(proto: u8, flags: u8) -> u64 {
+    const SEC: u64 = 1_000_000_000;
+    const TCP: u8 = 6;
+    const CLOSING: u8 = 1 << 1;
+    match (proto, flags & CLOSING != 0) {
+        (TCP, false) => 21_600 * SEC,
+        (TCP, true) => 10 * SEC,
+        _ => 60 * SEC,
+    }
+}
+
 /// A per-CPU counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]

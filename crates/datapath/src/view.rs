@@ -128,6 +128,25 @@ impl DatapathView {
         self.ct.keys().count()
     }
 
+    /// The addresses, either end, of every conntrack entry still live
+    /// (within its timeout, as the datapath judges it): the peers of open
+    /// connections, which a learnt name's address must outlive.
+    pub fn conntrack_addresses(&self) -> std::collections::HashSet<IpAddr> {
+        // The datapath's clock (bpf_ktime_get_ns); unreadable, every entry
+        // counts as live (an address is kept, never dropped early).
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map_or(0, |t| u64::try_from(std::time::Duration::from(t).as_nanos()).unwrap_or(u64::MAX));
+        let mut out = std::collections::HashSet::new();
+        for entry in self.ct.iter() {
+            let Ok((k, v)) = entry else { continue };
+            if now.saturating_sub(v.last_seen) <= crate::abi::ct_timeout_ns(k.proto, v.flags) {
+                out.insert(IpAddr::from(k.saddr));
+                out.insert(IpAddr::from(k.daddr));
+            }
+        }
+        out
+    }
+
     /// How full the maps that can fill up are (entries / capacity):
     /// endpoints, ipcache, policy slots and conntrack.
     pub fn map_pressure(&self) -> Result<Vec<(String, f64)>> {

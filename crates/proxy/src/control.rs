@@ -10,7 +10,9 @@
 //!
 //! A connection whose first line is [`Subscribe`] instead receives every
 //! request's and response's [`crate::events::L7Event`], one per line, from
-//! then on (the agent's flows).
+//! then on (the agent's flows: `l7`), or every [`crate::learn::Learn`] of
+//! the DNS proxy, answering each with a [`crate::learn::Learnt`] once the
+//! kernel enforces it (`fqdn`).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
@@ -38,7 +40,7 @@ pub struct Reply {
 /// The first line of a connection that wants the proxy's events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscribe {
-    /// What to receive: `l7`.
+    /// What to receive: `l7` or `fqdn`.
     pub subscribe: String,
 }
 
@@ -134,9 +136,13 @@ const YIELD_EVERY: usize = 16;
 /// the workers that proxy requests. Events that queue up while it writes
 /// go out together, in one write.
 async fn stream_events(sub: &Subscribe, mut stream: UnixStream, shared: &Shared) -> io::Result<()> {
-    if sub.subscribe != "l7" {
-        let msg = serde_json::json!({ "error": format!("unknown subscription {:?}: only \"l7\"", sub.subscribe) });
-        return stream.write_all(format!("{msg}\n").as_bytes()).await;
+    match sub.subscribe.as_str() {
+        "l7" => {}
+        "fqdn" => return learns(stream, shared).await,
+        other => {
+            let msg = serde_json::json!({ "error": format!("unknown subscription {other:?}: \"l7\" or \"fqdn\"") });
+            return stream.write_all(format!("{msg}\n").as_bytes()).await;
+        }
     }
     tracing::info!("an agent subscribed to L7 events");
     let mut rx = shared.events.subscribe();
@@ -196,6 +202,43 @@ async fn stream_events(sub: &Subscribe, mut stream: UnixStream, shared: &Shared)
         .await
         .map_err(io::Error::other)?
         .map_err(|_| io::Error::other("the L7 event writer panicked"))?
+}
+
+/// Sends the agent what the DNS proxy learns and releases each held
+/// answer as the agent replies, until it goes away.
+async fn learns(stream: UnixStream, shared: &Shared) -> io::Result<()> {
+    tracing::info!("an agent subscribed to learnt names");
+    let (n, mut rx) = shared.learner.subscribe();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let result = async {
+        loop {
+            tokio::select! {
+                learn = rx.recv() => {
+                    let Some(learn) = learn else { return Ok(()) };
+                    let mut out = serde_json::to_vec(&learn).map_err(io::Error::other)?;
+                    out.push(b'\n');
+                    // Whatever else is waiting goes in the same write.
+                    while let Ok(more) = rx.try_recv() {
+                        serde_json::to_writer(&mut out, &more).map_err(io::Error::other)?;
+                        out.push(b'\n');
+                    }
+                    write.write_all(&out).await?;
+                }
+                line = lines.next_line() => {
+                    let Some(line) = line? else { return Ok(()) };
+                    match serde_json::from_str::<crate::learn::Learnt>(&line) {
+                        Ok(l) => shared.learner.learnt(l.learnt),
+                        Err(e) => tracing::warn!(error = %e, "an unreadable reply from the agent"),
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    shared.learner.unsubscribe(n);
+    tracing::info!("the agent's subscription to learnt names ended");
+    result
 }
 
 /// Parses and applies one update line.

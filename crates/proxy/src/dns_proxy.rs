@@ -72,6 +72,9 @@ pub struct DnsSettings {
     pub port: u16,
     /// A denied query is answered NXDOMAIN instead of REFUSED.
     pub nxdomain: bool,
+    /// How long an allowed answer with addresses is held at most, waiting
+    /// for the kernel to enforce them ([`crate::learn`]).
+    pub hold: Duration,
 }
 
 /// The DNS proxy's state, shared by its tasks.
@@ -143,8 +146,9 @@ impl Dns {
 
     /// What the client gets for `query` once the upstream answered
     /// (`answer`) or failed: the answer as it is when it answers the
-    /// query, else (as the error) SERVFAIL.
-    fn relay(
+    /// query — once the kernel enforces the addresses it teaches, or the
+    /// hold time ran out — else (as the error) SERVFAIL.
+    async fn relay(
         &self,
         client: SocketAddr,
         dst: SocketAddr,
@@ -154,6 +158,16 @@ impl Dns {
         let checked = answer.and_then(|a| query.learn(&a).map(|l| (a, l)).map_err(io::Error::other));
         match checked {
             Ok((a, learnt)) => {
+                if !learnt.addrs.is_empty() {
+                    let held = self
+                        .shared
+                        .learner
+                        .hold(client.ip(), &query.name, &learnt.addrs, learnt.ttl, self.settings.hold)
+                        .await;
+                    if held != crate::learn::Held::Enforced {
+                        tracing::info!(%client, query = %query.name, ?held, "DNS answer released before its addresses were enforced");
+                    }
+                }
                 tracing::debug!(%client, destination = %dst, query = %query.name, rcode = %learnt.rcode,
                     addresses = learnt.addrs.len(), ttl = learnt.ttl, "DNS answer relayed");
                 Ok(a)
@@ -276,7 +290,7 @@ pub async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
                 Outcome::Answer(a) => a,
                 Outcome::Forward(q) => {
                     let up = forward_udp(client.ip(), dst, &query, &q).await;
-                    dns.relay(client, dst, &q, up).unwrap_or_else(|servfail| servfail)
+                    dns.relay(client, dst, &q, up).await.unwrap_or_else(|servfail| servfail)
                 }
             };
             drop(permit);
@@ -369,7 +383,7 @@ async fn tcp_connection(mut client: TcpStream, peer: SocketAddr, dns: Arc<Dns>) 
             Outcome::Answer(a) => a,
             Outcome::Forward(q) => {
                 let up = forward_tcp(&mut upstream, peer.ip(), dst, &bytes).await;
-                dns.relay(peer, dst, &q, up).unwrap_or_else(|servfail| {
+                dns.relay(peer, dst, &q, up).await.unwrap_or_else(|servfail| {
                     // What the upstream connection carries next is unknown.
                     upstream = None;
                     servfail

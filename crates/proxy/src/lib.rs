@@ -17,6 +17,7 @@ pub mod dns_proxy;
 pub mod events;
 pub mod h2;
 pub mod http1;
+pub mod learn;
 pub mod limits;
 pub mod rules;
 pub mod server;
@@ -37,6 +38,9 @@ pub struct Config {
     pub dns_port: u16,
     /// A denied DNS query is answered NXDOMAIN instead of REFUSED.
     pub dns_nxdomain: bool,
+    /// How long an allowed DNS answer is held at most until the kernel
+    /// enforces its addresses.
+    pub dns_hold: std::time::Duration,
     /// The control socket the agent writes rules to.
     pub control: PathBuf,
     /// What an encoded slash in a path does.
@@ -66,6 +70,7 @@ pub fn run(config: Config) -> std::io::Result<()> {
         escaped_slashes: config.escaped_slashes,
         port: config.http_port,
         events: Default::default(),
+        learner: Default::default(),
         limiter: Default::default(),
         reporter_init: config.reporter_init,
     });
@@ -73,7 +78,8 @@ pub fn run(config: Config) -> std::io::Result<()> {
         for l in listeners {
             tokio::spawn(server::serve(tokio::net::TcpListener::from_std(l)?, Arc::clone(&shared)));
         }
-        let settings = dns_proxy::DnsSettings { port: config.dns_port, nxdomain: config.dns_nxdomain };
+        let settings =
+            dns_proxy::DnsSettings { port: config.dns_port, nxdomain: config.dns_nxdomain, hold: config.dns_hold };
         let dns = Arc::new(dns_proxy::Dns::new(Arc::clone(&shared), settings));
         for l in dns_listeners {
             tokio::spawn(dns_proxy::serve_tcp(tokio::net::TcpListener::from_std(l)?, Arc::clone(&dns)));

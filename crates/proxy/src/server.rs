@@ -59,6 +59,8 @@ pub struct Shared {
     pub port: u16,
     /// Where each request's and response's event goes.
     pub events: Events,
+    /// What the DNS proxy learns goes to the agent through it.
+    pub learner: crate::learn::Learner,
     /// The RateLimits' buckets.
     pub limiter: Arc<Limiter>,
     /// See [`crate::Config::reporter_init`].

@@ -25,6 +25,7 @@ pub fn shared() -> Arc<Shared> {
         escaped_slashes: EscapedSlashes::Refuse,
         port: 1,
         events: Default::default(),
+        learner: Default::default(),
         reporter_init: None,
     })
 }
