@@ -311,8 +311,11 @@ impl Reconciler {
         if changed.is_empty() {
             return Ok(());
         }
-        self.save_fqdn()?;
-        self.apply_learnt(changed)
+        // The kernel first: once the file says an address is gone, no new
+        // connection to it passes (a crash between the two only keeps it
+        // until the next look).
+        self.apply_learnt(changed)?;
+        self.save_fqdn()
     }
 
     fn apply_learnt(&mut self, changed: Vec<(std::net::IpAddr, BTreeSet<String>)>) -> Result<()> {

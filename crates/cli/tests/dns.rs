@@ -4,15 +4,21 @@
 //! resolver from the pod's own address and their answers (NXDOMAIN too)
 //! come back as they are, over UDP and TCP, IPv4 and IPv6; denied ones get
 //! REFUSED and never reach the resolver; malformed ones get FORMERR or
-//! nothing; a resolver that fails gives SERVFAIL.
+//! nothing; a resolver that fails gives SERVFAIL. toFQDNs on the seed: the
+//! payment processor reaches `api.stripe.com` (a lab ExternalHost) on 443
+//! from its first connection after the lookup, nothing it did not resolve,
+//! and keeps what it learnt across `kill -9` of the agent and the proxy.
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::Duration;
 
 use bulkhead_datapath::netns;
 use bulkhead_lab::dns::{self, Answer, RecordType, ResponseCode, Transport};
+use bulkhead_lab::wait_until;
 use support::{Lab, privileged, repo};
 
 /// payment-processor may ask kube-dns (UDP and TCP 53) for
@@ -134,4 +140,131 @@ fn dns_rules_decide_each_query_and_allowed_answers_pass_through() {
         let a = ask(&lab, CLIENT, resolver, "backend.production", RecordType::A, transport);
         assert_eq!(a.rcode, ResponseCode::ServFail, "over {transport:?}");
     }
+}
+
+/// A TCP connection from `pod` to `dst` (1.5 s to connect).
+fn connect(lab: &Lab, pod: &str, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    netns::run_in(&lab.netns(pod), || TcpStream::connect_timeout(&dst, Duration::from_millis(1500))).expect("pod netns")
+}
+
+/// `bytes` sent on `s` come back (the lab's TCP responders echo).
+fn echoes(s: &mut TcpStream, bytes: &[u8]) -> bool {
+    let mut back = vec![0u8; bytes.len()];
+    s.set_read_timeout(Some(Duration::from_secs(3))).is_ok()
+        && s.write_all(bytes).is_ok()
+        && bulkhead_lab::uninterrupted(|| s.read_exact(&mut back)).is_ok()
+        && back == bytes
+}
+
+/// The addresses the agent's name cache (on disk) holds for `name`.
+fn cached(lab: &Lab, name: &str) -> Vec<IpAddr> {
+    let text = std::fs::read_to_string(format!("/run/bulkhead/{}/agent/fqdn.json", lab.name)).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["names"][name].as_object().map(|m| m.keys().filter_map(|k| k.parse().ok()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_restarts() {
+    if !privileged("to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_restarts") {
+        return;
+    }
+    let lab = Lab::up("fqdn", &repo().join("examples/seed/cluster.yaml"), &[]);
+    let policies = repo().join("examples/seed/policies");
+    lab.ok(&["apply", "-f", policies.to_str().expect("path"), "-n", "production"]);
+    let resolver = lab.ip(RESOLVER, true);
+    let stripe: [IpAddr; 2] = ["198.18.100.10".parse().expect("ip"), "fd00:b::100:10".parse().expect("ip")];
+    let evil: [IpAddr; 2] = ["198.18.100.66".parse().expect("ip"), "fd00:b::100:66".parse().expect("ip")];
+
+    // Never resolved: the address is world's, and toFQDNs does not cover it.
+    for ip in stripe {
+        assert!(connect(&lab, CLIENT, SocketAddr::new(ip, 443)).is_err(), "{ip}:443 before any lookup");
+    }
+    // Resolved: the very first connection after the answer gets through,
+    // on both families; port 80 on the same host does not.
+    for (qtype, want) in [(RecordType::A, stripe[0]), (RecordType::AAAA, stripe[1])] {
+        let a = ask(&lab, CLIENT, resolver, "api.stripe.com", qtype, Transport::Udp);
+        assert_eq!((a.rcode, a.addrs.as_slice()), (ResponseCode::NoError, &[want][..]));
+        let mut s = connect(&lab, CLIENT, SocketAddr::new(want, 443))
+            .unwrap_or_else(|e| panic!("the first connection to {want}:443 after the lookup: {e}"));
+        assert!(echoes(&mut s, b"charge"), "{want}:443 answers");
+        assert!(connect(&lab, CLIENT, SocketAddr::new(want, 80)).is_err(), "{want}:80 is not in the rule");
+    }
+    // The brief's DNS rule lets every name resolve, but toFQDNs covers only
+    // *.stripe.com: evil.example.com resolves and stays unreachable.
+    let a = ask(&lab, CLIENT, resolver, "evil.example.com", RecordType::A, Transport::Udp);
+    assert_eq!(a.addrs, [evil[0]]);
+    assert!(connect(&lab, CLIENT, SocketAddr::new(evil[0], 443)).is_err(), "evil.example.com:443");
+    // Another pod did not resolve it and has no toFQDNs; the payment
+    // processor's learning opened nothing for anyone else.
+    assert_eq!(cached(&lab, "api.stripe.com."), [stripe[0], stripe[1]]);
+
+    // An open connection to a learnt address, across kill -9 of the agent:
+    // it keeps working, and the restarted agent restores what was learnt
+    // (a new connection needs no new lookup).
+    let mut open = connect(&lab, CLIENT, SocketAddr::new(stripe[0], 443)).expect("open connection");
+    assert!(echoes(&mut open, b"before"));
+    let agent = lab.state()["agent_pid"].as_i64().expect("agent pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), nix::sys::signal::Signal::SIGKILL).expect("kill agent");
+    assert!(echoes(&mut open, b"no agent"), "the open connection broke with the agent");
+    let log = std::env::temp_dir().join(format!("bulkhead-fqdn-agent-{}.log", std::process::id()));
+    let mut agent = lab.spawn_agent(&[], &log);
+    wait_until("the agent back", Duration::from_secs(15), || {
+        support::run(&lab.socket, &["status", "-o", "json"]).status.success()
+    })
+    .expect("agent");
+    assert!(echoes(&mut open, b"agent again"), "the open connection broke when the agent came back");
+    let mut fresh = connect(&lab, CLIENT, SocketAddr::new(stripe[0], 443)).expect("a new connection after the restart");
+    assert!(echoes(&mut fresh, b"restored"));
+    drop(fresh);
+
+    // kill -9 of the proxy: the open connection is not the proxy's; lookups
+    // work again once it is back.
+    let (pid, args) = proxy_process(&lab).expect("the lab's proxy");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill proxy");
+    wait_until("the proxy gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists())
+        .expect("kill");
+    assert!(echoes(&mut open, b"no proxy"), "the open connection broke with the proxy");
+    let mut proxy = std::process::Command::new(&args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("restart the proxy");
+    let mut ready = [0u8; 6];
+    proxy.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("ready line");
+    wait_until("lookups through the restarted proxy", Duration::from_secs(5), || {
+        let bytes = dns::query("api.stripe.com", RecordType::A, 7).expect("query");
+        exchange(&lab, CLIENT, resolver, &bytes, Transport::Udp).is_ok()
+    })
+    .expect("the proxy answers again");
+
+    // Past its TTL an address stays while the connection is open, and goes
+    // once it is closed (the minimum TTL is 5 s, a closing connection's
+    // entry 10 s).
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(cached(&lab, "api.stripe.com.").contains(&stripe[0]), "expired while a connection used it");
+    assert!(echoes(&mut open, b"still"));
+    drop(open);
+    wait_until("the address expires", Duration::from_secs(40), || {
+        !cached(&lab, "api.stripe.com.").contains(&stripe[0])
+    })
+    .expect("expiry");
+    assert!(connect(&lab, CLIENT, SocketAddr::new(stripe[0], 443)).is_err(), "reachable after its name expired");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = std::fs::remove_file(&log);
+}
+
+/// The lab's proxy process: its pid and command line.
+fn proxy_process(lab: &Lab) -> Option<(i32, Vec<String>)> {
+    let marker = format!("/run/bulkhead/{}/proxy.sock", lab.name);
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> =
+            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        (args.get(1).map(String::as_str) == Some("proxy") && args.contains(&marker)).then_some((pid, args))
+    })
 }

@@ -10,6 +10,7 @@
 
 mod probe;
 mod respond;
+pub mod world;
 
 use std::io::BufRead as _;
 use std::net::IpAddr;
@@ -118,6 +119,20 @@ pub struct LabState {
     pub agent_pid: Option<u32>,
     pub pods: Vec<LabPod>,
     pub dns: Option<IpAddr>,
+    /// Hosts outside the cluster (`ExternalHost`).
+    #[serde(default)]
+    pub hosts: Vec<LabHost>,
+}
+
+/// One host outside the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabHost {
+    /// `metadata.name`.
+    pub name: String,
+    /// Its network namespace's name.
+    pub netns: String,
+    pub names: Vec<String>,
+    pub ips: Vec<IpAddr>,
 }
 
 /// One pod of the lab.
@@ -249,6 +264,12 @@ fn up(name: &str, a: UpArgs) -> Result<ExitCode> {
     if pods_in.is_empty() {
         bail!("{}: no Pod objects (the lab creates one network-namespace pod per Pod)", a.cluster.display());
     }
+    let hosts = world::read(&std::fs::read_to_string(&a.cluster)?, &a.cluster)?;
+    for h in &hosts {
+        if let Some(p) = pods_in.iter().find(|p| p.ips.iter().any(|ip| h.addrs.contains(ip))) {
+            bail!("ExternalHost {}: an address of pod {} (fix: give the host addresses of its own)", h.name, p.key());
+        }
+    }
     // Pods without addresses get some, and the agent learns them as if
     // their status said so.
     let mut addressed = Vec::new();
@@ -294,7 +315,7 @@ fn up(name: &str, a: UpArgs) -> Result<ExitCode> {
     } else {
         serde_json::json!({"apiVersion": "v1", "kind": "List", "items": addressed}).to_string()
     };
-    if let Err(e) = build(&mut st, &a, &pods_in, &extra) {
+    if let Err(e) = build(&mut st, &a, &pods_in, &hosts, &extra) {
         eprintln!("lab up failed: {e:#}; removing what was created");
         if st.agent_pid.is_some() {
             eprint!("{}", log_tail(name));
@@ -316,7 +337,13 @@ fn log_tail(name: &str) -> String {
     }
 }
 
-fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], extra: &str) -> Result<()> {
+fn build(
+    st: &mut LabState,
+    a: &UpArgs,
+    pods_in: &[bulkhead_policy::api::Pod],
+    hosts: &[world::ExternalHost],
+    extra: &str,
+) -> Result<()> {
     let t0 = Instant::now();
     let node = pods::create_netns(&st.node_netns, NODE_SYSCTLS).context("creating the node namespace")?;
     st.save()?;
@@ -352,16 +379,47 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
         );
     }
 
+    // The world: each ExternalHost behind the node, serving its ports.
+    for (i, h) in hosts.iter().enumerate() {
+        let ns_name = format!("bh-{}-w{i}", st.name);
+        st.hosts.push(LabHost {
+            name: h.name.clone(),
+            netns: ns_name.clone(),
+            names: h.names.clone(),
+            ips: h.addrs.clone(),
+        });
+        st.save()?;
+        let ns = world::create(&st.node_netns, &ns_name, i, h)?;
+        if !h.ports.is_empty() {
+            let mut cmd = Command::new(std::env::current_exe()?);
+            let who = format!("world/{}", h.name);
+            cmd.args(["lab", "--name", &st.name, "respond", "--pod", &who, "--ports", &h.ports.join(",")]);
+            spawn_ready(&ns, cmd, &lab_dir(&st.name).join("responders.log"))
+                .with_context(|| format!("responder of ExternalHost {}", h.name))?;
+        }
+        eprintln!(
+            "host {} up ({}; {})",
+            h.name,
+            h.names.join(", "),
+            h.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
+
     // DNS: in the pod that serves port 53 under a dns* name (kube-dns), else on the node.
     let dns_pod = pods_in.iter().position(|p| p.ports.iter().any(|np| np.port == 53 && np.name.starts_with("dns")));
-    let hosts = lab_dir(&st.name).join("hosts");
+    let hosts_file = lab_dir(&st.name).join("hosts");
     let mut text = String::new();
     for p in pods_in {
         for ip in &p.ips {
             text.push_str(&format!("{ip} {}.{}\n", p.name, p.namespace));
         }
     }
-    std::fs::write(&hosts, text)?;
+    for h in hosts {
+        for ip in &h.addrs {
+            text.push_str(&format!("{ip} {}\n", h.names.join(" ")));
+        }
+    }
+    std::fs::write(&hosts_file, text)?;
     let (dns_ns, dns_ips) = match dns_pod {
         Some(i) => (netns::named(&st.pods[i].netns), pods_in[i].ips.clone()),
         None => (node.clone(), vec![IpAddr::from([198, 18, 0, 1])]),
@@ -370,7 +428,7 @@ fn build(st: &mut LabState, a: &UpArgs, pods_in: &[bulkhead_policy::api::Pod], e
     cmd.args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces", "--user=root", "--local=/#/"])
         // Who asked what: the lab's DNS log shows each query's client.
         .arg("--log-queries")
-        .arg(format!("--addn-hosts={}", hosts.display()))
+        .arg(format!("--addn-hosts={}", hosts_file.display()))
         .arg(format!("--pid-file={}", lab_dir(&st.name).join("dnsmasq.pid").display()))
         .arg(format!("--log-facility={}", lab_dir(&st.name).join("dnsmasq.log").display()));
     for ip in &dns_ips {

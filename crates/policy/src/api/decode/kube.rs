@@ -72,6 +72,16 @@ impl Decoder<'_> {
             Some(k) => self.string(k, &path.field("kind"))?,
         };
         let kind_pos = kind_node.map(|n| n.pos).unwrap_or(node.pos);
+        if kind == "ExternalHost" && node.get("apiVersion").and_then(Node::as_str) == Some("lab.bulkhead.io/v1alpha1") {
+            self.sink.warning(
+                kind_pos,
+                &path.field("kind"),
+                "lab.bulkhead.io/v1alpha1 ExternalHost is a lab-only kind: `bulkhead lab up` makes it a host outside \
+                 the cluster (reached as identity world, its names in the lab's DNS); policies and the agent skip it",
+                None,
+            );
+            return None;
+        }
         let Some(&(kind, want_api)) = KINDS.iter().find(|(k, _)| *k == kind) else {
             let names: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
             match closest(&kind, &names) {
