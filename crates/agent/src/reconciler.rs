@@ -664,6 +664,7 @@ impl Reconciler {
             &self.engine,
             self.sync.rule_table(),
             &self.not_ready,
+            &self.fqdn,
         ));
     }
 

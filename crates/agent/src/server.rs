@@ -89,6 +89,12 @@ struct PolicyQuery {
 }
 
 #[derive(Deserialize)]
+struct FqdnQuery {
+    #[serde(default)]
+    endpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct ReachQuery {
     #[serde(default)]
     ports: String,
@@ -182,6 +188,19 @@ pub fn router(state: AppState) -> Router {
                 let ports: Vec<String> =
                     q.ports.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect();
                 answer(s.change(|reply| Command::Reach(ports, reply)).await)
+            }),
+        )
+        .route(
+            "/v1/fqdn/cache",
+            get(|State(s): State<AppState>, Query(q): Query<FqdnQuery>| async move {
+                let snapshot = s.published.load();
+                let rows: Vec<bulkhead_api::FqdnCacheEntry> = snapshot
+                    .fqdn
+                    .iter()
+                    .filter(|r| q.endpoint.as_ref().is_none_or(|ep| r.endpoints.contains(ep)))
+                    .cloned()
+                    .collect();
+                answer(Ok::<_, AgentError>(rows))
             }),
         )
         .route("/v1/flows", post(flows))

@@ -56,6 +56,8 @@ pub struct Snapshot {
     pub audit: AuditSettings,
     /// Endpoints (by pod) whose latest policy did not load.
     pub not_ready: BTreeMap<String, EndpointFailure>,
+    /// The names learnt from DNS answers, with their addresses.
+    pub fqdn: Vec<bulkhead_api::FqdnCacheEntry>,
 }
 
 impl Snapshot {
@@ -66,8 +68,20 @@ impl Snapshot {
         engine: &Engine,
         rules: RuleTable,
         not_ready: &BTreeMap<String, EndpointFailure>,
+        fqdn: &crate::fqdn::NameCache,
     ) -> Self {
         let policy = engine.view();
+        let fqdn = fqdn
+            .rows(None)
+            .into_iter()
+            .map(|r| bulkhead_api::FqdnCacheEntry {
+                identity: policy.identity_of_ip(r.addr).0.0,
+                name: r.name,
+                addr: r.addr,
+                expires: r.expires,
+                endpoints: r.endpoints.into_iter().collect(),
+            })
+            .collect();
         let mut endpoints: Vec<EndpointInfo> = state
             .endpoints
             .values()
@@ -126,6 +140,7 @@ impl Snapshot {
             },
             audit: state.audit.clone(),
             not_ready: not_ready.clone(),
+            fqdn,
             policy,
             rules,
         }

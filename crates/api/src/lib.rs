@@ -194,6 +194,22 @@ pub struct IdentityInfo {
     pub pods: Vec<String>,
 }
 
+/// `fqdn cache list`: one address of one name learnt from DNS answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FqdnCacheEntry {
+    /// The name, lowercased with its trailing dot.
+    pub name: String,
+    /// One of its addresses.
+    pub addr: std::net::IpAddr,
+    /// Unix seconds after which it is stale (it stays while a connection
+    /// to it is open).
+    pub expires: u64,
+    /// The identity the node gives the address.
+    pub identity: u32,
+    /// The endpoints (`namespace/pod`) whose lookups returned it.
+    pub endpoints: Vec<String>,
+}
+
 /// `policy get`: an endpoint's entries as the kernel holds them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyDump {

@@ -81,6 +81,34 @@ pub enum EndpointCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum FqdnCommand {
+    /// The names this node learnt from DNS answers its proxy allowed.
+    #[command(subcommand)]
+    Cache(FqdnCacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FqdnCacheCommand {
+    /// Every learnt (name, address): when it expires, the identity it has,
+    /// the endpoints that looked it up. toFQDNs selectors select these.
+    ///
+    /// Example: bulkhead fqdn cache list --endpoint production/payment-processor
+    List(FqdnListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FqdnListArgs {
+    /// Only what this endpoint (NAMESPACE/POD) looked up.
+    #[arg(long, value_name = "NAMESPACE/POD")]
+    pub endpoint: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ListOutput::Table)]
+    pub output: ListOutput,
+    #[command(flatten)]
+    pub agent: AgentAddr,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum IdentityCommand {
     /// Every identity with its labels and the pods that have it.
     List(ListArgs),
@@ -237,6 +265,34 @@ pub fn identities(a: ListArgs) -> Result<ExitCode> {
         })
         .collect();
     print!("{}", table(&["ID", "PODS", "LABELS"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn fqdn_cache(a: FqdnListArgs) -> Result<ExitCode> {
+    let q = a.endpoint.as_ref().map(|e| format!("?endpoint={}", urlencode(e))).unwrap_or_default();
+    let rows: Vec<bulkhead_api::FqdnCacheEntry> =
+        a.agent.client().get(&format!("/fqdn/cache{q}")).map_err(with_details)?;
+    if a.output == ListOutput::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.addr.to_string(),
+                if r.expires >= now { format!("in {}s", r.expires - now) } else { "expired, in use".into() },
+                r.identity.to_string(),
+                r.endpoints.join(","),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        eprintln!("no names learnt (they come from DNS answers the proxy allows under a DNS rule)");
+    }
+    print!("{}", table(&["NAME", "ADDRESS", "EXPIRES", "IDENTITY", "ENDPOINTS"], &rows));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -68,6 +68,10 @@ enum Command {
     #[cfg(feature = "node")]
     #[command(subcommand)]
     Identity(live::IdentityCommand),
+    /// Names learnt from DNS answers (what toFQDNs selects).
+    #[cfg(feature = "node")]
+    #[command(subcommand)]
+    Fqdn(live::FqdnCommand),
     /// The agent's health, pid and counts.
     #[cfg(feature = "node")]
     Status(live::StatusArgs),
@@ -118,6 +122,8 @@ fn main() -> ExitCode {
         Command::Endpoint(live::EndpointCommand::List(a)) => live::endpoints(a),
         #[cfg(feature = "node")]
         Command::Identity(live::IdentityCommand::List(a)) => live::identities(a),
+        #[cfg(feature = "node")]
+        Command::Fqdn(live::FqdnCommand::Cache(live::FqdnCacheCommand::List(a))) => live::fqdn_cache(a),
         #[cfg(feature = "node")]
         Command::Status(a) => live::status(a),
         #[cfg(feature = "node")]

@@ -156,11 +156,20 @@ fn echoes(s: &mut TcpStream, bytes: &[u8]) -> bool {
         && back == bytes
 }
 
-/// The addresses the agent's name cache (on disk) holds for `name`.
+/// The addresses `fqdn cache list` shows for `name` (looked up by `endpoint`).
+fn cached_for(lab: &Lab, name: &str, endpoint: &str) -> Vec<IpAddr> {
+    let out = support::run(&lab.socket, &["fqdn", "cache", "list", "--endpoint", endpoint, "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["name"] == name)
+        .filter_map(|r| r["addr"].as_str()?.parse().ok())
+        .collect()
+}
+
 fn cached(lab: &Lab, name: &str) -> Vec<IpAddr> {
-    let text = std::fs::read_to_string(format!("/run/bulkhead/{}/agent/fqdn.json", lab.name)).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    v["names"][name].as_object().map(|m| m.keys().filter_map(|k| k.parse().ok()).collect()).unwrap_or_default()
+    cached_for(lab, name, CLIENT)
 }
 
 #[test]
@@ -194,9 +203,11 @@ fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_
     let a = ask(&lab, CLIENT, resolver, "evil.example.com", RecordType::A, Transport::Udp);
     assert_eq!(a.addrs, [evil[0]]);
     assert!(connect(&lab, CLIENT, SocketAddr::new(evil[0], 443)).is_err(), "evil.example.com:443");
-    // Another pod did not resolve it and has no toFQDNs; the payment
-    // processor's learning opened nothing for anyone else.
+    // What the node learnt, and who looked it up (on disk too).
     assert_eq!(cached(&lab, "api.stripe.com."), [stripe[0], stripe[1]]);
+    assert!(cached_for(&lab, "api.stripe.com.", "production/frontend").is_empty());
+    let disk = std::fs::read_to_string(format!("/run/bulkhead/{}/agent/fqdn.json", lab.name)).expect("fqdn.json");
+    assert!(disk.contains("api.stripe.com.") && disk.contains("198.18.100.10"), "{disk}");
 
     // An open connection to a learnt address, across kill -9 of the agent:
     // it keeps working, and the restarted agent restores what was learnt
