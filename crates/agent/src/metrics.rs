@@ -93,6 +93,13 @@ struct DnsLabels {
     rcode: String,
     qtypes: String,
     ips_returned: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabels {
+    /// `enforced`, `timeout` or `no-agent`.
+    released: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -252,6 +259,8 @@ pub struct Metrics {
     http_rate_limited: Family<RateLimitLabels, Counter>,
     dns_queries: Family<DnsLabels, Counter>,
     dns_responses: Family<DnsLabels, Counter>,
+    dns_latency: Histogram,
+    dns_held: Family<HeldLabels, Histogram>,
     kafka_requests: Family<KafkaLabels, Counter>,
 }
 
@@ -280,6 +289,8 @@ impl Metrics {
             http_rate_limited: Family::default(),
             dns_queries: Family::default(),
             dns_responses: Family::default(),
+            dns_latency: latency_histogram(),
+            dns_held: Family::new_with_constructor(latency_histogram),
             kafka_requests: Family::default(),
         };
         let mut m = m;
@@ -317,6 +328,19 @@ impl Metrics {
         );
         r.register("dns_queries", "DNS queries seen by the DNS proxy", m.dns_queries.clone());
         r.register("dns_responses", "DNS responses seen by the DNS proxy", m.dns_responses.clone());
+        r.register_with_unit(
+            "dns_proxy_latency",
+            "DNS query to answer latency through the DNS proxy (the upstream's time included)",
+            Unit::Seconds,
+            m.dns_latency.clone(),
+        );
+        r.register_with_unit(
+            "dns_held_answer_wait",
+            "How long the DNS proxy held an allowed answer until the kernel enforced its addresses, by how it \
+             was released: enforced, timeout (released anyway) or no-agent",
+            Unit::Seconds,
+            m.dns_held.clone(),
+        );
         r.register("kafka_requests", "Kafka requests seen by the L7 proxy", m.kafka_requests.clone());
         m
     }
@@ -416,11 +440,17 @@ impl Metrics {
                     rcode: if l7.kind == L7FlowType::Response { rcode_name(d.rcode).into() } else { String::new() },
                     qtypes: d.qtypes.join(","),
                     ips_returned: d.ips.len().to_string(),
+                    verdict: f.verdict.as_str().into(),
                 };
                 match l7.kind {
-                    L7FlowType::Request => self.dns_queries.get_or_create(&labels).inc(),
-                    _ => self.dns_responses.get_or_create(&labels).inc(),
-                };
+                    L7FlowType::Request => {
+                        self.dns_queries.get_or_create(&labels).inc();
+                    }
+                    _ => {
+                        self.dns_responses.get_or_create(&labels).inc();
+                        self.dns_latency.observe(l7.latency_ns as f64 / 1e9);
+                    }
+                }
             }
             if let Some(k) = &l7.kafka {
                 self.kafka_requests
@@ -432,6 +462,12 @@ impl Metrics {
                     .inc();
             }
         }
+    }
+
+    /// An allowed DNS answer the proxy held `wait_ns` before releasing it
+    /// (`released`: enforced, timeout or no-agent).
+    pub fn dns_held(&self, released: &str, wait_ns: u64) {
+        self.dns_held.get_or_create(&HeldLabels { released: released.into() }).observe(wait_ns as f64 / 1e9);
     }
 
     /// Counts an endpoint policy that did not load, per direction.
@@ -602,7 +638,7 @@ mod tests {
             r#"bulkhead_lost_events_total{source="datapath_ring"} 0"#,
             "bulkhead_policy_implementation_delay_seconds_count{source=\"apply\"} 1",
             "# TYPE bulkhead_dns_queries_total counter",
-            r#"bulkhead_dns_queries_total{rcode="",qtypes="A",ips_returned="0"} 1"#,
+            r#"bulkhead_dns_queries_total{rcode="",qtypes="A",ips_returned="0",verdict="FORWARDED"} 1"#,
             "# HELP bulkhead_drop_total Packets dropped",
         ] {
             assert!(text.contains(want), "missing `{want}` in:\n{text}");

@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub not_ready: BTreeMap<String, EndpointFailure>,
     /// The names learnt from DNS answers, with their addresses.
     pub fqdn: Vec<bulkhead_api::FqdnCacheEntry>,
+    /// The same, by address (what flows name a peer by).
+    pub names: HashMap<std::net::IpAddr, Vec<String>>,
 }
 
 impl Snapshot {
@@ -71,7 +73,7 @@ impl Snapshot {
         fqdn: &crate::fqdn::NameCache,
     ) -> Self {
         let policy = engine.view();
-        let fqdn = fqdn
+        let fqdn_rows = fqdn
             .rows(None)
             .into_iter()
             .map(|r| bulkhead_api::FqdnCacheEntry {
@@ -140,10 +142,20 @@ impl Snapshot {
             },
             audit: state.audit.clone(),
             not_ready: not_ready.clone(),
-            fqdn,
+            names: fqdn
+                .addresses()
+                .iter()
+                .map(|(a, n)| (*a, n.iter().map(|n| n.trim_end_matches('.').to_owned()).collect()))
+                .collect(),
+            fqdn: fqdn_rows,
             policy,
             rules,
         }
+    }
+
+    /// The names `ip` was learnt under (flows' `source_names`, `destination_names`).
+    pub fn names_of(&self, ip: std::net::IpAddr) -> Vec<String> {
+        self.names.get(&ip).cloned().unwrap_or_default()
     }
 
     /// One endpoint, by container id.

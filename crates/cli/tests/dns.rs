@@ -124,6 +124,44 @@ fn dns_rules_decide_each_query_and_allowed_answers_pass_through() {
     let log_after = dns_log(&lab);
     assert_eq!(log_after.lines().count(), log.lines().count(), "a malformed query reached the resolver");
 
+    // Each query and answer is an L7 flow naming the DNS rule: the one that
+    // allowed it, or for a denied one the rule that came closest.
+    let flows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = vec!["observe", "--type", "l7", "--last", "200", "-o", "json"];
+        a.extend_from_slice(args);
+        wait_until("DNS flows", Duration::from_secs(5), || !lab.ok(&a).trim().is_empty()).expect("flows");
+        lab.ok(&a)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("flow JSON")["flow"].clone())
+            .collect()
+    };
+    let allowed = flows(&["--verdict", "FORWARDED"]);
+    let answer = allowed
+        .iter()
+        .find(|f| f["l7"]["type"] == "RESPONSE" && f["l7"]["dns"]["query"] == "backend.production.")
+        .expect("an allowed answer's flow");
+    assert_eq!(answer["l7"]["dns"]["ips"][0], backend[0].to_string(), "{answer}");
+    assert_eq!(answer["l7"]["dns"]["observation_source"], "proxy");
+    assert_eq!(answer["egress_allowed_by"][0]["name"], "dns-names", "{answer}");
+    assert_eq!(answer["destination"]["pod_name"], "payment-processor", "an answer goes to the client: {answer}");
+    let denied = flows(&["--verdict", "DROPPED"]);
+    let refused = denied
+        .iter()
+        .find(|f| f["l7"]["type"] == "RESPONSE" && f["l7"]["dns"]["query"] == "frontend.production.")
+        .expect("a refused answer's flow");
+    assert_eq!(refused["l7"]["dns"]["rcode"], 5, "REFUSED: {refused}");
+    assert_eq!(refused["near_misses"][0]["policy"]["name"], "dns-names", "{refused}");
+    let summary = lab.ok(&["observe", "--type", "l7", "--verdict", "DROPPED", "--last", "1", "--color", "never"]);
+    assert!(summary.contains("DNS Answer RCode: Query Refused (Proxy frontend.production. A)"), "{summary}");
+    // Metrics count queries and answers by rcode and verdict, and time them.
+    let text = metrics(&lab);
+    assert!(
+        text.lines().any(|l| l.starts_with("bulkhead_dns_responses_total{rcode=\"Query Refused\"")
+            && l.contains("verdict=\"DROPPED\"")),
+        "{text}"
+    );
+    assert!(text.contains("bulkhead_dns_proxy_latency_seconds_count"), "{text}");
+
     // A pod without DNS rules asks the resolver directly (not proxied).
     let a = ask(&lab, "production/frontend", resolver, "frontend.production", RecordType::A, Transport::Udp);
     assert_eq!(a.rcode, ResponseCode::NoError);
@@ -203,6 +241,21 @@ fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_
     let a = ask(&lab, CLIENT, resolver, "evil.example.com", RecordType::A, Transport::Udp);
     assert_eq!(a.addrs, [evil[0]]);
     assert!(connect(&lab, CLIENT, SocketAddr::new(evil[0], 443)).is_err(), "evil.example.com:443");
+    // The answer was held until the kernel had its addresses, and said so.
+    let text = metrics(&lab);
+    let held = text
+        .lines()
+        .find(|l| l.starts_with("bulkhead_dns_held_answer_wait_seconds_count{released=\"enforced\"}"))
+        .unwrap_or_else(|| panic!("no held answers counted:\n{text}"));
+    assert!(held.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) >= 2, "{held}");
+    assert!(!text.contains("released=\"timeout\""), "an answer was released before its addresses were enforced");
+    // Flows to a learnt address name it, and `--to-fqdn` finds them.
+    let out = lab.ok(&["observe", "--to-fqdn", "*.stripe.com", "--last", "50", "-o", "json"]);
+    assert!(out.contains("\"destination_names\":[\"api.stripe.com\"]"), "{out}");
+    let out =
+        lab.ok(&["observe", "--to-fqdn", "api.stripe.com", "--verdict", "DROPPED", "--last", "5", "--color", "never"]);
+    assert!(out.contains("-> api.stripe.com:80 (world)"), "{out}");
+
     // What the node learnt, and who looked it up (on disk too).
     assert_eq!(cached(&lab, "api.stripe.com."), [stripe[0], stripe[1]]);
     assert!(cached_for(&lab, "api.stripe.com.", "production/frontend").is_empty());
@@ -278,4 +331,12 @@ fn proxy_process(lab: &Lab) -> Option<(i32, Vec<String>)> {
             raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         (args.get(1).map(String::as_str) == Some("proxy") && args.contains(&marker)).then_some((pid, args))
     })
+}
+
+/// The agent's metrics page.
+fn metrics(lab: &Lab) -> String {
+    let status = lab.json(&["status", "-o", "json"]);
+    let web = status["flows"]["web"].as_str().expect("web address");
+    let out = std::process::Command::new("curl").args(["-sf", &format!("{web}metrics")]).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

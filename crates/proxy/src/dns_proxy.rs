@@ -32,7 +32,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulkhead_policy::repository::Proto;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
@@ -43,9 +43,12 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
 use crate::UPSTREAM_MARK;
-use crate::dns::{BadQuery, Query, format_error};
-use crate::rules::Refused;
+use crate::dns::{BadQuery, Learnt, Query, format_error};
+use crate::events::{DnsInfo, L7Event};
+use crate::learn::Held;
+use crate::rules::{Refused, Verdicts};
 use crate::server::{Shared, connect_as};
+use hickory_proto::op::ResponseCode;
 
 /// How long the proxy waits for the upstream's answer.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,10 +94,19 @@ pub struct Dns {
 enum Outcome {
     /// Nothing is sent back.
     Drop,
-    /// The proxy answers it.
+    /// The proxy answers it, before any rule saw it.
     Answer(Vec<u8>),
+    /// The rules deny it: the proxy refuses it.
+    Refuse(Asked),
     /// It goes to the original destination.
-    Forward(Query),
+    Forward(Asked),
+}
+
+/// A query the rules decided, with its event (its answer's is made from it).
+struct Asked {
+    query: Query,
+    event: Arc<L7Event>,
+    since: Instant,
 }
 
 impl Dns {
@@ -121,30 +133,76 @@ impl Dns {
             }
         };
         let rules = self.shared.rules.load();
-        let conn = match rules.flow(client.ip(), dst.ip(), proto, dst.port()) {
-            Ok(c) => c,
+        let verdict = match rules.flow(client.ip(), dst.ip(), proto, dst.port()) {
+            Ok(conn) => conn.decide_dns(&query.name),
             Err(Refused::NotSynced) => return Outcome::Answer(query.server_failure()),
             Err(e @ Refused::Denied { .. }) => {
                 tracing::info!(%client, destination = %dst, query = %query.name, why = %e, "DNS query refused");
-                return Outcome::Answer(query.refuse(self.settings.nxdomain));
+                Verdicts::denied()
             }
             Err(e @ Refused::NotLocal { .. }) => {
                 tracing::warn!(%client, destination = %dst, why = %e, "DNS query dropped");
                 return Outcome::Drop;
             }
         };
-        let verdict = conn.decide_dns(&query.name);
         let by = verdict.by.iter().map(|(side, r)| format!("{side} {r}")).collect::<Vec<_>>().join(", ");
-        if verdict.allowed {
+        let allowed = verdict.allowed;
+        if allowed {
             tracing::debug!(%client, destination = %dst, query = %query.name, qtype = %query.qtype, rules = %by, "DNS query allowed");
-            Outcome::Forward(query)
         } else {
             tracing::info!(%client, destination = %dst, query = %query.name, qtype = %query.qtype, rules = %by, "DNS query denied");
-            Outcome::Answer(query.refuse(self.settings.nxdomain))
         }
+        let info = DnsInfo {
+            query: query.name.clone(),
+            qtypes: vec![query.qtype.to_string()],
+            udp: proto == Proto::Udp,
+            ..DnsInfo::default()
+        };
+        let event = Arc::new(L7Event::dns_query(client, dst, info, verdict));
+        self.shared.events.send(Arc::clone(&event));
+        let asked = Asked { query, event, since: Instant::now() };
+        if allowed { Outcome::Forward(asked) } else { Outcome::Refuse(asked) }
     }
 
-    /// What the client gets for `query` once the upstream answered
+    /// The proxy's answer to a query the rules deny, reported.
+    fn refuse(&self, asked: &Asked) -> Vec<u8> {
+        let code = if self.settings.nxdomain { ResponseCode::NXDomain } else { ResponseCode::Refused };
+        self.report(asked, code, None, None);
+        asked.query.refuse(self.settings.nxdomain)
+    }
+
+    /// Reports the answer to `asked`: `rcode`, what it taught, how it was held.
+    fn report(&self, asked: &Asked, rcode: ResponseCode, learnt: Option<&Learnt>, held: Option<(Held, Duration)>) {
+        let Some(q) = &asked.event.dns else { return };
+        let mut info = DnsInfo { rcode: u16::from(rcode), ..DnsInfo::clone(q) };
+        if let Some(l) = learnt {
+            info.ips = l.addrs.clone();
+            info.cnames = l.cnames.clone();
+            info.ttl = l.ttl;
+            let mut types = Vec::new();
+            if !l.cnames.is_empty() {
+                types.push("CNAME".to_string());
+            }
+            for (v4, t) in [(true, "A"), (false, "AAAA")] {
+                if l.addrs.iter().any(|a| a.is_ipv4() == v4) {
+                    types.push(t.into());
+                }
+            }
+            info.rrtypes = types;
+        }
+        if let Some((how, took)) = held {
+            info.held = match how {
+                Held::Enforced => "enforced",
+                Held::TimedOut => "timeout",
+                Held::NoAgent => "no-agent",
+            }
+            .into();
+            info.held_ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        }
+        self.shared.events.send(Arc::new(asked.event.dns_answer(info, asked.since)));
+    }
+
+    /// What the client gets for `asked` once the upstream answered
     /// (`answer`) or failed: the answer as it is when it answers the
     /// query — once the kernel enforces the addresses it teaches, or the
     /// hold time ran out — else (as the error) SERVFAIL.
@@ -152,28 +210,34 @@ impl Dns {
         &self,
         client: SocketAddr,
         dst: SocketAddr,
-        query: &Query,
+        asked: &Asked,
         answer: io::Result<Vec<u8>>,
     ) -> Result<Vec<u8>, Vec<u8>> {
+        let query = &asked.query;
         let checked = answer.and_then(|a| query.learn(&a).map(|l| (a, l)).map_err(io::Error::other));
         match checked {
             Ok((a, learnt)) => {
+                let mut held = None;
                 if !learnt.addrs.is_empty() {
-                    let held = self
+                    let t0 = Instant::now();
+                    let how = self
                         .shared
                         .learner
                         .hold(client.ip(), &query.name, &learnt.addrs, learnt.ttl, self.settings.hold)
                         .await;
-                    if held != crate::learn::Held::Enforced {
-                        tracing::info!(%client, query = %query.name, ?held, "DNS answer released before its addresses were enforced");
+                    if how != Held::Enforced {
+                        tracing::info!(%client, query = %query.name, held = ?how, "DNS answer released before its addresses were enforced");
                     }
+                    held = Some((how, t0.elapsed()));
                 }
                 tracing::debug!(%client, destination = %dst, query = %query.name, rcode = %learnt.rcode,
                     addresses = learnt.addrs.len(), ttl = learnt.ttl, "DNS answer relayed");
+                self.report(asked, learnt.rcode, Some(&learnt), held);
                 Ok(a)
             }
             Err(e) => {
                 tracing::info!(%client, destination = %dst, query = %query.name, error = %e, "upstream failed; SERVFAIL");
+                self.report(asked, ResponseCode::ServFail, None, None);
                 Err(query.server_failure())
             }
         }
@@ -288,9 +352,10 @@ pub async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
             let answer = match dns.decide(client, dst, Proto::Udp, &query) {
                 Outcome::Drop => return,
                 Outcome::Answer(a) => a,
-                Outcome::Forward(q) => {
-                    let up = forward_udp(client.ip(), dst, &query, &q).await;
-                    dns.relay(client, dst, &q, up).await.unwrap_or_else(|servfail| servfail)
+                Outcome::Refuse(asked) => dns.refuse(&asked),
+                Outcome::Forward(asked) => {
+                    let up = forward_udp(client.ip(), dst, &query, &asked.query).await;
+                    dns.relay(client, dst, &asked, up).await.unwrap_or_else(|servfail| servfail)
                 }
             };
             drop(permit);
@@ -381,9 +446,10 @@ async fn tcp_connection(mut client: TcpStream, peer: SocketAddr, dns: Arc<Dns>) 
         let answer = match dns.decide(peer, dst, Proto::Tcp, &bytes) {
             Outcome::Drop => return Ok(()),
             Outcome::Answer(a) => a,
-            Outcome::Forward(q) => {
+            Outcome::Refuse(asked) => dns.refuse(&asked),
+            Outcome::Forward(asked) => {
                 let up = forward_tcp(&mut upstream, peer.ip(), dst, &bytes).await;
-                dns.relay(peer, dst, &q, up).await.unwrap_or_else(|servfail| {
+                dns.relay(peer, dst, &asked, up).await.unwrap_or_else(|servfail| {
                     // What the upstream connection carries next is unknown.
                     upstream = None;
                     servfail

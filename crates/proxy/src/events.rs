@@ -65,6 +65,42 @@ pub struct L7Event {
     /// in `by` allowed it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limited_by: Option<Arc<RuleRef>>,
+    /// A DNS query (request) or answer (response), instead of HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Box<DnsInfo>>,
+}
+
+/// What a DNS event says (Hubble's `l7.dns`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsInfo {
+    /// The name asked for, lowercased with its trailing dot.
+    pub query: String,
+    /// Its type (`A`, `AAAA`, …).
+    pub qtypes: Vec<String>,
+    /// Over UDP (else TCP).
+    pub udp: bool,
+    /// The answer's rcode (responses).
+    #[serde(default)]
+    pub rcode: u16,
+    /// The addresses the answer taught.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<std::net::IpAddr>,
+    /// The CNAME chain followed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cnames: Vec<String>,
+    /// The lowest TTL of the records used.
+    #[serde(default)]
+    pub ttl: u32,
+    /// Record types in the answer that taught something.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rrtypes: Vec<String>,
+    /// How long the answer was held for its addresses to be enforced, and
+    /// how it was released (`enforced`, `timeout`, `no-agent`).
+    #[serde(default)]
+    pub held_ns: u64,
+    /// See `held_ns` (empty: not held).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub held: String,
 }
 
 impl L7Event {
@@ -93,7 +129,23 @@ impl L7Event {
             by: v.by,
             refused: None,
             limited_by: None,
+            dns: None,
         }
+    }
+
+    /// A DNS query's event, as decided by `v`.
+    pub fn dns_query(client: SocketAddr, server: SocketAddr, dns: DnsInfo, v: Verdicts) -> Self {
+        let mut e = Self::request(client, server, "DNS", "", String::new(), Vec::new(), v);
+        e.dns = Some(Box::new(dns));
+        e
+    }
+
+    /// The event of the answer to this DNS query: `dns` says what it
+    /// carried, `since` the query was decided.
+    pub fn dns_answer(&self, dns: DnsInfo, since: Instant) -> Self {
+        let mut e = self.response(0, since);
+        e.dns = Some(Box::new(dns));
+        e
     }
 
     /// The event of the response to this request: `code`, `since` the
@@ -114,6 +166,7 @@ impl L7Event {
             by: Arc::clone(&self.by),
             refused: self.refused.clone(),
             limited_by: self.limited_by.clone(),
+            dns: None,
         }
     }
 }

@@ -25,8 +25,8 @@ use bulkhead_datapath::abi::{
 use bulkhead_datapath::sync::RuleTable;
 use bulkhead_flow::Timestamp;
 use bulkhead_flow::model::{
-    DropReason, Endpoint, EventType, Flow, FlowType, Http, HttpHeader, Icmp, Ip, IpVersion, L7FlowType, Layer4, Layer7,
-    NearMiss, NetworkInterface, Policy, Ports, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Verdict,
+    Dns, DropReason, Endpoint, EventType, Flow, FlowType, Http, HttpHeader, Icmp, Ip, IpVersion, L7FlowType, Layer4,
+    Layer7, NearMiss, NetworkInterface, Policy, Ports, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Verdict,
     event_types,
 };
 use bulkhead_policy::api::Direction;
@@ -145,11 +145,16 @@ impl Converter {
                 ip_version: if from.is_ipv4() { IpVersion::V4 } else { IpVersion::V6 },
                 encrypted: false,
             }),
-            l4: Some(Layer4::Tcp(Tcp {
-                source_port: from.port().into(),
-                destination_port: to.port().into(),
-                flags: None,
-            })),
+            l4: Some(match &e.dns {
+                Some(d) if d.udp => {
+                    Layer4::Udp(Ports { source_port: from.port().into(), destination_port: to.port().into() })
+                }
+                _ => Layer4::Tcp(Tcp {
+                    source_port: from.port().into(),
+                    destination_port: to.port().into(),
+                    flags: None,
+                }),
+            }),
             source,
             destination,
             flow_type: FlowType::L7,
@@ -160,17 +165,29 @@ impl Converter {
             l7: Some(Layer7 {
                 kind: if e.response { L7FlowType::Response } else { L7FlowType::Request },
                 latency_ns: e.latency_ns,
-                http: Some(Http {
+                http: e.dns.is_none().then(|| Http {
                     code: e.code.into(),
                     method: e.method.to_string(),
                     url: e.url.to_string(),
                     protocol: e.protocol.to_string(),
                     headers: e.headers.iter().map(|(k, v)| HttpHeader { key: k.clone(), value: v.clone() }).collect(),
                 }),
+                dns: e.dns.as_ref().map(|d| Dns {
+                    query: d.query.clone(),
+                    ips: d.ips.iter().map(ToString::to_string).collect(),
+                    ttl: d.ttl,
+                    cnames: d.cnames.clone(),
+                    observation_source: "proxy".into(),
+                    rcode: d.rcode.into(),
+                    qtypes: d.qtypes.clone(),
+                    rrtypes: d.rrtypes.clone(),
+                }),
                 ..Layer7::default()
             }),
             ..Flow::default()
         };
+        f.source_names = n.names_of(from.ip());
+        f.destination_names = n.names_of(to.ip());
         if let Some(limit) = &e.limited_by {
             f.ingress_denied_by = Arc::from([policy(limit)]);
         } else if e.allowed {
@@ -181,7 +198,11 @@ impl Converter {
                 e.by.iter()
                     .map(|(_, r)| NearMiss {
                         policy: policy(r),
-                        reason: "the request matches none of its HTTP rules (method, path, host, headers)".into(),
+                        reason: if e.dns.is_some() {
+                            "the query's name matches none of its DNS rules (matchName, matchPattern)".into()
+                        } else {
+                            "the request matches none of its HTTP rules (method, path, host, headers)".into()
+                        },
                     })
                     .collect();
         }
@@ -264,6 +285,8 @@ impl Converter {
             count: if ev.count > 1 { u64::from(ev.count) } else { 0 },
             ..Flow::default()
         };
+        f.source_names = n.names_of(src_ip);
+        f.destination_names = n.names_of(dst_ip);
         if ev.kind != EVENT_TRACE {
             let rules = self.policies(&n.rules, ev.rule);
             let (allowed, denied) = match dir {

@@ -60,6 +60,9 @@ fn take(
     flows: &mut Vec<bulkhead_flow::model::Flow>,
 ) -> std::io::Result<()> {
     if let Ok(event) = serde_json::from_slice::<L7Event>(line) {
+        if let Some(d) = event.dns.as_ref().filter(|d| !d.held.is_empty()) {
+            observer.metrics().dns_held(&d.held, d.held_ns);
+        }
         flows.push(conv.convert_l7(snapshot, &event));
         return Ok(());
     }

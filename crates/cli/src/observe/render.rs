@@ -53,11 +53,21 @@ fn paint(s: &str, code: &str, on: bool) -> String {
     if on { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
 }
 
-/// `ns/pod:port (ID:n)`, or `ip:port (world)` outside the cluster.
-fn endpoint(e: &Endpoint, ip: Option<std::net::IpAddr>, port: Option<u32>) -> String {
-    let host = if !e.pod_name.is_empty() { e.pod() } else { ip.map_or_else(String::new, |ip| ip.to_string()) };
+/// `ns/pod:port (ID:n)`, or `ip:port (world)` outside the cluster, named
+/// by the DNS names it was learnt under when there are some (as Hubble).
+fn endpoint(e: &Endpoint, ip: Option<std::net::IpAddr>, port: Option<u32>, names: &[String]) -> String {
+    let named = e.pod_name.is_empty() && !names.is_empty();
+    let host = if !e.pod_name.is_empty() {
+        e.pod()
+    } else if named {
+        names.iter().map(|n| n.trim_end_matches('.')).collect::<Vec<_>>().join(",")
+    } else {
+        ip.map_or_else(String::new, |ip| ip.to_string())
+    };
     let host = match (port, ip) {
-        (Some(p), Some(std::net::IpAddr::V6(_))) if p != 0 && e.pod_name.is_empty() => format!("[{host}]:{p}"),
+        (Some(p), Some(std::net::IpAddr::V6(_))) if p != 0 && e.pod_name.is_empty() && !named => {
+            format!("[{host}]:{p}")
+        }
         (Some(p), _) if p != 0 => format!("{host}:{p}"),
         _ => host,
     };
@@ -121,8 +131,15 @@ fn summary(f: &Flow) -> String {
             };
         }
         if let Some(d) = &l7.dns {
-            let what = if l7.kind == L7FlowType::Response { "Answer" } else { "Query" };
-            return format!("DNS {what} {} {}", d.query, d.qtypes.join(","));
+            // As Hubble: `DNS Answer "1.2.3.4" TTL: 30 (Proxy name. A)`.
+            let asked = format!("{} {}", d.query, d.qtypes.join(","));
+            return match (l7.kind, d.rcode) {
+                (L7FlowType::Response, 0) => {
+                    format!("DNS Answer \"{}\" TTL: {} (Proxy {asked})", d.ips.join(","), d.ttl)
+                }
+                (L7FlowType::Response, rcode) => format!("DNS Answer RCode: {} (Proxy {asked})", rcode_name(rcode)),
+                _ => format!("DNS Query {asked}"),
+            };
         }
         if let Some(k) = &l7.kafka {
             return format!("Kafka {} {} topic {}", k.api_key, k.api_version, k.topic);
@@ -135,6 +152,18 @@ fn summary(f: &Flow) -> String {
         Some(Layer4::IcmpV4(i)) => format!("ICMPv4 {}", icmp_name(4, i.kind)),
         Some(Layer4::IcmpV6(i)) => format!("ICMPv6 {}", icmp_name(6, i.kind)),
         None => String::new(),
+    }
+}
+
+/// A DNS response code's name, as Hubble prints it.
+fn rcode_name(rcode: u32) -> String {
+    match rcode {
+        1 => "Format Error".into(),
+        2 => "Server Failure".into(),
+        3 => "Non-Existent Domain".into(),
+        4 => "Not Implemented".into(),
+        5 => "Query Refused".into(),
+        n => format!("{n}"),
     }
 }
 
@@ -176,8 +205,8 @@ fn extras(f: &Flow) -> Vec<String> {
 fn ends(f: &Flow) -> (String, String, &'static str) {
     let (sp, dp) = f.ports().map_or((None, None), |(s, d)| (Some(s), Some(d)));
     let ip = f.ip.as_ref();
-    let src = endpoint(&f.source, ip.map(|i| i.source), sp);
-    let dst = endpoint(&f.destination, ip.map(|i| i.destination), dp);
+    let src = endpoint(&f.source, ip.map(|i| i.source), sp, &f.source_names);
+    let dst = endpoint(&f.destination, ip.map(|i| i.destination), dp, &f.destination_names);
     match f.is_reply {
         None => (src, dst, "<>"),
         // Replies are printed from the connection's initiator, as Hubble does.
