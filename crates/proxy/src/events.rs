@@ -270,6 +270,7 @@ mod tests {
             by: Arc::new([]),
             refused: None,
             limited_by: None,
+            dns: None,
         };
         e.send(ev.clone());
         assert_eq!(e.take_lost(), 1);
