@@ -62,7 +62,12 @@ pub fn trace(a: TraceArgs) -> Result<ExitCode> {
         headers: a.http_header,
     });
     let req = TraceRequest { from: a.from, to, port, http };
-    let result = run_trace(&mut engine, &req)?;
+    #[allow(unused_mut)]
+    let mut result = run_trace(&mut engine, &req)?;
+    #[cfg(feature = "node")]
+    if let Target::Fqdn(name) = &req.to {
+        result.notes.extend(crate::live::fqdn_notes(name));
+    }
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
         Output::Text => print!("{}", render_trace(&result)),

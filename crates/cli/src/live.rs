@@ -268,6 +268,35 @@ pub fn identities(a: ListArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a running agent (at `BULKHEAD_SOCKET` or the default socket) has
+/// learnt about `name`, for `policy trace --to-fqdn`: nothing when no agent
+/// answers.
+pub fn fqdn_notes(name: &str) -> Vec<String> {
+    let socket =
+        std::env::var_os("BULKHEAD_SOCKET").map_or_else(|| PathBuf::from(bulkhead_api::DEFAULT_SOCKET), PathBuf::from);
+    let client = Client::new(&socket).with_timeout(std::time::Duration::from_secs(1));
+    let Ok(rows) = client.get::<Vec<bulkhead_api::FqdnCacheEntry>>("/fqdn/cache") else { return Vec::new() };
+    let want = bulkhead_policy::l7::normalize_name(name);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let known: Vec<String> = rows
+        .iter()
+        .filter(|r| r.name == want)
+        .map(|r| {
+            let left =
+                if r.expires >= now { format!("expires in {}s", r.expires - now) } else { "expired, in use".into() };
+            format!("{} (identity {}, {left}, looked up by {})", r.addr, r.identity, r.endpoints.join(", "))
+        })
+        .collect();
+    if known.is_empty() {
+        vec![format!(
+            "the agent at {} has learnt no address for {want}: until a pod's lookup passes the DNS proxy, its addresses are world's",
+            socket.display()
+        )]
+    } else {
+        vec![format!("the agent at {} has learnt {want}: {}", socket.display(), known.join("; "))]
+    }
+}
+
 pub fn fqdn_cache(a: FqdnListArgs) -> Result<ExitCode> {
     let q = a.endpoint.as_ref().map(|e| format!("?endpoint={}", urlencode(e))).unwrap_or_default();
     let rows: Vec<bulkhead_api::FqdnCacheEntry> =

@@ -256,6 +256,27 @@ fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_
         lab.ok(&["observe", "--to-fqdn", "api.stripe.com", "--verdict", "DROPPED", "--last", "5", "--color", "never"]);
     assert!(out.contains("-> api.stripe.com:80 (world)"), "{out}");
 
+    // `policy trace --to-fqdn` says what the running agent learnt.
+    let seed = repo().join("examples/seed");
+    let trace = lab.ok(&[
+        "policy",
+        "trace",
+        "--cluster",
+        seed.join("cluster.yaml").to_str().expect("path"),
+        "--policies",
+        seed.join("policies").to_str().expect("path"),
+        "-n",
+        "production",
+        "--from",
+        CLIENT,
+        "--to-fqdn",
+        "API.stripe.com",
+        "--port",
+        "443/TCP",
+    ]);
+    assert!(trace.contains("ALLOWED") || trace.contains("allowed"), "{trace}");
+    assert!(trace.contains("has learnt api.stripe.com.: 198.18.100.10 (identity"), "{trace}");
+
     // What the node learnt, and who looked it up (on disk too).
     assert_eq!(cached(&lab, "api.stripe.com."), [stripe[0], stripe[1]]);
     assert!(cached_for(&lab, "api.stripe.com.", "production/frontend").is_empty());
