@@ -6,7 +6,8 @@
 # pod pair on every port and prints what got through beside what the
 # policies say and which policy the kernel reported, sends the seed's HTTP
 # rule allowed, denied and disguised requests and a RateLimit's 429s,
-# then takes the lab down (--keep leaves it up).
+# shows the payment processor reaching only *.stripe.com by name (DNS
+# through the proxy, toFQDNs), then takes the lab down (--keep leaves it up).
 # Needs root (network namespaces, eBPF).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +80,29 @@ for _ in 1 2 3 4 5 6 7 8; do
 done
 echo "   (429: Too Many Requests, with Retry-After)"
 "$bin" observe --type l7 --http-status 429 --last 1 --color never
+echo
+echo "== DNS and toFQDNs: payment-processor resolves names only through kube-dns (its DNS rule allows any name),"
+echo "   and reaches only *.stripe.com, on 443 (its toFQDNs rule), from the first connection after the lookup"
+pay() { "$bin" lab "${lab[@]}" exec production/payment-processor -- "$@"; }
+tcp() { # NAME-OR-ADDRESS PORT: whether a TCP connection gets through
+  printf '  connect %-24s -> ' "$1:$2"
+  if pay timeout 3 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; then echo connected; else echo "dropped"; fi
+}
+tcp 198.18.100.10 443
+echo "    (api.stripe.com's address, before any lookup: world's, so nothing allows it)"
+printf '  resolve %-24s -> %s\n' api.stripe.com "$(pay getent ahostsv4 api.stripe.com | awk 'NR==1 {print $1}')"
+tcp api.stripe.com 443
+tcp api.stripe.com 80
+printf '  resolve %-24s -> %s\n' evil.example.com "$(pay getent ahostsv4 evil.example.com | awk 'NR==1 {print $1}')"
+tcp evil.example.com 443
+echo "    (to make evil.example.com's lookup itself REFUSED, narrow the DNS rule: matchPattern \"*.stripe.com\")"
+echo
+echo "== the names the node learnt from the answers the DNS proxy allowed"
+"$bin" fqdn cache list
+echo
+echo "== DNS flows and the connection they allowed, each naming its rule"
+"$bin" observe --type l7 --last 4 --color never
+"$bin" observe --to-fqdn '*.stripe.com' --type policy-verdict --last 2 --color never
 echo
 echo "== why is staging/debug-tools kept out of the backend? (offline trace, same engine)"
 "$bin" policy trace --cluster examples/seed/cluster.yaml --policies examples/seed/policies -n production \

@@ -236,6 +236,23 @@ fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_
         assert!(echoes(&mut s, b"charge"), "{want}:443 answers");
         assert!(connect(&lab, CLIENT, SocketAddr::new(want, 80)).is_err(), "{want}:80 is not in the rule");
     }
+    // `lab probe` by name: resolved through the pod's resolver, then probed.
+    let out =
+        lab.lab(&["probe", "--from", CLIENT, "--to-name", "api.stripe.com", "--ports", "443/TCP,80/TCP", "-o", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    assert_eq!(report["answers"]["A"], "No Error", "{report}");
+    let outcome = |addr: IpAddr, port: &str| {
+        report["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["addr"] == addr.to_string() && r["port"] == port)
+            .map(|r| r["outcome"].clone())
+    };
+    for ip in stripe {
+        assert_eq!(outcome(ip, "443/TCP"), Some("reached".into()), "{report}");
+        assert_eq!(outcome(ip, "80/TCP"), Some("dropped".into()), "{report}");
+    }
     // The brief's DNS rule lets every name resolve, but toFQDNs covers only
     // *.stripe.com: evil.example.com resolves and stays unreachable.
     let a = ask(&lab, CLIENT, resolver, "evil.example.com", RecordType::A, Transport::Udp);

@@ -51,6 +51,97 @@ pub struct ProbeArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = ProbeOutput::Table)]
     pub output: ProbeOutput,
+    /// Probe one name instead of the matrix: resolve it from this pod
+    /// (NAMESPACE/POD) through the pod's resolver, as the pod would, then
+    /// connect to each address on --ports.
+    ///
+    /// Example: bulkhead lab probe --from production/payment-processor --to-name api.stripe.com --ports 443/TCP
+    #[arg(long, value_name = "NAMESPACE/POD", requires = "to_name")]
+    pub from: Option<String>,
+    /// The name to resolve and probe (with --from).
+    #[arg(long, value_name = "NAME", requires = "from")]
+    pub to_name: Option<String>,
+}
+
+/// What probing one name saw.
+#[derive(Debug, Serialize)]
+struct NameProbe {
+    from: String,
+    name: String,
+    /// Per query type (A, AAAA): the rcode, or the error.
+    answers: BTreeMap<String, String>,
+    /// Per address and port: reached, dropped, or an L7 outcome.
+    results: Vec<NameResult>,
+}
+
+#[derive(Debug, Serialize)]
+struct NameResult {
+    addr: IpAddr,
+    port: String,
+    outcome: Outcome,
+}
+
+/// `--from POD --to-name NAME`: resolve through the pod's resolver, then
+/// probe every address on every port.
+fn probe_name(st: &LabState, from: &str, name: &str, a: &ProbeArgs) -> Result<ExitCode> {
+    use bulkhead_lab::dns::{RecordType, Transport, resolve};
+    let pod = st.pod(from)?;
+    let Some(server) = st.dns else { bail!("lab `{}` has no DNS", st.name) };
+    let ports: Vec<ProbePort> = if a.ports.is_empty() {
+        vec![ProbePort { proto: Proto::Tcp, port: 80 }]
+    } else {
+        a.ports
+            .iter()
+            .map(|p| ProbePort::parse(p).map_err(|e| anyhow::anyhow!("--ports {p}: {e}")))
+            .collect::<Result<_>>()?
+    };
+    let timeout = Duration::from_millis(a.timeout_ms.max(1000));
+    let ns = netns::named(&pod.netns);
+    let mut answers = BTreeMap::new();
+    let mut addrs = Vec::new();
+    for qtype in [RecordType::A, RecordType::AAAA] {
+        let got = netns::run_in(&ns, || {
+            resolve(std::net::SocketAddr::new(server, 53), name, qtype, Transport::Udp, timeout)
+        })?;
+        match got {
+            Ok(ans) => {
+                answers.insert(qtype.to_string(), ans.rcode.to_string());
+                addrs.extend(ans.addrs);
+            }
+            Err(e) => {
+                answers.insert(qtype.to_string(), format!("no answer ({e})"));
+            }
+        }
+    }
+    let probes: Vec<Probe> = addrs
+        .iter()
+        .flat_map(|d| ports.iter().map(|p| Probe { dst: *d, proto: p.proto, port: p.port, l7: false }))
+        .collect();
+    let outcomes = probe_from(&ns, &probes, Duration::from_millis(a.timeout_ms), 4)?;
+    let results: Vec<NameResult> = probes
+        .iter()
+        .zip(outcomes)
+        .map(|(p, outcome)| NameResult { addr: p.dst, port: format!("{}/{}", p.port, p.proto.as_str()), outcome })
+        .collect();
+    let report = NameProbe { from: from.into(), name: name.into(), answers, results };
+    if a.output == ProbeOutput::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let asked: Vec<String> = report.answers.iter().map(|(t, r)| format!("{t} {r}")).collect();
+        println!("{from} resolves {name} through {server}: {}", asked.join(", "));
+        for r in &report.results {
+            let what = match &r.outcome {
+                Outcome::Reached => "reached".to_string(),
+                Outcome::Dropped => "dropped".to_string(),
+                other => format!("{other:?}"),
+            };
+            println!("  {} {} -> {what}", r.addr, r.port);
+        }
+        if report.results.is_empty() {
+            println!("  no address to probe");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `grid[from][to][port]`.
@@ -125,6 +216,9 @@ const DNS_REFUSED: u8 = 5;
 
 pub fn run(name: &str, a: ProbeArgs) -> Result<ExitCode> {
     let st = LabState::require(name)?;
+    if let (Some(from), Some(to)) = (&a.from, &a.to_name) {
+        return probe_name(&st, from, to, &a);
+    }
     let client = Client::new(&st.socket);
     let q = a.ports.iter().map(|p| urlencode(p)).collect::<Vec<_>>().join(",");
     let expected: ReachMatrix = client.get(&format!("/reach?ports={q}")).map_err(with_details)?;
