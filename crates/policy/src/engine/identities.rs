@@ -197,7 +197,17 @@ impl Engine {
     /// Brings `addr`'s identity up to date with its names and the policy
     /// prefixes (every address's, after the prefixes changed).
     pub(super) fn sync_learnt(&mut self, addr: IpAddr) {
-        let want = self.learnt.get(&addr).map(|names| {
+        // Only addresses some toFQDNs selector wants get an identity (and an
+        // ipcache entry): the others stay world's, as if never learnt.
+        let selected = self.learnt.get(&addr).filter(|names| {
+            self.rules.values().any(|r| {
+                r.egress.contributions.iter().flat_map(|c| &c.peers).any(|p| match p {
+                    PeerSel::Fqdn(f) => names.iter().any(|n| crate::l7::dns::selector_matches(f, n)),
+                    _ => false,
+                })
+            })
+        });
+        let want = selected.map(|names| {
             let host = Cidr::host(addr);
             let mut cidrs: Vec<Cidr> = self.cidr_ids.keys().filter(|c| c.contains(&host)).copied().collect();
             cidrs.push(Cidr::new(addr, 0));

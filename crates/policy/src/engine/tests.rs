@@ -275,6 +275,8 @@ fn learnt_addresses_are_selected_by_matching_to_fqdns_and_still_by_cidr_rules() 
     // Learnt under a name no selector matches: nothing by name.
     e.apply(Change::SetLearnt("198.51.100.9".parse().expect("ip"), names(&["evil.example.com."])));
     assert!(!egress_allows(&e, "a/web", "198.51.100.9", 443));
+    // ... and no identity of its own: no selector wants it.
+    assert_eq!(e.identity_of_ip("198.51.100.9".parse().expect("ip")).0, Reserved::WorldIpv4.id());
     // An address shared by both names: selected for the matching one.
     e.apply(Change::SetLearnt("198.51.100.9".parse().expect("ip"), names(&["evil.example.com.", "js.stripe.com."])));
     assert!(egress_allows(&e, "a/web", "198.51.100.9", 443));
