@@ -131,6 +131,13 @@ impl NameCache {
         self.reindex(changed)
     }
 
+    /// Until when (unix seconds) every one of `addrs` stays under `name`
+    /// at least (`None`: one is not there).
+    pub fn held_until(&self, name: &str, addrs: &[IpAddr]) -> Option<u64> {
+        let entries = self.names.get(name)?;
+        addrs.iter().map(|a| entries.get(&a.to_canonical()).map(|e| e.expires)).min().flatten()
+    }
+
     /// The soonest expiry, to know when to look again.
     pub fn next_expiry(&self) -> Option<u64> {
         self.names.values().flat_map(|e| e.values().map(|e| e.expires)).min()

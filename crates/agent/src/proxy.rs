@@ -252,8 +252,8 @@ fn learn_from(s: UnixStream, commands: &std::sync::mpsc::Sender<Command>, stop: 
         if commands.send(Command::Learn(batch, tx)).is_err() {
             return Ok(());
         }
-        match rx.blocking_recv() {
-            Ok(Ok(())) => {}
+        let until = match rx.blocking_recv() {
+            Ok(Ok(until)) => until,
             // Not in the kernel: the answers are not released early; the
             // proxy's hold time runs out (and counts them).
             Ok(Err(e)) => {
@@ -261,10 +261,10 @@ fn learn_from(s: UnixStream, commands: &std::sync::mpsc::Sender<Command>, stop: 
                 continue;
             }
             Err(_) => return Ok(()),
-        }
-        let mut out = Vec::with_capacity(ids.len() * 20);
-        for id in ids {
-            serde_json::to_writer(&mut out, &Learnt { learnt: id }).map_err(std::io::Error::other)?;
+        };
+        let mut out = Vec::with_capacity(ids.len() * 40);
+        for (id, until) in ids.into_iter().zip(until) {
+            serde_json::to_writer(&mut out, &Learnt { learnt: id, until }).map_err(std::io::Error::other)?;
             out.push(b'\n');
         }
         write.write_all(&out)?;

@@ -110,8 +110,9 @@ pub enum Command {
     SetAudit(AuditRequest, Reply<AuditSettings>),
     /// The engine's reachability matrix (for `lab probe`).
     Reach(Vec<String>, Reply<ReachMatrix>),
-    /// Addresses the DNS proxy learnt: answered once the kernel enforces them.
-    Learn(Vec<bulkhead_proxy::learn::Learn>, Reply<()>),
+    /// Addresses the DNS proxy learnt: answered once the kernel enforces
+    /// them, with until when (unix seconds) each learn's addresses stay.
+    Learn(Vec<bulkhead_proxy::learn::Learn>, Reply<Vec<u64>>),
 }
 
 /// How often retired policy slots are looked at.
@@ -132,6 +133,8 @@ pub struct Reconciler {
     not_ready: BTreeMap<String, EndpointFailure>,
     /// Names learnt from DNS answers, with their addresses (persisted).
     fqdn: NameCache,
+    /// Expiries moved since the cache was last saved (saved within a tick).
+    fqdn_dirty: bool,
     generation: u64,
     published: Arc<Published>,
     metrics: Arc<Metrics>,
@@ -184,6 +187,7 @@ impl Reconciler {
             proxy,
             not_ready: BTreeMap::new(),
             fqdn: NameCache::default(),
+            fqdn_dirty: false,
             generation: 0,
             published,
             metrics,
@@ -281,30 +285,38 @@ impl Reconciler {
         }
     }
 
-    fn save_fqdn(&self) -> Result<()> {
+    fn save_fqdn(&mut self) -> Result<()> {
+        self.fqdn_dirty = false;
         let path = self.fqdn_path();
         let bytes = self.fqdn.to_json().map_err(|e| AgentError::Io(std::io::Error::other(e)))?;
         crate::store::write_atomically(&path, &bytes)
             .map_err(|e| AgentError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
     }
 
-    /// Takes what the DNS proxy learnt: saved, then in the engine and the
-    /// kernel, before the answers are released.
-    fn learn(&mut self, learns: Vec<bulkhead_proxy::learn::Learn>) -> Result<()> {
+    /// Takes what the DNS proxy learnt: new addresses saved, then in the
+    /// engine and the kernel, before the answers are released. Answers
+    /// until when each learn's addresses stay at least.
+    fn learn(&mut self, learns: Vec<bulkhead_proxy::learn::Learn>) -> Result<Vec<u64>> {
         let now = unix_now();
         let mut changed = Vec::new();
-        for l in learns {
+        for l in &learns {
             let endpoint = self.engine.identity_of_ip(l.client).1.unwrap_or_else(|| l.client.to_string());
             changed.extend(self.fqdn.learn(self.config.fqdn, &endpoint, &l.name, &l.addrs, l.ttl, now));
         }
-        self.save_fqdn()?;
-        self.apply_learnt(changed)
+        if changed.is_empty() {
+            // Only expiries moved: saved by the next tick, not per answer.
+            self.fqdn_dirty = true;
+        } else {
+            self.save_fqdn()?;
+            self.apply_learnt(changed)?;
+        }
+        Ok(learns.iter().map(|l| self.fqdn.held_until(&l.name, &l.addrs).unwrap_or(0)).collect())
     }
 
     /// Forgets addresses past their TTL that no open connection uses.
     fn expire_fqdn(&mut self) -> Result<()> {
         if self.fqdn.next_expiry().is_none_or(|t| t >= unix_now()) {
-            return Ok(());
+            return if self.fqdn_dirty { self.save_fqdn() } else { Ok(()) };
         }
         let in_use = self.dp.view().conntrack_addresses();
         let changed = self.fqdn.expire(unix_now(), &in_use);

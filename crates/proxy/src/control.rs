@@ -228,7 +228,7 @@ async fn learns(stream: UnixStream, shared: &Shared) -> io::Result<()> {
                 line = lines.next_line() => {
                     let Some(line) = line? else { return Ok(()) };
                     match serde_json::from_str::<crate::learn::Learnt>(&line) {
-                        Ok(l) => shared.learner.learnt(l.learnt),
+                        Ok(l) => shared.learner.learnt(l),
                         Err(e) => tracing::warn!(error = %e, "an unreadable reply from the agent"),
                     }
                 }

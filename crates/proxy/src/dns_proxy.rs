@@ -191,12 +191,7 @@ impl Dns {
             info.rrtypes = types;
         }
         if let Some((how, took)) = held {
-            info.held = match how {
-                Held::Enforced => "enforced",
-                Held::TimedOut => "timeout",
-                Held::NoAgent => "no-agent",
-            }
-            .into();
+            info.held = how.as_str().into();
             info.held_ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         }
         self.shared.events.send(Arc::new(asked.event.dns_answer(info, asked.since)));
@@ -225,7 +220,7 @@ impl Dns {
                         .learner
                         .hold(client.ip(), &query.name, &learnt.addrs, learnt.ttl, self.settings.hold)
                         .await;
-                    if how != Held::Enforced {
+                    if matches!(how, Held::TimedOut | Held::NoAgent) {
                         tracing::info!(%client, query = %query.name, held = ?how, "DNS answer released before its addresses were enforced");
                     }
                     held = Some((how, t0.elapsed()));

@@ -6,7 +6,10 @@
 //! reads one [`Learnt`] per learn once the agent has the addresses in the
 //! kernel's ipcache and policies (and on disk). Only then does the client
 //! get its answer, so its first connection to a new address is never
-//! dropped while policy catches up. An answer is held at most
+//! dropped while policy catches up. The reply says until when the agent
+//! holds those addresses at least: until then an answer with no other
+//! address goes out at once (its learn still goes, to extend them). An
+//! answer is held at most
 //! [`crate::dns_proxy::DnsSettings::hold`]; past it, or with no agent
 //! subscribed, it is released anyway and counted: the client may then find
 //! its first connection dropped (fail closed), never let through.
@@ -40,6 +43,11 @@ pub struct Learn {
 pub struct Learnt {
     /// The [`Learn::id`].
     pub learnt: u64,
+    /// Unix seconds until which the agent holds every address of that
+    /// learn at least (0: no promise); until then an answer with no other
+    /// address need not wait.
+    #[serde(default)]
+    pub until: u64,
 }
 
 /// How a held answer was released.
@@ -47,22 +55,33 @@ pub struct Learnt {
 pub enum Held {
     /// After the agent said the kernel enforces its addresses.
     Enforced,
+    /// At once: the agent said the kernel holds these addresses for this
+    /// name until after now (the learn still goes to it, to extend them).
+    Known,
     /// When the hold time ran out first.
     TimedOut,
     /// At once: no agent was subscribed (or it went away meanwhile).
     NoAgent,
 }
 
-/// Counts of released answers, by how.
-#[derive(Debug, Default)]
-pub struct HoldStats {
-    /// Released once enforced.
-    pub enforced: AtomicU64,
-    /// Released when the hold time ran out.
-    pub timed_out: AtomicU64,
-    /// Released with no agent to tell.
-    pub no_agent: AtomicU64,
+impl Held {
+    /// As metrics and flows name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforced => "enforced",
+            Self::Known => "known",
+            Self::TimedOut => "timeout",
+            Self::NoAgent => "no-agent",
+        }
+    }
 }
+
+/// Names whose addresses the agent said it holds, at most (past it the
+/// memory starts over: answers then wait for the agent again).
+const MAX_KNOWN: usize = 65_536;
+
+/// An answer waiting: its name and addresses, and its waker.
+type Waiting = (String, Vec<IpAddr>, oneshot::Sender<()>);
 
 /// See the module documentation.
 #[derive(Debug, Default)]
@@ -70,36 +89,39 @@ pub struct Learner {
     /// The subscribed agent: its subscription number and channel.
     agent: Mutex<Option<(u64, mpsc::UnboundedSender<Learn>)>>,
     subscriptions: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Answers waiting, by learn.
+    waiting: Mutex<HashMap<u64, Waiting>>,
+    /// What the agent holds: per name, addresses and until when (unix s).
+    known: Mutex<HashMap<String, (Vec<IpAddr>, u64)>>,
     next: AtomicU64,
-    /// How held answers were released.
-    pub stats: HoldStats,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 impl Learner {
     /// Tells the agent that `client`'s lookup of `name` returned `addrs`,
-    /// and waits (at most `timeout`) until it enforces them.
+    /// and waits (at most `timeout`) until it enforces them — not at all
+    /// when it already said it holds them past now.
     pub async fn hold(&self, client: IpAddr, name: &str, addrs: &[IpAddr], ttl: u32, timeout: Duration) -> Held {
-        let held = self.wait(client, name, addrs, ttl, timeout).await;
-        let counter = match held {
-            Held::Enforced => &self.stats.enforced,
-            Held::TimedOut => &self.stats.timed_out,
-            Held::NoAgent => &self.stats.no_agent,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        held
-    }
-
-    async fn wait(&self, client: IpAddr, name: &str, addrs: &[IpAddr], ttl: u32, timeout: Duration) -> Held {
         let Some((_, agent)) = lock(&self.agent).clone() else { return Held::NoAgent };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&self.waiting).insert(id, tx);
         let learn = Learn { id, client, name: name.to_owned(), addrs: addrs.to_vec(), ttl };
+        // A second left over: the agent's clock and this one's may disagree
+        // by the second they are read in.
+        let known = lock(&self.known)
+            .get(name)
+            .is_some_and(|(held, until)| *until > unix_now() + 1 && addrs.iter().all(|a| held.contains(a)));
+        if known {
+            return if agent.send(learn).is_ok() { Held::Known } else { Held::NoAgent };
+        }
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(id, (name.to_owned(), addrs.to_vec(), tx));
         if agent.send(learn).is_err() {
             lock(&self.waiting).remove(&id);
             return Held::NoAgent;
@@ -120,14 +142,22 @@ impl Learner {
         let (tx, rx) = mpsc::unbounded_channel();
         let n = self.subscriptions.fetch_add(1, Ordering::Relaxed);
         *lock(&self.agent) = Some((n, tx));
+        // A new agent may know less than the last one said.
+        lock(&self.known).clear();
         (n, rx)
     }
 
-    /// The agent enforces learn `id`: its answer goes out.
-    pub fn learnt(&self, id: u64) {
-        if let Some(tx) = lock(&self.waiting).remove(&id) {
-            let _ = tx.send(());
+    /// The agent enforces learn `r.learnt` until `r.until`: its answer goes out.
+    pub fn learnt(&self, r: Learnt) {
+        let Some((name, addrs, tx)) = lock(&self.waiting).remove(&r.learnt) else { return };
+        if r.until > 0 {
+            let mut known = lock(&self.known);
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(name, (addrs, r.until));
         }
+        let _ = tx.send(());
     }
 
     /// Subscription `n` went away: answers waiting on it are released
@@ -137,6 +167,7 @@ impl Learner {
         if agent.as_ref().is_some_and(|(current, _)| *current == n) {
             *agent = None;
             lock(&self.waiting).clear();
+            lock(&self.known).clear();
         }
     }
 }
