@@ -171,3 +171,47 @@ impl Learner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    #[tokio::test]
+    async fn an_answer_waits_for_the_agent_once_then_goes_while_the_agent_holds_its_addresses() {
+        let l = std::sync::Arc::new(Learner::default());
+        let (client, a, b) = (ip("198.18.1.30"), ip("198.18.100.10"), ip("198.18.100.11"));
+        let hold = Duration::from_secs(5);
+        // No agent: at once.
+        assert_eq!(l.hold(client, "api.stripe.com.", &[a], 30, hold).await, Held::NoAgent);
+        let (n, mut rx) = l.subscribe();
+        let waiter = tokio::spawn({
+            let l = std::sync::Arc::clone(&l);
+            async move { l.hold(client, "api.stripe.com.", &[a], 30, hold).await }
+        });
+        let learn = rx.recv().await.expect("the learn reaches the agent");
+        assert_eq!((learn.name.as_str(), learn.addrs.as_slice(), learn.ttl), ("api.stripe.com.", &[a][..], 30));
+        assert!(!waiter.is_finished(), "released before the agent answered");
+        l.learnt(Learnt { learnt: learn.id, until: unix_now() + 60 });
+        assert_eq!(waiter.await.expect("task"), Held::Enforced);
+        // Held by the agent: the same address goes at once, its learn still sent.
+        assert_eq!(l.hold(client, "api.stripe.com.", &[a], 30, hold).await, Held::Known);
+        assert!(rx.try_recv().is_ok(), "the learn that extends the address");
+        // A new address waits; the hold time runs out without an answer.
+        assert_eq!(l.hold(client, "api.stripe.com.", &[a, b], 30, Duration::from_millis(20)).await, Held::TimedOut);
+        // The agent goes: waiting answers are released, nothing is known.
+        let waiter = tokio::spawn({
+            let l = std::sync::Arc::clone(&l);
+            async move { l.hold(client, "js.stripe.com.", &[b], 30, hold).await }
+        });
+        while rx.try_recv().is_err() {
+            tokio::task::yield_now().await;
+        }
+        l.unsubscribe(n);
+        assert_eq!(waiter.await.expect("task"), Held::NoAgent);
+        assert_eq!(l.hold(client, "api.stripe.com.", &[a], 30, hold).await, Held::NoAgent);
+    }
+}
