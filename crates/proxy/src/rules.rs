@@ -198,6 +198,8 @@ pub struct Rules {
     generation: u64,
     synced: bool,
     wire: HashMap<u32, Endpoint>,
+    /// Each endpoint compiled, by id (an update recompiles only its own).
+    locals: HashMap<u32, Arc<Local>>,
     by_addr: HashMap<IpAddr, Arc<Local>>,
     /// The ipcache: (IPv6, prefix length, prefixes), longest first.
     ipcache: Vec<(bool, u8, HashMap<IpAddr, u32>)>,
@@ -242,15 +244,15 @@ pub struct UpdateError {
 impl Rules {
     /// The rules after `u`, or why `u` cannot be taken.
     pub fn apply(&self, u: &Update) -> Result<Rules, UpdateError> {
-        let mut wire = if u.full { HashMap::new() } else { self.wire.clone() };
+        let (mut wire, mut locals) =
+            if u.full { (HashMap::new(), HashMap::new()) } else { (self.wire.clone(), self.locals.clone()) };
         for id in &u.removed {
             wire.remove(id);
+            locals.remove(id);
         }
+        // Only the endpoints in the update are compiled anew (an update of
+        // the ipcache alone, as a learnt name brings, compiles nothing).
         for e in &u.endpoints {
-            wire.insert(e.id, e.clone());
-        }
-        let mut by_addr = HashMap::new();
-        for e in wire.values() {
             let compile = |d: &Option<Direction>| {
                 d.as_ref()
                     .map(Compiled::new)
@@ -263,8 +265,14 @@ impl Rules {
                 ingress: compile(&e.ingress)?,
                 egress: compile(&e.egress)?,
             });
+            locals.insert(e.id, local);
+            wire.insert(e.id, e.clone());
+        }
+        let mut by_addr = HashMap::new();
+        for e in wire.values() {
+            let Some(local) = locals.get(&e.id) else { continue };
             for a in &e.addrs {
-                by_addr.insert(a.to_canonical(), Arc::clone(&local));
+                by_addr.insert(a.to_canonical(), Arc::clone(local));
             }
         }
         let ipcache_wire = u.ipcache.clone().unwrap_or_else(|| self.ipcache_wire.clone());
@@ -272,6 +280,7 @@ impl Rules {
             generation: u.generation,
             synced: true,
             wire,
+            locals,
             by_addr,
             ipcache: index_ipcache(&ipcache_wire),
             ipcache_wire,
