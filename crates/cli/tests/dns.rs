@@ -154,7 +154,7 @@ fn dns_rules_decide_each_query_and_allowed_answers_pass_through() {
     let summary = lab.ok(&["observe", "--type", "l7", "--verdict", "DROPPED", "--last", "1", "--color", "never"]);
     assert!(summary.contains("DNS Answer RCode: Query Refused (Proxy frontend.production. A)"), "{summary}");
     // Metrics count queries and answers by rcode and verdict, and time them.
-    let text = metrics(&lab);
+    let text = lab.metrics();
     assert!(
         text.lines().any(|l| l.starts_with("bulkhead_dns_responses_total{rcode=\"Query Refused\"")
             && l.contains("verdict=\"DROPPED\"")),
@@ -259,7 +259,7 @@ fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_
     assert_eq!(a.addrs, [evil[0]]);
     assert!(connect(&lab, CLIENT, SocketAddr::new(evil[0], 443)).is_err(), "evil.example.com:443");
     // The answer was held until the kernel had its addresses, and said so.
-    let text = metrics(&lab);
+    let text = lab.metrics();
     let held = text
         .lines()
         .find(|l| l.starts_with("bulkhead_dns_held_answer_wait_seconds_count{released=\"enforced\"}"))
@@ -321,7 +321,7 @@ fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_
 
     // kill -9 of the proxy: the open connection is not the proxy's; lookups
     // work again once it is back.
-    let (pid, args) = proxy_process(&lab).expect("the lab's proxy");
+    let (pid, args) = lab.proxy_process().expect("the lab's proxy");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill proxy");
     wait_until("the proxy gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists())
         .expect("kill");
@@ -357,24 +357,4 @@ fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_
     let _ = agent.kill();
     let _ = agent.wait();
     let _ = std::fs::remove_file(&log);
-}
-
-/// The lab's proxy process: its pid and command line.
-fn proxy_process(lab: &Lab) -> Option<(i32, Vec<String>)> {
-    let marker = format!("/run/bulkhead/{}/proxy.sock", lab.name);
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<String> =
-            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        (args.get(1).map(String::as_str) == Some("proxy") && args.contains(&marker)).then_some((pid, args))
-    })
-}
-
-/// The agent's metrics page.
-fn metrics(lab: &Lab) -> String {
-    let status = lab.json(&["status", "-o", "json"]);
-    let web = status["flows"]["web"].as_str().expect("web address");
-    let out = std::process::Command::new("curl").args(["-sf", &format!("{web}metrics")]).output().expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -178,7 +178,7 @@ fn observe_metrics_and_the_signed_flow_log() {
     assert_eq!(miss["policy"]["name"], "restrict-backend-api");
     assert_eq!(miss["policy"]["rule"], "spec.ingress[0]");
     assert!(miss["reason"].as_str().is_some_and(|r| r.contains("app=frontend")), "{miss}");
-    // An allow names its policy; a redirect with no proxy names the rule that redirected.
+    // An allow names its policy; an L7 redirect is decided by the proxy, whose flow names the rule.
     let allowed = lines(&lab.ok(&[
         "observe",
         "--to-pod",
@@ -199,20 +199,14 @@ fn observe_metrics_and_the_signed_flow_log() {
     assert_eq!(a["ingress_allowed_by"][0]["name"], "allow-dns");
     assert_eq!(a["ingress_allowed_by"][0]["kind"], "CiliumClusterwideNetworkPolicy");
     assert!(a["policy_match_type"].as_u64().is_some_and(|m| m > 0), "{a}");
-    // The DNS rule's redirect has no proxy to take it: the drop names the rule.
-    let redirect = lines(&lab.ok(&[
-        "observe",
-        "--drop-reason",
-        "SOCKET_LOOKUP_FAILED",
-        "--from-pod",
-        "production/payment-processor",
-        "-o",
-        "json",
-    ]));
-    assert_eq!(
-        redirect.last().expect("an L7 redirect drop")["flow"]["egress_allowed_by"][0]["name"],
-        "allow-stripe-api-only"
-    );
+    // The DNS rule's redirect: the DNS proxy decided the probe's query, an
+    // L7 flow naming the rule.
+    let dns = lines(&lab.ok(&["observe", "--type", "l7", "--from-pod", "production/payment-processor", "-o", "json"]));
+    let query = dns
+        .iter()
+        .find(|f| f["flow"]["l7"]["dns"]["query"] == "probe.bulkhead.")
+        .expect("the probe's DNS query, decided by the DNS proxy");
+    assert_eq!(query["flow"]["egress_allowed_by"][0]["name"], "allow-stripe-api-only", "{query}");
     // The HTTP rule's: the proxy decided the probe's GET / (denied), an L7 flow.
     let l7 = lines(&lab.ok(&["observe", "--type", "l7", "--to-pod", "production/backend", "-o", "json"]));
     let denied =
@@ -249,7 +243,7 @@ fn observe_metrics_and_the_signed_flow_log() {
     );
     for (prefix, min) in [
         (r#"bulkhead_drop_total{reason="POLICY_DENIED",direction="INGRESS"}"#, 1.0),
-        (r#"bulkhead_drop_total{reason="SOCKET_LOOKUP_FAILED",direction="EGRESS"}"#, 1.0),
+        (r#"bulkhead_dns_queries_total{rcode="",qtypes="A",ips_returned="0",verdict="FORWARDED"}"#, 1.0),
         (r#"bulkhead_http_requests_total{method="GET",protocol="HTTP/1.1",reporter="server",verdict="DROPPED"}"#, 1.0),
         (r#"bulkhead_flows_processed_total{type="drop",subtype="",verdict="DROPPED"}"#, 1.0),
         (r#"bulkhead_flows_processed_total{type="policy-verdict",subtype="",verdict="FORWARDED"}"#, 1.0),

@@ -108,15 +108,7 @@ fn the_seed_http_rule_is_enforced_per_request_on_both_families() {
     let b = backend(&lab, true);
     curl(&lab, "production/frontend", &["-H", "Authorization: Bearer s3cret"], &format!("{b}/api/v1/products"));
     curl(&lab, "production/frontend", &["-X", "DELETE"], &format!("{b}/api/v1/products"));
-    let flows = |args: &[&str]| -> Vec<serde_json::Value> {
-        let mut a = vec!["observe", "--type", "l7", "--last", "50", "-o", "json"];
-        a.extend_from_slice(args);
-        wait_until("L7 flows", Duration::from_secs(5), || !lab.ok(&a).trim().is_empty()).expect("flows");
-        lab.ok(&a)
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("flow JSON")["flow"].clone())
-            .collect()
-    };
+    let flows = |args: &[&str]| lab.l7_flows(50, args);
     let allowed = flows(&["--http-method", "GET", "--http-path", "/api/v1/products", "--verdict", "FORWARDED"]);
     let request = allowed.iter().rev().find(|f| f["l7"]["type"] == "REQUEST").expect("the allowed request's flow");
     assert_eq!(request["ingress_allowed_by"][0]["name"], "restrict-backend-api", "{request}");
@@ -265,18 +257,6 @@ fn pipelined_and_smuggled_requests_reach_the_server_exactly_as_allowed() {
     assert!(got.contains("connection: close"), "{got}");
 }
 
-/// The pid of the lab's proxy and its command line.
-fn proxy_process(lab: &Lab) -> Option<(i32, Vec<String>)> {
-    let marker = format!("/run/bulkhead/{}/proxy.sock", lab.name);
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<String> =
-            raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        (args.get(1).map(String::as_str) == Some("proxy") && args.contains(&marker)).then_some((pid, args))
-    })
-}
-
 /// Requests from the frontend on fresh connections, counted, until stopped.
 fn load(lab: &Lab, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     let ns = lab.netns("production/frontend");
@@ -330,7 +310,7 @@ fn the_proxy_outlives_the_agent_and_fails_closed_when_it_dies() {
 
     // kill -9 of the proxy: L7 connections fail closed (no request reaches
     // the server unchecked), and succeed again within a second of its restart.
-    let (pid, args) = proxy_process(&lab).expect("the lab's proxy");
+    let (pid, args) = lab.proxy_process().expect("the lab's proxy");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill proxy");
     wait_until("the proxy gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists())
         .expect("kill");
@@ -623,10 +603,7 @@ fn rate_limits_answer_429_and_grpc_8_per_source_identity_and_show_in_flows_and_m
         .unwrap_or_else(|| panic!("a request flow denied by products-rl: {out}"));
     assert_eq!(limited["ingress_denied_by"][0]["kind"], "RateLimit", "{limited}");
     assert_eq!(limited["traffic_direction"], "INGRESS");
-    let status = lab.json(&["status", "-o", "json"]);
-    let web = status["flows"]["web"].as_str().expect("web address");
-    let metrics = std::process::Command::new("curl").args(["-sf", &format!("{web}metrics")]).output().expect("curl");
-    let text = String::from_utf8_lossy(&metrics.stdout);
+    let text = lab.metrics();
     for (name, at_least) in [("products-rl", 4), ("payments-rl", 2)] {
         let line = text
             .lines()

@@ -7,7 +7,7 @@
 //! destination (`IP_RECVORIGDSTADDR`); a TCP one on a transparent listener
 //! whose accepted socket's own address is the original destination. Each
 //! query is read with [`crate::dns`] and decided by both ends' rules
-//! ([`Connection::decide_dns`]):
+//! ([`crate::rules::Connection::decide_dns`]):
 //!
 //! - not a DNS message: dropped; a header but not a query the proxy
 //!   forwards (a response, several questions, another opcode or class):
@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_policy::repository::Proto;
+use hickory_proto::op::ResponseCode;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
 use socket2::{Domain, Socket, Type};
 use tokio::io::Interest;
@@ -48,7 +49,6 @@ use crate::events::{DnsInfo, L7Event};
 use crate::learn::Held;
 use crate::rules::{Refused, Verdicts};
 use crate::server::{Shared, connect_as};
-use hickory_proto::op::ResponseCode;
 
 /// How long the proxy waits for the upstream's answer.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);

@@ -168,6 +168,43 @@ impl Lab {
         )
     }
 
+    /// The last `last` L7 flows matching `args` (`observe` filters), as
+    /// JSON, once there are some (waiting up to 5 s).
+    pub fn l7_flows(&self, last: usize, args: &[&str]) -> Vec<serde_json::Value> {
+        let last = last.to_string();
+        let mut a = vec!["observe", "--type", "l7", "--last", &last, "-o", "json"];
+        a.extend_from_slice(args);
+        bulkhead_lab::wait_until("L7 flows", std::time::Duration::from_secs(5), || !self.ok(&a).trim().is_empty())
+            .expect("flows");
+        self.ok(&a)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("flow JSON")["flow"].clone())
+            .collect()
+    }
+
+    /// The agent's metrics page.
+    pub fn metrics(&self) -> String {
+        let status = self.json(&["status", "-o", "json"]);
+        let web = status["flows"]["web"].as_str().expect("web address");
+        let out = Command::new("curl").args(["-sf", &format!("{web}metrics")]).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The lab's proxy process: its pid and command line.
+    pub fn proxy_process(&self) -> Option<(i32, Vec<String>)> {
+        let marker = format!("/run/bulkhead/{}/proxy.sock", self.name);
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (args.get(1).map(String::as_str) == Some("proxy") && args.contains(&marker)).then_some((pid, args))
+        })
+    }
+
     /// The lab's recorded state.
     pub fn state(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(format!("/run/bulkhead/{}/state.json", self.name)).expect("lab state");
