@@ -92,7 +92,12 @@ async fn http(l: TcpListener, pod: &'static str) {
         let Ok((stream, _)) = l.accept().await else { continue };
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-                Ok::<_, Infallible>(answer(pod, &req))
+                use http_body_util::BodyExt as _;
+                // The whole request first, as a handler that reads its body
+                // does: the answer never comes while the body still arrives.
+                let (parts, body) = req.into_parts();
+                let _ = body.collect().await;
+                Ok::<_, Infallible>(answer(pod, &Request::from_parts(parts, ())))
             });
             let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -103,7 +108,7 @@ async fn http(l: TcpListener, pod: &'static str) {
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-fn answer(pod: &str, req: &Request<hyper::body::Incoming>) -> Response<Body> {
+fn answer(pod: &str, req: &Request<()>) -> Response<Body> {
     use http_body_util::BodyExt as _;
     let grpc = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {

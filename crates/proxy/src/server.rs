@@ -428,11 +428,14 @@ impl Session {
         if expects_continue && head.body != BodyLength::Empty {
             self.client.write_all(CONTINUE).await?;
         }
-        if head.body != BodyLength::Empty {
-            self.forward_body(head.body, &mut up.stream).await?;
-        }
+        // A server may answer before the body is all there (and close):
+        // its answer is relayed then, not lost to a write that fails.
+        let whole = head.body == BodyLength::Empty || self.forward_body(head.body, &mut up.stream).await?;
         let (keep, status) = up.relay_response(&mut self.client, head.method == "HEAD", permit).await?;
         self.shared.events.send(respond(status));
+        // A body not read to its end: what follows on either connection is
+        // part of it, never a request or a response.
+        let keep = keep && whole;
         if !keep {
             *upstream = None;
         }
@@ -441,9 +444,26 @@ impl Session {
 
     /// Copies the request body, re-framed as the proxy chose (chunked
     /// stays chunked, with the client's chunk boundaries not preserved).
-    async fn forward_body(&mut self, framing: BodyLength, up: &mut TcpStream) -> io::Result<()> {
+    /// Whether it was copied whole: `false` when the server began to answer
+    /// (or closed) first — the rest is left unread, and the answer relayed.
+    async fn forward_body(&mut self, framing: BodyLength, up: &mut TcpStream) -> io::Result<bool> {
         loop {
-            match self.next_event().await? {
+            let event = tokio::select! {
+                biased;
+                ready = up.readable() => {
+                    ready?;
+                    let peer = socket2::SockRef::from(&*up);
+                    let mut one = [std::mem::MaybeUninit::<u8>::uninit()];
+                    match up.try_io(tokio::io::Interest::READABLE, || peer.peek(&mut one)) {
+                        // Bytes of an answer, or the end: the server is done reading.
+                        Ok(_) => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                event = self.next_event() => event?,
+            };
+            match event {
                 Some(Ok(Event::Data(d))) => {
                     if framing == BodyLength::Chunked {
                         up.write_all(&encode_chunk(&d)).await?;
@@ -455,7 +475,7 @@ impl Session {
                     if framing == BodyLength::Chunked {
                         up.write_all(encode_last_chunk()).await?;
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
                 Some(Err(refusal)) => {
                     // A bad chunk: the server got part of a body and will
