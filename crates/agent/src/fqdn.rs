@@ -6,7 +6,8 @@
 //! the minimum TTL, and the endpoints that asked. An address stays while it
 //! has a live name; past its expiry it goes only when no open connection
 //! uses it ([`NameCache::expire`]). A name holds at most `max_per_name`
-//! addresses: a new one pushes out the one expiring first. Pure: the time
+//! addresses and the node `max_total` pairs: a new one pushes out the one
+//! expiring first. Pure: the time
 //! is given; the agent persists the cache ([`NameCache::to_json`]) after each
 //! change and restores it before the first packet is judged.
 
@@ -31,13 +32,19 @@ pub struct Limits {
     pub min_ttl: u32,
     /// Addresses one name holds at most.
     pub max_per_name: usize,
+    /// (name, address) pairs the node holds at most: a pod that resolves
+    /// name after name cannot grow the cache (and the ipcache) without end.
+    pub max_total: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { min_ttl: DEFAULT_MIN_TTL, max_per_name: DEFAULT_MAX_PER_NAME }
+        Self { min_ttl: DEFAULT_MIN_TTL, max_per_name: DEFAULT_MAX_PER_NAME, max_total: DEFAULT_MAX_TOTAL }
     }
 }
+
+/// The default cap of (name, address) pairs on the node.
+pub const DEFAULT_MAX_TOTAL: usize = 65_536;
 
 /// The default minimum TTL: long enough for a client to connect after its
 /// lookup even when the answer's TTL is 0.
@@ -100,8 +107,8 @@ impl NameCache {
         }
         // Over the cap: the addresses expiring first go (never one of this answer's).
         let over = entries.len().saturating_sub(cap);
+        let fresh: HashSet<IpAddr> = addrs.iter().map(IpAddr::to_canonical).collect();
         if over > 0 {
-            let fresh: HashSet<IpAddr> = addrs.iter().map(IpAddr::to_canonical).collect();
             let mut old: Vec<(u64, IpAddr)> =
                 entries.iter().filter(|(a, _)| !fresh.contains(a)).map(|(a, e)| (e.expires, *a)).collect();
             old.sort();
@@ -109,6 +116,25 @@ impl NameCache {
                 entries.remove(&a);
                 changed.insert(a);
             }
+        }
+        // Over the node's cap: the pairs expiring first go, this answer's last.
+        let total: usize = self.names.values().map(BTreeMap::len).sum();
+        let over = total.saturating_sub(limits.max_total.max(addrs.len()));
+        if over > 0 {
+            let mut old: Vec<(u64, String, IpAddr)> = self
+                .names
+                .iter()
+                .flat_map(|(n, e)| e.iter().map(move |(a, x)| (x.expires, n.clone(), *a)))
+                .filter(|(_, n, a)| !(n == name && fresh.contains(a)))
+                .collect();
+            old.sort();
+            for (_, n, a) in old.into_iter().take(over) {
+                if let Some(e) = self.names.get_mut(&n) {
+                    e.remove(&a);
+                }
+                changed.insert(a);
+            }
+            self.names.retain(|_, e| !e.is_empty());
         }
         self.reindex(changed)
     }
@@ -132,7 +158,7 @@ impl NameCache {
     }
 
     /// Until when (unix seconds) every one of `addrs` stays under `name`
-    /// at least (`None`: one is not there).
+    /// at least — unless a cap pushes it out first (`None`: one is not there).
     pub fn held_until(&self, name: &str, addrs: &[IpAddr]) -> Option<u64> {
         let entries = self.names.get(name)?;
         addrs.iter().map(|a| entries.get(&a.to_canonical()).map(|e| e.expires)).min().flatten()
@@ -210,7 +236,7 @@ mod tests {
     #[test]
     fn addresses_are_recorded_under_their_names_and_expire_unless_in_use() {
         let mut c = NameCache::default();
-        let l = Limits { min_ttl: 5, max_per_name: 1000 };
+        let l = Limits { min_ttl: 5, ..Limits::default() };
         let changed =
             c.learn(l, "production/pay", "api.stripe.com.", &[ip("198.18.10.1"), ip("fd00:b::10:1")], 60, 1000);
         assert_eq!(
@@ -241,7 +267,7 @@ mod tests {
     #[test]
     fn a_name_holds_at_most_its_cap_and_the_first_to_expire_go() {
         let mut c = NameCache::default();
-        let l = Limits { min_ttl: 0, max_per_name: 2 };
+        let l = Limits { min_ttl: 0, max_per_name: 2, ..Limits::default() };
         c.learn(l, "a/b", "cdn.example.", &[ip("198.18.20.1")], 10, 0);
         c.learn(l, "a/b", "cdn.example.", &[ip("198.18.20.2")], 20, 0);
         let changed = c.learn(l, "a/b", "cdn.example.", &[ip("198.18.20.3")], 30, 0);
@@ -251,5 +277,19 @@ mod tests {
         c.learn(l, "a/b", "cdn.example.", &many, 5, 0);
         let kept: Vec<IpAddr> = c.rows(None).into_iter().map(|r| r.addr).collect();
         assert_eq!(kept, many[..2]);
+    }
+
+    #[test]
+    fn the_node_holds_at_most_its_cap_and_the_pairs_expiring_first_go() {
+        let mut c = NameCache::default();
+        let l = Limits { min_ttl: 0, max_per_name: 10, max_total: 3 };
+        for i in 1..=3u8 {
+            c.learn(l, "a/b", &format!("n{i}.example."), &[ip(&format!("198.18.30.{i}"))], u32::from(i) * 10, 0);
+        }
+        // A fourth pair pushes out the one expiring first (n1, at 10).
+        let changed = c.learn(l, "a/b", "n4.example.", &[ip("198.18.30.4")], 5, 0);
+        assert_eq!(changed, vec![(ip("198.18.30.1"), BTreeSet::new()), (ip("198.18.30.4"), set(&["n4.example."]))]);
+        assert_eq!(c.rows(None).len(), 3);
+        assert!(c.addresses().contains_key(&ip("198.18.30.4")), "the new answer's own pair stays");
     }
 }

@@ -95,6 +95,10 @@ pub struct AgentArgs {
     /// expiring first.
     #[arg(long, value_name = "N", default_value_t = bulkhead_agent::fqdn::DEFAULT_MAX_PER_NAME)]
     pub tofqdns_endpoint_max_ip_per_hostname: usize,
+    /// (name, address) pairs learnt from DNS answers kept on the node at
+    /// most; past it the pairs expiring first go.
+    #[arg(long, value_name = "N", default_value_t = bulkhead_agent::fqdn::DEFAULT_MAX_TOTAL)]
+    pub tofqdns_max_addresses: usize,
     /// Log filter (tracing's syntax: info, debug, bulkhead_agent=debug, …).
     #[arg(long, value_name = "FILTER", env = "BULKHEAD_LOG", default_value = "info")]
     pub log: String,
@@ -146,6 +150,7 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         fqdn: bulkhead_agent::fqdn::Limits {
             min_ttl: a.tofqdns_min_ttl,
             max_per_name: a.tofqdns_endpoint_max_ip_per_hostname.max(1),
+            max_total: a.tofqdns_max_addresses.max(1),
         },
         policy_overflow: match a.policy_overflow {
             PolicyOverflow::FailClosed => Overflow::FailClosed,
