@@ -117,6 +117,9 @@ pub enum Command {
 
 /// How often retired policy slots are looked at.
 const GC_EVERY: Duration = Duration::from_millis(500);
+/// How often, at most, the conntrack table is read for the addresses of
+/// open connections, which learnt names past their TTL must outlive.
+const FQDN_SCAN_EVERY: Duration = Duration::from_secs(2);
 /// How often a proxy that went away or (re)started is looked for.
 const PROXY_EVERY: Duration = Duration::from_millis(200);
 
@@ -135,6 +138,8 @@ pub struct Reconciler {
     fqdn: NameCache,
     /// Expiries moved since the cache was last saved (saved within a tick).
     fqdn_dirty: bool,
+    /// When stale names may next be looked for.
+    next_fqdn_scan: Instant,
     generation: u64,
     published: Arc<Published>,
     metrics: Arc<Metrics>,
@@ -188,6 +193,7 @@ impl Reconciler {
             not_ready: BTreeMap::new(),
             fqdn: NameCache::default(),
             fqdn_dirty: false,
+            next_fqdn_scan: Instant::now(),
             generation: 0,
             published,
             metrics,
@@ -313,21 +319,24 @@ impl Reconciler {
         Ok(learns.iter().map(|l| self.fqdn.held_until(&l.name, &l.addrs).unwrap_or(0)).collect())
     }
 
-    /// Forgets addresses past their TTL that no open connection uses.
+    /// Forgets addresses past their TTL that no open connection uses. The
+    /// conntrack table is read at most every [`FQDN_SCAN_EVERY`] (a stale
+    /// address a connection still uses would have it read every tick).
     fn expire_fqdn(&mut self) -> Result<()> {
-        if self.fqdn.next_expiry().is_none_or(|t| t >= unix_now()) {
-            return if self.fqdn_dirty { self.save_fqdn() } else { Ok(()) };
+        let due = self.fqdn.next_expiry().is_some_and(|t| t < unix_now()) && Instant::now() >= self.next_fqdn_scan;
+        if due {
+            self.next_fqdn_scan = Instant::now() + FQDN_SCAN_EVERY;
+            let in_use = self.dp.view().conntrack_addresses();
+            let changed = self.fqdn.expire(unix_now(), &in_use);
+            if !changed.is_empty() {
+                // The kernel first: once the file says an address is gone, no
+                // new connection to it passes (a crash between the two only
+                // keeps it until the next look).
+                self.apply_learnt(changed)?;
+                return self.save_fqdn();
+            }
         }
-        let in_use = self.dp.view().conntrack_addresses();
-        let changed = self.fqdn.expire(unix_now(), &in_use);
-        if changed.is_empty() {
-            return Ok(());
-        }
-        // The kernel first: once the file says an address is gone, no new
-        // connection to it passes (a crash between the two only keeps it
-        // until the next look).
-        self.apply_learnt(changed)?;
-        self.save_fqdn()
+        if self.fqdn_dirty { self.save_fqdn() } else { Ok(()) }
     }
 
     fn apply_learnt(&mut self, changed: Vec<(std::net::IpAddr, BTreeSet<String>)>) -> Result<()> {

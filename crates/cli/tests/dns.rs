@@ -307,6 +307,8 @@ fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_
     assert!(echoes(&mut open, b"before"));
     let agent = lab.state()["agent_pid"].as_i64().expect("agent pid") as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent), nix::sys::signal::Signal::SIGKILL).expect("kill agent");
+    wait_until("the agent gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{agent}")).exists())
+        .expect("kill");
     assert!(echoes(&mut open, b"no agent"), "the open connection broke with the agent");
     let log = std::env::temp_dir().join(format!("bulkhead-fqdn-agent-{}.log", std::process::id()));
     let mut agent = lab.spawn_agent(&[], &log);

@@ -437,6 +437,23 @@ fn build(
     spawn_in(&dns_ns, cmd)?;
     st.dns = dns_ips.first().copied();
     st.save()?;
+    // Up once it answers: a pod's first lookup must not race its start.
+    if let Some(dns) = st.dns {
+        let asks = || {
+            netns::run_in(&dns_ns, || {
+                let q = bulkhead_lab::dns::query("lab.", bulkhead_lab::dns::RecordType::A, 1)?;
+                bulkhead_lab::dns::exchange(
+                    std::net::SocketAddr::new(dns, 53),
+                    &q,
+                    bulkhead_lab::dns::Transport::Udp,
+                    Duration::from_millis(200),
+                )
+            })
+            .is_ok_and(|r| r.is_ok())
+        };
+        bulkhead_lab::wait_until("the lab's DNS answering", Duration::from_secs(10), asks)
+            .with_context(|| format!("dnsmasq at {dns} (log: dnsmasq.log in the lab's directory)"))?;
+    }
 
     // Responders, and each pod's resolver configuration (ip netns exec
     // bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf).
