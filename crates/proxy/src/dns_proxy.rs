@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use bulkhead_policy::repository::Proto;
 use hickory_proto::op::ResponseCode;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, setsockopt, sockopt};
-use socket2::{Domain, Socket, Type};
+use socket2::Type;
 use tokio::io::Interest;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -48,7 +48,7 @@ use crate::dns::{BadQuery, Learnt, Query, format_error};
 use crate::events::{DnsInfo, L7Event};
 use crate::learn::Held;
 use crate::rules::{Refused, Verdicts};
-use crate::server::{Shared, connect_as};
+use crate::server::{Shared, connect_as, transparent};
 
 /// How long the proxy waits for the upstream's answer.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -197,20 +197,19 @@ impl Dns {
         self.shared.events.send(Arc::new(asked.event.dns_answer(info, asked.since)));
     }
 
-    /// What the client gets for `asked` once the upstream answered
-    /// (`answer`) or failed: the answer as it is when it answers the
-    /// query — once the kernel enforces the addresses it teaches, or the
-    /// hold time ran out — else (as the error) SERVFAIL.
+    /// What the client gets for `asked` once the upstream answered (the
+    /// answer, checked, with what it teaches) or failed: the answer as it
+    /// is — once the kernel enforces the addresses it teaches, or the hold
+    /// time ran out — else (as the error) SERVFAIL.
     async fn relay(
         &self,
         client: SocketAddr,
         dst: SocketAddr,
         asked: &Asked,
-        answer: io::Result<Vec<u8>>,
+        answer: io::Result<(Vec<u8>, Learnt)>,
     ) -> Result<Vec<u8>, Vec<u8>> {
         let query = &asked.query;
-        let checked = answer.and_then(|a| query.learn(&a).map(|l| (a, l)).map_err(io::Error::other));
-        match checked {
+        match answer {
             Ok((a, learnt)) => {
                 let mut held = None;
                 if !learnt.addrs.is_empty() {
@@ -254,19 +253,6 @@ impl Dns {
         replies.insert(dst, Arc::clone(&s));
         Ok(s)
     }
-}
-
-/// A socket of `addr`'s family that may use addresses not the node's own.
-fn transparent(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
-    let s = Socket::new(if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, ty, None)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-        s.set_ip_transparent_v6(true)?;
-    } else {
-        s.set_ip_transparent_v4(true)?;
-    }
-    s.set_nonblocking(true)?;
-    Ok(s)
 }
 
 /// The proxy's UDP sockets on `port`, IPv4 and IPv6 (transparent, bound to
@@ -365,9 +351,14 @@ pub async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
     }
 }
 
+/// The error of an upstream that did not answer in time.
+fn no_answer(dst: SocketAddr) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {dst} in {UPSTREAM_TIMEOUT:?}"))
+}
+
 /// Sends `bytes` to `dst` from `client`'s address and waits for a datagram
-/// that answers `query` (others are ignored).
-async fn forward_udp(client: IpAddr, dst: SocketAddr, bytes: &[u8], query: &Query) -> io::Result<Vec<u8>> {
+/// that answers `query` (others are ignored): it, and what it teaches.
+async fn forward_udp(client: IpAddr, dst: SocketAddr, bytes: &[u8], query: &Query) -> io::Result<(Vec<u8>, Learnt)> {
     let s = transparent(dst, Type::DGRAM)?;
     s.set_mark(UPSTREAM_MARK)?;
     s.bind(&SocketAddr::new(client, 0).into())?;
@@ -378,13 +369,13 @@ async fn forward_udp(client: IpAddr, dst: SocketAddr, bytes: &[u8], query: &Quer
     tokio::time::timeout(UPSTREAM_TIMEOUT, async {
         loop {
             let n = s.recv(&mut buf).await?;
-            if query.learn(&buf[..n]).is_ok() {
-                return Ok(buf[..n].to_vec());
+            if let Ok(learnt) = query.learn(&buf[..n]) {
+                return Ok((buf[..n].to_vec(), learnt));
             }
         }
     })
     .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {dst} in {UPSTREAM_TIMEOUT:?}")))?
+    .map_err(|_| no_answer(dst))?
 }
 
 /// Accepts DNS-over-TCP connections on `listener` until the runtime stops.
@@ -443,7 +434,7 @@ async fn tcp_connection(mut client: TcpStream, peer: SocketAddr, dns: Arc<Dns>) 
             Outcome::Answer(a) => a,
             Outcome::Refuse(asked) => dns.refuse(&asked),
             Outcome::Forward(asked) => {
-                let up = forward_tcp(&mut upstream, peer.ip(), dst, &bytes).await;
+                let up = forward_tcp(&mut upstream, (peer.ip(), dst), &bytes, &asked.query).await;
                 dns.relay(peer, dst, &asked, up).await.unwrap_or_else(|servfail| {
                     // What the upstream connection carries next is unknown.
                     upstream = None;
@@ -456,21 +447,26 @@ async fn tcp_connection(mut client: TcpStream, peer: SocketAddr, dns: Arc<Dns>) 
 }
 
 /// Sends `bytes` on the upstream connection (opened as `client` when there
-/// is none) and reads the next message on it.
+/// is none) and reads the next message on it, which must answer `query`:
+/// it, and what it teaches.
 async fn forward_tcp(
     upstream: &mut Option<TcpStream>,
-    client: IpAddr,
-    dst: SocketAddr,
+    (client, dst): (IpAddr, SocketAddr),
     bytes: &[u8],
-) -> io::Result<Vec<u8>> {
+    query: &Query,
+) -> io::Result<(Vec<u8>, Learnt)> {
     tokio::time::timeout(UPSTREAM_TIMEOUT, async {
         if upstream.is_none() {
             *upstream = Some(connect_as(client, dst).await?);
         }
         let up = upstream.as_mut().expect("opened above");
         write_message(up, bytes).await?;
-        read_message(up).await?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed"))
+        let answer = read_message(up)
+            .await?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed"))?;
+        let learnt = query.learn(&answer).map_err(io::Error::other)?;
+        Ok((answer, learnt))
     })
     .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {dst} in {UPSTREAM_TIMEOUT:?}")))?
+    .map_err(|_| no_answer(dst))?
 }

@@ -154,27 +154,32 @@ pub(crate) fn rules_of(event: &L7Event) -> String {
     event.by.iter().map(|(side, r)| format!("{side} {r}")).collect::<Vec<_>>().join(", ")
 }
 
+/// A non-blocking socket of `addr`'s family (IPv6 only, for IPv6) that may
+/// use addresses not the node's own (`IP_TRANSPARENT`: without it the
+/// kernel never answers an assigned SYN, nor binds the client's address).
+pub(crate) fn transparent(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
+    let s = Socket::new(if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, ty, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+        s.set_ip_transparent_v6(true)?;
+    } else {
+        s.set_ip_transparent_v4(true)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
 /// Transparent listeners on `port`, IPv4 and IPv6, in the calling thread's
 /// network namespace.
 pub fn listeners(port: u16) -> io::Result<Vec<std::net::TcpListener>> {
-    [Domain::IPV4, Domain::IPV6]
+    [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])]
         .into_iter()
-        .map(|domain| {
-            let s = Socket::new(domain, Type::STREAM, None)?;
-            let any: IpAddr = if domain == Domain::IPV6 {
-                s.set_only_v6(true)?;
-                // Without it the kernel never answers an assigned SYN.
-                s.set_ip_transparent_v6(true)?;
-                IpAddr::from([0u16; 8])
-            } else {
-                s.set_ip_transparent_v4(true)?;
-                IpAddr::from([0u8; 4])
-            };
+        .map(|any| {
+            let addr = SocketAddr::new(any, port);
+            let s = transparent(addr, Type::STREAM)?;
             s.set_reuse_address(true)?;
-            s.bind(&SocketAddr::new(any, port).into())
-                .map_err(|e| io::Error::new(e.kind(), format!("binding [{any}]:{port}: {e}")))?;
+            s.bind(&addr.into()).map_err(|e| io::Error::new(e.kind(), format!("binding [{any}]:{port}: {e}")))?;
             s.listen(1024)?;
-            s.set_nonblocking(true)?;
             Ok(s.into())
         })
         .collect()
@@ -522,16 +527,10 @@ struct Upstream {
 /// Connects to `dst` from `client`'s address (`IP_TRANSPARENT`), marked
 /// [`UPSTREAM_MARK`].
 pub(crate) async fn connect_as(client: IpAddr, dst: SocketAddr) -> io::Result<TcpStream> {
-    let s = Socket::new(if dst.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 }, Type::STREAM, None)?;
-    if dst.is_ipv6() {
-        s.set_ip_transparent_v6(true)?;
-    } else {
-        s.set_ip_transparent_v4(true)?;
-    }
+    let s = transparent(dst, Type::STREAM)?;
     s.set_mark(UPSTREAM_MARK)?;
     s.set_tcp_nodelay(true)?;
     s.bind(&SocketAddr::new(client, 0).into())?;
-    s.set_nonblocking(true)?;
     let std: std::net::TcpStream = s.into();
     let socket = tokio::net::TcpSocket::from_std_stream(std);
     tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst))
