@@ -12,7 +12,7 @@
 
 use std::sync::Mutex;
 
-use bulkhead_flow::model::{Flow, L7FlowType, TrafficDirection, Verdict, event_types, policy_match_name};
+use bulkhead_flow::model::{Dns, Flow, L7FlowType, TrafficDirection, Verdict, event_types, policy_match_name};
 use bulkhead_policy::api::PolicyKind;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -437,7 +437,11 @@ impl Metrics {
             }
             if let Some(d) = &l7.dns {
                 let labels = DnsLabels {
-                    rcode: if l7.kind == L7FlowType::Response { rcode_name(d.rcode).into() } else { String::new() },
+                    rcode: if l7.kind == L7FlowType::Response {
+                        Dns::rcode_name(d.rcode).unwrap_or("Other").into()
+                    } else {
+                        String::new()
+                    },
                     qtypes: d.qtypes.join(","),
                     ips_returned: d.ips.len().to_string(),
                     verdict: f.verdict.as_str().into(),
@@ -527,18 +531,6 @@ fn openmetrics_to_prometheus(om: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-fn rcode_name(r: u32) -> &'static str {
-    match r {
-        0 => "No Error",
-        1 => "Format Error",
-        2 => "Server Failure",
-        3 => "Non-Existent Domain",
-        4 => "Not Implemented",
-        5 => "Query Refused",
-        _ => "Other",
-    }
 }
 
 #[cfg(test)]

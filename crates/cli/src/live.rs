@@ -277,13 +277,11 @@ pub fn fqdn_notes(name: &str) -> Vec<String> {
     let client = Client::new(&socket).with_timeout(std::time::Duration::from_secs(1));
     let Ok(rows) = client.get::<Vec<bulkhead_api::FqdnCacheEntry>>("/fqdn/cache") else { return Vec::new() };
     let want = bulkhead_policy::l7::normalize_name(name);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let known: Vec<String> = rows
         .iter()
         .filter(|r| r.name == want)
         .map(|r| {
-            let left =
-                if r.expires >= now { format!("expires in {}s", r.expires - now) } else { "expired, in use".into() };
+            let left = seconds_left(r.expires).map_or_else(|| "expired, in use".into(), |s| format!("expires in {s}s"));
             format!("{} (identity {}, {left}, looked up by {})", r.addr, r.identity, r.endpoints.join(", "))
         })
         .collect();
@@ -297,6 +295,13 @@ pub fn fqdn_notes(name: &str) -> Vec<String> {
     }
 }
 
+/// Seconds until unix second `expires` (`None`: past; a learnt address
+/// then stays only while a connection uses it).
+fn seconds_left(expires: u64) -> Option<u64> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    expires.checked_sub(now)
+}
+
 pub fn fqdn_cache(a: FqdnListArgs) -> Result<ExitCode> {
     let q = a.endpoint.as_ref().map(|e| format!("?endpoint={}", urlencode(e))).unwrap_or_default();
     let rows: Vec<bulkhead_api::FqdnCacheEntry> =
@@ -305,14 +310,13 @@ pub fn fqdn_cache(a: FqdnListArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
                 r.name.clone(),
                 r.addr.to_string(),
-                if r.expires >= now { format!("in {}s", r.expires - now) } else { "expired, in use".into() },
+                seconds_left(r.expires).map_or_else(|| "expired, in use".into(), |s| format!("in {s}s")),
                 r.identity.to_string(),
                 r.endpoints.join(","),
             ]

@@ -60,7 +60,8 @@ pub struct PodLink {
     pub ips: Vec<IpAddr>,
 }
 
-fn ip(args: &[&str]) -> io::Result<()> {
+/// Runs `ip ARGS`; its stderr is the error when it fails.
+pub fn ip(args: &[&str]) -> io::Result<()> {
     let out = Command::new("ip").args(args).output()?;
     if out.status.success() {
         Ok(())

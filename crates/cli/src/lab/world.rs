@@ -16,10 +16,9 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{Context as _, Result, bail};
-use bulkhead_lab::pods::{self, POD_SYSCTLS};
+use anyhow::{Context as _, Result};
+use bulkhead_lab::pods::{self, POD_SYSCTLS, ip};
 use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::yaml::{Node, Value, parse_documents};
 
@@ -131,14 +130,6 @@ pub fn read(text: &str, file: &Path) -> Result<Vec<ExternalHost>> {
         out.push(ExternalHost { name, names, addrs, ports });
     }
     Ok(out)
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }
 
 /// Creates host `i` of lab `lab` as network namespace `ns`: a link to the

@@ -4,7 +4,9 @@
 use std::io::Write;
 
 use anyhow::Result;
-use bulkhead_flow::model::{Endpoint, Flow, FlowRecord, L7FlowType, Layer4, Verdict, event_types, policy_match_name};
+use bulkhead_flow::model::{
+    Dns, Endpoint, Flow, FlowRecord, L7FlowType, Layer4, Verdict, event_types, policy_match_name,
+};
 
 use super::Output;
 
@@ -137,7 +139,10 @@ fn summary(f: &Flow) -> String {
                 (L7FlowType::Response, 0) => {
                     format!("DNS Answer \"{}\" TTL: {} (Proxy {asked})", d.ips.join(","), d.ttl)
                 }
-                (L7FlowType::Response, rcode) => format!("DNS Answer RCode: {} (Proxy {asked})", rcode_name(rcode)),
+                (L7FlowType::Response, rcode) => format!(
+                    "DNS Answer RCode: {} (Proxy {asked})",
+                    Dns::rcode_name(rcode).map_or_else(|| rcode.to_string(), str::to_owned)
+                ),
                 _ => format!("DNS Query {asked}"),
             };
         }
@@ -152,18 +157,6 @@ fn summary(f: &Flow) -> String {
         Some(Layer4::IcmpV4(i)) => format!("ICMPv4 {}", icmp_name(4, i.kind)),
         Some(Layer4::IcmpV6(i)) => format!("ICMPv6 {}", icmp_name(6, i.kind)),
         None => String::new(),
-    }
-}
-
-/// A DNS response code's name, as Hubble prints it.
-fn rcode_name(rcode: u32) -> String {
-    match rcode {
-        1 => "Format Error".into(),
-        2 => "Server Failure".into(),
-        3 => "Non-Existent Domain".into(),
-        4 => "Not Implemented".into(),
-        5 => "Query Refused".into(),
-        n => format!("{n}"),
     }
 }
 

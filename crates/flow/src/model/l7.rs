@@ -66,6 +66,22 @@ pub struct Dns {
     pub rrtypes: Vec<String>,
 }
 
+impl Dns {
+    /// The name of response code `rcode`, as Hubble prints it (`None`: not
+    /// one of the common six).
+    pub fn rcode_name(rcode: u32) -> Option<&'static str> {
+        Some(match rcode {
+            0 => "No Error",
+            1 => "Format Error",
+            2 => "Server Failure",
+            3 => "Non-Existent Domain",
+            4 => "Not Implemented",
+            5 => "Query Refused",
+            _ => return None,
+        })
+    }
+}
+
 /// A Kafka request or response.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
