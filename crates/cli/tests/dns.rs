@@ -323,19 +323,9 @@ fn to_fqdns_admits_what_the_pod_resolved_from_its_first_connection_and_survives_
 
     // kill -9 of the proxy: the open connection is not the proxy's; lookups
     // work again once it is back.
-    let (pid, args) = lab.proxy_process().expect("the lab's proxy");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill proxy");
-    wait_until("the proxy gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists())
-        .expect("kill");
+    let args = lab.kill_proxy();
     assert!(echoes(&mut open, b"no proxy"), "the open connection broke with the proxy");
-    let mut proxy = std::process::Command::new(&args[0])
-        .args(&args[1..])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("restart the proxy");
-    let mut ready = [0u8; 6];
-    proxy.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("ready line");
+    let mut proxy = support::restart_proxy(&args);
     wait_until("lookups through the restarted proxy", Duration::from_secs(5), || {
         let bytes = dns::query("api.stripe.com", RecordType::A, 7).expect("query");
         exchange(&lab, CLIENT, resolver, &bytes, Transport::Udp).is_ok()

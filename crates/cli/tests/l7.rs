@@ -10,7 +10,6 @@ mod support;
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -310,10 +309,7 @@ fn the_proxy_outlives_the_agent_and_fails_closed_when_it_dies() {
 
     // kill -9 of the proxy: L7 connections fail closed (no request reaches
     // the server unchecked), and succeed again within a second of its restart.
-    let (pid, args) = lab.proxy_process().expect("the lab's proxy");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill proxy");
-    wait_until("the proxy gone", Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists())
-        .expect("kill");
+    let args = lab.kill_proxy();
     let b = backend(&lab, true);
     let (code, body) = curl(&lab, "production/frontend", &["-m", "1"], &format!("{b}/api/v1/products"));
     assert_eq!(code, 0, "answered with the proxy dead: {body}");
@@ -323,14 +319,7 @@ fn the_proxy_outlives_the_agent_and_fails_closed_when_it_dies() {
         + lab.json(&["status", "-o", "json"])["drops"]["SOCKET_LOOKUP_FAILED EGRESS"].as_u64().unwrap_or(0);
     assert!(dropped > 0, "the kernel counts the connections it could not hand over");
 
-    let mut proxy = std::process::Command::new(&args[0])
-        .args(&args[1..])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("restart the proxy");
-    let mut ready = [0u8; 6];
-    proxy.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("ready line");
+    let mut proxy = support::restart_proxy(&args);
     let started = Instant::now();
     let mut answered = None;
     while started.elapsed() < Duration::from_secs(3) {

@@ -435,4 +435,18 @@ mod tests {
         assert!(header.contains(&format!("#define BH_EP_MAX_ADDRS {EP_MAX_ADDRS}")));
         assert!(header.contains(&format!("#define BH_SLOT_NOT_READY {SLOT_NOT_READY}")));
     }
+
+    #[test]
+    fn conntrack_timeouts_match_the_programs() {
+        let c = include_str!("../../../bpf/bulkhead.c");
+        let sec = 1_000_000_000;
+        for (define, proto, flags) in
+            [("CT_TCP_TIMEOUT", 6, 0), ("CT_TCP_CLOSING_TIMEOUT", 6, 2), ("CT_OTHER_TIMEOUT", 17, 0)]
+        {
+            let needle = format!("#define {define} ({} * NS_PER_SEC)", ct_timeout_ns(proto, flags) / sec);
+            assert!(c.contains(&needle), "bulkhead.c lacks `{needle}`");
+        }
+        assert!(c.contains("#define NS_PER_SEC 1000000000ULL"));
+        assert!(include_str!("../../../bpf/bulkhead.h").contains("#define BH_CT_CLOSING (1u << 1)"));
+    }
 }

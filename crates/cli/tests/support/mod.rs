@@ -190,19 +190,28 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The lab's proxy process: its pid and command line.
-    pub fn proxy_process(&self) -> Option<(i32, Vec<String>)> {
+    /// `kill -9` of the lab's proxy, once it is gone: its command line.
+    pub fn kill_proxy(&self) -> Vec<String> {
         let marker = format!("/run/bulkhead/{}/proxy.sock", self.name);
-        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let args: Vec<String> = raw
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            (args.get(1).map(String::as_str) == Some("proxy") && args.contains(&marker)).then_some((pid, args))
+        let found = std::fs::read_dir("/proc").ok().and_then(|rd| {
+            rd.flatten().find_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let args: Vec<String> = raw
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                (args.get(1).map(String::as_str) == Some("proxy") && args.contains(&marker)).then_some((pid, args))
+            })
+        });
+        let (pid, args) = found.expect("the lab's proxy");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill proxy");
+        bulkhead_lab::wait_until("the proxy gone", std::time::Duration::from_secs(5), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
         })
+        .expect("kill");
+        args
     }
 
     /// The lab's recorded state.
@@ -239,6 +248,21 @@ impl Drop for Lab {
             eprintln!("lab down: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
+}
+
+/// Starts a proxy again with the command line `args` (from
+/// [`Lab::kill_proxy`]), once it says it is ready.
+pub fn restart_proxy(args: &[String]) -> std::process::Child {
+    use std::io::Read as _;
+    let mut proxy = Command::new(&args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("restart the proxy");
+    let mut ready = [0u8; 6];
+    proxy.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("ready line");
+    proxy
 }
 
 /// Nothing of lab `name` is left on the machine.
