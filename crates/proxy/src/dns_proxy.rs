@@ -14,8 +14,9 @@
 //!   FORMERR. Nothing malformed is ever forwarded.
 //! - denied: REFUSED (or NXDOMAIN, [`DnsSettings::nxdomain`]).
 //! - allowed: sent to the original destination from the client's address
-//!   with [`UPSTREAM_MARK`] (the server's policy judges the client, and the
-//!   kernel steers the answer back to this socket), and the upstream's
+//!   with [`crate::UPSTREAM_MARK`] (the server's policy judges the client,
+//!   and the kernel steers the answer back to the proxy; over UDP on a
+//!   socket shared by the client's queries, [`crate::dns_upstream`]), and the upstream's
 //!   answer relayed as it is — NXDOMAIN and SERVFAIL too — once it is
 //!   checked to answer the query (ID and question). An upstream that does
 //!   not answer in [`UPSTREAM_TIMEOUT`], or answers wrongly: SERVFAIL.
@@ -43,8 +44,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
-use crate::UPSTREAM_MARK;
 use crate::dns::{BadQuery, Learnt, Query, format_error};
+use crate::dns_upstream::Upstreams;
 use crate::events::{DnsInfo, L7Event};
 use crate::learn::Held;
 use crate::rules::{Refused, Verdicts};
@@ -53,8 +54,8 @@ use crate::server::{Shared, connect_as, transparent};
 /// How long the proxy waits for the upstream's answer.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// UDP queries being answered at once, at most (each holds a task and an
-/// upstream socket); past it a query is dropped and its client retries.
+/// UDP queries being answered at once, at most (each holds a task); past
+/// it a query is dropped and its client retries.
 pub const MAX_IN_FLIGHT: usize = 4096;
 
 /// How long a TCP client connection may stay idle between queries.
@@ -88,6 +89,8 @@ pub struct Dns {
     in_flight: Arc<Semaphore>,
     /// Sockets bound to an original destination, to answer from it.
     replies: Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>,
+    /// The sockets UDP queries go upstream on.
+    upstreams: Upstreams,
 }
 
 /// What becomes of one query.
@@ -112,7 +115,13 @@ struct Asked {
 impl Dns {
     /// The DNS proxy deciding with `shared`'s rules.
     pub fn new(shared: Arc<Shared>, settings: DnsSettings) -> Self {
-        Self { shared, settings, in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), replies: Mutex::default() }
+        Self {
+            shared,
+            settings,
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            replies: Mutex::default(),
+            upstreams: Upstreams::default(),
+        }
     }
 
     /// Decides the query `bytes` from `client` to `dst` over `proto`.
@@ -335,7 +344,7 @@ pub async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
                 Outcome::Answer(a) => a,
                 Outcome::Refuse(asked) => dns.refuse(&asked),
                 Outcome::Forward(asked) => {
-                    let up = forward_udp(client.ip(), dst, &query, &asked.query).await;
+                    let up = dns.upstreams.ask(client.ip(), dst, &query, &asked.query, UPSTREAM_TIMEOUT).await;
                     dns.relay(client, dst, &asked, up).await.unwrap_or_else(|servfail| servfail)
                 }
             };
@@ -354,28 +363,6 @@ pub async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
 /// The error of an upstream that did not answer in time.
 fn no_answer(dst: SocketAddr) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {dst} in {UPSTREAM_TIMEOUT:?}"))
-}
-
-/// Sends `bytes` to `dst` from `client`'s address and waits for a datagram
-/// that answers `query` (others are ignored): it, and what it teaches.
-async fn forward_udp(client: IpAddr, dst: SocketAddr, bytes: &[u8], query: &Query) -> io::Result<(Vec<u8>, Learnt)> {
-    let s = transparent(dst, Type::DGRAM)?;
-    s.set_mark(UPSTREAM_MARK)?;
-    s.bind(&SocketAddr::new(client, 0).into())?;
-    s.connect(&dst.into())?;
-    let s = UdpSocket::from_std(s.into())?;
-    s.send(bytes).await?;
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    tokio::time::timeout(UPSTREAM_TIMEOUT, async {
-        loop {
-            let n = s.recv(&mut buf).await?;
-            if let Ok(learnt) = query.learn(&buf[..n]) {
-                return Ok((buf[..n].to_vec(), learnt));
-            }
-        }
-    })
-    .await
-    .map_err(|_| no_answer(dst))?
 }
 
 /// Accepts DNS-over-TCP connections on `listener` until the runtime stops.

@@ -14,6 +14,7 @@
 pub mod control;
 pub mod dns;
 pub mod dns_proxy;
+pub mod dns_upstream;
 pub mod events;
 pub mod h2;
 pub mod http1;
