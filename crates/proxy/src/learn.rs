@@ -8,8 +8,11 @@
 //! get its answer, so its first connection to a new address is never
 //! dropped while policy catches up. The reply says until when the agent
 //! holds those addresses at least: until then an answer with no other
-//! address goes out at once (its learn still goes, to extend them). An
-//! answer is held at most
+//! address goes out at once, and the agent hears of it only when its
+//! TTL would outlast what the agent holds, or that nears its end — one
+//! learn at a time per client and name, whose reply moves the end on (a
+//! name asked thousands of times a second costs the agent a learn every
+//! few seconds, and never waits). An answer is held at most
 //! [`crate::dns_proxy::DnsSettings::hold`]; past it, or with no agent
 //! subscribed, it is released anyway and counted: the client may then find
 //! its first connection dropped (fail closed), never let through.
@@ -76,12 +79,25 @@ impl Held {
     }
 }
 
-/// Names whose addresses the agent said it holds, at most (past it the
-/// memory starts over: answers then wait for the agent again).
+/// Clients' names whose addresses the agent said it holds, at most (past
+/// it the memory starts over: answers then wait for the agent again).
 const MAX_KNOWN: usize = 65_536;
 
-/// An answer waiting: its name and addresses, and its waker.
-type Waiting = (String, Vec<IpAddr>, oneshot::Sender<()>);
+/// A learn the agent has not answered: its client, name and addresses,
+/// and the held answer's waker (none for one that only extends).
+type Waiting = ((IpAddr, String), Vec<IpAddr>, Option<oneshot::Sender<()>>);
+
+/// What the agent holds for a client's name: the addresses, until when
+/// (unix s), and whether a learn extending them is on its way.
+#[derive(Debug)]
+struct Known {
+    addrs: Vec<IpAddr>,
+    until: u64,
+    extending: bool,
+}
+
+/// How long before the agent's hold ends a learn goes to extend it.
+const EXTEND_BEFORE: u64 = 2;
 
 /// See the module documentation.
 #[derive(Debug, Default)]
@@ -91,8 +107,8 @@ pub struct Learner {
     subscriptions: AtomicU64,
     /// Answers waiting, by learn.
     waiting: Mutex<HashMap<u64, Waiting>>,
-    /// What the agent holds: per name, addresses and until when (unix s).
-    known: Mutex<HashMap<String, (Vec<IpAddr>, u64)>>,
+    /// What the agent holds, per client and name.
+    known: Mutex<HashMap<(IpAddr, String), Known>>,
     next: AtomicU64,
 }
 
@@ -107,25 +123,38 @@ fn unix_now() -> u64 {
 impl Learner {
     /// Tells the agent that `client`'s lookup of `name` returned `addrs`,
     /// and waits (at most `timeout`) until it enforces them — not at all
-    /// when it already said it holds them past now.
+    /// when it already said it holds them past now (telling it only when
+    /// it should extend them).
     pub async fn hold(&self, client: IpAddr, name: &str, addrs: &[IpAddr], ttl: u32, timeout: Duration) -> Held {
         let Some((_, agent)) = lock(&self.agent).clone() else { return Held::NoAgent };
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let learn = Learn { id, client, name: name.to_owned(), addrs: addrs.to_vec(), ttl };
+        let key = (client, name.to_owned());
         // A second left over: the agent's clock and this one's may disagree
         // by the second they are read in.
-        let known = lock(&self.known)
-            .get(name)
-            .is_some_and(|(held, until)| *until > unix_now() + 1 && addrs.iter().all(|a| held.contains(a)));
-        if known {
-            return if agent.send(learn).is_ok() { Held::Known } else { Held::NoAgent };
-        }
-        let (tx, rx) = oneshot::channel();
-        lock(&self.waiting).insert(id, (name.to_owned(), addrs.to_vec(), tx));
+        let now = unix_now() + 1;
+        let mut waker = None;
+        let rx = {
+            let mut known = lock(&self.known);
+            match known.get_mut(&key).filter(|k| k.until > now && addrs.iter().all(|a| k.addrs.contains(a))) {
+                Some(k) if k.extending || k.until > now + u64::from(ttl) + EXTEND_BEFORE => return Held::Known,
+                Some(k) => {
+                    k.extending = true;
+                    None
+                }
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    waker = Some(tx);
+                    Some(rx)
+                }
+            }
+        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.waiting).insert(id, (key, addrs.to_vec(), waker));
+        let learn = Learn { id, client, name: name.to_owned(), addrs: addrs.to_vec(), ttl };
         if agent.send(learn).is_err() {
             lock(&self.waiting).remove(&id);
             return Held::NoAgent;
         }
+        let Some(rx) = rx else { return Held::Known };
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(())) => Held::Enforced,
             Ok(Err(_)) => Held::NoAgent,
@@ -147,17 +176,24 @@ impl Learner {
         (n, rx)
     }
 
-    /// The agent enforces learn `r.learnt` until `r.until`: its answer goes out.
+    /// The agent enforces learn `r.learnt` until `r.until`: its answer goes
+    /// out, if it was held.
     pub fn learnt(&self, r: Learnt) {
-        let Some((name, addrs, tx)) = lock(&self.waiting).remove(&r.learnt) else { return };
-        if r.until > 0 {
+        let Some((key, addrs, waker)) = lock(&self.waiting).remove(&r.learnt) else { return };
+        {
             let mut known = lock(&self.known);
-            if known.len() >= MAX_KNOWN {
-                known.clear();
+            if r.until == 0 {
+                known.remove(&key);
+            } else {
+                if known.len() >= MAX_KNOWN {
+                    known.clear();
+                }
+                known.insert(key, Known { addrs, until: r.until, extending: false });
             }
-            known.insert(name, (addrs, r.until));
         }
-        let _ = tx.send(());
+        if let Some(tx) = waker {
+            let _ = tx.send(());
+        }
     }
 
     /// Subscription `n` went away: answers waiting on it are released
@@ -197,9 +233,32 @@ mod tests {
         assert!(!waiter.is_finished(), "released before the agent answered");
         l.learnt(Learnt { learnt: learn.id, until: unix_now() + 60 });
         assert_eq!(waiter.await.expect("task"), Held::Enforced);
-        // Held by the agent: the same address goes at once, its learn still sent.
+        // Held by the agent past its TTL: the same address goes at once,
+        // and the agent is not bothered.
         assert_eq!(l.hold(client, "api.stripe.com.", &[a], 30, hold).await, Held::Known);
-        assert!(rx.try_recv().is_ok(), "the learn that extends the address");
+        assert!(rx.try_recv().is_err(), "a learn the agent did not need");
+        // An answer whose TTL outlasts the agent's hold goes at once too,
+        // and one learn extends it (not one per answer) ...
+        for _ in 0..3 {
+            assert_eq!(l.hold(client, "api.stripe.com.", &[a], 59, hold).await, Held::Known);
+        }
+        let extend = rx.recv().await.expect("the learn that extends the address");
+        assert_eq!(extend.ttl, 59);
+        assert!(rx.try_recv().is_err(), "one learn extends");
+        // ... whose reply moves the hold on: such answers stop telling it.
+        l.learnt(Learnt { learnt: extend.id, until: unix_now() + 120 });
+        assert_eq!(l.hold(client, "api.stripe.com.", &[a], 59, hold).await, Held::Known);
+        assert!(rx.try_recv().is_err(), "held long enough now");
+        // Another client's lookup is its own (the agent records who asked).
+        let other = ip("198.18.1.31");
+        let waiter = tokio::spawn({
+            let l = std::sync::Arc::clone(&l);
+            async move { l.hold(other, "api.stripe.com.", &[a], 30, hold).await }
+        });
+        let learn = rx.recv().await.expect("the other client's learn");
+        assert_eq!(learn.client, other);
+        l.learnt(Learnt { learnt: learn.id, until: unix_now() + 60 });
+        assert_eq!(waiter.await.expect("task"), Held::Enforced);
         // A new address waits; the hold time runs out without an answer.
         assert_eq!(l.hold(client, "api.stripe.com.", &[a, b], 30, Duration::from_millis(20)).await, Held::TimedOut);
         // The agent goes: waiting answers are released, nothing is known.
