@@ -27,7 +27,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 /// allowed, what is dropped, and which rule decided, offline (`policy`) or
 /// enforced in the kernel by the agent on a node (`agent`, `apply`, …), for
 /// example the local lab of network-namespace pods (`lab`). A build without
-/// default features has only the offline `policy validate|trace|reach`.
+/// default features has only the offline `policy validate|lint|trace|reach`.
 #[derive(Debug, Parser)]
 #[command(name = "bulkhead", version, propagate_version = true)]
 struct Cli {

@@ -1,10 +1,12 @@
-//! `bulkhead policy …`: validate, trace, reach.
+//! `bulkhead policy …`: validate, trace, reach, lint.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use bulkhead_policy::api::Object;
 use bulkhead_policy::api::decode::DecodeOptions;
+use bulkhead_policy::engine::Engine;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::inputs;
@@ -27,6 +29,20 @@ pub enum PolicyCommand {
     /// the destination's ingress policy, both looked up. `l7` means allowed
     /// at L3/L4 and decided per request by an L7 proxy.
     Reach(ReachArgs),
+    /// Find what valid policies do that their author may not mean.
+    ///
+    /// From the text alone: allows broader than they look (`toEntities:
+    /// [all]`, `world`, `0.0.0.0/0`, empty selectors, rules that name no
+    /// peer). With --cluster, each rule is resolved on every pod it selects
+    /// and compared with the others: rules that select no pod, peers that
+    /// match nobody, rules another rule shadows, allows a deny takes back, L7
+    /// rules another rule bypasses, namespaces without a default deny. Each
+    /// finding names the rule (file:line and field path), the other rule,
+    /// and the fix. Exits 0 when clean, 1 with findings, 2 when an input is
+    /// invalid (as `validate` reports it).
+    ///
+    /// Example: bulkhead policy lint --cluster examples/seed/cluster.yaml -n production examples/seed/policies
+    Lint(LintArgs),
     /// An endpoint's policy as the kernel holds it, read back from the
     /// maps (needs the agent): every entry with its verdict and rules.
     #[cfg(feature = "node")]
@@ -128,11 +144,30 @@ pub struct ValidateArgs {
     pub output: Output,
 }
 
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// Policy files or directories (recursed; .yaml, .yml, .json); `-` reads stdin.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Cluster state (Namespaces and Pods; `kubectl get ns,pods -A -o yaml`
+    /// works unchanged) to judge the policies against. Without it only
+    /// what the text says is judged.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// Namespace for namespaced objects that name none (like kubectl -n).
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
 pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
     match cmd {
         PolicyCommand::Validate(a) => validate(a),
         PolicyCommand::Trace(a) => crate::explain::trace(a),
         PolicyCommand::Reach(a) => crate::explain::reach(a),
+        PolicyCommand::Lint(a) => lint(a),
         #[cfg(feature = "node")]
         PolicyCommand::Get(a) => crate::live::policy_get(a),
     }
@@ -170,6 +205,59 @@ fn validate(a: ValidateArgs) -> Result<ExitCode> {
         }
     }
     Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn lint(a: LintArgs) -> Result<ExitCode> {
+    let opts = DecodeOptions { default_namespace: a.namespace };
+    let mut loaded = inputs::load(&a.paths, &opts)?;
+    if let Some(c) = &a.cluster {
+        let cluster = inputs::load(std::slice::from_ref(c), &opts)?;
+        loaded.diagnostics.extend(cluster.diagnostics);
+        loaded.objects.extend(cluster.objects);
+    }
+    let errors = loaded.errors();
+    if errors > 0 {
+        // Nothing is judged from a set that is not what was meant.
+        for d in &loaded.diagnostics {
+            eprintln!("{d}");
+        }
+        eprintln!("{errors} error(s): nothing linted (fix them first; `bulkhead policy validate` says the same)");
+        return Ok(ExitCode::from(2));
+    }
+    let policies = loaded.objects.iter().filter(|o| matches!(o, Object::Policy(_))).count();
+    let pods = loaded.objects.iter().filter(|o| matches!(o, Object::Pod(_))).count();
+    let mut engine = Engine::from_objects(loaded.objects);
+    let findings = bulkhead_policy::lint::lint(&mut engine, a.cluster.is_some());
+    match a.output {
+        Output::Json => {
+            let v = serde_json::json!({
+                "clean": findings.is_empty(),
+                "policies": policies,
+                "pods": pods,
+                "cluster": a.cluster.is_some(),
+                "warnings": loaded.diagnostics,
+                "findings": findings,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            for d in &loaded.diagnostics {
+                eprintln!("{d}");
+            }
+            for f in &findings {
+                println!("{f}\n");
+            }
+            let against = match &a.cluster {
+                Some(_) => format!(" against {pods} pod(s)"),
+                None => " (from their text alone: --cluster FILE also checks selectors, shadowing, denies, L7 and default deny)".into(),
+            };
+            match findings.len() {
+                0 => println!("{policies} policy object(s) linted{against}: no findings"),
+                n => println!("{n} finding(s) in {policies} policy object(s) linted{against}"),
+            }
+        }
+    }
+    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `--http-header`: `Name: value`, the name an HTTP token, the value one a

@@ -190,6 +190,78 @@ fn validate_json() {
 }
 
 #[test]
+fn lint_seed() {
+    let args =
+        ["policy", "lint", "--cluster", "examples/seed/cluster.yaml", "-n", "production", "examples/seed/policies"];
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 1, "findings exit 1: {out}{err}");
+    golden("lint-seed.txt", &out);
+    let (code, out, _) = run(&[&args[..], &["-o", "json"]].concat());
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (v["clean"].as_bool(), v["cluster"].as_bool(), v["policies"].as_u64()),
+        (Some(false), Some(true), Some(2))
+    );
+    let findings = v["findings"].as_array().expect("findings");
+    assert!(
+        findings.iter().all(|f| f["check"].is_string() && f["message"].is_string() && f["fix"].is_string()),
+        "{out}"
+    );
+}
+
+#[test]
+fn lint_exit_codes_fit_ci() {
+    let dir = "crates/cli/tests/fixtures/lint-clean";
+    let (code, out, err) =
+        run(&["policy", "lint", "--cluster", &format!("{dir}/cluster.yaml"), &format!("{dir}/policies.yaml")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 policy object(s) linted against 2 pod(s): no findings"), "{out}");
+    // Without the cluster, only the text is judged (and here it is fine).
+    let (code, out, _) = run(&["policy", "lint", &format!("{dir}/policies.yaml")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("from their text alone"), "{out}");
+    // Invalid input: 2, with validate's diagnostics, and nothing linted.
+    let (code, out, err) = run(&["policy", "lint", "testdata/corpus/seed/as-published"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.is_empty() && err.contains("nothing linted") && err.contains("(fix: "), "{err}");
+}
+
+#[test]
+fn lint_answers_every_corpus_file_as_validate_judges_it() {
+    // Every file of the corpus: valid ones lint (0 or 1), invalid ones exit 2.
+    let mut files = Vec::new();
+    let mut dirs =
+        vec![root().join("testdata/corpus/cilium-examples"), root().join("testdata/corpus/cilium-cli-connectivity")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("corpus dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+                && !p.ends_with("MANIFEST.json")
+            {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() > 60, "{} corpus files", files.len());
+    let mut findings = 0;
+    for f in &files {
+        let f = f.to_str().expect("utf-8 path");
+        let (valid, _, _) = run(&["policy", "validate", f]);
+        let (linted, out, err) = run(&["policy", "lint", f]);
+        match valid {
+            0 => assert!(linted == 0 || linted == 1, "{f}: lint exited {linted}: {out}{err}"),
+            _ => assert_eq!(linted, 2, "{f}: invalid, yet lint exited {linted}: {out}{err}"),
+        }
+        findings += usize::from(linted == 1);
+    }
+    // The library's examples include `toEntities: [world]` and the like.
+    assert!(findings > 5, "{findings} corpus files with findings");
+}
+
+#[test]
 fn errors_are_clear() {
     let (code, _, err) = run_owned(seed(
         &["policy", "trace"],

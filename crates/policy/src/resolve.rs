@@ -232,7 +232,8 @@ pub struct Resolved<'a> {
 }
 
 impl Resolved<'_> {
-    fn covers(&self, proto: Proto, lo: u32, hi: u32) -> bool {
+    /// It names every port from `lo` to `hi` of `proto`.
+    pub(crate) fn covers(&self, proto: Proto, lo: u32, hi: u32) -> bool {
         self.ports.iter().any(|&(p, a, b)| p == Proto::Any || (p == proto && u32::from(a) <= lo && hi <= u32::from(b)))
     }
 

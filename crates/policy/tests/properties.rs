@@ -3,18 +3,20 @@
 //! deny wins, adding an allow never
 //! removes reachability, unselected pods are reachable, a RateLimit
 //! changes no reachability and puts exactly the cells it covers through
-//! the proxy.
+//! the proxy, and what `policy lint` calls shadowed or dead is: taking
+//! it out changes no verdict.
 
-use bulkhead_policy::api::Object;
 use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
+use bulkhead_policy::api::{Object, PeerRule, PolicyBody};
 use bulkhead_policy::diag::Sink;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bulkhead_policy::api::Direction;
 use bulkhead_policy::engine::{Change, EndpointDiff, Engine};
+use bulkhead_policy::lint::{Check, lint};
 use bulkhead_policy::reach::{ProbePort, Reach, ReachMatrix, reach};
-use bulkhead_policy::repository::{PolicyId, Proto};
+use bulkhead_policy::repository::{PolicyId, Proto, RuleRef};
 use bulkhead_policy::resolve::{Peer as MapPeer, PolicyEntry, PolicyKey};
 use proptest::prelude::*;
 
@@ -479,5 +481,57 @@ proptest! {
                 }
             }
         }
+    }
+
+    #[test]
+    fn what_lint_calls_shadowed_or_dead_changes_no_verdict(pods in arb_pods(), ps in prop::collection::vec(arb_policy(), 1..6)) {
+        let mut objs = cluster(&pods);
+        objs.extend(policies(&ps, 0));
+        let base = matrix(objs.clone());
+        let findings = lint(&mut Engine::from_objects(objs.clone()), true);
+        for f in findings.iter().filter(|f| matches!(f.check, Check::Shadowed | Check::DeadAllow)) {
+            let rule = &f.rule.as_ref().expect("a rule's finding").rule;
+            let mut without = objs.clone();
+            take_out(&mut without, rule);
+            prop_assert_eq!(&base, &matrix(without), "{}", f);
+        }
+    }
+}
+
+/// Takes `rule` (a peer rule: `spec.ingress[1]`) out of its policy: a
+/// NetworkPolicy rule is removed; a Cilium one becomes `{}`, which allows
+/// nothing and keeps its section (and so the direction's enforcement).
+fn take_out(objs: &mut [Object], rule: &RuleRef) {
+    let (section, index) =
+        rule.rule.trim_start_matches("spec.").trim_end_matches(']').split_once('[').expect("a peer rule's path");
+    let index: usize = index.parse().expect("index");
+    let policy = objs
+        .iter_mut()
+        .find_map(|o| match o {
+            Object::Policy(p) if p.kind == rule.kind && p.name == rule.name && p.namespace == rule.namespace => Some(p),
+            _ => None,
+        })
+        .expect("the rule's policy");
+    match &mut policy.body {
+        PolicyBody::Cilium(rules) => {
+            let r = &mut rules[0];
+            let list = match section {
+                "ingress" => r.ingress.as_mut(),
+                "ingressDeny" => r.ingress_deny.as_mut(),
+                "egress" => r.egress.as_mut(),
+                "egressDeny" => r.egress_deny.as_mut(),
+                other => panic!("section {other}"),
+            };
+            let pr = &mut list.expect("the section")[index];
+            *pr = PeerRule { path: pr.path.clone(), ..PeerRule::default() };
+        }
+        PolicyBody::Kubernetes(spec) => {
+            match section {
+                "ingress" => spec.ingress.remove(index),
+                "egress" => spec.egress.remove(index),
+                other => panic!("section {other}"),
+            };
+        }
+        PolicyBody::RateLimit(_) => panic!("a RateLimit allows nothing"),
     }
 }

@@ -226,57 +226,7 @@ impl Engine {
             // Limits alone leave a direction open (a miss passes) but give
             // it entries: the limited peers' redirects.
             let default_deny = present.iter().any(|r| r.dir(d).default_deny != Some(false));
-            let gather = |f: fn(&crate::repository::DirectionRules) -> &Vec<crate::selector::Req>| {
-                let mut v: Vec<crate::selector::Req> =
-                    selecting.iter().flat_map(|r| f(r.dir(d)).iter().cloned()).collect();
-                v.sort();
-                v.dedup();
-                v
-            };
-            let requires = gather(|r| &r.requires);
-            let deny_requires = gather(|r| &r.deny_requires);
-            let mut resolved: Vec<Resolved<'_>> = Vec::new();
-            let named_egress = d == Direction::Egress
-                && selecting.iter().any(|r| {
-                    r.egress.contributions.iter().any(|c| c.ports.iter().any(|p| matches!(p, PortItem::Named { .. })))
-                });
-            let global_ports = if named_egress { self.all_named_ports() } else { Vec::new() };
-            for rule in selecting {
-                for c in &rule.dir(d).contributions {
-                    let (all, (mut ids, mut addrs)) =
-                        self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires }, only);
-                    if let Some(x) = only {
-                        let has = ids.iter().any(|s| s.contains(&x));
-                        ids = if has { vec![Arc::new([x].into())] } else { Vec::new() };
-                        addrs.retain(|(_, i)| *i == x);
-                    }
-                    let has_named = c.ports.iter().any(|p| matches!(p, PortItem::Named { .. }));
-                    let base = Resolved {
-                        all,
-                        ids: Vec::new(),
-                        addrs: Vec::new(),
-                        ports: Vec::new(),
-                        deny: c.deny,
-                        l7: c.l7.as_ref(),
-                        limit: c.limit,
-                        rule_ref: c.rule_ref.clone(),
-                    };
-                    if d == Direction::Egress && has_named && !all {
-                        // Egress named ports resolve against each peer's own pods.
-                        let peers: BTreeSet<NumericIdentity> = ids.iter().flat_map(|s| s.iter().copied()).collect();
-                        for pid in peers {
-                            let ports = port_ranges(&c.ports, &self.peer_named_ports(pid));
-                            resolved.push(Resolved { ids: vec![Arc::new([pid].into())], ports, ..base.clone() });
-                        }
-                        if !addrs.is_empty() {
-                            resolved.push(Resolved { addrs, ports: port_ranges(&c.ports, &global_ports), ..base });
-                        }
-                        continue;
-                    }
-                    let named_source: &[NamedPort] = if d == Direction::Ingress { own_ports } else { &global_ports };
-                    resolved.push(Resolved { ids, addrs, ports: port_ranges(&c.ports, named_source), ..base });
-                }
-            }
+            let mut resolved = self.resolve_direction(selecting, own_ports, d, only);
             if d == Direction::Ingress && only.is_none_or(|x| x == Reserved::Host.id()) {
                 resolved.push(Resolved {
                     all: false,
@@ -293,6 +243,71 @@ impl Engine {
             *dir_mut(&mut out, d) = DirectionPolicy { enforced: true, default_deny, entries, errors };
         }
         out
+    }
+
+    /// The contributions of the rules `selecting` a subject (with these
+    /// named ports) in direction `d`, resolved: peers to identities and pod
+    /// addresses (`fromRequires` applied), ports to numbers. What
+    /// [`flatten`] turns into the subject's policy, and what `policy lint`
+    /// compares rule by rule. With `only`, just that peer identity's.
+    pub fn resolve_direction<'a>(
+        &mut self,
+        selecting: &'a [Arc<CompiledRule>],
+        own_ports: &[NamedPort],
+        d: Direction,
+        only: Option<NumericIdentity>,
+    ) -> Vec<Resolved<'a>> {
+        let gather = |f: fn(&crate::repository::DirectionRules) -> &Vec<crate::selector::Req>| {
+            let mut v: Vec<crate::selector::Req> = selecting.iter().flat_map(|r| f(r.dir(d)).iter().cloned()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let requires = gather(|r| &r.requires);
+        let deny_requires = gather(|r| &r.deny_requires);
+        let mut resolved: Vec<Resolved<'a>> = Vec::new();
+        let named_egress = d == Direction::Egress
+            && selecting.iter().any(|r| {
+                r.egress.contributions.iter().any(|c| c.ports.iter().any(|p| matches!(p, PortItem::Named { .. })))
+            });
+        let global_ports = if named_egress { self.all_named_ports() } else { Vec::new() };
+        for rule in selecting {
+            for c in &rule.dir(d).contributions {
+                let (all, (mut ids, mut addrs)) =
+                    self.resolve_peers(&c.peers, if c.deny { &deny_requires } else { &requires }, only);
+                if let Some(x) = only {
+                    let has = ids.iter().any(|s| s.contains(&x));
+                    ids = if has { vec![Arc::new([x].into())] } else { Vec::new() };
+                    addrs.retain(|(_, i)| *i == x);
+                }
+                let has_named = c.ports.iter().any(|p| matches!(p, PortItem::Named { .. }));
+                let base = Resolved {
+                    all,
+                    ids: Vec::new(),
+                    addrs: Vec::new(),
+                    ports: Vec::new(),
+                    deny: c.deny,
+                    l7: c.l7.as_ref(),
+                    limit: c.limit,
+                    rule_ref: c.rule_ref.clone(),
+                };
+                if d == Direction::Egress && has_named && !all {
+                    // Egress named ports resolve against each peer's own pods.
+                    let peers: BTreeSet<NumericIdentity> = ids.iter().flat_map(|s| s.iter().copied()).collect();
+                    for pid in peers {
+                        let ports = port_ranges(&c.ports, &self.peer_named_ports(pid));
+                        resolved.push(Resolved { ids: vec![Arc::new([pid].into())], ports, ..base.clone() });
+                    }
+                    if !addrs.is_empty() {
+                        resolved.push(Resolved { addrs, ports: port_ranges(&c.ports, &global_ports), ..base });
+                    }
+                    continue;
+                }
+                let named_source: &[NamedPort] = if d == Direction::Ingress { own_ports } else { &global_ports };
+                resolved.push(Resolved { ids, addrs, ports: port_ranges(&c.ports, named_source), ..base });
+            }
+        }
+        resolved
     }
 
     fn resolve_peers(
