@@ -36,6 +36,9 @@ pub struct Config {
     pub proxy: Option<ProxyConfig>,
     /// How long and how many addresses learnt from DNS answers are kept.
     pub fqdn: crate::fqdn::Limits,
+    /// The organisation's rules for policies: an apply that would break
+    /// one more of them is refused.
+    pub guardrails: Vec<bulkhead_policy::api::Guardrails>,
 }
 
 /// Where the L7 proxy listens and takes its rules.

@@ -371,6 +371,7 @@ impl Reconciler {
             }
             changed.push((key, o));
         }
+        self.check_guardrails(&changed)?;
         if req.dry_run || changed.is_empty() {
             resp.not_enforced = needs.lines(|dns| self.proxy_problem(dns));
             return Ok(resp);
@@ -398,6 +399,51 @@ impl Reconciler {
             "applied"
         );
         Ok(resp)
+    }
+
+    /// Refuses the policies of `changed` if they would break a guardrail
+    /// that holds without them (the findings of the applied state that the
+    /// state with only the rest of `changed` has not: guardrails judge
+    /// policies, never a pod or namespace): the same check as `policy lint
+    /// --guardrails`. Two engine builds per apply that changes a policy,
+    /// only with guardrails.
+    fn check_guardrails(&self, changed: &[(ObjectKey, Object)]) -> Result<()> {
+        let (policies, rest): (Vec<_>, Vec<_>) =
+            changed.iter().cloned().partition(|(_, o)| matches!(o, Object::Policy(_)));
+        if self.config.guardrails.is_empty() || policies.is_empty() {
+            return Ok(());
+        }
+        let judge = |objects: Vec<Object>| {
+            let engine = Engine::from_objects(objects);
+            let findings: Vec<_> = self
+                .config
+                .guardrails
+                .iter()
+                .flat_map(|g| bulkhead_policy::lint::guardrails::check(g, &engine, true))
+                .collect();
+            findings
+        };
+        // The guardrail and what breaks it (a rule, a namespace), not where
+        // it was read or how many pods a namespace's finding names.
+        let key = |f: &bulkhead_policy::lint::Finding| {
+            (f.guardrail.clone(), f.rule.as_ref().map(|p| p.rule.clone()), f.namespace.clone())
+        };
+        let mut after = self.store.objects.clone();
+        after.extend(rest);
+        let before: BTreeSet<_> = judge(after.values().cloned().collect()).iter().map(key).collect();
+        after.extend(policies);
+        let new: Vec<String> = judge(after.into_values().collect())
+            .iter()
+            .filter(|f| !before.contains(&key(f)))
+            .map(ToString::to_string)
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        Err(AgentError::Invalid {
+            message: format!("refused by guardrails: {} finding(s) this apply would add; nothing changed", new.len()),
+            details: new,
+        })
     }
 
     fn delete(&mut self, req: Objects) -> Result<ApplyResponse> {

@@ -99,6 +99,12 @@ pub struct AgentArgs {
     /// most; past it the pairs expiring first go.
     #[arg(long, value_name = "N", default_value_t = bulkhead_agent::fqdn::DEFAULT_MAX_TOTAL)]
     pub tofqdns_max_addresses: usize,
+    /// An organisation's rules for policies (`bulkhead.io/v1alpha1
+    /// Guardrails`, as `policy lint --guardrails` reads them): an apply that
+    /// would break one more of them is refused with the findings, and
+    /// nothing changes. Read once at start; an invalid file stops the agent.
+    #[arg(long, value_name = "FILE")]
+    pub guardrails: Option<PathBuf>,
     /// Log filter (tracing's syntax: info, debug, bulkhead_agent=debug, …).
     #[arg(long, value_name = "FILTER", env = "BULKHEAD_LOG", default_value = "info")]
     pub log: String,
@@ -129,6 +135,10 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         max_age: a.flow_log_max_age,
         checkpoint_every: a.flow_log_checkpoint,
     });
+    let guardrails = match &a.guardrails {
+        Some(path) => crate::inputs::load_guardrails(path)?,
+        None => Vec::new(),
+    };
     let node_name = a.node_name.unwrap_or_else(|| {
         nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "node".into())
     });
@@ -152,6 +162,7 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
             max_per_name: a.tofqdns_endpoint_max_ip_per_hostname.max(1),
             max_total: a.tofqdns_max_addresses.max(1),
         },
+        guardrails,
         policy_overflow: match a.policy_overflow {
             PolicyOverflow::FailClosed => Overflow::FailClosed,
             PolicyOverflow::KeepPrevious => Overflow::KeepPrevious,

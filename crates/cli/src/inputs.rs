@@ -7,8 +7,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bulkhead_policy::api::Object;
-use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
+use bulkhead_policy::api::decode::{DecodeOptions, decode_guardrails, decode_str};
+use bulkhead_policy::api::{Guardrails, Object};
 use bulkhead_policy::diag::{Diagnostic, Sink};
 
 /// What was read from a set of paths.
@@ -91,4 +91,27 @@ pub fn load(paths: &[PathBuf], opts: &DecodeOptions) -> Result<Loaded> {
         loaded.files += 1;
     }
     Ok(loaded)
+}
+
+/// Reads a guardrails file (`bulkhead.io/v1alpha1 Guardrails` objects):
+/// them, or every diagnostic as the error.
+pub fn load_guardrails(path: &Path) -> Result<Vec<Guardrails>> {
+    let mut found = Vec::new();
+    for (name, text) in read(&[path.to_path_buf()])? {
+        let mut sink = Sink::new(&name);
+        found.extend(decode_guardrails(&text, &mut sink));
+        if sink.error_count() > 0 {
+            let lines: Vec<String> = sink.diagnostics.iter().map(ToString::to_string).collect();
+            bail!(
+                "{}\n{}: invalid guardrails ({} error(s)): nothing checked",
+                lines.join("\n"),
+                name,
+                sink.error_count()
+            );
+        }
+    }
+    if found.is_empty() {
+        bail!("{}: no Guardrails in it (write `apiVersion: bulkhead.io/v1alpha1`, `kind: Guardrails`)", path.display());
+    }
+    Ok(found)
 }

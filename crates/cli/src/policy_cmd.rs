@@ -38,8 +38,9 @@ pub enum PolicyCommand {
     /// match nobody, rules another rule shadows, allows a deny takes back, L7
     /// rules another rule bypasses, namespaces without a default deny. Each
     /// finding names the rule (file:line and field path), the other rule,
-    /// and the fix. Exits 0 when clean, 1 with findings, 2 when an input is
-    /// invalid (as `validate` reports it).
+    /// and the fix. With --guardrails, each rule of the organisation's
+    /// Guardrails broken is a finding too. Exits 0 when clean, 1 with
+    /// findings, 2 when an input is invalid (as `validate` reports it).
     ///
     /// Example: bulkhead policy lint --cluster examples/seed/cluster.yaml -n production examples/seed/policies
     Lint(LintArgs),
@@ -154,6 +155,13 @@ pub struct LintArgs {
     /// what the text says is judged.
     #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
+    /// An organisation's rules for policies (`bulkhead.io/v1alpha1
+    /// Guardrails`: forbidIngressFromWorld, requireDefaultDeny,
+    /// forbidEntityAll, minCIDRPrefixLength, requireL7); each rule broken is
+    /// a finding. The agent (`--guardrails`) and `bulkhead webhook` check
+    /// the same file the same way.
+    #[arg(long, value_name = "FILE")]
+    guardrails: Option<PathBuf>,
     /// Namespace for namespaced objects that name none (like kubectl -n).
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
@@ -215,6 +223,16 @@ fn lint(a: LintArgs) -> Result<ExitCode> {
         loaded.diagnostics.extend(cluster.diagnostics);
         loaded.objects.extend(cluster.objects);
     }
+    let guardrails = match &a.guardrails {
+        Some(path) => match inputs::load_guardrails(path) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("{e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => Vec::new(),
+    };
     let errors = loaded.errors();
     if errors > 0 {
         // Nothing is judged from a set that is not what was meant.
@@ -227,7 +245,7 @@ fn lint(a: LintArgs) -> Result<ExitCode> {
     let policies = loaded.objects.iter().filter(|o| matches!(o, Object::Policy(_))).count();
     let pods = loaded.objects.iter().filter(|o| matches!(o, Object::Pod(_))).count();
     let mut engine = Engine::from_objects(loaded.objects);
-    let findings = bulkhead_policy::lint::lint(&mut engine, a.cluster.is_some());
+    let findings = bulkhead_policy::lint::lint(&mut engine, a.cluster.is_some(), &guardrails);
     match a.output {
         Output::Json => {
             let v = serde_json::json!({

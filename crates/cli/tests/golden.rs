@@ -221,6 +221,39 @@ fn lint_exit_codes_fit_ci() {
     let (code, out, _) = run(&["policy", "lint", &format!("{dir}/policies.yaml")]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("from their text alone"), "{out}");
+    // The example guardrails on the seed: its namespaces lack a default
+    // deny; a guardrails file with a typo is invalid input.
+    let (code, out, _) = run(&[
+        "policy",
+        "lint",
+        "--guardrails",
+        "examples/guardrails/guardrails.yaml",
+        "--cluster",
+        "examples/seed/cluster.yaml",
+        "-n",
+        "production",
+        "examples/seed/policies",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("namespace staging: guardrail: ")
+            && out.contains("Guardrails org-baseline spec.requireDefaultDeny"),
+        "{out}"
+    );
+    let (code, _, err) = run(&[
+        "policy",
+        "lint",
+        "--guardrails",
+        "crates/cli/tests/fixtures/bad-guardrails.yaml",
+        &format!("{dir}/policies.yaml"),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("spec.forbidEntityAl")
+            && err.contains("did you mean `forbidEntityAll`")
+            && err.contains("nothing checked"),
+        "{err}"
+    );
     // Invalid input: 2, with validate's diagnostics, and nothing linted.
     let (code, out, err) = run(&["policy", "lint", "testdata/corpus/seed/as-published"]);
     assert_eq!(code, 2, "{out}{err}");

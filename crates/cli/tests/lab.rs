@@ -186,6 +186,50 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
 /// `lab down` after a crash: the agent killed and the state file lost
 /// still removes every namespace, process, pin and file of the lab.
 #[test]
+fn guardrails_refuse_an_apply_that_breaks_one_and_nothing_changes() {
+    if !privileged("guardrails_refuse_an_apply_that_breaks_one_and_nothing_changes") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(support::unique("guardrails"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("path").to_string()
+    };
+    let guardrails = file(
+        "guardrails.yaml",
+        "apiVersion: bulkhead.io/v1alpha1\nkind: Guardrails\nmetadata: {name: org}\nspec:\n  forbidEntityAll: true\n  requireL7: [{port: 8080}]\n  requireDefaultDeny: true\n",
+    );
+    let lab = Lab::up("guard", &repo().join("examples/seed/cluster.yaml"), &["--guardrails", &guardrails]);
+    let policies = |lab: &Lab| lab.json(&["status", "-o", "json"])["counts"]["policies"].clone();
+    // Breaking two guardrails (three times): refused with the findings; nothing stored.
+    let bad = file(
+        "bad.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: open, namespace: production}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}], toPorts: [{ports: [{port: '8080', protocol: TCP}]}]}]\n  egress: [{toEntities: [all]}]\n",
+    );
+    let before = policies(&lab);
+    let out = support::run(&lab.socket, &["apply", "-f", &bad]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("refused by guardrails: 3 finding(s)"), "{err}");
+    assert!(err.contains("spec.egress[0].toEntities") && err.contains("spec.forbidEntityAll"), "{err}");
+    assert!(err.contains("spec.ingress[0].toPorts[0]") && err.contains("spec.requireL7"), "{err}");
+    assert_eq!(policies(&lab), before, "nothing changed");
+    // The namespaces lacked a default deny before: an apply that does not
+    // make it worse passes (the seed's, with L7 rules on 8080).
+    let out =
+        lab.ok(&["apply", "-f", repo().join("examples/seed/policies").to_str().expect("path"), "-n", "production"]);
+    assert!(out.contains("created"), "{out}");
+    // The same check offline: lint says what the agent refused.
+    let out = support::run(&lab.socket, &["policy", "lint", "--guardrails", &guardrails, &bad]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("spec.egress[0].toEntities: guardrail:") && text.contains("spec.requireL7"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn down_after_a_crash_removes_everything() {
     if !privileged("down_after_a_crash_removes_everything") {
         return;

@@ -29,7 +29,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::api::{
-    Direction, Entity, LabelSelector, NetworkPolicyPeer, NetworkPolicyRule, PeerRule, Policy, PolicyBody, PolicyKind,
+    Direction, Entity, Guardrails, LabelSelector, NetworkPolicyPeer, NetworkPolicyRule, PeerRule, Policy, PolicyBody,
+    PolicyKind,
 };
 use crate::engine::Engine;
 use crate::identity::NumericIdentity;
@@ -55,6 +56,8 @@ pub enum Check {
     L7Bypassed,
     /// A namespace with pods that take traffic no policy allows.
     NoDefaultDeny,
+    /// A rule of the organisation's [`crate::api::Guardrails`] broken.
+    Guardrail,
 }
 
 impl Check {
@@ -68,6 +71,7 @@ impl Check {
             Self::DeadAllow => "dead-allow",
             Self::L7Bypassed => "l7-bypassed",
             Self::NoDefaultDeny => "no-default-deny",
+            Self::Guardrail => "guardrail",
         }
     }
 }
@@ -104,6 +108,9 @@ pub struct Finding {
     /// The namespace (a namespace's finding).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The guardrail broken: `Guardrails NAME spec.FIELD (file:line)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guardrail: Option<String>,
     /// What is wrong.
     pub message: String,
     /// What to do about it.
@@ -117,6 +124,9 @@ impl fmt::Display for Finding {
             (None, Some(ns)) => write!(f, "namespace {ns}: {}: {}", self.check.as_str(), self.message)?,
             (None, None) => write!(f, "{}: {}", self.check.as_str(), self.message)?,
         }
+        if let Some(g) = &self.guardrail {
+            write!(f, "\n    guardrail: {g}")?;
+        }
         if let Some(o) = &self.other {
             write!(f, "\n    {}: {o}", if self.check == Check::DeadAllow { "denied by" } else { "by" })?;
         }
@@ -124,9 +134,10 @@ impl fmt::Display for Finding {
     }
 }
 
-/// Lints every policy `engine` holds; `cluster`: its pods and namespaces
-/// are the cluster's (the checks that need them run).
-pub fn lint(engine: &mut Engine, cluster: bool) -> Vec<Finding> {
+/// Lints every policy `engine` holds, against `guardrails` too; `cluster`:
+/// its pods and namespaces are the cluster's (the checks that need them
+/// run).
+pub fn lint(engine: &mut Engine, cluster: bool, guardrails: &[Guardrails]) -> Vec<Finding> {
     let policies: Vec<Policy> = engine.policies().cloned().collect();
     let places = Places::of(&policies);
     let mut out = Vec::new();
@@ -138,12 +149,25 @@ pub fn lint(engine: &mut Engine, cluster: bool) -> Vec<Finding> {
         compare_rules(engine, &places, &mut out);
         default_deny(engine, &mut out);
     }
-    // In file order, a namespace's findings after the rules'.
+    for g in guardrails {
+        out.extend(guardrails::check(g, engine, cluster));
+    }
+    sort(&mut out);
+    out
+}
+
+/// In file order, a namespace's findings after the rules'; no repeats.
+fn sort(out: &mut Vec<Finding>) {
     out.sort_by(|a, b| {
-        (a.rule.is_none(), &a.rule, &a.namespace, a.check).cmp(&(b.rule.is_none(), &b.rule, &b.namespace, b.check))
+        (a.rule.is_none(), &a.rule, &a.namespace, a.check, &a.guardrail).cmp(&(
+            b.rule.is_none(),
+            &b.rule,
+            &b.namespace,
+            b.check,
+            &b.guardrail,
+        ))
     });
     out.dedup();
-    out
 }
 
 /// Where each policy was read.
@@ -172,7 +196,7 @@ impl Places {
 }
 
 fn finding(check: Check, rule: Place, message: String, fix: String) -> Finding {
-    Finding { check, rule: Some(rule), other: None, namespace: None, message, fix }
+    Finding { check, rule: Some(rule), other: None, namespace: None, guardrail: None, message, fix }
 }
 
 fn base_ref(p: &Policy) -> RuleRef {
@@ -559,6 +583,7 @@ fn default_deny(engine: &Engine, out: &mut Vec<Finding>) {
             rule: None,
             other: None,
             namespace: Some(ns.clone()),
+            guardrail: None,
             message: format!("of its {n} pod(s), {}", parts.join("; ")),
             fix: format!(
                 "apply a default deny — NetworkPolicy {{metadata: {{name: default-deny, namespace: {ns}}}, spec: {{podSelector: {{}}, policyTypes: [Ingress, Egress]}}}} — then allow what each pod needs (DNS to kube-dns first)"
@@ -566,6 +591,8 @@ fn default_deny(engine: &Engine, out: &mut Vec<Finding>) {
         });
     }
 }
+
+pub mod guardrails;
 
 #[cfg(test)]
 mod tests;

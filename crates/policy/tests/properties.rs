@@ -488,7 +488,7 @@ proptest! {
         let mut objs = cluster(&pods);
         objs.extend(policies(&ps, 0));
         let base = matrix(objs.clone());
-        let findings = lint(&mut Engine::from_objects(objs.clone()), true);
+        let findings = lint(&mut Engine::from_objects(objs.clone()), true, &[]);
         for f in findings.iter().filter(|f| matches!(f.check, Check::Shadowed | Check::DeadAllow)) {
             let rule = &f.rule.as_ref().expect("a rule's finding").rule;
             let mut without = objs.clone();

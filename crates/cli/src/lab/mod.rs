@@ -89,6 +89,10 @@ pub struct UpArgs {
     /// Namespace for namespaced objects that name none (like kubectl -n).
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
+    /// The organisation's Guardrails for the lab's agent (`agent
+    /// --guardrails`): an apply that breaks one more of them is refused.
+    #[arg(long, value_name = "FILE")]
+    pub guardrails: Option<PathBuf>,
     #[command(flatten)]
     pub agent: AgentAddr,
 }
@@ -348,7 +352,7 @@ fn build(
     let node = pods::create_netns(&st.node_netns, NODE_SYSCTLS).context("creating the node namespace")?;
     st.save()?;
     start_proxy(st, &node)?;
-    start_agent(st, &node)?;
+    start_agent(st, &node, a.guardrails.as_deref())?;
     let client = Client::new(&st.socket);
 
     let mut files =
@@ -565,7 +569,7 @@ fn attachment(container_id: &str, netns: &Path, ns: &str, pod: &str, ips: &[IpAd
     }
 }
 
-fn start_agent(st: &mut LabState, node: &Path) -> Result<()> {
+fn start_agent(st: &mut LabState, node: &Path, guardrails: Option<&Path>) -> Result<()> {
     if Client::new(&st.socket).get::<Status>("/status").is_ok() {
         bail!(
             "an agent already serves {} (the lab starts its own: stop that one, or pass --socket for the lab's)",
@@ -575,8 +579,13 @@ fn start_agent(st: &mut LabState, node: &Path) -> Result<()> {
     let dir = lab_dir(&st.name);
     let log = std::fs::File::create(dir.join("agent.log"))?;
     let me = std::env::current_exe()?;
+    let guardrails = match guardrails {
+        Some(g) => vec!["--guardrails".into(), std::path::absolute(g)?.into_os_string()],
+        None => Vec::new(),
+    };
     let child = Command::new(me)
         .arg("agent")
+        .args(guardrails)
         .arg("--state-dir")
         .arg(dir.join("agent"))
         .arg("--socket")

@@ -155,6 +155,42 @@ impl fmt::Display for RequestLimit {
     }
 }
 
+/// `bulkhead.io/v1alpha1 Guardrails` (cluster-wide): an organisation's
+/// rules for the policies themselves, checked by `policy lint
+/// --guardrails`, the agent's `apply` and `bulkhead webhook` with one code
+/// path ([`crate::lint::guardrails`]). Not a policy: it is read from its own
+/// file, never applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guardrails {
+    /// `metadata.name`.
+    pub name: String,
+    /// Where it was read from.
+    pub origin: Origin,
+    /// The rules.
+    pub spec: GuardrailsSpec,
+}
+
+/// What a [`Guardrails`] requires.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardrailsSpec {
+    /// `forbidIngressFromWorld.exceptNamespaces`: no ingress allow from
+    /// outside the cluster (`world`, `all`, a CIDR, a rule naming no peer)
+    /// except in these namespaces. `None`: not required.
+    pub forbid_ingress_from_world: Option<Vec<String>>,
+    /// `requireDefaultDeny`: every namespace with pods isolates each of
+    /// them both ways.
+    pub require_default_deny: bool,
+    /// `forbidEntityAll`: no allow names the entity `all`.
+    pub forbid_entity_all: bool,
+    /// `minCIDRPrefixLength.ipv4`: allowed IPv4 prefixes are at least this long.
+    pub min_prefix_ipv4: Option<u8>,
+    /// `minCIDRPrefixLength.ipv6`: the same for IPv6.
+    pub min_prefix_ipv6: Option<u8>,
+    /// `requireL7`: an allow on one of these ports carries L7 rules.
+    pub require_l7: Vec<(Protocol, u16)>,
+}
+
 /// A label selector as written (`matchLabels` + `matchExpressions`). Keys keep
 /// their optional source prefix (`k8s:app`); [`crate::selector`] interprets them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -387,6 +423,18 @@ pub enum Protocol {
     /// TCP, UDP and SCTP.
     #[serde(rename = "ANY")]
     Any,
+}
+
+impl Protocol {
+    /// As policies spell it: `TCP`, `UDP`, `SCTP`, `ANY`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+            Self::Any => "ANY",
+        }
+    }
 }
 
 /// A port as written: a number (0 = all), or a container port name.

@@ -40,7 +40,7 @@ fn allows_broader_than_they_look_are_found_from_the_text_alone() {
     ]
     .concat();
     let mut e = engine("", &policies);
-    let f = lint(&mut e, false);
+    let f = lint(&mut e, false, &[]);
     assert_eq!(
         summary(&f),
         [
@@ -118,7 +118,7 @@ fn rules_are_compared_on_the_pods_they_select() {
     ]
     .concat();
     let mut e = engine(&cluster, &policies);
-    let f = lint(&mut e, true);
+    let f = lint(&mut e, true, &[]);
     assert_eq!(
         summary(&f),
         [
@@ -162,5 +162,102 @@ fn a_clean_set_has_no_findings() {
     ]
     .concat();
     let mut e = engine(&cluster, &policies);
-    assert_eq!(lint(&mut e, true), Vec::new());
+    assert_eq!(lint(&mut e, true, &[]), Vec::new());
+}
+
+/// Guardrails from YAML, panicking on any error.
+fn guardrails(src: &str) -> Vec<Guardrails> {
+    let mut sink = crate::diag::Sink::new("guardrails.yaml");
+    let g = crate::api::decode::decode_guardrails(src, &mut sink);
+    assert_eq!(sink.error_count(), 0, "{:#?}", sink.diagnostics);
+    g
+}
+
+const ORG: &str = "apiVersion: bulkhead.io/v1alpha1\nkind: Guardrails\nmetadata: {name: org}\nspec:\n  forbidIngressFromWorld: {exceptNamespaces: [edge]}\n  requireDefaultDeny: true\n  forbidEntityAll: true\n  minCIDRPrefixLength: {ipv4: 16, ipv6: 48}\n  requireL7: [{port: 8080}]\n";
+
+#[test]
+fn guardrails_find_each_rule_broken_and_only_those() {
+    let cluster = [pod("a", "web", "app: web", "198.18.0.1"), pod("edge", "lb", "app: lb", "198.18.0.2")].concat();
+    let edge = |name: &str, spec: &str| cnp(name, spec).replace("namespace: a", "namespace: edge");
+    let policies = [
+        cnp(
+            "bad",
+            "{endpointSelector: {matchLabels: {app: web}}, ingress: [{fromEntities: [world]}, {fromCIDR: [10.0.0.0/8]}, {fromEndpoints: [{matchLabels: {app: lb}}], toPorts: [{ports: [{port: '8080', protocol: TCP}]}]}], egress: [{toEntities: [all]}]}",
+        ),
+        // In the excepted namespace, from the world on 443 with a narrow prefix: fine.
+        edge("lb", "{endpointSelector: {matchLabels: {app: lb}}, ingress: [{fromCIDR: [198.51.100.0/24], toPorts: [{ports: [{port: '443', protocol: TCP}]}]}]}"),
+        // 8080 with L7 rules: fine.
+        cnp(
+            "good",
+            "{endpointSelector: {matchLabels: {app: web}}, ingress: [{fromEndpoints: [{matchLabels: {app: web}}], toPorts: [{ports: [{port: '8080', protocol: TCP}], rules: {http: [{method: GET}]}}]}]}",
+        ),
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: a}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{ports: [{port: 8080}]}]\n".to_string(),
+    ]
+    .concat();
+    let mut e = engine(&cluster, &policies);
+    let g = guardrails(ORG);
+    let f: Vec<Finding> = lint(&mut e, true, &g).into_iter().filter(|f| f.check == Check::Guardrail).collect();
+    let got: Vec<String> = f
+        .iter()
+        .map(|f| {
+            let at = f.rule.as_ref().map_or(format!("namespace {}", f.namespace.as_deref().unwrap_or("")), |r| {
+                format!("{} {}", r.rule.name, r.rule.rule)
+            });
+            let field = f.guardrail.as_deref().unwrap_or("").split_whitespace().nth(2).unwrap_or("").to_string();
+            format!("{field} {at}")
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            // Every port, so 8080 too, without L7 rules.
+            "spec.requireL7 bad spec.egress[0]",
+            "spec.forbidEntityAll bad spec.egress[0].toEntities",
+            "spec.requireL7 bad spec.ingress[0]",
+            "spec.forbidIngressFromWorld bad spec.ingress[0].fromEntities",
+            "spec.requireL7 bad spec.ingress[1]",
+            "spec.forbidIngressFromWorld bad spec.ingress[1].fromCIDR",
+            "spec.minCIDRPrefixLength bad spec.ingress[1].fromCIDR",
+            "spec.requireL7 bad spec.ingress[2].toPorts[0]",
+            "spec.forbidIngressFromWorld np spec.ingress[0]",
+            "spec.requireL7 np spec.ingress[0]",
+            // Namespace a's one pod is isolated both ways; edge's lb takes any egress.
+            "spec.requireDefaultDeny namespace edge",
+        ],
+        "{f:#?}"
+    );
+    assert!(f[1].guardrail.as_deref().is_some_and(|g| g.ends_with("(guardrails.yaml:1)")), "{}", f[1]);
+    assert!(f[1].to_string().contains("\n    guardrail: Guardrails org spec.forbidEntityAll"), "{}", f[1]);
+    // Without the cluster, what the text says only.
+    assert!(lint(&mut e, false, &g).iter().all(|f| f.namespace.is_none()));
+}
+
+#[test]
+fn a_guardrails_file_is_checked_field_by_field() {
+    let bad = |spec: &str| {
+        let mut sink = crate::diag::Sink::new("g.yaml");
+        let g = crate::api::decode::decode_guardrails(
+            &format!("apiVersion: bulkhead.io/v1alpha1\nkind: Guardrails\nmetadata: {{name: org}}\nspec: {spec}\n"),
+            &mut sink,
+        );
+        assert!(g.is_empty());
+        sink.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        bad("{forbidEntityAl: true}").contains("did you mean `forbidEntityAll`"),
+        "{}",
+        bad("{forbidEntityAl: true}")
+    );
+    assert!(bad("{}").contains("names no guardrail"));
+    assert!(bad("{minCIDRPrefixLength: {ipv4: 33}}").contains("spec.minCIDRPrefixLength.ipv4"));
+    assert!(bad("{requireL7: [{port: 0}]}").contains("spec.requireL7[0].port"));
+    assert!(bad("{requireDefaultDeny: yes}").contains("spec.requireDefaultDeny"));
+    // A policy in a guardrails file is an error; a Guardrails among policies is skipped.
+    let mut sink = crate::diag::Sink::new("g.yaml");
+    let _ = crate::api::decode::decode_guardrails(&cnp("p", "{endpointSelector: {}, ingress: [{}]}"), &mut sink);
+    assert!(sink.diagnostics[0].message.contains("holds Guardrails only"), "{:?}", sink.diagnostics);
+    let mut sink = crate::diag::Sink::new("p.yaml");
+    let objs = crate::api::decode::decode_str(ORG, &Default::default(), &mut sink);
+    assert!(objs.is_empty() && sink.error_count() == 0);
+    assert!(sink.diagnostics[0].message.contains("--guardrails FILE"), "{:?}", sink.diagnostics);
 }

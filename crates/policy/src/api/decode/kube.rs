@@ -10,7 +10,7 @@ use crate::api::{
     PolicyBody, PolicyKind, PortProtocol, PortSpec,
 };
 use crate::diag::{FieldPath, closest};
-use crate::yaml::{Node, Value};
+use crate::yaml::{Node, Pos, Value};
 
 /// Kinds we read, with the apiVersion each needs.
 const KINDS: &[(&str, &str)] = &[
@@ -81,6 +81,9 @@ impl Decoder<'_> {
                 None,
             );
             return None;
+        }
+        if kind == "Guardrails" || self.guardrails.is_some() {
+            return self.guardrails_object(node, path, &kind, kind_pos);
         }
         let Some(&(kind, want_api)) = KINDS.iter().find(|(k, _)| *k == kind) else {
             let names: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
@@ -166,6 +169,43 @@ impl Decoder<'_> {
         (self.sink.error_count() == errors_before).then_some(obj)
     }
 
+    /// A Guardrails object: decoded into the guardrails file's list, or
+    /// (among policies) skipped with a warning; any other kind in a
+    /// guardrails file is an error.
+    fn guardrails_object(&mut self, node: &Node, path: &FieldPath, kind: &str, kind_pos: Pos) -> Option<Object> {
+        if kind != "Guardrails" {
+            self.sink.error_fix(
+                kind_pos,
+                &path.field("kind"),
+                format!("a guardrails file holds Guardrails only, not `{kind}`"),
+                "keep policies and cluster objects in their own files",
+            );
+            return None;
+        }
+        if self.guardrails.is_none() {
+            self.sink.warning(
+                kind_pos,
+                &path.field("kind"),
+                "bulkhead.io/v1alpha1 Guardrails is an organisation's rules for policies, not a policy: pass its \
+                 file as `--guardrails FILE` (policy lint, agent, webhook); skipped here",
+                None,
+            );
+            return None;
+        }
+        self.api_version(node, path, "Guardrails", "bulkhead.io/v1alpha1");
+        let errors = self.sink.error_count();
+        let fields = self.map(node, path, &["apiVersion", "kind", "metadata", "spec"], Unknown::Error)?;
+        let origin = Origin { file: self.sink.file().to_string(), line: node.pos.line };
+        let meta = self.metadata(&fields, "Guardrails");
+        let g = self.guardrails(&fields, meta.name?, origin)?;
+        if self.sink.error_count() == errors
+            && let Some(out) = self.guardrails.as_mut()
+        {
+            out.push(g);
+        }
+        None
+    }
+
     fn api_version(&mut self, node: &Node, path: &FieldPath, kind: &str, want: &str) {
         let p = path.field("apiVersion");
         let Some(v) = node.get("apiVersion") else {
@@ -209,8 +249,10 @@ impl Decoder<'_> {
             );
             return meta;
         };
-        let strict =
-            matches!(kind, "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" | "NetworkPolicy" | "RateLimit");
+        let strict = matches!(
+            kind,
+            "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" | "NetworkPolicy" | "RateLimit" | "Guardrails"
+        );
         let Some(m) = self.map(node, &path, METADATA_FIELDS, if strict { Unknown::Warn } else { Unknown::Ignore })
         else {
             return meta;

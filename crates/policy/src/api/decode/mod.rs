@@ -6,12 +6,13 @@
 //! whole: a half-understood policy must never be enforced.
 
 mod cilium;
+mod guardrails;
 mod kube;
 mod ports;
 mod ratelimit;
 mod scalar;
 
-use crate::api::{Object, Protocol};
+use crate::api::{Guardrails, Object, Protocol};
 use crate::diag::{FieldPath, Sink, closest};
 use crate::yaml::{self, Key, Node, Pos, Value};
 
@@ -42,15 +43,38 @@ pub fn decode_str(src: &str, opts: &DecodeOptions, sink: &mut Sink) -> Vec<Objec
     };
     let mut out = Vec::new();
     for doc in &docs {
-        let d = Decoder { sink: &mut *sink, opts };
+        let d = Decoder { sink: &mut *sink, opts, guardrails: None };
         d.document(doc, &mut out);
     }
     out
 }
 
+/// Decodes a guardrails file: `bulkhead.io/v1alpha1 Guardrails` objects
+/// only (anything else in it is an error). Diagnostics go to `sink`;
+/// objects with errors are not returned.
+pub fn decode_guardrails(src: &str, sink: &mut Sink) -> Vec<Guardrails> {
+    let docs = match yaml::parse_documents(src) {
+        Ok(docs) => docs,
+        Err(e) => {
+            sink.error(e.pos(), &FieldPath::root(), format!("not valid YAML or JSON: {}", e.message));
+            return Vec::new();
+        }
+    };
+    let opts = DecodeOptions::default();
+    let mut found = Vec::new();
+    for doc in &docs {
+        let mut others = Vec::new();
+        Decoder { sink: &mut *sink, opts: &opts, guardrails: Some(&mut found) }.document(doc, &mut others);
+    }
+    found
+}
+
 pub(crate) struct Decoder<'a> {
     pub(crate) sink: &'a mut Sink,
     pub(crate) opts: &'a DecodeOptions,
+    /// Reading a guardrails file: the Guardrails go here, any other kind
+    /// is an error. Otherwise a Guardrails is skipped with a warning.
+    pub(crate) guardrails: Option<&'a mut Vec<Guardrails>>,
 }
 
 /// A mapping being read: its entries and its path.

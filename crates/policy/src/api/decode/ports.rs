@@ -102,7 +102,7 @@ impl Decoder<'_> {
                 self.sink.error_fix(
                     pos,
                     &pp.field("protocol"),
-                    format!("L7 rules only apply to TCP, not {}", protocol_name(p.protocol)),
+                    format!("L7 rules only apply to TCP, not {}", p.protocol.as_str()),
                     fix,
                 );
             }
@@ -403,15 +403,6 @@ impl Decoder<'_> {
             r.topic = Some(self.string(n, &f.path("topic"))?);
         }
         Some(r)
-    }
-}
-
-pub(super) fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-        Protocol::Sctp => "SCTP",
-        Protocol::Any => "ANY",
     }
 }
 

@@ -148,7 +148,7 @@ impl Decoder<'_> {
                     self.sink.error_fix(
                         item.pos,
                         &ip.field("protocol"),
-                        format!("rate limits apply to HTTP over TCP, not {}", super::ports::protocol_name(other)),
+                        format!("rate limits apply to HTTP over TCP, not {}", other.as_str()),
                         "set `protocol: TCP` or leave it out",
                     );
                     continue;
