@@ -14,6 +14,7 @@ BULKHEAD_APT_PACKAGES=(
 BULKHEAD_TEST_APT_PACKAGES=(
   prometheus                   # promtool: the metrics test checks the agent's exposition with it
   chromium                     # the service map test drives headless Chromium
+  openssl                      # the webhook test makes its TLS certificate
 )
 
 install_deps() {

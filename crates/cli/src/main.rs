@@ -15,6 +15,8 @@ mod observe;
 mod policy_cmd;
 #[cfg(feature = "node")]
 mod proxy_cmd;
+#[cfg(feature = "node")]
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -51,6 +53,16 @@ enum Command {
     /// Example: bulkhead proxy --node-netns /run/netns/node
     #[cfg(feature = "node")]
     Proxy(proxy_cmd::ProxyArgs),
+    /// Serve a Kubernetes validating admission webhook over HTTPS: every
+    /// CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and
+    /// NetworkPolicy is checked as `policy validate` and `policy lint
+    /// --guardrails` check it, and denied with the field path and the fix.
+    ///
+    /// Example: bulkhead webhook --tls-cert-file tls.crt --tls-private-key-file tls.key
+    ///   --guardrails examples/guardrails/guardrails.yaml (ValidatingWebhookConfiguration:
+    ///   examples/guardrails/webhook.yaml)
+    #[cfg(feature = "node")]
+    Webhook(webhook::WebhookArgs),
     /// Create or update Namespaces, Pods and policies in the agent; their
     /// enforcement reaches the kernel before this returns.
     ///
@@ -114,6 +126,8 @@ fn main() -> ExitCode {
         Command::Agent(a) => agent_cmd::run(a),
         #[cfg(feature = "node")]
         Command::Proxy(a) => proxy_cmd::run(a),
+        #[cfg(feature = "node")]
+        Command::Webhook(a) => webhook::run(a),
         #[cfg(feature = "node")]
         Command::Apply(a) => live::apply(a, false),
         #[cfg(feature = "node")]
