@@ -33,6 +33,8 @@ pub struct AgentInfo {
     pub pin_dir: String,
     /// The flow log writer's counters and its public key (hex), when it runs.
     pub flow_log: Option<(Arc<FlowLogStats>, String)>,
+    /// The BPF LSM guard's state.
+    pub protection: Arc<crate::protection::ProtectionState>,
 }
 
 /// Everything a read needs.
@@ -89,6 +91,7 @@ impl Readers<'_> {
             forwarded,
             flows: self.flow_status(counters.lost_events),
             endpoints_not_ready: s.not_ready.len(),
+            protection: self.info.protection.status(),
             programs: k
                 .program_stats()?
                 .into_iter()

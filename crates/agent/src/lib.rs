@@ -22,6 +22,7 @@ mod limits;
 pub mod metrics;
 mod node;
 pub mod observer;
+pub mod protection;
 pub mod proxy;
 pub mod reconciler;
 pub mod server;
@@ -66,7 +67,9 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
     let metrics = Arc::new(metrics::Metrics::new());
     let observer = Arc::new(Observer::new(config.flow_buffer_bytes, Arc::clone(&metrics)));
     let published = Arc::new(Published::default());
-    let mut reconciler = Reconciler::start(config.clone(), Arc::clone(&published), Arc::clone(&metrics))?;
+    let protection = Arc::new(protection::ProtectionState::default());
+    let mut reconciler =
+        Reconciler::start(config.clone(), Arc::clone(&published), Arc::clone(&metrics), Arc::clone(&protection))?;
     let kernel = reconciler.view();
     let (flow_log, flow_log_info) = match &config.flow_log {
         Some(cfg) => {
@@ -81,6 +84,7 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
         None => (None, None),
     };
     let info = Arc::new(AgentInfo {
+        protection,
         pin_dir: kernel.pin_dir().display().to_string(),
         config: config.clone(),
         started: Instant::now(),

@@ -262,6 +262,13 @@ pub struct Metrics {
     dns_latency: Histogram,
     dns_held: Family<HeldLabels, Histogram>,
     kafka_requests: Family<KafkaLabels, Counter>,
+    tamper_refused: Family<TamperLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TamperLabels {
+    /// `map`, `program` or `link`.
+    object: String,
 }
 
 impl Default for Metrics {
@@ -292,6 +299,7 @@ impl Metrics {
             dns_latency: latency_histogram(),
             dns_held: Family::new_with_constructor(latency_histogram),
             kafka_requests: Family::default(),
+            tamper_refused: Family::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -342,6 +350,12 @@ impl Metrics {
             m.dns_held.clone(),
         );
         r.register("kafka_requests", "Kafka requests seen by the L7 proxy", m.kafka_requests.clone());
+        r.register(
+            "tamper_refused",
+            "Attempts by another process to get a writable map, a program or a link of the datapath, refused by \
+             the BPF LSM guard, by object",
+            m.tamper_refused.clone(),
+        );
         m
     }
 
@@ -472,6 +486,11 @@ impl Metrics {
     /// (`released`: enforced, timeout or no-agent).
     pub fn dns_held(&self, released: &str, wait_ns: u64) {
         self.dns_held.get_or_create(&HeldLabels { released: released.into() }).observe(wait_ns as f64 / 1e9);
+    }
+
+    /// One attempt on the datapath's `object` refused by the guard.
+    pub fn tamper_refused(&self, object: &str) {
+        self.tamper_refused.get_or_create(&TamperLabels { object: object.into() }).inc();
     }
 
     /// Counts an endpoint policy that did not load, per direction.

@@ -39,6 +39,7 @@ use crate::config::{AgentError, Config};
 use crate::fqdn::NameCache;
 use crate::metrics::Metrics;
 use crate::node::{in_node, interface_index};
+use crate::protection::{Protection, ProtectionState};
 use crate::proxy::ProxyLink;
 use crate::snapshot::{Published, Snapshot};
 use crate::store::{EndpointRecord, ObjectKey, Store};
@@ -143,6 +144,9 @@ pub struct Reconciler {
     generation: u64,
     published: Arc<Published>,
     metrics: Arc<Metrics>,
+    /// The BPF LSM guard (from the end of start), and what status shows of it.
+    protection: Option<Protection>,
+    protection_state: Arc<ProtectionState>,
 }
 
 impl Reconciler {
@@ -150,7 +154,12 @@ impl Reconciler {
     /// pinned: endpoints whose interface is gone are dropped, the rest get
     /// this agent's programs swapped into their links, and the maps are
     /// reconciled with the stored state. Publishes the first snapshot.
-    pub fn start(config: Config, published: Arc<Published>, metrics: Arc<Metrics>) -> Result<Self> {
+    pub fn start(
+        config: Config,
+        published: Arc<Published>,
+        metrics: Arc<Metrics>,
+        protection_state: Arc<ProtectionState>,
+    ) -> Result<Self> {
         let mut store = Store::open(&config.state_dir)?;
         let mut dp = Datapath::open(&config.pin_root)?;
         dp.set_slot_capacity(config.policy_map_entries);
@@ -197,6 +206,8 @@ impl Reconciler {
             generation: 0,
             published,
             metrics,
+            protection: None,
+            protection_state,
         };
         let mut changes: Vec<Change> = r.store.objects.values().map(|o| r.change_for(o.clone())).collect();
         // The names learnt before a restart, in force before the first
@@ -215,6 +226,8 @@ impl Reconciler {
                 r.dp.detach(ifindex)?;
             }
         }
+        // Over what this agent now holds: from here on, only it may write.
+        r.protection = Some(Protection::start(&r.dp, &r.protection_state));
         Ok(r)
     }
 
@@ -246,6 +259,9 @@ impl Reconciler {
                 next_proxy = Instant::now() + PROXY_EVERY;
             }
             if Instant::now() >= next_gc {
+                if let Some(p) = &mut self.protection {
+                    p.report(&self.protection_state, &self.metrics);
+                }
                 if let Err(e) = self.sync.collect_retired(&mut self.dp, false) {
                     tracing::warn!(error = %e, "deleting retired policy slots");
                 }
@@ -737,7 +753,10 @@ impl Reconciler {
 
     fn attach(&mut self, req: &EndpointRequest) -> Result<()> {
         let dp = &mut self.dp;
-        in_node(&self.config, || dp.attach(&req.host_if, req.host_ifindex))??;
+        let links = in_node(&self.config, || dp.attach(&req.host_if, req.host_ifindex))??;
+        if let Some(p) = &mut self.protection {
+            p.links(&links);
+        }
         Ok(())
     }
 }

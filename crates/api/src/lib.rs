@@ -288,6 +288,22 @@ pub struct Status {
     /// The programs' run counts and time (zero unless
     /// `sysctl kernel.bpf_stats_enabled=1`).
     pub programs: Vec<ProgramStat>,
+    /// What keeps other processes off the datapath's maps, programs and links.
+    #[serde(default)]
+    pub protection: Protection,
+}
+
+/// How the datapath's kernel objects are protected (BPF LSM guard).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Protection {
+    /// `bpf-lsm` (other processes are refused writable maps, programs and
+    /// links) or `none`.
+    pub mode: String,
+    /// Why there is none, when there is none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Attempts refused since the agent started.
+    pub refused: u64,
 }
 
 /// One program's run statistics.

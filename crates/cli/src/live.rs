@@ -419,6 +419,15 @@ fn render_status(s: &Status, socket: &std::path::Path) -> String {
         c.ipcache, c.policy_slots, c.conntrack
     );
     let _ = writeln!(o, "audit:      {}", render_audit(&s.audit));
+    let p = &s.protection;
+    let _ = match p.mode.as_str() {
+        "bpf-lsm" => writeln!(
+            o,
+            "protection: BPF LSM guard: other processes refused writable maps, programs and links ({} refused)",
+            p.refused
+        ),
+        _ => writeln!(o, "protection: none — {}", p.reason),
+    };
     let _ = writeln!(o, "forwarded:  {} packets", s.forwarded);
     if s.drops.is_empty() {
         let _ = writeln!(o, "drops:      none");

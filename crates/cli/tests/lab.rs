@@ -95,6 +95,15 @@ fn seed_lab_probe_matches_the_policies_and_down_leaves_nothing() {
     assert_eq!(status["counts"]["endpoints"], 5);
     assert_eq!(status["counts"]["policies"], 2);
     assert!(status["drops"]["POLICY_DENIED INGRESS"].as_u64().unwrap_or(0) > 0, "{status}");
+    // The BPF LSM guard, or why there is none (these machines' kernel
+    // refuses BPF LSM programs: the agent must say so, not stay silent).
+    let p = &status["protection"];
+    match p["mode"].as_str() {
+        Some("bpf-lsm") => assert_eq!(p["refused"], 0, "{p}"),
+        Some("none") => assert!(p["reason"].as_str().is_some_and(|r| r.contains("LSM")), "{p}"),
+        _ => panic!("no protection status: {status}"),
+    }
+    assert!(lab.ok(&["status"]).contains("protection: "), "the text status shows it too");
 
     // A compromised pod claiming frontend's address (the repro): a
     // raw SYN from debug-tools with source 198.18.1.10 to backend:8080 is

@@ -10,6 +10,7 @@
 
 pub mod abi;
 pub mod events;
+pub mod guard;
 mod maps;
 pub mod netns;
 pub mod sched;

@@ -273,8 +273,10 @@ impl Datapath {
     /// Attaches both programs to the host side of a pod's veth. A link
     /// already pinned for this interface gets the new programs swapped in
     /// atomically (enforcement never pauses); a stale pin (the interface
-    /// was deleted and its index reused) is replaced.
-    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+    /// was deleted and its index reused) is replaced. Returns the links'
+    /// ids (for [`crate::guard::Guard::protect_links`]).
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
         for (prog, kind, suffix) in
             [(PROG_FROM_POD, TcAttachType::Ingress, "from-pod"), (PROG_TO_POD, TcAttachType::Egress, "to-pod")]
         {
@@ -314,11 +316,20 @@ impl Datapath {
                 path: pin.clone(),
                 source: io::Error::other(e.to_string()),
             })?;
+            if let Ok(info) = fd.info() {
+                ids.push(info.id());
+            }
             let _ = std::fs::remove_file(&pin);
             fd.pin(&pin)
                 .map_err(|e| DatapathError::Pin { path: pin.clone(), source: io::Error::other(e.to_string()) })?;
         }
-        Ok(())
+        Ok(ids)
+    }
+
+    /// The ids of every pinned link (the guard protects them).
+    pub fn link_ids(&self) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir(self.dir.join("links")) else { return Vec::new() };
+        dir.filter_map(|e| crate::guard::pinned_link_id(&e.ok()?.path())).collect()
     }
 
     /// Detaches the programs from an interface (removes its link pins).

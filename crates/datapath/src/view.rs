@@ -48,6 +48,11 @@ impl DatapathView {
     }
 
     /// Opens the maps pinned in `dir` (a layout's pin directory).
+    /// The ids of the programs this datapath loaded.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.programs.iter().map(|(_, id)| *id).collect()
+    }
+
     pub(crate) fn open(dir: &Path, programs: Vec<(&'static str, u32)>) -> Result<Self> {
         let max = |name: &str| aya::maps::MapInfo::from_pin(dir.join(name)).map(|i| i.max_entries()).unwrap_or(0);
         Ok(Self {

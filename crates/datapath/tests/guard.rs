@@ -1,0 +1,135 @@
+//! The guard (BPF LSM, root): while it stands, a process other than the
+//! allowed one gets EPERM for a writable descriptor of the datapath's maps,
+//! any descriptor of its programs and links (by id, or by opening a link
+//! pin), and of the guard's own maps; a read-only map descriptor is still
+//! given; each refusal is reported with the process. Dropping the guard
+//! lifts it. The test process plays the attacker with raw bpf(2) calls; a
+//! `sleep` child stands in for the agent.
+
+mod support;
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::process::{Command, Stdio};
+
+use aya::maps::MapInfo;
+use bulkhead_datapath::guard::{Guard, GuardError, Tampered};
+use support::{Lab, privileged};
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: t}}
+- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: t, labels: {app: a}}, status: {podIP: 198.18.61.1}}
+- {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: t, labels: {app: b}}, status: {podIP: 198.18.61.2}}
+"#;
+
+const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b, namespace: t}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: a}}]}]
+"#;
+
+const BPF_OBJ_GET: i64 = 7;
+const BPF_PROG_GET_FD_BY_ID: i64 = 13;
+const BPF_MAP_GET_FD_BY_ID: i64 = 14;
+const BPF_LINK_GET_FD_BY_ID: i64 = 30;
+const BPF_F_RDONLY: u32 = 1 << 3;
+
+/// bpf(2) with `attr` (zeroed, the command's fields written at their uapi
+/// offsets): the new descriptor, or the errno.
+fn bpf(cmd: i64, attr: &mut [u8; 128]) -> Result<OwnedFd, i32> {
+    #[expect(unsafe_code, reason = "bpf(2) has no safe wrapper; the attacker's calls are raw on purpose")]
+    // SAFETY: `attr` is a valid, writable 128-byte buffer the kernel reads
+    // (and may write) within its length, which is passed as the size.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    let fd = i32::try_from(r).expect("a descriptor");
+    #[expect(unsafe_code, reason = "taking ownership of the descriptor bpf(2) returned")]
+    // SAFETY: the kernel just returned this descriptor to this process and
+    // nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// BPF_OBJ_GET of `path` with `flags`.
+fn obj_get(path: &std::path::Path, flags: u32) -> Result<OwnedFd, i32> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    attr[12..16].copy_from_slice(&flags.to_ne_bytes());
+    bpf(BPF_OBJ_GET, &mut attr)
+}
+
+/// BPF_*_GET_FD_BY_ID of `id` with `flags`.
+fn by_id(cmd: i64, id: u32, flags: u32) -> Result<OwnedFd, i32> {
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&id.to_ne_bytes());
+    attr[8..12].copy_from_slice(&flags.to_ne_bytes());
+    bpf(cmd, &mut attr)
+}
+
+#[test]
+fn only_the_agent_gets_a_writable_map_a_program_or_a_link_and_every_refusal_is_reported() {
+    if !privileged("only_the_agent_gets_a_writable_map_a_program_or_a_link_and_every_refusal_is_reported") {
+        return;
+    }
+    let mut lab = Lab::up("guard", CLUSTER, POLICY);
+    let dir = lab.dp().pin_dir().to_path_buf();
+    let ipcache = dir.join("bh_ipcache");
+    let map_id = MapInfo::from_pin(&ipcache).expect("ipcache pin").id();
+    let prog_id = lab.dp().view().program_ids()[0];
+    let link_ids = lab.dp().link_ids();
+    assert_eq!(link_ids.len(), 4, "two programs on two pods");
+    let link_pin =
+        std::fs::read_dir(dir.join("links")).expect("links").next().expect("a link pin").expect("entry").path();
+
+    // The "agent": allowed; this process is not.
+    let mut agent = Command::new("sleep").arg("60").stdout(Stdio::null()).spawn().expect("sleep");
+    let mut guard = match Guard::protect(lab.dp(), &[agent.id()]) {
+        Ok(g) => g,
+        // Where the kernel refuses BPF LSM programs (these CI machines'
+        // does, EPERM for any BTF-attached program), what must hold is that
+        // the guard says so and why, and that nothing was left refusing.
+        Err(GuardError::Unavailable(why)) => {
+            eprintln!("the guard is unavailable on this kernel: {why}");
+            assert!(why.contains("refuses to load a BPF LSM program") || why.contains("active LSMs"), "{why}");
+            obj_get(&ipcache, 0).expect("nothing refuses a writable map when the guard is unavailable");
+            let _ = agent.kill();
+            let _ = agent.wait();
+            return;
+        }
+        Err(e) => panic!("the guard: {e}"),
+    };
+
+    const EPERM: i32 = 1;
+    assert_eq!(obj_get(&ipcache, 0).err(), Some(EPERM), "a writable map by pin");
+    assert_eq!(by_id(BPF_MAP_GET_FD_BY_ID, map_id, 0).err(), Some(EPERM), "a writable map by id");
+    assert_eq!(by_id(BPF_PROG_GET_FD_BY_ID, prog_id, 0).err(), Some(EPERM), "a program by id");
+    assert_eq!(by_id(BPF_LINK_GET_FD_BY_ID, link_ids[0], 0).err(), Some(EPERM), "a link by id");
+    assert_eq!(obj_get(&link_pin, 0).err(), Some(EPERM), "a link by its pin");
+    // Reading stays open to every root tool.
+    obj_get(&ipcache, BPF_F_RDONLY).expect("a read-only map by pin");
+    by_id(BPF_MAP_GET_FD_BY_ID, map_id, BPF_F_RDONLY).expect("a read-only map by id");
+
+    let refusals = guard.refusals();
+    let kinds: Vec<Tampered> = refusals.iter().map(|r| r.object).collect();
+    assert_eq!(
+        kinds,
+        [Tampered::Map, Tampered::Map, Tampered::Program, Tampered::Link, Tampered::Link],
+        "{refusals:?}"
+    );
+    assert!(refusals.iter().all(|r| r.pid == std::process::id() && r.uid == 0 && !r.comm.is_empty()), "{refusals:?}");
+    assert_eq!((refusals[1].id, refusals[2].id, refusals[3].id), (map_id, prog_id, link_ids[0]));
+
+    // Protection ends with the guard.
+    drop(guard);
+    obj_get(&ipcache, 0).expect("writable again without the guard");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
