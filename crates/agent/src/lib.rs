@@ -48,6 +48,7 @@ const FLOW_LOG_QUEUE: usize = 1 << 16;
 /// Starts the agent and serves its API until SIGINT or SIGTERM. The pins
 /// stay: enforcement continues after it exits.
 pub fn run(mut config: Config) -> Result<(), AgentError> {
+    raise_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let socket = config.socket.clone();
     let listener = rt.block_on(server::bind(&socket))?;
@@ -125,17 +126,23 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
         }
         None => None,
     };
-    // What the DNS proxy learns, to the writer; stopped before it (it holds
-    // one of the writer's queue senders).
-    let learn_stop = Arc::new(AtomicBool::new(false));
+    // What the DNS proxy learns and pins removed behind the agent's back,
+    // to the writer; stopped before it (each holds one of its queue senders).
+    let feeders_stop = Arc::new(AtomicBool::new(false));
     let learner = match &config.proxy {
         Some(p) if p.dns_port != 0 => {
-            let (control, commands, stop) = (p.control.clone(), commands.clone(), Arc::clone(&learn_stop));
+            let (control, commands, stop) = (p.control.clone(), commands.clone(), Arc::clone(&feeders_stop));
             Some(std::thread::Builder::new().name("fqdn-learner".into()).spawn(move || {
                 proxy::run_learner(&control, &commands, &stop);
             })?)
         }
         _ => None,
+    };
+    let watcher = {
+        let (dir, commands, stop) = (kernel.pin_dir().to_path_buf(), commands.clone(), Arc::clone(&feeders_stop));
+        std::thread::Builder::new().name("pin-watch".into()).spawn(move || {
+            protection::watch_pins(&dir, &commands, &stop);
+        })?
     };
     let access = match web_listener.as_ref() {
         Some(l) => Some(Arc::new(web::WebAccess::new(l.local_addr()?)?)),
@@ -174,10 +181,11 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
     // The runtime (and with it every holder of the writer's queue) goes
     // first, so that the writer finishes its last change and stops.
     drop(rt);
-    learn_stop.store(true, Ordering::Relaxed);
+    feeders_stop.store(true, Ordering::Relaxed);
     if let Some(t) = learner {
         let _ = t.join();
     }
+    let _ = watcher.join();
     let _ = writer.join();
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
@@ -191,4 +199,16 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("agent stopped; enforcement continues from the pinned programs and maps");
     served.map_err(AgentError::Io)
+}
+
+/// Raises the soft limit on open descriptors to the hard one: the datapath
+/// holds two per endpoint (its links) besides its maps.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit");
+    }
 }

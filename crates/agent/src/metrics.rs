@@ -263,6 +263,14 @@ pub struct Metrics {
     dns_held: Family<HeldLabels, Histogram>,
     kafka_requests: Family<KafkaLabels, Counter>,
     tamper_refused: Family<TamperLabels, Counter>,
+    drift_repaired: Family<DriftLabels, Counter>,
+    drift_repair: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    /// `map-pin` or `link-pin`.
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -300,6 +308,8 @@ impl Metrics {
             dns_held: Family::new_with_constructor(latency_histogram),
             kafka_requests: Family::default(),
             tamper_refused: Family::default(),
+            drift_repaired: Family::default(),
+            drift_repair: Histogram::new([0.0001, 0.001, 0.01, 0.1, 1.0]),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -355,6 +365,17 @@ impl Metrics {
             "Attempts by another process to get a writable map, a program or a link of the datapath, refused by \
              the BPF LSM guard, by object",
             m.tamper_refused.clone(),
+        );
+        r.register(
+            "drift_repaired",
+            "Drift of the datapath's kernel state repaired, by kind",
+            m.drift_repaired.clone(),
+        );
+        r.register_with_unit(
+            "drift_repair",
+            "Time from a drift being seen to its repair",
+            Unit::Seconds,
+            m.drift_repair.clone(),
         );
         m
     }
@@ -486,6 +507,12 @@ impl Metrics {
     /// (`released`: enforced, timeout or no-agent).
     pub fn dns_held(&self, released: &str, wait_ns: u64) {
         self.dns_held.get_or_create(&HeldLabels { released: released.into() }).observe(wait_ns as f64 / 1e9);
+    }
+
+    /// One drift of `kind` repaired, `took` after it was seen.
+    pub fn drift_repaired(&self, kind: &str, took: std::time::Duration) {
+        self.drift_repaired.get_or_create(&DriftLabels { kind: kind.into() }).inc();
+        self.drift_repair.observe(took.as_secs_f64());
     }
 
     /// One attempt on the datapath's `object` refused by the guard.

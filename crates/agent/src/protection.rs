@@ -4,20 +4,33 @@
 //! (`bulkhead_tamper_refused_total{object}`) and shown by `status` — or,
 //! where the kernel has no usable BPF LSM, the reason, logged at start and
 //! shown by `status` as `protection: none`.
+//!
+//! Whatever gets past it is repaired where it can be seen: [`watch_pins`]
+//! waits on inotify for a pin of the datapath to be removed and has the
+//! writer put it back from the descriptors the datapath holds (counted in
+//! `bulkhead_drift_repaired_total{kind}`, timed in
+//! `bulkhead_drift_repair_seconds`).
 
+use std::os::fd::AsFd as _;
+use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use bulkhead_datapath::Datapath;
 use bulkhead_datapath::guard::{Guard, GuardError};
 
 use crate::metrics::Metrics;
+use crate::reconciler::Command;
 
 /// What `status` shows of the protection (shared with the API's readers).
 #[derive(Debug, Default)]
 pub struct ProtectionState {
     reason: Mutex<Option<String>>,
     refused: AtomicU64,
+    repaired: AtomicU64,
 }
 
 impl ProtectionState {
@@ -28,7 +41,13 @@ impl ProtectionState {
             mode: if reason.is_none() { "bpf-lsm" } else { "none" }.into(),
             reason: reason.unwrap_or_default(),
             refused: self.refused.load(Ordering::Relaxed),
+            repaired: self.repaired.load(Ordering::Relaxed),
         }
+    }
+
+    /// One drift repaired.
+    pub fn repaired(&self) {
+        self.repaired.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -76,3 +95,45 @@ impl Protection {
         }
     }
 }
+
+/// Waits (until `stop`) for a pin under `dir` or `dir/links` to be removed
+/// or renamed away, and asks the writer to put it back. A watched
+/// directory removed with its pins is watched again once the writer has
+/// made it anew.
+pub fn watch_pins(dir: &Path, commands: &std::sync::mpsc::Sender<Command>, stop: &AtomicBool) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let flags = AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_DELETE_SELF;
+    let ino = match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
+        Ok(i) => i,
+        Err(e) => return tracing::error!(error = %e, "inotify: removed pins will not be noticed"),
+    };
+    let dirs = [dir.to_path_buf(), dir.join("links")];
+    let watch = |ino: &Inotify| dirs.iter().all(|d| ino.add_watch(d, flags).is_ok());
+    let mut watching = watch(&ino);
+    while !stop.load(Ordering::Relaxed) {
+        if !watching {
+            // Made anew by the repair (or not yet): try again shortly.
+            std::thread::sleep(WATCH_POLL / 4);
+            watching = watch(&ino);
+            if commands.send(Command::RepairPins(Instant::now())).is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::from(WATCH_POLL.as_millis() as u16)), Ok(n) if n > 0) {
+            continue;
+        }
+        let seen = Instant::now();
+        let Ok(events) = ino.read_events() else { continue };
+        if events.iter().any(|e| e.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_IGNORED)) {
+            watching = false;
+        }
+        if commands.send(Command::RepairPins(seen)).is_err() {
+            return;
+        }
+    }
+}
+
+/// How long the watcher waits before looking at its stop flag.
+const WATCH_POLL: Duration = Duration::from_millis(200);

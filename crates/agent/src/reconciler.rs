@@ -114,6 +114,9 @@ pub enum Command {
     /// Addresses the DNS proxy learnt: answered once the kernel enforces
     /// them, with until when (unix seconds) each learn's addresses stay.
     Learn(Vec<bulkhead_proxy::learn::Learn>, Reply<Vec<u64>>),
+    /// A pin of the datapath was removed (seen at that instant): put back
+    /// whatever is missing.
+    RepairPins(Instant),
 }
 
 /// How often retired policy slots are looked at.
@@ -283,6 +286,7 @@ impl Reconciler {
             Command::SetAudit(req, reply) => drop(reply.send(self.set_audit(req))),
             Command::Reach(ports, reply) => drop(reply.send(self.reach(&ports))),
             Command::Learn(learns, reply) => drop(reply.send(self.learn(learns))),
+            Command::RepairPins(seen) => self.repair_pins(seen),
         }
     }
 
@@ -415,6 +419,26 @@ impl Reconciler {
             "applied"
         );
         Ok(resp)
+    }
+
+    /// Puts back the pins removed behind the agent's back (the maps and
+    /// links live on in the descriptors the datapath holds: enforcement
+    /// never stopped), reporting each with the time from its removal being
+    /// seen to its repair.
+    fn repair_pins(&mut self, seen: Instant) {
+        match self.dp.repair_pins() {
+            Ok(paths) => {
+                for path in paths {
+                    let kind = if path.parent().is_some_and(|p| p.ends_with("links")) { "link-pin" } else { "map-pin" };
+                    let took = seen.elapsed();
+                    tracing::warn!(path = %path.display(), kind, repair_us = took.as_micros() as u64,
+                        "a pin was removed behind the agent's back; put back");
+                    self.protection_state.repaired();
+                    self.metrics.drift_repaired(kind, took);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "putting removed pins back failed"),
+        }
     }
 
     /// Refuses the policies of `changed` if they would break a guardrail

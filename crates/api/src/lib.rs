@@ -304,6 +304,9 @@ pub struct Protection {
     pub reason: String,
     /// Attempts refused since the agent started.
     pub refused: u64,
+    /// Pins removed behind the agent's back and put back since it started.
+    #[serde(default)]
+    pub repaired: u64,
 }
 
 /// One program's run statistics.

@@ -239,6 +239,51 @@ fn guardrails_refuse_an_apply_that_breaks_one_and_nothing_changes() {
 }
 
 #[test]
+fn removed_pins_are_put_back_within_a_second_and_enforcement_never_stops() {
+    if !privileged("removed_pins_are_put_back_within_a_second_and_enforcement_never_stops") {
+        return;
+    }
+    let lab = Lab::up("pins", &repo().join("examples/seed/cluster.yaml"), &[]);
+    lab.ok(&["apply", "-f", repo().join("examples/seed/policies").to_str().expect("path"), "-n", "production"]);
+    let dir = std::path::PathBuf::from(lab.json(&["status", "-o", "json"])["pin_dir"].as_str().expect("pin dir"));
+    // Staging is denied the backend; the frontend's allowed request answers.
+    let reaches = |lab: &Lab, from: &str| {
+        let url = "http://backend.production:8080/api/v1/products";
+        lab.lab(&["exec", from, "--", "curl", "-sf", "-o", "/dev/null", "--max-time", "1", url]).status.success()
+    };
+    let denied = |lab: &Lab| !reaches(lab, "staging/debug-tools") && reaches(lab, "production/frontend");
+    assert!(denied(&lab), "staging reaches the backend (or the frontend does not) before any drift");
+    // A link pin (the program on a pod's interface) and a map pin, removed
+    // as a root user could: both back within a second; the program never
+    // left the interface (the agent holds the link), so staging stays out.
+    let link = std::fs::read_dir(dir.join("links")).expect("links").next().expect("a link").expect("entry").path();
+    let map = dir.join("bh_ipcache");
+    for pin in [&link, &map] {
+        let t0 = std::time::Instant::now();
+        std::fs::remove_file(pin).expect("remove the pin");
+        bulkhead_lab::wait_until("the pin back", std::time::Duration::from_secs(1), || pin.exists())
+            .unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+        eprintln!("{} put back after {:?}", pin.display(), t0.elapsed());
+        assert!(denied(&lab), "staging reached the backend after {} was removed", pin.display());
+    }
+    let status = lab.json(&["status", "-o", "json"]);
+    assert_eq!(status["protection"]["repaired"], 2, "{status}");
+    let metrics = lab.metrics();
+    for kind in ["link-pin", "map-pin"] {
+        assert!(metrics.contains(&format!("bulkhead_drift_repaired_total{{kind=\"{kind}\"}} 1")), "{metrics}");
+    }
+    assert!(metrics.contains("bulkhead_drift_repair_seconds_count 2"), "{metrics}");
+    // The whole links directory: every link pin back.
+    let before = std::fs::read_dir(dir.join("links")).expect("links").count();
+    std::fs::remove_dir_all(dir.join("links")).expect("remove the links directory");
+    bulkhead_lab::wait_until("every link pin back", std::time::Duration::from_secs(1), || {
+        std::fs::read_dir(dir.join("links")).map(|d| d.count()).unwrap_or(0) == before
+    })
+    .expect("links back");
+    assert!(denied(&lab), "staging reached the backend after the links directory was removed");
+}
+
+#[test]
 fn down_after_a_crash_removes_everything() {
     if !privileged("down_after_a_crash_removes_everything") {
         return;

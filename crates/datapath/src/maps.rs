@@ -194,6 +194,13 @@ pub struct Datapath {
     slot_seq: Array<MapData, u32>,
     events: Option<RingBuf<MapData>>,
     view: Arc<DatapathView>,
+    /// Every pinned map, held: a pin removed behind the agent's back is
+    /// put back from here ([`Datapath::repair_pins`]).
+    pinned: Vec<(PathBuf, MapData)>,
+    /// Every link this datapath attached, held as well as pinned: removing
+    /// a pin does not detach the program, and the pin is put back. Two
+    /// descriptors per endpoint (the agent raises its open-file limit).
+    links: std::collections::BTreeMap<PathBuf, PinnedLink>,
 }
 
 /// The bpf filesystem's magic number (`statfs`).
@@ -232,7 +239,18 @@ impl Datapath {
             programs.push((name, info.id()));
         }
         let view = Arc::new(DatapathView::open(&dir, programs)?);
+        let mut pinned = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(pin_err(&dir))? {
+            let path = e.map_err(pin_err(&dir))?.path();
+            if path.is_file() {
+                let data = MapData::from_pin(&path)
+                    .map_err(|e| DatapathError::Pin { path: path.clone(), source: io::Error::other(e.to_string()) })?;
+                pinned.push((path, data));
+            }
+        }
         let mut dp = Self {
+            pinned,
+            links: std::collections::BTreeMap::new(),
             endpoints: HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?,
             ep_addrs: HashMap::try_from(take(&mut ebpf, MAP_EP_ADDRS)?).map_err(map_err(MAP_EP_ADDRS))?,
             ipcache: LpmTrie::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?,
@@ -320,10 +338,38 @@ impl Datapath {
                 ids.push(info.id());
             }
             let _ = std::fs::remove_file(&pin);
-            fd.pin(&pin)
+            let pinned = fd
+                .pin(&pin)
                 .map_err(|e| DatapathError::Pin { path: pin.clone(), source: io::Error::other(e.to_string()) })?;
+            self.links.insert(pin, pinned);
         }
         Ok(ids)
+    }
+
+    /// Puts back every pin of a map or link this datapath holds that is
+    /// gone (removed behind the agent's back; the objects live on in the
+    /// descriptors held here, so enforcement never stopped): the paths put
+    /// back.
+    pub fn repair_pins(&mut self) -> Result<Vec<PathBuf>> {
+        let mut repaired = Vec::new();
+        std::fs::create_dir_all(self.dir.join("links")).map_err(pin_err(&self.dir))?;
+        for (path, data) in &self.pinned {
+            if !path.exists() {
+                data.pin(path)
+                    .map_err(|e| DatapathError::Pin { path: path.clone(), source: io::Error::other(e.to_string()) })?;
+                repaired.push(path.clone());
+            }
+        }
+        let gone: Vec<PathBuf> = self.links.keys().filter(|p| !p.exists()).cloned().collect();
+        for path in gone {
+            let Some(link) = self.links.remove(&path) else { continue };
+            let again = FdLink::from(link)
+                .pin(&path)
+                .map_err(|e| DatapathError::Pin { path: path.clone(), source: io::Error::other(e.to_string()) })?;
+            self.links.insert(path.clone(), again);
+            repaired.push(path);
+        }
+        Ok(repaired)
     }
 
     /// The ids of every pinned link (the guard protects them).
@@ -332,10 +378,12 @@ impl Datapath {
         dir.filter_map(|e| crate::guard::pinned_link_id(&e.ok()?.path())).collect()
     }
 
-    /// Detaches the programs from an interface (removes its link pins).
+    /// Detaches the programs from an interface (removes its link pins and
+    /// lets go of the links).
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
         for suffix in ["from-pod", "to-pod"] {
             let pin = self.link_pin(ifindex, suffix);
+            self.links.remove(&pin);
             match std::fs::remove_file(&pin) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(pin_err(&pin)(e)),
                 _ => {}
