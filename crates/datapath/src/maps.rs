@@ -8,11 +8,12 @@
 //! already pinned swaps the new program into that link atomically.
 
 use std::io;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, HashOfMaps, MapData, MapError, RingBuf};
+use aya::maps::{Array, HashMap, HashOfMaps, IterableMap as _, MapData, MapError, RingBuf};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
@@ -487,6 +488,11 @@ impl Datapath {
             trie.insert(&k, v, 0).map_err(classify("bh_policy slot", self.slot_capacity))?;
             n += 1;
         }
+        // A slot is never written again (a change is a new slot): frozen,
+        // no process — root, the agent included — can change its entries
+        // through bpf(2); the programs still read it.
+        freeze(trie.map().fd().as_fd())
+            .map_err(|e| DatapathError::Pin { path: self.dir.join(MAP_POLICY), source: e })?;
         self.policy.insert(slot, &trie, BPF_NOEXIST).map_err(classify(MAP_POLICY, self.capacity[2]))?;
         Ok(n)
     }
@@ -534,6 +540,22 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// `BPF_MAP_FREEZE` (aya has no call for it): from now on the map cannot
+/// be changed through bpf(2), by any process; programs still read it.
+fn freeze(map: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_MAP_FREEZE: libc::c_long = 22;
+    // union bpf_attr's map_fd is its first u32; the rest must be zero.
+    let mut attr = [0u32; 8];
+    attr[0] = u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::other("a negative descriptor"))?;
+    #[expect(unsafe_code, reason = "bpf(2) BPF_MAP_FREEZE has no safe wrapper in aya, nix or std")]
+    // SAFETY: `attr` is a valid 32-byte buffer laid out as union bpf_attr's
+    // map_fd member (zero beyond it), passed with its size; the kernel only
+    // reads it. The descriptor is borrowed, so open for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_FREEZE, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

@@ -1,4 +1,10 @@
-//! The guard (BPF LSM, root): while it stands, a process other than the
+//! What keeps other processes from changing enforcement (root).
+//!
+//! Policy entries: each slot map is frozen once written, so no process —
+//! root, the agent included — can change or delete an entry; the programs
+//! still enforce it.
+//!
+//! The guard (BPF LSM): while it stands, a process other than the
 //! allowed one gets EPERM for a writable descriptor of the datapath's maps,
 //! any descriptor of its programs and links (by id, or by opening a link
 //! pin), and of the guard's own maps; a read-only map descriptor is still
@@ -34,6 +40,10 @@ spec:
   ingress: [{fromEndpoints: [{matchLabels: {app: a}}]}]
 "#;
 
+const BPF_MAP_LOOKUP_ELEM: i64 = 1;
+const BPF_MAP_UPDATE_ELEM: i64 = 2;
+const BPF_MAP_DELETE_ELEM: i64 = 3;
+const BPF_MAP_GET_NEXT_KEY: i64 = 4;
 const BPF_OBJ_GET: i64 = 7;
 const BPF_PROG_GET_FD_BY_ID: i64 = 13;
 const BPF_MAP_GET_FD_BY_ID: i64 = 14;
@@ -41,16 +51,19 @@ const BPF_LINK_GET_FD_BY_ID: i64 = 30;
 const BPF_F_RDONLY: u32 = 1 << 3;
 
 /// bpf(2) with `attr` (zeroed, the command's fields written at their uapi
-/// offsets): the new descriptor, or the errno.
-fn bpf(cmd: i64, attr: &mut [u8; 128]) -> Result<OwnedFd, i32> {
+/// offsets): what it returned, or the errno.
+fn sys_bpf(cmd: i64, attr: &mut [u8; 128]) -> Result<i64, i32> {
     #[expect(unsafe_code, reason = "bpf(2) has no safe wrapper; the attacker's calls are raw on purpose")]
     // SAFETY: `attr` is a valid, writable 128-byte buffer the kernel reads
-    // (and may write) within its length, which is passed as the size.
+    // (and may write) within its length, which is passed as the size; the
+    // pointers written into it point at live buffers of the command's sizes.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    let fd = i32::try_from(r).expect("a descriptor");
+    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(r) }
+}
+
+/// A bpf(2) command that returns a new descriptor: it, or the errno.
+fn bpf(cmd: i64, attr: &mut [u8; 128]) -> Result<OwnedFd, i32> {
+    let fd = i32::try_from(sys_bpf(cmd, attr)?).expect("a descriptor");
     #[expect(unsafe_code, reason = "taking ownership of the descriptor bpf(2) returned")]
     // SAFETY: the kernel just returned this descriptor to this process and
     // nothing else owns it.
@@ -132,4 +145,42 @@ fn only_the_agent_gets_a_writable_map_a_program_or_a_link_and_every_refusal_is_r
     obj_get(&ipcache, 0).expect("writable again without the guard");
     let _ = agent.kill();
     let _ = agent.wait();
+}
+
+/// A map command on `fd` with `key` (and `value`): its errno, if any.
+fn elem(cmd: i64, fd: &OwnedFd, key: &mut [u8], value: Option<&mut [u8]>) -> Result<(), i32> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&u32::try_from(fd.as_raw_fd()).expect("fd").to_ne_bytes());
+    attr[8..16].copy_from_slice(&(key.as_mut_ptr() as u64).to_ne_bytes());
+    if let Some(v) = value {
+        attr[16..24].copy_from_slice(&(v.as_mut_ptr() as u64).to_ne_bytes());
+    }
+    sys_bpf(cmd, &mut attr).map(drop)
+}
+
+#[test]
+fn policy_entries_cannot_be_changed_even_by_root() {
+    if !privileged("policy_entries_cannot_be_changed_even_by_root") {
+        return;
+    }
+    let mut lab = Lab::up("frozen", CLUSTER, POLICY);
+    let outer = obj_get(&lab.dp().pin_dir().join("bh_policy"), 0).expect("the policy map");
+    // A slot, and its map of entries.
+    let mut slot = [0u8; 4];
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&outer)).expect("fd").to_ne_bytes());
+    attr[16..24].copy_from_slice(&(slot.as_mut_ptr() as u64).to_ne_bytes());
+    sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut attr).expect("a slot");
+    let mut inner_id = [0u8; 4];
+    elem(BPF_MAP_LOOKUP_ELEM, &outer, &mut slot, Some(&mut inner_id)).expect("the slot's map");
+    let entries = by_id(BPF_MAP_GET_FD_BY_ID, u32::from_ne_bytes(inner_id), 0).expect("a descriptor of it");
+    // Any entry, written or deleted: refused, before the key is even read.
+    let (mut key, mut value) = ([0u8; 28], [0u8; 8]);
+    assert_eq!(elem(BPF_MAP_UPDATE_ELEM, &entries, &mut key, Some(&mut value)), Err(1), "an entry written");
+    assert_eq!(elem(BPF_MAP_DELETE_ELEM, &entries, &mut key, None), Err(1), "an entry deleted");
+    // The same calls on a map that is not frozen get past that check (and
+    // fail only on the bogus key): the EPERM above is the freeze's.
+    let ipcache = obj_get(&lab.dp().pin_dir().join("bh_ipcache"), 0).expect("ipcache");
+    assert_ne!(elem(BPF_MAP_DELETE_ELEM, &ipcache, &mut [0u8; 20], None), Err(1), "ipcache is writable by its owner");
 }
