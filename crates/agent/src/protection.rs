@@ -7,9 +7,11 @@
 //!
 //! Whatever gets past it is repaired where it can be seen: [`watch_pins`]
 //! waits on inotify for a pin of the datapath to be removed and has the
-//! writer put it back from the descriptors the datapath holds (counted in
-//! `bulkhead_drift_repaired_total{kind}`, timed in
-//! `bulkhead_drift_repair_seconds`).
+//! writer put it back from the descriptors the datapath holds; every
+//! second the writer compares the endpoints, ipcache and slot index with
+//! what it wrote (`PolicySync::verify`; the policy entries themselves are
+//! frozen). Each repair is counted in `bulkhead_drift_repaired_total{kind}`
+//! and timed in `bulkhead_drift_repair_seconds`.
 
 use std::os::fd::AsFd as _;
 use std::path::Path;

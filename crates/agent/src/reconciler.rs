@@ -126,6 +126,9 @@ const GC_EVERY: Duration = Duration::from_millis(500);
 const FQDN_SCAN_EVERY: Duration = Duration::from_secs(2);
 /// How often a proxy that went away or (re)started is looked for.
 const PROXY_EVERY: Duration = Duration::from_millis(200);
+/// How often the kernel's endpoints, ipcache and slot index are compared
+/// with what the agent wrote (drift found within this, repaired at once).
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
 /// The writer. See the module documentation.
 pub struct Reconciler {
@@ -249,8 +252,10 @@ impl Reconciler {
     pub fn run(mut self, commands: Receiver<Command>) {
         let mut next_gc = Instant::now() + GC_EVERY;
         let mut next_proxy = Instant::now() + PROXY_EVERY;
+        let mut next_verify = Instant::now() + VERIFY_EVERY;
         loop {
-            match commands.recv_timeout(next_gc.min(next_proxy).saturating_duration_since(Instant::now())) {
+            let next = next_gc.min(next_proxy).min(next_verify);
+            match commands.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Ok(c) => self.handle(c),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -260,6 +265,10 @@ impl Reconciler {
             {
                 p.tick();
                 next_proxy = Instant::now() + PROXY_EVERY;
+            }
+            if Instant::now() >= next_verify {
+                self.verify();
+                next_verify = Instant::now() + VERIFY_EVERY;
             }
             if Instant::now() >= next_gc {
                 if let Some(p) = &mut self.protection {
@@ -419,6 +428,25 @@ impl Reconciler {
             "applied"
         );
         Ok(resp)
+    }
+
+    /// Compares the kernel's endpoints, ipcache and slot index with what
+    /// the agent wrote and repairs each difference, reporting it with the
+    /// time the repair took.
+    fn verify(&mut self) {
+        let t0 = Instant::now();
+        match self.sync.verify(&mut self.dp) {
+            Ok(drifts) => {
+                let took = t0.elapsed();
+                for d in drifts {
+                    tracing::warn!(kind = d.kind, what = %d.what, repair_us = took.as_micros() as u64,
+                        "the datapath's maps were changed behind the agent's back; put right");
+                    self.protection_state.repaired();
+                    self.metrics.drift_repaired(d.kind, took);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "comparing the datapath's maps with the agent's failed"),
+        }
     }
 
     /// Puts back the pins removed behind the agent's back (the maps and

@@ -304,7 +304,8 @@ pub struct Protection {
     pub reason: String,
     /// Attempts refused since the agent started.
     pub refused: u64,
-    /// Pins removed behind the agent's back and put back since it started.
+    /// Drift put right since the agent started: pins removed, entries of
+    /// the endpoints, ipcache and slot index changed behind its back.
     #[serde(default)]
     pub repaired: u64,
 }

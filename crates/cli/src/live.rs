@@ -428,7 +428,7 @@ fn render_status(s: &Status, socket: &std::path::Path) -> String {
         ),
         _ => writeln!(o, "protection: none — {}", p.reason),
     };
-    let _ = writeln!(o, "drift:      {} removed pins put back", p.repaired);
+    let _ = writeln!(o, "drift:      {} differences put right (removed pins, tampered map entries)", p.repaired);
     let _ = writeln!(o, "forwarded:  {} packets", s.forwarded);
     if s.drops.is_empty() {
         let _ = writeln!(o, "drops:      none");

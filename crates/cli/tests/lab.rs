@@ -239,8 +239,8 @@ fn guardrails_refuse_an_apply_that_breaks_one_and_nothing_changes() {
 }
 
 #[test]
-fn removed_pins_are_put_back_within_a_second_and_enforcement_never_stops() {
-    if !privileged("removed_pins_are_put_back_within_a_second_and_enforcement_never_stops") {
+fn drift_is_put_right_within_a_second_and_enforcement_never_stops() {
+    if !privileged("drift_is_put_right_within_a_second_and_enforcement_never_stops") {
         return;
     }
     let lab = Lab::up("pins", &repo().join("examples/seed/cluster.yaml"), &[]);
@@ -281,6 +281,36 @@ fn removed_pins_are_put_back_within_a_second_and_enforcement_never_stops() {
     })
     .expect("links back");
     assert!(denied(&lab), "staging reached the backend after the links directory was removed");
+
+    // A root user maps staging's address to the frontend's identity in the
+    // ipcache: the agent finds it within its one-second look and puts it right.
+    let pod_ip = |key: &str| {
+        lab.state()["pods"].as_array().expect("pods").iter().find(|p| p["key"] == key).expect("pod")["ips"][0]
+            .as_str()
+            .expect("ip")
+            .parse::<std::net::IpAddr>()
+            .expect("ip")
+    };
+    let (staging, frontend) = (pod_ip("staging/debug-tools"), pod_ip("production/frontend"));
+    let mut dp = bulkhead_datapath::Datapath::open(dir.parent().expect("pin root")).expect("the pins, as root");
+    let ipcache = |dp: &bulkhead_datapath::Datapath| dp.view().ipcache().expect("ipcache");
+    let host = |ip| bulkhead_policy::cidr::Cidr::host(ip);
+    let identity_of =
+        |dp: &bulkhead_datapath::Datapath, ip| ipcache(dp).into_iter().find(|(c, _)| *c == host(ip)).map(|(_, id)| id);
+    let (theirs, own) =
+        (identity_of(&dp, frontend).expect("frontend's identity"), identity_of(&dp, staging).expect("staging's"));
+    let repaired_before = lab.json(&["status", "-o", "json"])["protection"]["repaired"].as_u64().expect("count");
+    let t0 = std::time::Instant::now();
+    dp.set_ipcache(host(staging), theirs).expect("tamper");
+    bulkhead_lab::wait_until("the ipcache put right", std::time::Duration::from_millis(2500), || {
+        identity_of(&dp, staging) == Some(own)
+    })
+    .expect("the agent repairs the ipcache");
+    eprintln!("ipcache entry put right after {:?}", t0.elapsed());
+    assert!(denied(&lab), "staging reaches the backend after the repair");
+    let status = lab.json(&["status", "-o", "json"]);
+    assert_eq!(status["protection"]["repaired"].as_u64(), Some(repaired_before + 1), "{status}");
+    assert!(lab.metrics().contains("bulkhead_drift_repaired_total{kind=\"ipcache-changed\"} 1"));
 }
 
 #[test]

@@ -476,12 +476,12 @@ impl Datapath {
 
     /// Publishes a complete policy under `slot`: the entries go into a
     /// new trie, which then becomes visible in one update of the slot map.
-    /// Returns the number of map keys written.
+    /// Returns the number of map keys written and the trie's map id.
     pub fn write_slot(
         &mut self,
         slot: u32,
         entries: impl IntoIterator<Item = (Key<PolicyKeyData>, PolicyValue)>,
-    ) -> Result<usize> {
+    ) -> Result<(usize, u32)> {
         let mut trie = SlotTrie::create(self.slot_capacity, BPF_F_NO_PREALLOC).map_err(map_err(MAP_POLICY))?;
         let mut n = 0;
         for (k, v) in entries {
@@ -493,8 +493,9 @@ impl Datapath {
         // through bpf(2); the programs still read it.
         freeze(trie.map().fd().as_fd())
             .map_err(|e| DatapathError::Pin { path: self.dir.join(MAP_POLICY), source: e })?;
+        let map_id = trie.map().info().map_err(map_err(MAP_POLICY))?.id();
         self.policy.insert(slot, &trie, BPF_NOEXIST).map_err(classify(MAP_POLICY, self.capacity[2]))?;
-        Ok(n)
+        Ok((n, map_id))
     }
 
     /// The next slot number to hand out (0 for a new datapath): kept with

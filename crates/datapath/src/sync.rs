@@ -108,9 +108,12 @@ pub struct SyncReport {
 
 struct Slot {
     id: u32,
+    /// The map written for it (a slot found naming another was tampered with).
+    map_id: u32,
+    direction: Direction,
     /// Keeps the policy alive, so that its address (the key of `slots`)
     /// is not reused by another policy while this slot is live.
-    _policy: Arc<EndpointPolicy>,
+    policy: Arc<EndpointPolicy>,
     users: usize,
 }
 
@@ -145,6 +148,16 @@ impl ProxyPorts {
             _ => 0,
         }
     }
+}
+
+/// A difference between the kernel's maps and what [`PolicySync`] wrote,
+/// found by [`PolicySync::verify`] and put right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// What kind: `endpoint-changed`, `ipcache-added`, `slot-replaced`, …
+    pub kind: &'static str,
+    /// Which entry.
+    pub what: String,
 }
 
 /// Keeps the maps equal to the desired endpoints and ipcache, writing only
@@ -388,6 +401,16 @@ impl PolicySync {
         let id = self.next_slot.max(SLOT_NOT_READY + 1);
         dp.set_slot_sequence(id + 1)?;
         self.next_slot = id + 1;
+        let entries = self.slot_entries(policy, d);
+        let (written, map_id) = dp.write_slot(id, entries)?;
+        report.slots_written += 1;
+        report.entries_written += written;
+        self.slots.insert(key, Slot { id, map_id, direction: d, policy: policy.clone(), users: 1 });
+        Ok(id)
+    }
+
+    /// The map entries of one direction of `policy`.
+    fn slot_entries(&mut self, policy: &EndpointPolicy, d: Direction) -> Vec<(Key<PolicyKeyData>, PolicyValue)> {
         let dir = match d {
             Direction::Ingress => &policy.ingress,
             Direction::Egress => &policy.egress,
@@ -402,11 +425,85 @@ impl PolicySync {
             let value = PolicyValue { verdict, r#match: match_kind(k), proxy_port, rule: self.rule_id(&e.refs) };
             entries.extend(map_keys(k).into_iter().map(|key| (key, value)));
         }
-        let written = dp.write_slot(id, entries)?;
-        report.slots_written += 1;
-        report.entries_written += written;
-        self.slots.insert(key, Slot { id, _policy: policy.clone(), users: 1 });
-        Ok(id)
+        entries
+    }
+
+    /// Compares the kernel's endpoints, ipcache and slot index with what
+    /// this sync wrote, and puts every difference right: an endpoint or
+    /// prefix changed, removed or added, a slot removed, added, or naming
+    /// another map than the one written for it (its entries are written
+    /// again from the policy). The entries inside a slot need no look:
+    /// slots are frozen. One read of each of those maps (an entry per
+    /// endpoint, prefix and slot); the policy entries are never read.
+    pub fn verify(&mut self, dp: &mut Datapath) -> Result<Vec<Drift>, DatapathError> {
+        let mut out = Vec::new();
+        let keys: Vec<(usize, Direction)> = self.slots.keys().copied().collect();
+        for key in keys {
+            let Some(slot) = self.slots.get(&key) else { continue };
+            let (id, want, d, policy) = (slot.id, slot.map_id, slot.direction, Arc::clone(&slot.policy));
+            let found = dp.view().slot_map_id(id)?;
+            if found == Some(want) {
+                continue;
+            }
+            if found.is_some() {
+                dp.remove_slot(id)?;
+            }
+            let entries = self.slot_entries(&policy, d);
+            let (_, map_id) = dp.write_slot(id, entries)?;
+            if let Some(s) = self.slots.get_mut(&key) {
+                s.map_id = map_id;
+            }
+            let kind = if found.is_some() { "slot-replaced" } else { "slot-removed" };
+            out.push(Drift { kind, what: format!("policy slot {id}") });
+        }
+        // Live: this sync's slots, those waiting out their grace period, and
+        // those adopted endpoints still name.
+        let kernel_endpoints: BTreeMap<u32, Endpoint> = dp.view().endpoints()?.into_iter().collect();
+        let mut live: std::collections::HashSet<u32> = self.slots.values().map(|s| s.id).collect();
+        live.extend(self.retired.iter().map(|(_, s)| *s));
+        live.extend(self.adopted.iter().filter_map(|i| kernel_endpoints.get(i)).flat_map(|e| e.slot));
+        if !self.foreign {
+            for id in dp.view().slots()? {
+                if !live.contains(&id) {
+                    dp.remove_slot(id)?;
+                    out.push(Drift { kind: "slot-added", what: format!("policy slot {id}") });
+                }
+            }
+        }
+        for (ifindex, l) in &self.endpoints {
+            match kernel_endpoints.get(ifindex) {
+                Some(v) if *v == l.value => continue,
+                found => {
+                    dp.set_endpoint(*ifindex, &l.value)?;
+                    let kind = if found.is_some() { "endpoint-changed" } else { "endpoint-removed" };
+                    out.push(Drift { kind, what: format!("endpoint on interface {ifindex}") });
+                }
+            }
+        }
+        for ifindex in kernel_endpoints.keys() {
+            if !self.endpoints.contains_key(ifindex) && !self.adopted.contains(ifindex) {
+                dp.remove_endpoint(*ifindex)?;
+                out.push(Drift { kind: "endpoint-added", what: format!("endpoint on interface {ifindex}") });
+            }
+        }
+        let kernel_ipcache: BTreeMap<Cidr, u32> = dp.view().ipcache()?.into_iter().collect();
+        for (c, id) in &self.ipcache {
+            match kernel_ipcache.get(c) {
+                Some(v) if v == id => continue,
+                found => {
+                    dp.set_ipcache(*c, *id)?;
+                    let kind = if found.is_some() { "ipcache-changed" } else { "ipcache-removed" };
+                    out.push(Drift { kind, what: format!("ipcache {c}") });
+                }
+            }
+        }
+        for c in kernel_ipcache.keys() {
+            if !self.ipcache.contains_key(c) {
+                dp.remove_ipcache(*c)?;
+                out.push(Drift { kind: "ipcache-added", what: format!("ipcache {c}") });
+            }
+        }
+        Ok(out)
     }
 
     fn rule_id(&mut self, refs: &[Arc<RuleRef>]) -> u32 {

@@ -90,6 +90,15 @@ impl DatapathView {
         self.policy.keys().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_POLICY))
     }
 
+    /// The id of the map a slot names (`None`: no such slot).
+    pub fn slot_map_id(&self, slot: u32) -> Result<Option<u32>> {
+        match self.policy.get(&slot, 0) {
+            Ok(trie) => Ok(Some(aya::maps::IterableMap::map(&trie).info().map_err(map_err(MAP_POLICY))?.id())),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_POLICY)(e)),
+        }
+    }
+
     /// The entries of one slot, as the kernel holds them.
     pub fn policy_entries(&self, slot: u32) -> Result<Vec<LoadedEntry>> {
         let trie: SlotTrie = self.policy.get(&slot, 0).map_err(map_err(MAP_POLICY))?;

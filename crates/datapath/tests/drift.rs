@@ -1,0 +1,82 @@
+//! Drift (root): the datapath's mutable maps changed behind the sync's
+//! back — an ipcache entry that makes one pod pass for another, an
+//! endpoint removed, a slot removed, entries added — are each found by
+//! [`PolicySync::verify`] and put right, and traffic is judged as the
+//! policy says again. Each tampering is first shown to change what the
+//! kernel does, so the repair is what makes the difference.
+
+mod support;
+
+use std::time::Duration;
+
+use bulkhead_datapath::sync::Drift;
+use bulkhead_policy::cidr::Cidr;
+use bulkhead_policy::repository::Proto;
+use support::{Lab, privileged};
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: t}}
+- {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: t, labels: {app: client}}, status: {podIP: 198.18.62.1}}
+- {apiVersion: v1, kind: Pod, metadata: {name: server, namespace: t, labels: {app: server}}, status: {podIP: 198.18.62.2}}
+- {apiVersion: v1, kind: Pod, metadata: {name: intruder, namespace: t, labels: {app: intruder}}, status: {podIP: 198.18.62.3}}
+"#;
+
+/// The server takes the client on 80, nobody else.
+const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: t}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+
+const PORTS: [(Proto, u16); 1] = [(Proto::Tcp, 80)];
+
+fn kinds(d: &[Drift]) -> Vec<&'static str> {
+    d.iter().map(|d| d.kind).collect()
+}
+
+#[test]
+fn tampered_maps_are_found_and_put_right() {
+    if !privileged("tampered_maps_are_found_and_put_right") {
+        return;
+    }
+    let mut lab = Lab::up("drift", CLUSTER, POLICY);
+    let wait = Duration::from_millis(400);
+    assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "enforced as the policy says");
+    let verify = |lab: &mut Lab| {
+        let dp = lab.dp.as_mut().expect("datapath");
+        lab.sync.verify(dp).expect("verify")
+    };
+    assert_eq!(verify(&mut lab), [], "nothing to put right before any tampering");
+
+    // The intruder's address mapped to the client's identity: the server
+    // now takes the intruder.
+    let client_id = lab.engine.pod("t/client").expect("client").1.0;
+    let intruder = Cidr::host("198.18.62.3".parse().expect("ip"));
+    lab.dp().set_ipcache(intruder, client_id).expect("tamper");
+    let (diff, _) = lab.differences(&PORTS, wait);
+    assert!(diff.iter().any(|d| d.contains("t/intruder") && d.contains("t/server")), "the tampering took: {diff:?}");
+    assert_eq!(kinds(&verify(&mut lab)), ["ipcache-changed"]);
+    assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "the intruder is out again");
+
+    // A prefix added, the server's endpoint removed (its policy with it),
+    // its ingress slot removed: all found, all put right.
+    let server_if = lab.pods["t/server"].ifindex;
+    let slot = lab.sync.slots_of(server_if).expect("server slots")[0];
+    lab.dp().set_ipcache(Cidr::new("198.18.99.0".parse().expect("ip"), 24), client_id).expect("tamper");
+    lab.dp().remove_endpoint(server_if).expect("tamper");
+    assert!(!lab.differences(&PORTS, wait).0.is_empty(), "without its endpoint the server takes anyone");
+    lab.dp().remove_slot(slot).expect("tamper");
+    let mut found = kinds(&verify(&mut lab));
+    found.sort_unstable();
+    assert_eq!(found, ["endpoint-removed", "ipcache-added", "slot-removed"]);
+    assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "enforced again");
+    assert_eq!(verify(&mut lab), [], "nothing left to put right");
+}
