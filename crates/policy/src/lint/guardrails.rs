@@ -10,7 +10,7 @@
 use super::{Check, Finding, Places, base_ref, default_deny, finding, side};
 use crate::api::{
     Direction, Entity, Guardrails, GuardrailsSpec, NetworkPolicyPeer, PeerRule, Policy, PolicyBody, PolicyKind,
-    PortSpec, Protocol,
+    PortProtocol, PortSpec, Protocol,
 };
 use crate::cidr::Cidr;
 use crate::engine::Engine;
@@ -129,17 +129,7 @@ fn check_policy(g: &GuardrailsSpec, p: &Policy, places: &Places, out: &mut Vec<F
                             out.push(guarded(cidr_finding(at, &b.cidr, min), "minCIDRPrefixLength"));
                         }
                     }
-                    let ports: Vec<(Protocol, u16, u16)> = r
-                        .ports
-                        .iter()
-                        .filter_map(|pp| match pp.port {
-                            PortSpec::Number(0) => Some((pp.protocol, 0, u16::MAX)),
-                            PortSpec::Number(n) => Some((pp.protocol, n, pp.end_port.unwrap_or(n))),
-                            PortSpec::Name(_) => None,
-                        })
-                        .collect();
-                    let all = r.ports.is_empty();
-                    if let Some(port) = unguarded(g, all, &ports) {
+                    if let Some(port) = unguarded(g, r.ports.is_empty(), &numbered(&r.ports)) {
                         out.push(guarded(
                             finding(
                                 Check::Guardrail,
@@ -185,6 +175,19 @@ fn too_broad(g: &GuardrailsSpec, cidr: &Cidr) -> Option<u8> {
     (cidr.len() < min).then_some(min)
 }
 
+/// Numbered ports as ranges (0: every port); named ports, which only a
+/// pod can resolve, are left out.
+fn numbered(ports: &[PortProtocol]) -> Vec<(Protocol, u16, u16)> {
+    ports
+        .iter()
+        .filter_map(|pp| match pp.port {
+            PortSpec::Number(0) => Some((pp.protocol, 0, u16::MAX)),
+            PortSpec::Number(n) => Some((pp.protocol, n, pp.end_port.unwrap_or(n))),
+            PortSpec::Name(_) => None,
+        })
+        .collect()
+}
+
 /// The first guarded port (`8080/TCP`) an allow of these ports (`all`:
 /// every port) without L7 rules opens, if any.
 fn unguarded(g: &GuardrailsSpec, all: bool, ports: &[(Protocol, u16, u16)]) -> Option<String> {
@@ -212,16 +215,7 @@ fn cilium_l7(
         found.extend(unguarded(g, true, &[]).map(|p| (pr.path.clone(), p)));
     }
     for (i, rule) in pr.to_ports.iter().enumerate().filter(|(_, r)| r.rules.is_none()) {
-        let ports: Vec<(Protocol, u16, u16)> = rule
-            .ports
-            .iter()
-            .filter_map(|pp| match pp.port {
-                PortSpec::Number(0) => Some((pp.protocol, 0, u16::MAX)),
-                PortSpec::Number(n) => Some((pp.protocol, n, pp.end_port.unwrap_or(n))),
-                PortSpec::Name(_) => None,
-            })
-            .collect();
-        found.extend(unguarded(g, false, &ports).map(|p| (format!("{}.toPorts[{i}]", pr.path), p)));
+        found.extend(unguarded(g, false, &numbered(&rule.ports)).map(|p| (format!("{}.toPorts[{i}]", pr.path), p)));
     }
     for (path, port) in found {
         out.push(guarded(
