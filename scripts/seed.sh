@@ -107,6 +107,10 @@ echo
 echo "== why is staging/debug-tools kept out of the backend? (offline trace, same engine)"
 "$bin" policy trace --cluster examples/seed/cluster.yaml --policies examples/seed/policies -n production \
   --from staging/debug-tools --to production/backend --port 8080/TCP
+echo
+echo "== what the seed policies leave open, and the example organisation guardrails (policy lint; exit 1: findings)"
+"$bin" policy lint --cluster examples/seed/cluster.yaml --guardrails examples/guardrails/guardrails.yaml \
+  -n production examples/seed/policies 2>/dev/null || [ $? -eq 1 ]
 if $keep; then
   echo
   echo "the lab is still up: export BULKHEAD_SOCKET=$BULKHEAD_SOCKET, then e.g."

@@ -149,9 +149,10 @@ pub fn lint(engine: &mut Engine, cluster: bool, guardrails: &[Guardrails]) -> Ve
         compare_rules(engine, &places, &mut out);
         default_deny(engine, &mut out);
     }
-    for g in guardrails {
-        out.extend(guardrails::check(g, engine, cluster));
-    }
+    let guarded: Vec<Finding> = guardrails.iter().flat_map(|g| guardrails::check(g, engine, cluster)).collect();
+    // A namespace a guardrail reports needs no second, plain finding.
+    out.retain(|f| !(f.check == Check::NoDefaultDeny && guarded.iter().any(|g| g.namespace == f.namespace)));
+    out.extend(guarded);
     sort(&mut out);
     out
 }

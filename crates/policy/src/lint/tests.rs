@@ -228,6 +228,14 @@ fn guardrails_find_each_rule_broken_and_only_those() {
     );
     assert!(f[1].guardrail.as_deref().is_some_and(|g| g.ends_with("(guardrails.yaml:1)")), "{}", f[1]);
     assert!(f[1].to_string().contains("\n    guardrail: Guardrails org spec.forbidEntityAll"), "{}", f[1]);
+    // The guardrail's namespace finding stands in for the plain one.
+    let all = lint(&mut e, true, &g);
+    assert!(!all.iter().any(|f| f.check == Check::NoDefaultDeny && f.namespace.as_deref() == Some("edge")), "{all:#?}");
+    assert!(
+        lint(&mut e, true, &[])
+            .iter()
+            .any(|f| f.check == Check::NoDefaultDeny && f.namespace.as_deref() == Some("edge"))
+    );
     // Without the cluster, what the text says only.
     assert!(lint(&mut e, false, &g).iter().all(|f| f.namespace.is_none()));
 }
