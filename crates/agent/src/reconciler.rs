@@ -447,6 +447,29 @@ impl Reconciler {
             }
             Err(e) => tracing::error!(error = %e, "comparing the datapath's maps with the agent's failed"),
         }
+        // The programs on each endpoint's interface: re-attached where
+        // another process replaced, detached or added one.
+        let endpoints: Vec<EndpointRequest> = self.store.endpoints.values().map(|e| e.request.clone()).collect();
+        let ifindexes: Vec<u32> = endpoints.iter().map(|r| r.host_ifindex).collect();
+        let dp = &self.dp;
+        let changed = match in_node(&self.config, || dp.changed_programs(&ifindexes)) {
+            Ok(c) => c,
+            Err(e) => return tracing::error!(error = %e, "looking at the endpoints' programs failed"),
+        };
+        for (ifindex, what) in changed {
+            let t0 = Instant::now();
+            let Some(req) = endpoints.iter().find(|r| r.host_ifindex == ifindex) else { continue };
+            match self.attach(req) {
+                Ok(()) => {
+                    let took = t0.elapsed();
+                    tracing::warn!(interface = %req.host_if, %what, repair_us = took.as_micros() as u64,
+                        "an endpoint's programs were changed behind the agent's back; attached again");
+                    self.protection_state.repaired();
+                    self.metrics.drift_repaired("program-changed", took);
+                }
+                Err(e) => tracing::error!(interface = %req.host_if, error = %e, "attaching again failed"),
+            }
+        }
     }
 
     /// Puts back the pins removed behind the agent's back (the maps and

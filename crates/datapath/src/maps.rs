@@ -202,6 +202,10 @@ pub struct Datapath {
     /// a pin does not detach the program, and the pin is put back. Two
     /// descriptors per endpoint (the agent raises its open-file limit).
     links: std::collections::BTreeMap<PathBuf, PinnedLink>,
+    /// Each attached hook's TCX revision (the kernel's count of changes to
+    /// the programs on it) after this datapath's last attach there: a
+    /// different one means another process changed them.
+    revisions: std::collections::BTreeMap<(u32, Direction), u64>,
 }
 
 /// The bpf filesystem's magic number (`statfs`).
@@ -252,6 +256,7 @@ impl Datapath {
         let mut dp = Self {
             pinned,
             links: std::collections::BTreeMap::new(),
+            revisions: std::collections::BTreeMap::new(),
             endpoints: HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?,
             ep_addrs: HashMap::try_from(take(&mut ebpf, MAP_EP_ADDRS)?).map_err(map_err(MAP_EP_ADDRS))?,
             ipcache: LpmTrie::try_from(take(&mut ebpf, MAP_IPCACHE)?).map_err(map_err(MAP_IPCACHE))?,
@@ -344,7 +349,35 @@ impl Datapath {
                 .map_err(|e| DatapathError::Pin { path: pin.clone(), source: io::Error::other(e.to_string()) })?;
             self.links.insert(pin, pinned);
         }
+        for d in Direction::BOTH {
+            let (revision, _) = tcx_query(ifindex, d).map_err(pin_err(&self.dir))?;
+            self.revisions.insert((ifindex, d), revision);
+        }
         Ok(ids)
+    }
+
+    /// The interfaces among `ifindexes` whose programs another process
+    /// changed since this datapath attached them (a program replaced,
+    /// detached, or another added: the hook's TCX revision moved), each
+    /// with what is there now. One `BPF_PROG_QUERY` per hook; call it in
+    /// the node's network namespace. Re-attaching repairs it.
+    pub fn changed_programs(&self, ifindexes: &[u32]) -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        for &ifindex in ifindexes {
+            for d in Direction::BOTH {
+                let Some(&want) = self.revisions.get(&(ifindex, d)) else { continue };
+                match tcx_query(ifindex, d) {
+                    Ok((revision, _)) if revision == want => continue,
+                    Ok((revision, count)) => out.push((
+                        ifindex,
+                        format!("{} hook: revision {revision} (attached at {want}), {count} program(s)", d.as_str()),
+                    )),
+                    Err(e) => out.push((ifindex, format!("{} hook: {e}", d.as_str()))),
+                }
+                break;
+            }
+        }
+        out
     }
 
     /// Puts back every pin of a map or link this datapath holds that is
@@ -385,6 +418,9 @@ impl Datapath {
         for suffix in ["from-pod", "to-pod"] {
             let pin = self.link_pin(ifindex, suffix);
             self.links.remove(&pin);
+            for d in Direction::BOTH {
+                self.revisions.remove(&(ifindex, d));
+            }
             match std::fs::remove_file(&pin) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(pin_err(&pin)(e)),
                 _ => {}
@@ -541,6 +577,32 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// `BPF_PROG_QUERY` of an interface's TCX hook in the calling thread's
+/// network namespace, asking only for its revision and program count (aya
+/// opens every program to answer it).
+fn tcx_query(ifindex: u32, d: Direction) -> io::Result<(u64, u32)> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    // BPF_TCX_INGRESS / BPF_TCX_EGRESS: the pod's egress policy runs on the
+    // host side's ingress hook, its ingress policy on the egress hook.
+    let attach_type: u32 = match d {
+        Direction::Egress => 46,
+        Direction::Ingress => 47,
+    };
+    // union bpf_attr's query member: target_ifindex (0), attach_type (4),
+    // prog_ids (16, none asked), prog_cnt (24, out), revision (56, out).
+    let mut attr = [0u64; 9];
+    attr[0] = u64::from(ifindex) | (u64::from(attach_type) << 32);
+    #[expect(unsafe_code, reason = "bpf(2) BPF_PROG_QUERY for the revision alone has no wrapper in aya")]
+    // SAFETY: `attr` is a valid, writable 72-byte buffer laid out as union
+    // bpf_attr's query member, passed with its size; no program id array is
+    // given (prog_ids 0), so the kernel writes only prog_cnt and revision in it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((attr[7], (attr[3] & 0xffff_ffff) as u32))
 }
 
 /// `BPF_MAP_FREEZE` (aya has no call for it): from now on the map cannot

@@ -1,8 +1,9 @@
 //! Drift (root): the datapath's mutable maps changed behind the sync's
 //! back — an ipcache entry that makes one pod pass for another, an
 //! endpoint removed, a slot removed, entries added — are each found by
-//! [`PolicySync::verify`] and put right, and traffic is judged as the
-//! policy says again. Each tampering is first shown to change what the
+//! `PolicySync::verify` and put right, and a program detached through
+//! its link is found by `Datapath::changed_programs` and attached again;
+//! traffic is judged as the policy says again. Each tampering is first shown to change what the
 //! kernel does, so the repair is what makes the difference.
 
 mod support;
@@ -12,7 +13,10 @@ use std::time::Duration;
 use bulkhead_datapath::sync::Drift;
 use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::repository::Proto;
-use support::{Lab, privileged};
+use std::os::fd::AsRawFd as _;
+
+use bulkhead_datapath::netns;
+use support::{Lab, obj_get, privileged, sys_bpf};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -37,6 +41,7 @@ spec:
 "#;
 
 const PORTS: [(Proto, u16); 1] = [(Proto::Tcp, 80)];
+const BPF_LINK_DETACH: i64 = 34;
 
 fn kinds(d: &[Drift]) -> Vec<&'static str> {
     d.iter().map(|d| d.kind).collect()
@@ -79,4 +84,24 @@ fn tampered_maps_are_found_and_put_right() {
     assert_eq!(found, ["endpoint-removed", "ipcache-added", "slot-removed"]);
     assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "enforced again");
     assert_eq!(verify(&mut lab), [], "nothing left to put right");
+
+    // The server's ingress program detached through a descriptor of its
+    // link (root opens the pin; no map changes): the hook's revision says
+    // so, and attaching again puts enforcement back.
+    let node = lab.node.path();
+    let changed = |lab: &mut Lab| netns::run_in(&node, || lab.dp().changed_programs(&[server_if])).expect("node netns");
+    assert_eq!(changed(&mut lab), []);
+    let link = lab.dp().pin_dir().join("links").join(format!("{server_if}-to-pod"));
+    let fd = obj_get(&link, 0).expect("the link, as root");
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&u32::try_from(fd.as_raw_fd()).expect("fd").to_ne_bytes());
+    sys_bpf(BPF_LINK_DETACH, &mut attr).expect("detach");
+    let (diff, _) = lab.differences(&PORTS, wait);
+    assert!(diff.iter().any(|d| d.contains("t/intruder") && d.contains("t/server")), "detached: {diff:?}");
+    let found = changed(&mut lab);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let host_if = lab.pods["t/server"].host_if.clone();
+    netns::run_in(&node, || lab.dp().attach(&host_if, server_if)).expect("node netns").expect("attach again");
+    assert_eq!(changed(&mut lab), [], "the new attachment is the recorded one");
+    assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "enforced again after the detach");
 }

@@ -14,13 +14,12 @@
 
 mod support;
 
-use std::ffi::CString;
-use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
 use aya::maps::MapInfo;
 use bulkhead_datapath::guard::{Guard, GuardError, Tampered};
-use support::{Lab, privileged};
+use support::{Lab, bpf, obj_get, privileged, sys_bpf};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -44,40 +43,10 @@ const BPF_MAP_LOOKUP_ELEM: i64 = 1;
 const BPF_MAP_UPDATE_ELEM: i64 = 2;
 const BPF_MAP_DELETE_ELEM: i64 = 3;
 const BPF_MAP_GET_NEXT_KEY: i64 = 4;
-const BPF_OBJ_GET: i64 = 7;
 const BPF_PROG_GET_FD_BY_ID: i64 = 13;
 const BPF_MAP_GET_FD_BY_ID: i64 = 14;
 const BPF_LINK_GET_FD_BY_ID: i64 = 30;
 const BPF_F_RDONLY: u32 = 1 << 3;
-
-/// bpf(2) with `attr` (zeroed, the command's fields written at their uapi
-/// offsets): what it returned, or the errno.
-fn sys_bpf(cmd: i64, attr: &mut [u8; 128]) -> Result<i64, i32> {
-    #[expect(unsafe_code, reason = "bpf(2) has no safe wrapper; the attacker's calls are raw on purpose")]
-    // SAFETY: `attr` is a valid, writable 128-byte buffer the kernel reads
-    // (and may write) within its length, which is passed as the size; the
-    // pointers written into it point at live buffers of the command's sizes.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(r) }
-}
-
-/// A bpf(2) command that returns a new descriptor: it, or the errno.
-fn bpf(cmd: i64, attr: &mut [u8; 128]) -> Result<OwnedFd, i32> {
-    let fd = i32::try_from(sys_bpf(cmd, attr)?).expect("a descriptor");
-    #[expect(unsafe_code, reason = "taking ownership of the descriptor bpf(2) returned")]
-    // SAFETY: the kernel just returned this descriptor to this process and
-    // nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// BPF_OBJ_GET of `path` with `flags`.
-fn obj_get(path: &std::path::Path, flags: u32) -> Result<OwnedFd, i32> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
-    let mut attr = [0u8; 128];
-    attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
-    attr[12..16].copy_from_slice(&flags.to_ne_bytes());
-    bpf(BPF_OBJ_GET, &mut attr)
-}
 
 /// BPF_*_GET_FD_BY_ID of `id` with `flags`.
 fn by_id(cmd: i64, id: u32, flags: u32) -> Result<OwnedFd, i32> {

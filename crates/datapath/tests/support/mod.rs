@@ -7,7 +7,9 @@
 #![allow(dead_code, reason = "each test binary uses part of the fixture")]
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -356,4 +358,37 @@ impl Drop for Lab {
             let _ = dp.destroy();
         }
     }
+}
+
+// ---- raw bpf(2), as an attacker with root would call it ----
+
+const BPF_OBJ_GET: i64 = 7;
+
+/// bpf(2) with `attr` (zeroed, the command's fields written at their uapi
+/// offsets): what it returned, or the errno.
+pub fn sys_bpf(cmd: i64, attr: &mut [u8; 128]) -> Result<i64, i32> {
+    #[expect(unsafe_code, reason = "bpf(2) has no safe wrapper; the attacker's calls are raw on purpose")]
+    // SAFETY: `attr` is a valid, writable 128-byte buffer the kernel reads
+    // (and may write) within its length, which is passed as the size; the
+    // pointers written into it point at live buffers of the command's sizes.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)) } else { Ok(r) }
+}
+
+/// A bpf(2) command that returns a new descriptor: it, or the errno.
+pub fn bpf(cmd: i64, attr: &mut [u8; 128]) -> Result<OwnedFd, i32> {
+    let fd = i32::try_from(sys_bpf(cmd, attr)?).expect("a descriptor");
+    #[expect(unsafe_code, reason = "taking ownership of the descriptor bpf(2) returned")]
+    // SAFETY: the kernel just returned this descriptor to this process and
+    // nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_OBJ_GET` of `path` with `flags`: a root user's own descriptor of a pin.
+pub fn obj_get(path: &std::path::Path, flags: u32) -> Result<OwnedFd, i32> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes());
+    attr[12..16].copy_from_slice(&flags.to_ne_bytes());
+    bpf(BPF_OBJ_GET, &mut attr)
 }
