@@ -8,6 +8,7 @@
 //! already pinned swaps the new program into that link atomically.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -483,6 +484,42 @@ impl Datapath {
             self.remove_endpoint_addrs(ifindex, gone.iter())?;
         }
         Ok(())
+    }
+
+    /// Puts the address map right from the endpoints map: every address of
+    /// an endpoint points at it, and nothing else is in the map. Returns
+    /// the differences found (`address-changed`, `-removed`, `-added`).
+    pub fn repair_endpoint_addrs(&mut self) -> Result<Vec<(&'static str, IpAddr)>> {
+        let mut want: std::collections::HashMap<Addr, u32> = std::collections::HashMap::new();
+        for kv in self.endpoints.iter() {
+            let (ifindex, ep) = kv.map_err(map_err(MAP_ENDPOINTS))?;
+            for a in ep.addrs.iter().take((ep.naddrs as usize).min(EP_MAX_ADDRS)) {
+                want.insert(*a, ifindex);
+            }
+        }
+        let have: Vec<(Addr, u32)> =
+            self.ep_addrs.iter().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_EP_ADDRS))?;
+        let mut out = Vec::new();
+        for (a, ifindex) in &have {
+            match want.get(a) {
+                Some(w) if w == ifindex => {}
+                Some(w) => {
+                    self.ep_addrs.insert(a, *w, 0).map_err(map_err(MAP_EP_ADDRS))?;
+                    out.push(("address-changed", IpAddr::from(*a)));
+                }
+                None => {
+                    ignore_missing(self.ep_addrs.remove(a)).map_err(map_err(MAP_EP_ADDRS))?;
+                    out.push(("address-added", IpAddr::from(*a)));
+                }
+            }
+        }
+        for (a, w) in &want {
+            if !have.iter().any(|(h, _)| h == a) {
+                self.ep_addrs.insert(a, *w, 0).map_err(map_err(MAP_EP_ADDRS))?;
+                out.push(("address-removed", IpAddr::from(*a)));
+            }
+        }
+        Ok(out)
     }
 
     /// Removes those of `addrs` that still point at `ifindex`.

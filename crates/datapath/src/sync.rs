@@ -428,9 +428,10 @@ impl PolicySync {
         entries
     }
 
-    /// Compares the kernel's endpoints, ipcache and slot index with what
-    /// this sync wrote, and puts every difference right: an endpoint or
-    /// prefix changed, removed or added, a slot removed, added, or naming
+    /// Compares the kernel's endpoints (and their address map), ipcache and
+    /// slot index with what this sync wrote, and puts every difference
+    /// right: an endpoint, address or prefix changed, removed or added, a
+    /// slot removed, added, or naming
     /// another map than the one written for it (its entries are written
     /// again from the policy). The entries inside a slot need no look:
     /// slots are frozen. One read of each of those maps (an entry per
@@ -485,6 +486,10 @@ impl PolicySync {
                 dp.remove_endpoint(*ifindex)?;
                 out.push(Drift { kind: "endpoint-added", what: format!("endpoint on interface {ifindex}") });
             }
+        }
+        // The address map follows the endpoints map, now put right.
+        for (kind, addr) in dp.repair_endpoint_addrs()? {
+            out.push(Drift { kind, what: format!("endpoint address {addr}") });
         }
         let kernel_ipcache: BTreeMap<Cidr, u32> = dp.view().ipcache()?.into_iter().collect();
         for (c, id) in &self.ipcache {

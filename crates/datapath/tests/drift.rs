@@ -1,6 +1,7 @@
 //! Drift (root): the datapath's mutable maps changed behind the sync's
 //! back — an ipcache entry that makes one pod pass for another, an
-//! endpoint removed, a slot removed, entries added — are each found by
+//! endpoint removed, an address taken out of the address map, a slot
+//! removed, entries added — are each found by
 //! `PolicySync::verify` and put right, and a program detached through
 //! its link is found by `Datapath::changed_programs` and attached again;
 //! traffic is judged as the policy says again. Each tampering is first shown to change what the
@@ -10,6 +11,7 @@ mod support;
 
 use std::time::Duration;
 
+use bulkhead_datapath::abi::Addr;
 use bulkhead_datapath::sync::Drift;
 use bulkhead_policy::cidr::Cidr;
 use bulkhead_policy::repository::Proto;
@@ -84,6 +86,18 @@ fn tampered_maps_are_found_and_put_right() {
     assert_eq!(found, ["endpoint-removed", "ipcache-added", "slot-removed"]);
     assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "enforced again");
     assert_eq!(verify(&mut lab), [], "nothing left to put right");
+
+    // The server's address taken out of the address map (which the source
+    // checks and local deliveries read): found, put back.
+    let mut addrs: aya::maps::HashMap<aya::maps::MapData, Addr, u32> = aya::maps::HashMap::try_from(
+        aya::maps::Map::HashMap(aya::maps::MapData::from_pin(lab.dp().pin_dir().join("bh_ep_addrs")).expect("pin")),
+    )
+    .expect("address map");
+    let server_addr = Addr::from("198.18.62.2".parse::<std::net::IpAddr>().expect("ip"));
+    addrs.remove(&server_addr).expect("tamper");
+    assert_eq!(kinds(&verify(&mut lab)), ["address-removed"]);
+    assert_eq!(addrs.get(&server_addr, 0).ok(), Some(server_if), "back, pointing at the server");
+    assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "enforced as before");
 
     // The server's ingress program detached through a descriptor of its
     // link (root opens the pin; no map changes): the hook's revision says
