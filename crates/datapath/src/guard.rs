@@ -20,7 +20,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, MapInfo, RingBuf};
 use aya::programs::Lsm;
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::FdLink;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::Datapath;
@@ -303,10 +303,4 @@ fn decode(b: &[u8]) -> Option<Refusal> {
         object,
         id: u32_at(20),
     })
-}
-
-/// Link ids of pins, for the guard.
-pub(crate) fn pinned_link_id(pin: &Path) -> Option<u32> {
-    let link = FdLink::from(PinnedLink::from_pin(pin).ok()?);
-    link.info().ok().map(|i| i.id())
 }

@@ -202,7 +202,7 @@ pub struct Datapath {
     /// Every link this datapath attached, held as well as pinned: removing
     /// a pin does not detach the program, and the pin is put back. Two
     /// descriptors per endpoint (the agent raises its open-file limit).
-    links: std::collections::BTreeMap<PathBuf, PinnedLink>,
+    links: std::collections::BTreeMap<PathBuf, (PinnedLink, u32)>,
     /// Each attached hook's TCX revision (the kernel's count of changes to
     /// the programs on it) after this datapath's last attach there: a
     /// different one means another process changed them.
@@ -214,6 +214,11 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 fn pin_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
     move |source| DatapathError::Pin { path: path.to_owned(), source }
+}
+
+/// A pin operation whose error is not an `io::Error` (aya's).
+fn pin_other<E: std::fmt::Display>(path: &Path) -> impl FnOnce(E) -> DatapathError + '_ {
+    move |e| DatapathError::Pin { path: path.to_owned(), source: io::Error::other(e.to_string()) }
 }
 
 pub(crate) fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
@@ -249,8 +254,7 @@ impl Datapath {
         for e in std::fs::read_dir(&dir).map_err(pin_err(&dir))? {
             let path = e.map_err(pin_err(&dir))?.path();
             if path.is_file() {
-                let data = MapData::from_pin(&path)
-                    .map_err(|e| DatapathError::Pin { path: path.clone(), source: io::Error::other(e.to_string()) })?;
+                let data = MapData::from_pin(&path).map_err(pin_other(&path))?;
                 pinned.push((path, data));
             }
         }
@@ -313,10 +317,7 @@ impl Datapath {
             };
             let swapped = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
-                    let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| DatapathError::Pin {
-                        path: pin.clone(),
-                        source: io::Error::other(e.to_string()),
-                    })?;
+                    let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(pin_other(&pin))?;
                     match p.attach_to_link(link) {
                         Ok(id) => Some(id),
                         Err(_) => {
@@ -326,9 +327,7 @@ impl Datapath {
                     }
                 }
                 Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(DatapathError::Pin { path: pin, source: io::Error::other(e.to_string()) });
-                }
+                Err(e) => return Err(pin_other(&pin)(e)),
             };
             let id = match swapped {
                 Some(id) => id,
@@ -337,18 +336,12 @@ impl Datapath {
                     .map_err(prog_err("attaching"))?,
             };
             let link = p.take_link(id).map_err(prog_err("taking the link of"))?;
-            let fd: FdLink = link.try_into().map_err(|e: LinkError| DatapathError::Pin {
-                path: pin.clone(),
-                source: io::Error::other(e.to_string()),
-            })?;
-            if let Ok(info) = fd.info() {
-                ids.push(info.id());
-            }
+            let fd: FdLink = link.try_into().map_err(pin_other::<LinkError>(&pin))?;
+            let id = fd.info().map_err(pin_other(&pin))?.id();
+            ids.push(id);
             let _ = std::fs::remove_file(&pin);
-            let pinned = fd
-                .pin(&pin)
-                .map_err(|e| DatapathError::Pin { path: pin.clone(), source: io::Error::other(e.to_string()) })?;
-            self.links.insert(pin, pinned);
+            let pinned = fd.pin(&pin).map_err(pin_other(&pin))?;
+            self.links.insert(pin, (pinned, id));
         }
         for d in Direction::BOTH {
             let (revision, _) = tcx_query(ifindex, d).map_err(pin_err(&self.dir))?;
@@ -390,27 +383,23 @@ impl Datapath {
         std::fs::create_dir_all(self.dir.join("links")).map_err(pin_err(&self.dir))?;
         for (path, data) in &self.pinned {
             if !path.exists() {
-                data.pin(path)
-                    .map_err(|e| DatapathError::Pin { path: path.clone(), source: io::Error::other(e.to_string()) })?;
+                data.pin(path).map_err(pin_other(path))?;
                 repaired.push(path.clone());
             }
         }
         let gone: Vec<PathBuf> = self.links.keys().filter(|p| !p.exists()).cloned().collect();
         for path in gone {
-            let Some(link) = self.links.remove(&path) else { continue };
-            let again = FdLink::from(link)
-                .pin(&path)
-                .map_err(|e| DatapathError::Pin { path: path.clone(), source: io::Error::other(e.to_string()) })?;
-            self.links.insert(path.clone(), again);
+            let Some((link, id)) = self.links.remove(&path) else { continue };
+            let again = FdLink::from(link).pin(&path).map_err(pin_other(&path))?;
+            self.links.insert(path.clone(), (again, id));
             repaired.push(path);
         }
         Ok(repaired)
     }
 
-    /// The ids of every pinned link (the guard protects them).
+    /// The ids of the links this datapath attached (the guard protects them).
     pub fn link_ids(&self) -> Vec<u32> {
-        let Ok(dir) = std::fs::read_dir(self.dir.join("links")) else { return Vec::new() };
-        dir.filter_map(|e| crate::guard::pinned_link_id(&e.ok()?.path())).collect()
+        self.links.values().map(|(_, id)| *id).collect()
     }
 
     /// Detaches the programs from an interface (removes its link pins and
@@ -497,7 +486,7 @@ impl Datapath {
                 want.insert(*a, ifindex);
             }
         }
-        let have: Vec<(Addr, u32)> =
+        let have: std::collections::HashMap<Addr, u32> =
             self.ep_addrs.iter().collect::<std::result::Result<_, _>>().map_err(map_err(MAP_EP_ADDRS))?;
         let mut out = Vec::new();
         for (a, ifindex) in &have {
@@ -514,7 +503,7 @@ impl Datapath {
             }
         }
         for (a, w) in &want {
-            if !have.iter().any(|(h, _)| h == a) {
+            if !have.contains_key(a) {
                 self.ep_addrs.insert(a, *w, 0).map_err(map_err(MAP_EP_ADDRS))?;
                 out.push(("address-removed", IpAddr::from(*a)));
             }
