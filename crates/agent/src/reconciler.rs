@@ -439,18 +439,14 @@ impl Reconciler {
             Ok(drifts) => {
                 let took = t0.elapsed();
                 for d in drifts {
-                    tracing::warn!(kind = d.kind, what = %d.what, repair_us = took.as_micros() as u64,
-                        "the datapath's maps were changed behind the agent's back; put right");
-                    self.protection_state.repaired();
-                    self.metrics.drift_repaired(d.kind, took);
+                    self.drifted(d.kind, &d.what, took);
                 }
             }
             Err(e) => tracing::error!(error = %e, "comparing the datapath's maps with the agent's failed"),
         }
         // The programs on each endpoint's interface: re-attached where
         // another process replaced, detached or added one.
-        let endpoints: Vec<EndpointRequest> = self.store.endpoints.values().map(|e| e.request.clone()).collect();
-        let ifindexes: Vec<u32> = endpoints.iter().map(|r| r.host_ifindex).collect();
+        let ifindexes: Vec<u32> = self.store.endpoints.values().map(|e| e.request.host_ifindex).collect();
         let dp = &self.dp;
         let changed = match in_node(&self.config, || dp.changed_programs(&ifindexes)) {
             Ok(c) => c,
@@ -458,15 +454,13 @@ impl Reconciler {
         };
         for (ifindex, what) in changed {
             let t0 = Instant::now();
-            let Some(req) = endpoints.iter().find(|r| r.host_ifindex == ifindex) else { continue };
-            match self.attach(req) {
-                Ok(()) => {
-                    let took = t0.elapsed();
-                    tracing::warn!(interface = %req.host_if, %what, repair_us = took.as_micros() as u64,
-                        "an endpoint's programs were changed behind the agent's back; attached again");
-                    self.protection_state.repaired();
-                    self.metrics.drift_repaired("program-changed", took);
-                }
+            let Some(req) =
+                self.store.endpoints.values().find(|e| e.request.host_ifindex == ifindex).map(|e| e.request.clone())
+            else {
+                continue;
+            };
+            match self.attach(&req) {
+                Ok(()) => self.drifted("program-changed", &format!("{}: {what}", req.host_if), t0.elapsed()),
                 Err(e) => tracing::error!(interface = %req.host_if, error = %e, "attaching again failed"),
             }
         }
@@ -481,15 +475,24 @@ impl Reconciler {
             Ok(paths) => {
                 for path in paths {
                     let kind = if path.parent().is_some_and(|p| p.ends_with("links")) { "link-pin" } else { "map-pin" };
-                    let took = seen.elapsed();
-                    tracing::warn!(path = %path.display(), kind, repair_us = took.as_micros() as u64,
-                        "a pin was removed behind the agent's back; put back");
-                    self.protection_state.repaired();
-                    self.metrics.drift_repaired(kind, took);
+                    self.drifted(kind, &path.display().to_string(), seen.elapsed());
                 }
             }
             Err(e) => tracing::error!(error = %e, "putting removed pins back failed"),
         }
+    }
+
+    /// Reports one drift of `kind` (`what` changed behind the agent's back)
+    /// put right `took` after it was seen: the log, `status`, the metrics.
+    fn drifted(&self, kind: &'static str, what: &str, took: Duration) {
+        tracing::warn!(
+            kind,
+            what,
+            repair_us = took.as_micros() as u64,
+            "the datapath was changed behind the agent's back; put right"
+        );
+        self.protection_state.repaired();
+        self.metrics.drift_repaired(kind, took);
     }
 
     /// Refuses the policies of `changed` if they would break a guardrail
