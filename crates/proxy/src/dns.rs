@@ -26,6 +26,9 @@ use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 /// about 4,000 A records; the name→address cache has its own cap).
 pub const MAX_LEARNT: usize = 4096;
 
+/// The largest DNS message (TCP's length prefix; UDP's datagram limit).
+pub const MAX_MESSAGE: usize = 65_535;
+
 /// Longest CNAME chain followed.
 const MAX_CHAIN: usize = 16;
 

@@ -44,8 +44,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
-use crate::dns::{BadQuery, Learnt, Query, format_error};
-use crate::dns_upstream::Upstreams;
+use crate::dns::{BadQuery, Learnt, MAX_MESSAGE, Query, format_error};
+use crate::dns_upstream::{Upstreams, no_answer};
 use crate::events::{DnsInfo, L7Event};
 use crate::learn::Held;
 use crate::rules::{Refused, Verdicts};
@@ -60,9 +60,6 @@ pub const MAX_IN_FLIGHT: usize = 4096;
 
 /// How long a TCP client connection may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-
-/// The largest DNS message (TCP's length prefix; UDP's datagram limit).
-const MAX_MESSAGE: usize = 65_535;
 
 /// Reply sockets kept, one per original destination (resolvers are few;
 /// past this many the cache starts over).
@@ -360,11 +357,6 @@ pub async fn serve_udp(sock: UdpSocket, dns: Arc<Dns>) {
     }
 }
 
-/// The error of an upstream that did not answer in time.
-fn no_answer(dst: SocketAddr) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {dst} in {UPSTREAM_TIMEOUT:?}"))
-}
-
 /// Accepts DNS-over-TCP connections on `listener` until the runtime stops.
 pub async fn serve_tcp(listener: TcpListener, dns: Arc<Dns>) {
     loop {
@@ -455,5 +447,5 @@ async fn forward_tcp(
         Ok((answer, learnt))
     })
     .await
-    .map_err(|_| no_answer(dst))?
+    .map_err(|_| no_answer(dst, UPSTREAM_TIMEOUT))?
 }

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::UPSTREAM_MARK;
-use crate::dns::{Learnt, Query};
+use crate::dns::{Learnt, MAX_MESSAGE, Query};
 use crate::server::transparent;
 
 /// How long a shared socket takes new queries.
@@ -38,9 +38,6 @@ pub const PORT_LIFETIME: Duration = Duration::from_secs(1);
 
 /// Shared sockets at once, at most (one per client address and upstream).
 const MAX_SHARED: usize = 4096;
-
-/// The largest UDP DNS message.
-const MAX_MESSAGE: usize = 65_535;
 
 /// The proxy's upstream UDP sockets, by client address and upstream.
 #[derive(Debug, Default)]
@@ -78,6 +75,11 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// The error of an upstream that did not answer in `timeout`.
+pub(crate) fn no_answer(upstream: SocketAddr, timeout: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {upstream} in {timeout:?}"))
+}
+
 impl Upstreams {
     /// Sends `bytes` (the client's `query`) to `upstream` from `client`'s
     /// address and waits up to `timeout` for the datagram that answers it:
@@ -99,9 +101,7 @@ impl Upstreams {
         channel.sock.send(&out).await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) | Err(_) => {
-                Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {upstream} in {timeout:?}")))
-            }
+            Ok(Err(_)) | Err(_) => Err(no_answer(upstream, timeout)),
         }
     }
 
