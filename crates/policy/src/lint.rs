@@ -29,8 +29,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::api::{
-    Direction, Entity, Guardrails, LabelSelector, NetworkPolicyPeer, NetworkPolicyRule, PeerRule, Policy, PolicyBody,
-    PolicyKind,
+    Direction, Entity, Guardrails, LabelSelector, NetworkPolicyPeer, NetworkPolicyRule, NetworkPolicySpec, PeerRule,
+    Policy, PolicyBody, PolicyKind, Rule,
 };
 use crate::engine::Engine;
 use crate::identity::NumericIdentity;
@@ -218,27 +218,36 @@ fn broad_allows(p: &Policy, places: &Places, out: &mut Vec<Finding>) {
     let base = base_ref(p);
     match &p.body {
         PolicyBody::Cilium(rules) => {
-            for r in rules {
-                for d in Direction::BOTH {
-                    for pr in r.section(d, false).into_iter().flatten() {
-                        broad_cilium_peer(p, d, pr, &base, places, out);
-                    }
-                }
+            for (d, pr) in cilium_allows(rules) {
+                broad_cilium_peer(p, d, pr, &base, places, out);
             }
         }
         PolicyBody::Kubernetes(spec) => {
-            for (d, present, rules) in [
-                (Direction::Ingress, spec.isolates_ingress, &spec.ingress),
-                (Direction::Egress, spec.isolates_egress, &spec.egress),
-            ] {
-                for r in rules.iter().filter(|_| present) {
-                    broad_np_rule(p, d, r, &base, places, out);
-                }
+            for (d, r) in np_allows(spec) {
+                broad_np_rule(p, d, r, &base, places, out);
             }
         }
         // A limit allows nothing.
         PolicyBody::RateLimit(_) => {}
     }
+}
+
+/// Every allow peer rule of Cilium rules, with its direction.
+fn cilium_allows(rules: &[Rule]) -> impl Iterator<Item = (Direction, &PeerRule)> {
+    rules.iter().flat_map(|r| {
+        Direction::BOTH.into_iter().flat_map(move |d| r.section(d, false).into_iter().flatten().map(move |pr| (d, pr)))
+    })
+}
+
+/// Every rule of a NetworkPolicy's isolated directions, with its direction.
+fn np_allows(spec: &NetworkPolicySpec) -> impl Iterator<Item = (Direction, &NetworkPolicyRule)> {
+    [
+        (Direction::Ingress, spec.isolates_ingress, &spec.ingress),
+        (Direction::Egress, spec.isolates_egress, &spec.egress),
+    ]
+    .into_iter()
+    .filter(|(_, isolates, _)| *isolates)
+    .flat_map(|(d, _, rules)| rules.iter().map(move |r| (d, r)))
 }
 
 /// What an empty endpoint selector means in `p`.

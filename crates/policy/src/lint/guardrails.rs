@@ -54,92 +54,80 @@ fn check_policy(g: &GuardrailsSpec, p: &Policy, places: &Places, out: &mut Vec<F
     };
     match &p.body {
         PolicyBody::Cilium(rules) => {
-            for r in rules {
-                for d in Direction::BOTH {
-                    for pr in r.section(d, false).into_iter().flatten() {
-                        let field = |f: &str| places.field(&base, &format!("{}.{}{f}", pr.path, side(d)));
-                        let entities = pr.entities.iter().flatten();
-                        if g.forbid_entity_all && pr.entities.iter().flatten().any(|e| *e == Entity::All) {
-                            out.push(guarded(
-                                finding(
-                                    Check::Guardrail,
-                                    field("Entities"),
-                                    format!("allows `{}Entities: [all]`", side(d)),
-                                    format!("name the peers: {0}Endpoints for pods, {0}CIDRSet for addresses", side(d)),
-                                ),
-                                "forbidEntityAll",
-                            ));
+            for (d, pr) in super::cilium_allows(rules) {
+                let field = |f: &str| places.field(&base, &format!("{}.{}{f}", pr.path, side(d)));
+                let entities = pr.entities.iter().flatten();
+                if g.forbid_entity_all && pr.entities.iter().flatten().any(|e| *e == Entity::All) {
+                    out.push(guarded(
+                        finding(
+                            Check::Guardrail,
+                            field("Entities"),
+                            format!("allows `{}Entities: [all]`", side(d)),
+                            format!("name the peers: {0}Endpoints for pods, {0}CIDRSet for addresses", side(d)),
+                        ),
+                        "forbidEntityAll",
+                    ));
+                }
+                if d == Direction::Ingress && !world_ok(p) {
+                    let world = entities
+                        .clone()
+                        .find(|e| matches!(e, Entity::All | Entity::World | Entity::WorldIpv4 | Entity::WorldIpv6));
+                    let what = match (world, &pr.cidrs) {
+                        (Some(e), _) => Some((field("Entities"), format!("`fromEntities: [{}]`", e.as_str()))),
+                        (None, Some(c)) if !c.is_empty() => {
+                            Some((field("CIDR"), format!("fromCIDR `{}` (addresses outside the cluster)", c[0].cidr)))
                         }
-                        if d == Direction::Ingress && !world_ok(p) {
-                            let world = entities.clone().find(|e| {
-                                matches!(e, Entity::All | Entity::World | Entity::WorldIpv4 | Entity::WorldIpv6)
-                            });
-                            let what = match (world, &pr.cidrs) {
-                                (Some(e), _) => Some((field("Entities"), format!("`fromEntities: [{}]`", e.as_str()))),
-                                (None, Some(c)) if !c.is_empty() => Some((
-                                    field("CIDR"),
-                                    format!("fromCIDR `{}` (addresses outside the cluster)", c[0].cidr),
-                                )),
-                                _ if pr.has_no_l3() && !(pr.to_ports.is_empty() && pr.icmps.is_empty()) => {
-                                    Some((places.field(&base, &pr.path), "a rule naming no peer (every peer)".into()))
-                                }
-                                _ => None,
-                            };
-                            if let Some((at, what)) = what {
-                                out.push(guarded(world_finding(p, at, what), "forbidIngressFromWorld"));
-                            }
+                        _ if pr.has_no_l3() && !(pr.to_ports.is_empty() && pr.icmps.is_empty()) => {
+                            Some((places.field(&base, &pr.path), "a rule naming no peer (every peer)".into()))
                         }
-                        for c in pr.cidrs.iter().flatten() {
-                            if let Some(min) = too_broad(g, &c.cidr) {
-                                out.push(guarded(cidr_finding(field("CIDR"), &c.cidr, min), "minCIDRPrefixLength"));
-                            }
-                        }
-                        cilium_l7(g, d, pr, &base, places, out);
+                        _ => None,
+                    };
+                    if let Some((at, what)) = what {
+                        out.push(guarded(world_finding(p, at, what), "forbidIngressFromWorld"));
                     }
                 }
+                for c in pr.cidrs.iter().flatten() {
+                    if let Some(min) = too_broad(g, &c.cidr) {
+                        out.push(guarded(cidr_finding(field("CIDR"), &c.cidr, min), "minCIDRPrefixLength"));
+                    }
+                }
+                cilium_l7(g, d, pr, &base, places, out);
             }
         }
         PolicyBody::Kubernetes(spec) => {
-            for (d, present, rules) in [
-                (Direction::Ingress, spec.isolates_ingress, &spec.ingress),
-                (Direction::Egress, spec.isolates_egress, &spec.egress),
-            ] {
-                for r in rules.iter().filter(|_| present) {
-                    let at = |suffix: &str| places.field(&base, &format!("{}{suffix}", r.path));
-                    if d == Direction::Ingress && !world_ok(p) {
-                        let block = r.peers.iter().position(|x| matches!(x, NetworkPolicyPeer::IpBlock(_)));
-                        let what = match block {
-                            _ if r.peers.is_empty() => {
-                                Some((at(""), "a rule with no `from` (every source)".to_string()))
-                            }
-                            Some(i) => {
-                                Some((at(&format!(".from[{i}]")), "an ipBlock (addresses outside the cluster)".into()))
-                            }
-                            None => None,
-                        };
-                        if let Some((at, what)) = what {
-                            out.push(guarded(world_finding(p, at, what), "forbidIngressFromWorld"));
+            for (d, r) in super::np_allows(spec) {
+                let at = |suffix: &str| places.field(&base, &format!("{}{suffix}", r.path));
+                if d == Direction::Ingress && !world_ok(p) {
+                    let block = r.peers.iter().position(|x| matches!(x, NetworkPolicyPeer::IpBlock(_)));
+                    let what = match block {
+                        _ if r.peers.is_empty() => Some((at(""), "a rule with no `from` (every source)".to_string())),
+                        Some(i) => {
+                            Some((at(&format!(".from[{i}]")), "an ipBlock (addresses outside the cluster)".into()))
                         }
+                        None => None,
+                    };
+                    if let Some((at, what)) = what {
+                        out.push(guarded(world_finding(p, at, what), "forbidIngressFromWorld"));
                     }
-                    for (i, peer) in r.peers.iter().enumerate() {
-                        if let NetworkPolicyPeer::IpBlock(b) = peer
-                            && let Some(min) = too_broad(g, &b.cidr)
-                        {
-                            let at = at(&format!(".{}[{i}].ipBlock", side(d)));
-                            out.push(guarded(cidr_finding(at, &b.cidr, min), "minCIDRPrefixLength"));
-                        }
+                }
+                for (i, peer) in r.peers.iter().enumerate() {
+                    if let NetworkPolicyPeer::IpBlock(b) = peer
+                        && let Some(min) = too_broad(g, &b.cidr)
+                    {
+                        let at = at(&format!(".{}[{i}].ipBlock", side(d)));
+                        out.push(guarded(cidr_finding(at, &b.cidr, min), "minCIDRPrefixLength"));
                     }
-                    if let Some(port) = unguarded(g, r.ports.is_empty(), &numbered(&r.ports)) {
-                        out.push(guarded(
-                            finding(
-                                Check::Guardrail,
-                                at(""),
-                                format!("allows {port} without L7 rules (a NetworkPolicy cannot carry them)"),
-                                format!("allow {port} with a CiliumNetworkPolicy whose toPorts carry `rules` (http, grpc, dns, kafka)"),
-                            ),
-                            "requireL7",
-                        ));
-                    }
+                }
+                if let Some(port) = unguarded(g, r.ports.is_empty(), &numbered(&r.ports)) {
+                    out.push(guarded(
+                        finding(
+                            Check::Guardrail,
+                            at(""),
+                            format!("allows {port} without L7 rules (a NetworkPolicy cannot carry them)"),
+                            format!("allow {port} with a CiliumNetworkPolicy whose toPorts carry `rules` (http, grpc, dns, kafka)"),
+                        ),
+                        "requireL7",
+                    ));
                 }
             }
         }

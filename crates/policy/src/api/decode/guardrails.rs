@@ -15,15 +15,7 @@ impl Decoder<'_> {
     /// A Guardrails object's `spec`.
     pub(super) fn guardrails(&mut self, f: &Fields<'_>, name: String, origin: Origin) -> Option<Guardrails> {
         let path = f.path("spec");
-        let Some(node) = f.value("spec") else {
-            self.sink.error_fix(
-                f.entries.first().map(|(k, _)| k.pos).unwrap_or_default(),
-                &path,
-                "missing field `spec`",
-                "add e.g. `spec: {requireDefaultDeny: true, forbidEntityAll: true}`",
-            );
-            return None;
-        };
+        let node = self.required(f, "spec", "add e.g. `spec: {requireDefaultDeny: true, forbidEntityAll: true}`")?;
         let errors = self.sink.error_count();
         let s = self.map(node, &path, SPEC_FIELDS, Unknown::Error)?;
         let mut spec = GuardrailsSpec::default();

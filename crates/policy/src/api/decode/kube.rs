@@ -240,15 +240,7 @@ impl Decoder<'_> {
     fn metadata(&mut self, f: &Fields<'_>, kind: &str) -> Meta {
         let mut meta = Meta { name: None, namespace: None, labels: BTreeMap::new() };
         let path = f.path("metadata");
-        let Some(node) = f.value("metadata") else {
-            self.sink.error_fix(
-                f.entries.first().map(|(k, _)| k.pos).unwrap_or_default(),
-                &path,
-                "missing field `metadata`",
-                "add `metadata: {name: ...}`",
-            );
-            return meta;
-        };
+        let Some(node) = self.required(f, "metadata", "add `metadata: {name: ...}`") else { return meta };
         let strict = matches!(
             kind,
             "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" | "NetworkPolicy" | "RateLimit" | "Guardrails"

@@ -155,6 +155,17 @@ impl Decoder<'_> {
         }
     }
 
+    /// A field an object must have: its value, or an error at the object's
+    /// first key naming the field, with `fix`.
+    pub(crate) fn required<'n>(&mut self, f: &Fields<'n>, field: &str, fix: &str) -> Option<&'n Node> {
+        let node = f.value(field);
+        if node.is_none() {
+            let pos = f.entries.first().map(|(k, _)| k.pos).unwrap_or_default();
+            self.sink.error_fix(pos, &f.path(field), format!("missing field `{field}`"), fix);
+        }
+        node
+    }
+
     /// Reads a mapping, reporting fields not in `known` (with a "did you
     /// mean" from `known` and the decoders' hints).
     pub(crate) fn map<'n>(

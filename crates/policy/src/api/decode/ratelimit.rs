@@ -23,15 +23,7 @@ impl Decoder<'_> {
     /// `spec` of a RateLimit.
     pub(super) fn rate_limit_spec(&mut self, f: &Fields<'_>) -> Option<RateLimitSpec> {
         let path = f.path("spec");
-        let Some(node) = f.value("spec") else {
-            self.sink.error_fix(
-                f.entries.first().map(|(k, _)| k.pos).unwrap_or_default(),
-                &path,
-                "missing field `spec`",
-                "add `spec: {endpointSelector: ..., ingress: [...]}`",
-            );
-            return None;
-        };
+        let node = self.required(f, "spec", "add `spec: {endpointSelector: ..., ingress: [...]}`")?;
         let errors = self.sink.error_count();
         let s = self.map(node, &path, SPEC_FIELDS, Unknown::Error)?;
         let endpoint_selector = match s.get("endpointSelector") {
