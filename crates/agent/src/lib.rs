@@ -109,6 +109,9 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
         let (published, observer, stop) = (Arc::clone(&published), Arc::clone(&observer), Arc::clone(&stop));
         let node_name = config.node_name.clone();
         std::thread::Builder::new().name("events".into()).spawn(move || {
+            if let Err(e) = bulkhead_datapath::sched::background_this_thread() {
+                tracing::warn!(error = %e, "the flow thread keeps its priority");
+            }
             let mut conv = Converter::new(node_name);
             observer::run_reader(events, &observer, &stop, |batch| {
                 let snapshot = published.load();

@@ -261,8 +261,8 @@ pub fn start(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let log = Log::open(cfg, key, Arc::clone(&stats))?;
     std::thread::Builder::new().name("flowlog".into()).spawn(move || {
-        // Below enforcement's priority; a full queue is counted as lost.
-        if let Err(e) = bulkhead_datapath::sched::lower_this_thread(bulkhead_datapath::sched::REPORTER_NICE) {
+        // Behind enforcement; a full queue is counted as lost.
+        if let Err(e) = bulkhead_datapath::sched::background_this_thread() {
             tracing::warn!(error = %e, "the flow log thread keeps its priority");
         }
         if let Err(e) = run(log, &rx) {

@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// Runs until `stop` is set.
 pub fn run_subscriber(control: &Path, published: &Published, observer: &Observer, stop: &AtomicBool, node: String) {
-    if let Err(e) = bulkhead_datapath::sched::lower_this_thread(bulkhead_datapath::sched::REPORTER_NICE) {
+    if let Err(e) = bulkhead_datapath::sched::background_this_thread() {
         tracing::warn!(error = %e, "the L7 flow thread keeps its priority");
     }
     let mut conv = Converter::new(node);
