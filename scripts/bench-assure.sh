@@ -3,7 +3,8 @@
 # user tampering with the running agent's datapath ROUNDS times per kind
 # (crates/datapath/examples/tamper.rs: a pin removed, a link pin removed, the
 # staging pod's address given the frontend's identity in the ipcache, the
-# backend's endpoint entry deleted), each timed from the change until the
+# backend's endpoint entry deleted, a conntrack entry written that admits
+# one staging connection into the backend), each timed from the change until the
 # agent's repair is visible (detection and repair together); then
 # QUIET_SECONDS without tampering, whose repairs are false positives.
 # Throughout, staging/debug-tools tries TCP connections to the backend's
@@ -70,12 +71,13 @@ sleep 1
 
 before=$(repaired)
 for r in $(seq 1 "$rounds"); do
-  for kind in map-pin link-pin ipcache endpoint; do
+  for kind in map-pin link-pin ipcache endpoint conntrack; do
     case $kind in
       map-pin) args=() ;;
       link-pin) args=("$backend_if") ;;
       ipcache) args=("$staging" "$frontend_id") ;;
       endpoint) args=("$backend_if") ;;
+      conntrack) args=("$backend_if" "$staging" "$backend" 8080 $((40000 + r))) ;;
     esac
     printf '%s %s ' "$kind" "$(date +%s%N)" >>"$work/windows"
     "$tamper" "$pins" $kind "${args[@]}" | tee -a "$work/results" | python3 -c 'import json,sys; print(json.load(sys.stdin)["us"])' >>"$work/windows"
@@ -100,7 +102,7 @@ work, rounds, counted, quiet_repairs = sys.argv[1], int(sys.argv[2]), int(sys.ar
 rows = [json.loads(l) for l in open(f"{work}/results")]
 pct = lambda v, p: v[min(len(v) - 1, int(len(v) * p))]
 print(f"{'kind':10} {'detected+repaired':>18} {'p50':>9} {'p99':>9} {'max':>9}")
-for kind in ["map-pin", "link-pin", "ipcache", "endpoint"]:
+for kind in ["map-pin", "link-pin", "ipcache", "endpoint", "conntrack"]:
     r = [x for x in rows if x["kind"] == kind]
     ok = sorted(x["us"] for x in r if x["repaired"])
     if ok:
@@ -127,7 +129,7 @@ for t in leaks:
 print(f"repairs the agent counted while tampering: {counted} (injected: {len(rows)})")
 print(f"false positives (repairs in the quiet period): {quiet_repairs}")
 print(f"denied connections (staging -> backend:8080), {n} attempts: {len(leaks)} got through, {outside} outside any drift window")
-for kind in ["map-pin", "link-pin", "ipcache", "endpoint"]:
+for kind in ["map-pin", "link-pin", "ipcache", "endpoint", "conntrack"]:
     ws = len(by_kind.get(kind, ()))
     print(f"  during {kind:9} drift: {len(by_kind.get(kind + '#', [])):4} connections, in {ws} of {sum(1 for w in windows if w[0] == kind)} windows")
 PY

@@ -144,7 +144,7 @@ impl Readers<'_> {
                         level: e.level.into(),
                         peer: e.peer,
                         peer_labels,
-                        protocol: proto_name(e.proto),
+                        protocol: bulkhead_datapath::abi::proto_name(e.proto),
                         port: e.port_lo,
                         end_port: e.port_hi,
                         verdict: e.verdict.into(),
@@ -195,18 +195,5 @@ impl Readers<'_> {
         snap.flow_buffer_bytes = o.bytes;
         snap.flows_evicted = o.overwritten;
         Ok(snap)
-    }
-}
-
-/// `TCP`, `UDP`, … for an IP protocol number (0: every protocol).
-pub fn proto_name(n: u8) -> String {
-    match n {
-        0 => "ANY".into(),
-        1 => "ICMP".into(),
-        6 => "TCP".into(),
-        17 => "UDP".into(),
-        58 => "ICMPv6".into(),
-        132 => "SCTP".into(),
-        n => n.to_string(),
     }
 }

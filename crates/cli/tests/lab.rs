@@ -4,6 +4,7 @@
 
 mod support;
 
+use bulkhead_datapath::abi::{Addr, CtKey, CtValue, DIR_INGRESS};
 use bulkhead_lab::frame::{Frame, V4, mac_of, proto, tcp_syn};
 use bulkhead_lab::probe::RawLink;
 use support::{Lab, assert_gone, privileged, repo};
@@ -311,6 +312,79 @@ fn drift_is_put_right_within_a_second_and_enforcement_never_stops() {
     let status = lab.json(&["status", "-o", "json"]);
     assert_eq!(status["protection"]["repaired"].as_u64(), Some(repaired_before + 1), "{status}");
     assert!(lab.metrics().contains("bulkhead_drift_repaired_total{kind=\"ipcache-changed\"} 1"));
+
+    // A root user writes the conntrack entry that lets one staging
+    // connection into the backend as established, under the slot the
+    // backend's ingress policy uses now (so the kernel would not ask
+    // again): the agent finds that the policy does not admit it and
+    // removes it. Until then the connection is let through (as a root user
+    // who can write maps can do); after, it is dropped like any other.
+    // Staging's own egress is open: its entries there are no drift.
+    let backend = pod_ip("production/backend");
+    let endpoint_of = |ip: std::net::IpAddr| {
+        dp.view()
+            .endpoints()
+            .expect("endpoints")
+            .into_iter()
+            .find(|(_, e)| e.addrs[..e.naddrs as usize].contains(&Addr::from(ip)))
+            .expect("the pod's endpoint")
+    };
+    let mut ct: aya::maps::HashMap<aya::maps::MapData, CtKey, CtValue> = aya::maps::HashMap::try_from(
+        aya::maps::Map::HashMap(aya::maps::MapData::from_pin(dir.join("bh_ct")).expect("the conntrack pin")),
+    )
+    .expect("conntrack");
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    let now = std::time::Duration::from(now).as_nanos() as u64;
+    let port = 40_123u16;
+    let forged: Vec<CtKey> = [(backend, DIR_INGRESS)]
+        .into_iter()
+        .map(|(at, dir)| {
+            let (ifindex, ep) = endpoint_of(at);
+            let key = CtKey {
+                saddr: Addr::from(staging),
+                daddr: Addr::from(backend),
+                sport: port.to_be_bytes(),
+                dport: 8080u16.to_be_bytes(),
+                proto: 6,
+                dir: dir as u8,
+                ifindex,
+                ..Default::default()
+            };
+            let value =
+                CtValue { last_seen: now, slot: ep.slot[dir], policy_port: 8080, flags: 1, ..Default::default() };
+            ct.insert(key, value, 0).expect("tamper");
+            key
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    bulkhead_lab::wait_until("the forged entry removed", std::time::Duration::from_millis(2500), || {
+        forged.iter().all(|k| ct.get(k, 0).is_err())
+    })
+    .expect("the agent removes a conntrack entry no policy admits");
+    eprintln!("forged conntrack entry removed after {:?}", t0.elapsed());
+    let url = "http://backend.production:8080/api/v1/products";
+    let port = port.to_string();
+    let through = lab.lab(&[
+        "exec",
+        "staging/debug-tools",
+        "--",
+        "curl",
+        "-sf",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "1",
+        "--local-port",
+        &port,
+        url,
+    ]);
+    assert!(!through.status.success(), "the forged connection's tuple still reaches the backend");
+    assert!(denied(&lab), "staging reaches the backend after the conntrack repair");
+    // Only the forged entry: the allowed connections of this test (through
+    // the L7 proxy at both ends) and staging's own were never taken for
+    // drift.
+    let metrics = lab.metrics();
+    assert!(metrics.contains("bulkhead_drift_repaired_total{kind=\"conntrack-unallowed\"} 1"), "{metrics}");
 }
 
 #[test]

@@ -7,6 +7,10 @@
 //!   link-pin IFINDEX      removes the pin of that interface's to-pod link
 //!   ipcache ADDR IDENTITY maps ADDR (a pod's) to another identity
 //!   endpoint IFINDEX      deletes that interface's endpoint entry
+//!   conntrack IFINDEX SADDR DADDR DPORT SPORT
+//!                         writes the conntrack entry that lets that TCP
+//!                         connection into the endpoint of IFINDEX as
+//!                         established, under its current ingress slot
 //! Prints one JSON line: {"kind": K, "repaired": bool, "us": N} (the time
 //! from the change to the repair being visible: detection and repair).
 
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, Map, MapData};
-use bulkhead_datapath::abi::{Addr, Endpoint, IpcacheValue};
+use bulkhead_datapath::abi::{Addr, CtKey, CtValue, DIR_INGRESS, Endpoint, IpcacheValue};
 
 fn open(dir: &Path, name: &str) -> MapData {
     MapData::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -25,7 +29,10 @@ fn open(dir: &Path, name: &str) -> MapData {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: tamper PIN_DIR map-pin | link-pin IFINDEX | ipcache ADDR IDENTITY | endpoint IFINDEX");
+        eprintln!(
+            "usage: tamper PIN_DIR map-pin | link-pin IFINDEX | ipcache ADDR IDENTITY | endpoint IFINDEX \
+             | conntrack IFINDEX SADDR DADDR DPORT SPORT"
+        );
         std::process::exit(2)
     };
     let dir = PathBuf::from(args.get(1).unwrap_or_else(|| usage()));
@@ -65,6 +72,32 @@ fn main() {
             t0 = Instant::now();
             map.remove(&ifindex).expect("tamper");
             Box::new(move || map.get(&ifindex, 0).is_ok())
+        }
+        "conntrack" => {
+            let ifindex: u32 = arg(3).parse().unwrap_or_else(|_| usage());
+            let ip = |i| arg(i).parse::<IpAddr>().map(Addr::from).unwrap_or_else(|_| usage());
+            let port = |i| arg(i).parse::<u16>().unwrap_or_else(|_| usage());
+            let endpoints: HashMap<MapData, u32, Endpoint> =
+                HashMap::try_from(Map::HashMap(open(&dir, "bh_endpoints"))).expect("endpoints");
+            let slot = endpoints.get(&ifindex, 0).expect("the endpoint's entry").slot[DIR_INGRESS];
+            let mut ct: HashMap<MapData, CtKey, CtValue> =
+                HashMap::try_from(Map::HashMap(open(&dir, "bh_ct"))).expect("conntrack");
+            let key = CtKey {
+                saddr: ip(4),
+                daddr: ip(5),
+                dport: port(6).to_be_bytes(),
+                sport: port(7).to_be_bytes(),
+                proto: 6,
+                dir: DIR_INGRESS as u8,
+                ifindex,
+                ..Default::default()
+            };
+            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+            let last_seen = Duration::from(now).as_nanos() as u64;
+            let value = CtValue { last_seen, slot, policy_port: port(6), flags: 1, ..Default::default() };
+            t0 = Instant::now();
+            ct.insert(key, value, 0).expect("tamper");
+            Box::new(move || ct.get(&key, 0).is_err())
         }
         _ => usage(),
     };

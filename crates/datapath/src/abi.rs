@@ -265,6 +265,26 @@ pub struct CtValue {
     pub packets: u32,
 }
 
+/// A conntrack entry admitted only because its endpoint was in audit mode
+/// (`BH_CT_AUDITED`).
+pub const CT_AUDITED: u8 = 1 << 4;
+/// A conntrack entry of a connection the L7 proxy opened for a client
+/// (`BH_CT_FROM_PROXY`).
+pub const CT_FROM_PROXY: u8 = 1 << 6;
+
+/// `TCP`, `UDP`, … for an IP protocol number (0: every protocol).
+pub fn proto_name(n: u8) -> String {
+    match n {
+        0 => "ANY".into(),
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        58 => "ICMPv6".into(),
+        132 => "SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
 /// How long a conntrack entry lives without packets, in nanoseconds, as
 /// `ct_timeout` in `bpf/bulkhead.c` says (TCP 6 h, 10 s once closing;
 /// anything else 60 s).
@@ -447,6 +467,9 @@ mod tests {
             assert!(c.contains(&needle), "bulkhead.c lacks `{needle}`");
         }
         assert!(c.contains("#define NS_PER_SEC 1000000000ULL"));
-        assert!(include_str!("../../../bpf/bulkhead.h").contains("#define BH_CT_CLOSING (1u << 1)"));
+        let h = include_str!("../../../bpf/bulkhead.h");
+        assert!(h.contains("#define BH_CT_CLOSING (1u << 1)"));
+        assert!(h.contains(&format!("#define BH_CT_AUDITED (1u << {})", CT_AUDITED.trailing_zeros())));
+        assert!(h.contains(&format!("#define BH_CT_FROM_PROXY (1u << {})", CT_FROM_PROXY.trailing_zeros())));
     }
 }

@@ -587,6 +587,12 @@ impl Datapath {
         Ok(keys.len())
     }
 
+    /// Forgets one conntrack entry (its connection's next packet is asked
+    /// about as a new flow).
+    pub fn remove_conntrack(&mut self, key: &CtKey) -> Result<()> {
+        ignore_missing(self.ct.remove(key)).map_err(map_err(MAP_CT))
+    }
+
     /// The event ring buffer's reader (taken once, by whoever reads events).
     pub fn take_events(&mut self) -> Option<crate::events::EventReader> {
         self.events.take().map(crate::events::EventReader::new)

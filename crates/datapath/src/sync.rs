@@ -508,6 +508,12 @@ impl PolicySync {
                 out.push(Drift { kind: "ipcache-added", what: format!("ipcache {c}") });
             }
         }
+        // Connections let in without policy, asked about with the maps
+        // above put right.
+        for k in dp.view().unallowed_conntrack()? {
+            dp.remove_conntrack(&k)?;
+            out.push(Drift { kind: "conntrack-unallowed", what: describe_ct(&k) });
+        }
         Ok(out)
     }
 
@@ -552,6 +558,21 @@ impl PolicySync {
         );
         Ok(())
     }
+}
+
+/// A conntrack entry as a drift report names it.
+fn describe_ct(k: &crate::abi::CtKey) -> String {
+    let (s, d) = (IpAddr::from(k.saddr), IpAddr::from(k.daddr));
+    let (sp, dp) = (u16::from_be_bytes(k.sport), u16::from_be_bytes(k.dport));
+    let dir = if usize::from(k.dir & 1) == crate::abi::DIR_EGRESS { "egress" } else { "ingress" };
+    let at = |ip: IpAddr, port: u16| if ip.is_ipv6() { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
+    format!(
+        "conntrack {} {} -> {} ({dir} of interface {})",
+        crate::abi::proto_name(k.proto),
+        at(s, sp),
+        at(d, dp),
+        k.ifindex
+    )
 }
 
 /// What an entry's key covers, for the match type flows report.
