@@ -5,7 +5,8 @@
 # staging pod's address given the frontend's identity in the ipcache, the
 # backend's endpoint entry deleted, a conntrack entry written that admits
 # one staging connection into the backend), each timed from the change until the
-# agent's repair is visible (detection and repair together); then
+# agent's repair is visible, and split by the agent's own report of it (its
+# log: when it saw the drift, how long the repair took) into MTTD and MTTR; then
 # QUIET_SECONDS without tampering, whose repairs are false positives.
 # Throughout, staging/debug-tools tries TCP connections to the backend's
 # 8080, which the policy denies: every one that gets through is a denied
@@ -96,17 +97,39 @@ cat "$work"/prober* | awk '{ n += $1 } END { print n }' >"$work/probes"
 touch "$work/leaks"
 
 echo
-python3 - "$work" "$rounds" "$((after_tamper - before))" "$((after_quiet - after_tamper))" <<'PY'
-import json, sys
-work, rounds, counted, quiet_repairs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+python3 - "$work" "$rounds" "$((after_tamper - before))" "$((after_quiet - after_tamper))" "/run/bulkhead/$name/agent.log" <<'PY'
+import datetime, json, re, sys
+work, rounds, counted, quiet_repairs, agent_log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 rows = [json.loads(l) for l in open(f"{work}/results")]
 pct = lambda v, p: v[min(len(v) - 1, int(len(v) * p))]
-print(f"{'kind':10} {'detected+repaired':>18} {'p50':>9} {'p99':>9} {'max':>9}")
+# The agent's report of each repair: logged as it is made, with the time the
+# repair took from the drift being seen (repair_us). Seen = logged - repair_us.
+reports = []
+for line in open(agent_log, errors="replace"):
+    if "the datapath was changed behind the agent" not in line:
+        continue
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    stamp, kind, took = line.split()[0], re.search(r'kind="?([\w-]+)', line), re.search(r"repair_us=(\d+)", line)
+    t = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    reports.append((int(t * 1e9), kind.group(1), int(took.group(1)) * 1000))
+agent_kind = {"map-pin": "map-pin", "link-pin": "link-pin", "ipcache": "ipcache-changed",
+              "endpoint": "endpoint-removed", "conntrack": "conntrack-unallowed"}
+ms = lambda v: f"{pct(v,.5)/1e6:>7.1f} {pct(v,.99)/1e6:>7.1f}"
+print(f"{'kind':10} {'detected+repaired':>18} {'p50':>9} {'p99':>9} {'max':>9}   MTTD p50/p99 ms   MTTR p50/p99 ms")
 for kind in ["map-pin", "link-pin", "ipcache", "endpoint", "conntrack"]:
     r = [x for x in rows if x["kind"] == kind]
     ok = sorted(x["us"] for x in r if x["repaired"])
+    # Each change's report: the first of its kind logged after the change.
+    detect, repair = [], []
+    for x in r:
+        rep = next((p for p in reports if p[1] == agent_kind[kind] and p[0] >= x["changed_ns"]), None)
+        if rep and x["repaired"]:
+            detect.append(rep[0] - rep[2] - x["changed_ns"])
+            repair.append(rep[2])
+    detect.sort(); repair.sort()
+    split = f"   {ms(detect)}   {ms(repair)}  ({len(detect)} reports)" if detect else "   (no reports)"
     if ok:
-        print(f"{kind:10} {len(ok):>8} of {len(r):<7} {pct(ok,.5)/1e3:>7.1f}ms {pct(ok,.99)/1e3:>7.1f}ms {ok[-1]/1e3:>7.1f}ms")
+        print(f"{kind:10} {len(ok):>8} of {len(r):<7} {pct(ok,.5)/1e3:>7.1f}ms {pct(ok,.99)/1e3:>7.1f}ms {ok[-1]/1e3:>7.1f}ms{split}")
     else:
         print(f"{kind:10} {0:>8} of {len(r):<7}")
 n = int(open(f"{work}/probes").read())

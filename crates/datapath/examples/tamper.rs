@@ -11,8 +11,9 @@
 //!                         writes the conntrack entry that lets that TCP
 //!                         connection into the endpoint of IFINDEX as
 //!                         established, under its current ingress slot
-//! Prints one JSON line: {"kind": K, "repaired": bool, "us": N} (the time
-//! from the change to the repair being visible: detection and repair).
+//! Prints one JSON line: {"kind": K, "repaired": bool, "us": N, "changed_ns":
+//! T} (N: the time from the change to the repair being visible, detection
+//! and repair; T: when the change was made, Unix nanoseconds).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -106,5 +107,8 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let ok = repaired();
-    println!(r#"{{"kind": "{kind}", "repaired": {ok}, "us": {}}}"#, t0.elapsed().as_micros());
+    let took = t0.elapsed();
+    let changed = std::time::SystemTime::now() - took;
+    let changed_ns = changed.duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    println!(r#"{{"kind": "{kind}", "repaired": {ok}, "us": {}, "changed_ns": {changed_ns}}}"#, took.as_micros());
 }
