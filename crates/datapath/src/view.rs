@@ -8,14 +8,12 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, HashOfMaps, Map, MapData, PerCpuArray};
 use bulkhead_policy::cidr::Cidr;
 
 use crate::abi::{
-    Addr, COUNTER_LOST_EVENTS, CT_AUDITED, CT_FROM_PROXY, Counter, CtKey, CtValue, DIR_EGRESS, EP_AUDIT,
-    EP_DEFAULT_DENY_EGRESS, EP_DEFAULT_DENY_INGRESS, Endpoint, IpcacheValue, LEVEL_ADDRESS, LEVEL_ANY, LEVEL_IDENTITY,
-    POLICY_FIXED_BITS, PolicyKeyData, Reason, SLOT_NOT_READY, VERDICT_ALLOW, VERDICT_REDIRECT,
+    Addr, COUNTER_LOST_EVENTS, Counter, CtKey, CtValue, Endpoint, IpcacheValue, POLICY_FIXED_BITS, Reason,
 };
 use crate::maps::{
     Counters, DatapathError, Direction, LoadedEntry, MAP_COUNTERS, MAP_CT, MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY,
@@ -23,23 +21,6 @@ use crate::maps::{
 };
 
 type Result<T> = std::result::Result<T, DatapathError>;
-
-/// The identities of addresses the ipcache does not hold (`ipcache_identity`
-/// in `bpf/bulkhead.c`: world-ipv4, world-ipv6).
-const IDENTITY_WORLD_IPV4: u32 = 9;
-const IDENTITY_WORLD_IPV6: u32 = 10;
-
-/// Where a conntrack entry's connection is asked about (`BH_VIA_*` in
-/// `bpf/bulkhead.c`), for what a redirect means there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Via {
-    /// It cannot be handed to the proxy here.
-    None,
-    /// On the connection's source side: it can be.
-    Source,
-    /// It comes from the proxy, which checked its requests.
-    Proxy,
-}
 
 /// Read-only handles on one layout's pinned maps. `Sync`: share it.
 pub struct DatapathView {
@@ -158,7 +139,19 @@ impl DatapathView {
 
     /// Number of conntrack entries.
     pub fn conntrack_len(&self) -> usize {
-        self.ct.keys().count()
+        self.conntrack_entries().map_or(0, |c| c.len())
+    }
+
+    /// Every conntrack entry, read in batches.
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>> {
+        use std::os::fd::AsFd as _;
+        let fd = aya::maps::IterableMap::map(&self.ct).fd().as_fd();
+        crate::maps::conntrack_entries(fd).map_err(|e| {
+            map_err(MAP_CT)(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            }))
+        })
     }
 
     /// The addresses, either end, of every conntrack entry still live
@@ -170,131 +163,13 @@ impl DatapathView {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map_or(0, |t| u64::try_from(std::time::Duration::from(t).as_nanos()).unwrap_or(u64::MAX));
         let mut out = std::collections::HashSet::new();
-        for entry in self.ct.iter() {
-            let Ok((k, v)) = entry else { continue };
+        for (k, v) in self.conntrack_entries().unwrap_or_default() {
             if now.saturating_sub(v.last_seen) <= crate::abi::ct_timeout_ns(k.proto, v.flags) {
                 out.insert(IpAddr::from(k.saddr));
                 out.insert(IpAddr::from(k.daddr));
             }
         }
         out
-    }
-
-    /// The conntrack entries that stand for their endpoint's current policy
-    /// (decided under the slot it names now, `ct_current` in
-    /// `bpf/bulkhead.c`) although that policy does not admit them. The
-    /// datapath makes an entry only for what the slot admits and asks again
-    /// whenever the slot changes, so such an entry was written behind the
-    /// agent's back: a connection let through without policy. The policy is
-    /// asked as the kernel asks it for an established connection
-    /// (`ct_recheck`), from the slots themselves (frozen, so they are what
-    /// the agent wrote) and the ipcache; each distinct question once per
-    /// call. Entries of interfaces without an endpoint, or decided under
-    /// another slot, are not looked at: the kernel asks again at their next
-    /// packet.
-    pub fn unallowed_conntrack(&self) -> Result<Vec<CtKey>> {
-        let endpoints: std::collections::HashMap<u32, Endpoint> = self.endpoints()?.into_iter().collect();
-        let mut tries: std::collections::HashMap<u32, Option<SlotTrie>> = std::collections::HashMap::new();
-        let mut asked: std::collections::HashMap<(u32, u8, Addr, u8, u16, Via), bool> =
-            std::collections::HashMap::new();
-        let mut out = Vec::new();
-        for entry in self.ct.iter() {
-            let (k, v) = entry.map_err(map_err(MAP_CT))?;
-            let Some(ep) = endpoints.get(&k.ifindex) else { continue };
-            let dir = usize::from(k.dir & 1);
-            let audit = ep.flags & EP_AUDIT != 0;
-            if v.slot != ep.slot[dir] || (v.flags & CT_AUDITED != 0 && !audit) {
-                continue;
-            }
-            let (peer, via) = if dir == DIR_EGRESS {
-                (k.daddr, Via::Source)
-            } else {
-                (k.saddr, if v.flags & CT_FROM_PROXY != 0 { Via::Proxy } else { Via::None })
-            };
-            let question = (k.ifindex, k.dir & 1, peer, k.proto, v.policy_port, via);
-            let admitted = match asked.get(&question) {
-                Some(a) => *a,
-                None => {
-                    let reason = self.decide(ep, dir, peer, k.proto, v.policy_port, via, &mut tries)?;
-                    let a = reason == Reason::Forwarded
-                        || (audit
-                            && matches!(reason, Reason::PolicyDenied | Reason::PolicyDeny | Reason::ProxyUnavailable));
-                    asked.insert(question, a);
-                    a
-                }
-            };
-            if !admitted {
-                out.push(k);
-            }
-        }
-        Ok(out)
-    }
-
-    /// What the policy of direction `dir` of `ep` says of a flow to or from
-    /// `peer`, as `decide()` in `bpf/bulkhead.c` (the drop reason, or
-    /// `Forwarded`). `tries` caches each slot's map.
-    #[expect(clippy::too_many_arguments, reason = "the kernel function's own arguments, one for one")]
-    fn decide(
-        &self,
-        ep: &Endpoint,
-        dir: usize,
-        peer: Addr,
-        proto: u8,
-        port: u16,
-        via: Via,
-        tries: &mut std::collections::HashMap<u32, Option<SlotTrie>>,
-    ) -> Result<Reason> {
-        let slot = ep.slot[dir];
-        let trie = match tries.entry(slot) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(match self.policy.get(&slot, 0) {
-                Ok(t) if slot != SLOT_NOT_READY => Some(t),
-                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => None,
-                Err(err) => return Err(map_err(MAP_POLICY)(err)),
-            }),
-        };
-        let Some(trie) = trie.as_ref() else { return Ok(Reason::EpNotReady) };
-        let peer_id = match self.ipcache.get(&Key::new(128, peer), 0) {
-            Ok(v) => v.identity,
-            Err(aya::maps::MapError::KeyNotFound) => {
-                if IpAddr::from(peer).is_ipv4() {
-                    IDENTITY_WORLD_IPV4
-                } else {
-                    IDENTITY_WORLD_IPV6
-                }
-            }
-            Err(e) => return Err(map_err(MAP_IPCACHE)(e)),
-        };
-        // policy_lookup(): the peer's address, then its identity, then any
-        // peer; at each, the port's entry before the protocol-wide one.
-        let has_ports = matches!(proto, 6 | 17 | 132 | 1 | 58);
-        let mut id_peer = Addr::default();
-        id_peer.0[..4].copy_from_slice(&peer_id.to_be_bytes());
-        let mut found = None;
-        'levels: for (level, peer) in [(LEVEL_ADDRESS, peer), (LEVEL_IDENTITY, id_peer), (LEVEL_ANY, Addr::default())] {
-            let ported = has_ports.then_some((proto, port.to_be_bytes(), POLICY_FIXED_BITS + 16));
-            for (proto, port, bits) in ported.into_iter().chain([(0, [0; 2], POLICY_FIXED_BITS)]) {
-                let key = Key::new(bits, PolicyKeyData { level, proto, peer, port, ..Default::default() });
-                match trie.get(&key, 0) {
-                    Ok(v) => {
-                        found = Some(v);
-                        break 'levels;
-                    }
-                    Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(MAP_POLICY)(e)),
-                }
-            }
-        }
-        let deny = if dir == DIR_EGRESS { EP_DEFAULT_DENY_EGRESS } else { EP_DEFAULT_DENY_INGRESS };
-        Ok(match found {
-            None if ep.flags & deny != 0 => Reason::PolicyDenied,
-            None => Reason::Forwarded,
-            Some(v) if v.verdict == VERDICT_ALLOW => Reason::Forwarded,
-            Some(v) if v.verdict != VERDICT_REDIRECT => Reason::PolicyDeny,
-            Some(_) if via == Via::Proxy => Reason::Forwarded,
-            Some(v) if via != Via::Source || v.proxy_port == 0 => Reason::ProxyUnavailable,
-            Some(_) => Reason::Forwarded,
-        })
     }
 
     /// How full the maps that can fill up are (entries / capacity):

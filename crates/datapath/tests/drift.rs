@@ -70,8 +70,18 @@ fn tampered_maps_are_found_and_put_right() {
     lab.dp().set_ipcache(intruder, client_id).expect("tamper");
     let (diff, _) = lab.differences(&PORTS, wait);
     assert!(diff.iter().any(|d| d.contains("t/intruder") && d.contains("t/server")), "the tampering took: {diff:?}");
-    assert_eq!(kinds(&verify(&mut lab)), ["ipcache-changed"]);
+    // The connection the tampering let in (its conntrack entry, made under
+    // the server's current slot) is cut in the same look: with the ipcache
+    // put right, the policy no longer admits it.
+    let drifts = verify(&mut lab);
+    assert_eq!(kinds(&drifts)[0], "ipcache-changed", "{drifts:?}");
+    assert!(drifts.len() > 1, "the intruder's connection is cut: {drifts:?}");
+    for d in &drifts[1..] {
+        assert_eq!(d.kind, "conntrack-unallowed", "{drifts:?}");
+        assert!(d.what.contains("198.18.62.3") && d.what.contains("ingress"), "{drifts:?}");
+    }
     assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "the intruder is out again");
+    assert_eq!(verify(&mut lab), [], "the probes since made no entry the policy does not admit");
 
     // A prefix added, the server's endpoint removed (its policy with it),
     // its ingress slot removed: all found, all put right.
