@@ -44,6 +44,8 @@ use crate::snapshot::Published;
 
 /// Flows the flow log's queue holds before it counts losses.
 const FLOW_LOG_QUEUE: usize = 1 << 16;
+/// Drift records waiting to become flows.
+const DRIFT_QUEUE: usize = 1024;
 
 /// Starts the agent and serves its API until SIGINT or SIGTERM. The pins
 /// stay: enforcement continues after it exits.
@@ -69,6 +71,20 @@ pub fn run(mut config: Config) -> Result<(), AgentError> {
     let observer = Arc::new(Observer::new(config.flow_buffer_bytes, Arc::clone(&metrics)));
     let published = Arc::new(Published::default());
     let protection = Arc::new(protection::ProtectionState::default());
+    // Each repair's record, as a flow (`observe --type agent`, the signed
+    // log), from a thread that lives as long as the process. Not a
+    // background thread like the other reporters: the reconciler hands it
+    // the records, and the channel's wakeup takes a lock both sides take.
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(DRIFT_QUEUE);
+        protection.record_to(tx);
+        let (observer, node_name) = (Arc::clone(&observer), config.node_name.clone());
+        std::thread::Builder::new().name("drift-flows".into()).spawn(move || {
+            for (at, drift) in rx {
+                observer.publish(vec![bulkhead_flow::model::Flow::drift(at, node_name.clone(), drift)]);
+            }
+        })?;
+    }
     let mut reconciler =
         Reconciler::start(config.clone(), Arc::clone(&published), Arc::clone(&metrics), Arc::clone(&protection))?;
     let kernel = reconciler.view();

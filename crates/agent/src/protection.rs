@@ -17,12 +17,15 @@ use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use bulkhead_datapath::Datapath;
 use bulkhead_datapath::guard::{Guard, GuardError};
+use bulkhead_flow::model::Drift;
+use bulkhead_flow::time::Timestamp;
 
 use crate::metrics::Metrics;
 use crate::reconciler::Command;
@@ -33,6 +36,10 @@ pub struct ProtectionState {
     reason: Mutex<Option<String>>,
     refused: AtomicU64,
     repaired: AtomicU64,
+    /// Where each repair's record goes, for the flows and the signed log
+    /// (a reporting thread; a full queue drops the record, with a warning:
+    /// the repair itself is counted above and in the metrics).
+    records: std::sync::OnceLock<SyncSender<(Timestamp, Drift)>>,
 }
 
 impl ProtectionState {
@@ -47,9 +54,21 @@ impl ProtectionState {
         }
     }
 
-    /// One drift repaired.
-    pub fn repaired(&self) {
+    /// One drift repaired: counted, and its record queued for the flows.
+    pub fn repaired(&self, drift: Drift) {
         self.repaired.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = self.records.get() {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let at = Timestamp::from_nanos(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX));
+            if let Err(e) = tx.try_send((at, drift)) {
+                tracing::warn!(error = %e, "a drift record was not queued for the flows");
+            }
+        }
+    }
+
+    /// Sends each repair's record to `tx` from now on (once).
+    pub fn record_to(&self, tx: SyncSender<(Timestamp, Drift)>) {
+        let _ = self.records.set(tx);
     }
 }
 

@@ -495,7 +495,11 @@ impl Reconciler {
             repair_us = took.as_micros() as u64,
             "the datapath was changed behind the agent's back; put right"
         );
-        self.protection_state.repaired();
+        self.protection_state.repaired(bulkhead_flow::model::Drift {
+            kind: kind.into(),
+            what: what.into(),
+            repair_ns: u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+        });
         self.metrics.drift_repaired(kind, took);
     }
 

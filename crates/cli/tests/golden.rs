@@ -394,10 +394,11 @@ mod observe {
             (&["--traffic-direction", "egress"], &[0, 4, 6, 7, 11]),
             (&["--drop-reason", "SOCKET_LOOKUP_FAILED"], &[5, 6]),
             (&["--since", "2026-12-03T08:13:29Z", "--until", "2026-12-03T08:13:31Z"], &[9, 10]),
-            (&["--last", "2"], &[10, 11]),
+            (&["--last", "2"], &[11, 12]),
             (&["--ip-version", "v6"], &[4, 6, 7]),
             (&["--tcp-flags", "SYN"], &[0, 1, 3, 5]),
-            (&["--not", "--pod", "production/"], &[2]),
+            (&["--not", "--pod", "production/"], &[2, 12]),
+            (&["--type", "agent"], &[12]),
             (&["--verdict", "DROPPED", "--verdict", "FORWARDED", "--pod", "kube-system/"], &[0, 1, 2, 6, 11]),
             (&["--from-ip", "198.18.0.0/15", "--to-port", "8080"], &[0, 1, 3, 5, 8]),
         ];

@@ -385,6 +385,43 @@ fn drift_is_put_right_within_a_second_and_enforcement_never_stops() {
     // drift.
     let metrics = lab.metrics();
     assert!(metrics.contains("bulkhead_drift_repaired_total{kind=\"conntrack-unallowed\"} 1"), "{metrics}");
+
+    // Every repair is also an agent record among the flows, and in the
+    // signed flow log.
+    let kinds_in = |flows: Vec<bulkhead_flow::model::Flow>| {
+        let mut k: Vec<String> = flows.into_iter().filter_map(|f| f.drift).map(|d| d.kind).collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    let want = ["conntrack-unallowed", "ipcache-changed", "link-pin", "map-pin"];
+    let observed = || -> Vec<bulkhead_flow::model::Flow> {
+        let out = lab.ok(&["observe", "--type", "agent", "--last", "1000", "-o", "json"]);
+        out.lines().map(|l| bulkhead_flow::model::decode_json(l.as_bytes()).expect("a flow record")).collect()
+    };
+    // The records are written by a background thread: give it a moment.
+    let _ = bulkhead_lab::wait_until("the records observed", std::time::Duration::from_secs(2), || {
+        kinds_in(observed()) == want
+    });
+    let flows = observed();
+    assert!(flows.iter().all(|f| f.event_kind() == 130), "only agent records: {flows:?}");
+    assert_eq!(kinds_in(flows), want);
+    let log_dir = std::path::PathBuf::from(format!("/run/bulkhead/{}/agent/flows", lab.name));
+    let logged = || {
+        let image = bulkhead_agent::observer::flowlog::read_log(&log_dir).expect("the flow log");
+        let mut flows = Vec::new();
+        for (_, segment) in &image.segments {
+            bulkhead_flow::log::read_flows(segment, |f| flows.push(f.expect("a logged flow")));
+        }
+        (image, flows)
+    };
+    let _ = bulkhead_lab::wait_until("the records logged", std::time::Duration::from_secs(2), || {
+        kinds_in(logged().1) == want
+    });
+    let (image, flows) = logged();
+    assert_eq!(kinds_in(flows), want);
+    let key = lab.ok(&["flows", "key", "-q"]).trim().to_string();
+    assert!(image.verify(Some(&bulkhead_flow::log::parse_public_key(&key).expect("key"))).ok(), "the log verifies");
 }
 
 #[test]

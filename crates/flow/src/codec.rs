@@ -18,8 +18,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::model::{
-    DropReason, Endpoint, EventType, Flow, FlowType, Icmp, Ip, IpVersion, Layer4, Layer7, NearMiss, NetworkInterface,
-    Policy, Ports, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Verdict, Workload,
+    Drift, DropReason, Endpoint, EventType, Flow, FlowType, Icmp, Ip, IpVersion, Layer4, Layer7, NearMiss,
+    NetworkInterface, Policy, Ports, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Verdict, Workload,
 };
 use crate::time::Timestamp;
 
@@ -364,6 +364,13 @@ impl Encoder {
                 put_s(out, &json);
             }
         }
+        // Last and only when there is one: a flow's record is as before.
+        if let Some(d) = &f.drift {
+            out.push(1);
+            put_s(out, &d.kind);
+            put_s(out, &d.what);
+            put_u(out, d.repair_ns);
+        }
     }
 }
 
@@ -587,6 +594,14 @@ impl Decoder {
             1 => Some(serde_json::from_str::<Layer7>(&c.s()?).map_err(|_| CodecError::Invalid("L7 record"))?),
             _ => return Err(CodecError::Invalid("L7 tag")),
         };
+        let drift = match c.0.first() {
+            None => None,
+            Some(1) => {
+                c.byte()?;
+                Some(Drift { kind: c.s()?, what: c.s()?, repair_ns: c.u()? })
+            }
+            Some(_) => return Err(CodecError::Invalid("drift tag")),
+        };
         if !c.0.is_empty() {
             return Err(CodecError::Invalid("record length"));
         }
@@ -618,6 +633,7 @@ impl Decoder {
             ingress_denied_by,
             near_misses,
             count,
+            drift,
         })
     }
 }
@@ -670,8 +686,30 @@ mod tests {
         });
         odd.event_type = Some(EventType { kind: -3, sub_type: 9 });
         flows.push(odd);
+        flows.push(Flow::drift(
+            Timestamp::from_nanos(1),
+            "node".into(),
+            Drift { kind: "conntrack-unallowed".into(), what: "conntrack TCP a -> b".into(), repair_ns: 2_500_000 },
+        ));
         let (back, _) = round_trip(&flows);
         assert_eq!(back, flows);
+    }
+
+    #[test]
+    fn a_flow_without_a_drift_record_is_encoded_as_before() {
+        // Records written before drift records existed end after the L7
+        // part; they still decode, and a flow without one ends there still.
+        let mut f = fixture().remove(0);
+        f.l7 = None;
+        let mut enc = Encoder::new();
+        let (mut defs, mut rec) = (Vec::new(), Vec::new());
+        enc.encode(&f, &mut defs, &mut rec);
+        assert_eq!(rec.last(), Some(&0), "the L7 tag is the last byte");
+        let mut with = f.clone();
+        with.drift = Some(Drift::default());
+        let (mut defs2, mut rec2) = (Vec::new(), Vec::new());
+        Encoder::new().encode(&with, &mut defs2, &mut rec2);
+        assert_eq!(rec2[..rec.len()], rec[..], "a drift record only adds to the end");
     }
 
     #[test]

@@ -228,6 +228,35 @@ pub struct Flow {
     /// packets); 0 (absent) means one.
     #[serde(skip_serializing_if = "is_zero_u64")]
     pub count: u64,
+    /// Ours: an agent record (`event_type` 130) of a change made to the
+    /// datapath behind the agent's back, and its repair.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
+}
+
+/// A change made to the datapath behind the agent's back, put right.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Drift {
+    /// What changed: `map-pin`, `ipcache-changed`, `conntrack-unallowed`, …
+    pub kind: String,
+    /// Which pin, entry or program.
+    pub what: String,
+    /// Nanoseconds from the change being seen to its repair.
+    pub repair_ns: u64,
+}
+
+impl Flow {
+    /// The agent's record of a repaired drift, at `time`.
+    pub fn drift(time: Timestamp, node_name: String, drift: Drift) -> Self {
+        Self {
+            time,
+            node_name,
+            event_type: Some(EventType { kind: event_types::AGENT, sub_type: 0 }),
+            drift: Some(drift),
+            ..Default::default()
+        }
+    }
 }
 
 impl Flow {
@@ -277,6 +306,7 @@ impl Flow {
             + pol(&self.ingress_denied_by)
             + self.near_misses.iter().map(|n| pol(std::slice::from_ref(&n.policy)) + n.reason.len()).sum::<usize>()
             + self.l7.as_ref().map_or(0, |_| 256)
+            + self.drift.as_ref().map_or(0, |d| d.kind.len() + d.what.len())
     }
 }
 

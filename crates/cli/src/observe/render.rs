@@ -208,8 +208,18 @@ fn ends(f: &Flow) -> (String, String, &'static str) {
     }
 }
 
+/// An agent's drift record: what changed behind its back, put right.
+fn drift(f: &Flow, color: bool) -> Option<String> {
+    let d = f.drift.as_ref()?;
+    let ms = d.repair_ns as f64 / 1e6;
+    Some(format!("{} {}: {} (put right in {ms:.1} ms)", paint("DRIFT", "35", color), d.kind, d.what))
+}
+
 /// One compact line (plus indented lines naming the deciding policies).
 pub(super) fn compact(f: &Flow, color: bool) -> String {
+    if let Some(d) = drift(f, color) {
+        return format!("{}: {d}", f.time.stamp_milli());
+    }
     let (a, b, arrow) = ends(f);
     let count = if f.count > 1 { format!(" ×{}", f.count) } else { String::new() };
     let mut s = format!(
@@ -232,6 +242,9 @@ fn table_header() -> String {
 
 /// One table row.
 pub(super) fn table_row(f: &Flow, color: bool) -> String {
+    if let Some(d) = drift(f, color) {
+        return format!("{:<19}  {d}", f.time.stamp_milli());
+    }
     let (a, b, _) = ends(f);
     let v = verdict(f, false);
     let pad = 10usize.saturating_sub(v.chars().count());
