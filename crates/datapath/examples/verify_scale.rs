@@ -8,6 +8,8 @@
 //! repair (the cost paid every second), and ROUNDS rounds of one change per
 //! kind behind the sync's back (an ipcache entry, an endpoint removed, a
 //! forged conntrack entry), each followed by the look that repairs it.
+//! Last, the conntrack map read in batches (as the look does) and entry by
+//! entry, timed in the same run.
 //!
 //! Usage: verify_scale [ENDPOINTS] [CONNTRACK] [ROUNDS]   (10000 100000 7)
 //! Prints each look's time, then the medians and maxima.
@@ -205,6 +207,23 @@ fn main() {
         let max = *v.iter().max().expect("rounds");
         println!("the look that repairs {kind}: median {:?}, max {max:?}", median(&mut v));
     }
+    // The peers, in the same run: reading the conntrack map in batches (as
+    // the look does) against entry by entry (aya's iterator, as bpftool's
+    // dump: two system calls an entry).
+    let (mut batched, mut one_by_one) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let n = dp.view().conntrack_entries().expect("batched").len();
+        batched.push(t.elapsed());
+        let t = Instant::now();
+        assert_eq!(ct.iter().count(), n);
+        one_by_one.push(t.elapsed());
+    }
+    let (b, o) = (median(&mut batched), median(&mut one_by_one));
+    println!(
+        "reading the conntrack map: batched median {b:?}, entry by entry median {o:?} ({:.1}x)",
+        o.as_secs_f64() / b.as_secs_f64().max(1e-9)
+    );
     drop(dp);
     drop(pins);
 }
