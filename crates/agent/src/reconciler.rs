@@ -129,7 +129,7 @@ const PROXY_EVERY: Duration = Duration::from_millis(200);
 /// How often the kernel's endpoints, ipcache, slot index and conntrack are
 /// compared with what the agent wrote (drift found within this, repaired at
 /// once). Counted from one look's start to the next's, so that the time a
-/// look takes (80 ms at 10,000 endpoints and 100,000 connections,
+/// look takes (85 ms at 10,000 endpoints and 100,000 connections,
 /// BENCHMARKS.md) does not add to it.
 const VERIFY_EVERY: Duration = Duration::from_secs(1);
 

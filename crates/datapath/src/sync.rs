@@ -439,7 +439,7 @@ impl PolicySync {
     /// look: slots are frozen. One read of each of those maps (an entry per
     /// endpoint, prefix and slot; conntrack in batches); the policy entries
     /// are never read. At 10,000 endpoints and 100,000 connections a look
-    /// takes about 80 ms (`examples/verify_scale.rs`, BENCHMARKS.md).
+    /// takes about 85 ms (`examples/verify_scale.rs`, BENCHMARKS.md).
     pub fn verify(&mut self, dp: &mut Datapath) -> Result<Vec<Drift>, DatapathError> {
         let mut out = Vec::new();
         let keys: Vec<(usize, Direction)> = self.slots.keys().copied().collect();
