@@ -302,8 +302,12 @@ impl Datapath {
     /// Attaches both programs to the host side of a pod's veth. A link
     /// already pinned for this interface gets the new programs swapped in
     /// atomically (enforcement never pauses); a stale pin (the interface
-    /// was deleted and its index reused) is replaced. Returns the links'
-    /// ids (for [`crate::guard::Guard::protect_links`]).
+    /// was deleted and its index reused) is replaced. Ours must be first on
+    /// each hook: a program another process put before it could pass a
+    /// packet before ours judges it, so any is detached (what runs after
+    /// ours never sees a packet: ours ends the chain, pass, drop or
+    /// redirect). Returns the links' ids (for
+    /// [`crate::guard::Guard::protect_links`]).
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         for (prog, kind, suffix) in
@@ -339,6 +343,8 @@ impl Datapath {
             let fd: FdLink = link.try_into().map_err(pin_other::<LinkError>(&pin))?;
             let id = fd.info().map_err(pin_other(&pin))?.id();
             ids.push(id);
+            let dir = if kind == TcAttachType::Ingress { Direction::Egress } else { Direction::Ingress };
+            evict_before(ifindex, dir, id).map_err(pin_err(&pin))?;
             let _ = std::fs::remove_file(&pin);
             let pinned = fd.pin(&pin).map_err(pin_other(&pin))?;
             self.links.insert(pin, (pinned, id));
@@ -611,21 +617,24 @@ impl Datapath {
     }
 }
 
+/// BPF_TCX_INGRESS / BPF_TCX_EGRESS: the pod's egress policy runs on the
+/// host side's ingress hook, its ingress policy on the egress hook.
+fn tcx_attach_type(d: Direction) -> u32 {
+    match d {
+        Direction::Egress => 46,
+        Direction::Ingress => 47,
+    }
+}
+
 /// `BPF_PROG_QUERY` of an interface's TCX hook in the calling thread's
 /// network namespace, asking only for its revision and program count (aya
 /// opens every program to answer it).
 fn tcx_query(ifindex: u32, d: Direction) -> io::Result<(u64, u32)> {
     const BPF_PROG_QUERY: libc::c_long = 16;
-    // BPF_TCX_INGRESS / BPF_TCX_EGRESS: the pod's egress policy runs on the
-    // host side's ingress hook, its ingress policy on the egress hook.
-    let attach_type: u32 = match d {
-        Direction::Egress => 46,
-        Direction::Ingress => 47,
-    };
     // union bpf_attr's query member: target_ifindex (0), attach_type (4),
     // prog_ids (16, none asked), prog_cnt (24, out), revision (56, out).
     let mut attr = [0u64; 9];
-    attr[0] = u64::from(ifindex) | (u64::from(attach_type) << 32);
+    attr[0] = u64::from(ifindex) | (u64::from(tcx_attach_type(d)) << 32);
     #[expect(unsafe_code, reason = "bpf(2) BPF_PROG_QUERY for the revision alone has no wrapper in aya")]
     // SAFETY: `attr` is a valid, writable 72-byte buffer laid out as union
     // bpf_attr's query member, passed with its size; no program id array is
@@ -684,6 +693,117 @@ pub(crate) fn conntrack_entries(map: std::os::fd::BorrowedFd<'_>) -> io::Result<
             Some(e) => return Err(e),
         }
     }
+}
+
+/// The programs on an interface's TCX hook, in the order they run, each
+/// with the id of the link that holds it (0: attached without a link), in
+/// the calling thread's network namespace.
+fn tcx_programs(ifindex: u32, d: Direction) -> io::Result<Vec<(u32, u32)>> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let (_, mut count) = tcx_query(ifindex, d)?;
+    loop {
+        let n = usize::try_from(count).unwrap_or(0) + 4;
+        let (mut progs, mut links) = (vec![0u32; n], vec![0u32; n]);
+        let mut attr = [0u64; 9];
+        attr[0] = u64::from(ifindex) | (u64::from(tcx_attach_type(d)) << 32);
+        attr[2] = progs.as_mut_ptr() as u64;
+        attr[3] = n as u64;
+        attr[5] = links.as_mut_ptr() as u64;
+        #[expect(unsafe_code, reason = "bpf(2) BPF_PROG_QUERY with program and link ids has no wrapper in aya")]
+        // SAFETY: `attr` is a valid, writable 72-byte buffer laid out as
+        // union bpf_attr's query member (see `tcx_query`), with prog_ids
+        // (16) and link_ids (40) pointing at arrays of `n` u32s, `n` given
+        // as the count (24): the kernel writes at most that many ids into
+        // each, and the count and revision into `attr`.
+        let r =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+        let got = (attr[3] & 0xffff_ffff) as u32;
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            // Programs added meanwhile: ask again with room for them.
+            if e.raw_os_error() == Some(libc::ENOSPC) && got > count {
+                count = got;
+                continue;
+            }
+            return Err(e);
+        }
+        let got = usize::try_from(got).unwrap_or(0).min(n);
+        return Ok(progs[..got].iter().copied().zip(links[..got].iter().copied()).collect());
+    }
+}
+
+/// Detaches every program that runs before the one of link `ours` on an
+/// interface's TCX hook (another process's, which could pass a packet
+/// before ours judges it).
+fn evict_before(ifindex: u32, d: Direction, ours: u32) -> io::Result<()> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    const BPF_PROG_DETACH: libc::c_long = 9;
+    for (prog, link) in tcx_programs(ifindex, d)? {
+        if link == ours {
+            break;
+        }
+        if link != 0 {
+            let fd = bpf_fd(BPF_LINK_GET_FD_BY_ID, link)?;
+            link_detach(fd.as_fd())?;
+        } else {
+            use std::os::fd::AsRawFd as _;
+            let fd = bpf_fd(BPF_PROG_GET_FD_BY_ID, prog)?;
+            // union bpf_attr's attach/detach member: target_ifindex (0),
+            // attach_bpf_fd (4), attach_type (8).
+            let mut attr = [0u32; 8];
+            attr[0] = ifindex;
+            attr[1] = u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("a negative descriptor"))?;
+            attr[2] = tcx_attach_type(d);
+            #[expect(unsafe_code, reason = "bpf(2) BPF_PROG_DETACH by program has no wrapper in aya")]
+            // SAFETY: `attr` is a valid 32-byte buffer laid out as union
+            // bpf_attr's attach member (zero beyond it), passed with its
+            // size; the kernel only reads it. `fd` is open for the call.
+            let r = unsafe {
+                libc::syscall(libc::SYS_bpf, BPF_PROG_DETACH, attr.as_mut_ptr(), std::mem::size_of_val(&attr))
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A descriptor of the program or link (by `cmd`) with id `id`.
+fn bpf_fd(cmd: libc::c_long, id: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // union bpf_attr's get-by-id member: the id first, the rest zero.
+    let mut attr = [0u32; 4];
+    attr[0] = id;
+    #[expect(unsafe_code, reason = "bpf(2) BPF_*_GET_FD_BY_ID has no wrapper in aya for links")]
+    // SAFETY: `attr` is a valid 16-byte buffer laid out as union bpf_attr's
+    // get-by-id member, passed with its size; the kernel only reads it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(r).map_err(|_| io::Error::other("a descriptor out of range"))?;
+    #[expect(unsafe_code, reason = "taking ownership of the descriptor bpf(2) returned")]
+    // SAFETY: the kernel just returned this descriptor to this process and
+    // nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_LINK_DETACH` (aya detaches a link only when its last descriptor
+/// closes): the link's program leaves its hook now.
+fn link_detach(link: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    // union bpf_attr's link_detach member: link_fd (0).
+    let mut attr = [0u32; 4];
+    attr[0] = u32::try_from(link.as_raw_fd()).map_err(|_| io::Error::other("a negative descriptor"))?;
+    #[expect(unsafe_code, reason = "bpf(2) BPF_LINK_DETACH has no wrapper in aya")]
+    // SAFETY: `attr` is a valid 16-byte buffer laid out as union bpf_attr's
+    // link_detach member (zero beyond it), passed with its size; the kernel
+    // only reads it. The descriptor is borrowed, so open for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// `BPF_MAP_FREEZE` (aya has no call for it): from now on the map cannot

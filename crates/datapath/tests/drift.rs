@@ -3,7 +3,8 @@
 //! endpoint removed, an address taken out of the address map, a slot
 //! removed, entries added — are each found by
 //! `PolicySync::verify` and put right, and a program detached through
-//! its link is found by `Datapath::changed_programs` and attached again;
+//! its link, or a foreign program put before ours, is found by
+//! `Datapath::changed_programs` and attaching again puts ours first;
 //! traffic is judged as the policy says again. Each tampering is first shown to change what the
 //! kernel does, so the repair is what makes the difference.
 
@@ -128,4 +129,47 @@ fn tampered_maps_are_found_and_put_right() {
     netns::run_in(&node, || lab.dp().attach(&host_if, server_if)).expect("node netns").expect("attach again");
     assert_eq!(changed(&mut lab), [], "the new attachment is the recorded one");
     assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "enforced again after the detach");
+
+    // A program of another process put first on the same hook, passing
+    // every packet (TCX_PASS ends the chain before ours runs): the intruder
+    // gets in. Found by the revision; attaching again detaches what runs
+    // before ours.
+    let foreign = netns::run_in(&node, || pass_all_first(server_if)).expect("node netns");
+    let (diff, _) = lab.differences(&PORTS, wait);
+    assert!(diff.iter().any(|d| d.contains("t/intruder") && d.contains("t/server")), "bypassed: {diff:?}");
+    let found = changed(&mut lab);
+    assert!(found.len() == 1 && found[0].1.contains("2 program(s)"), "{found:?}");
+    netns::run_in(&node, || lab.dp().attach(&host_if, server_if)).expect("node netns").expect("attach again");
+    assert_eq!(changed(&mut lab), [], "the new attachment is the recorded one");
+    assert_eq!(lab.differences(&PORTS, wait).0, Vec::<String>::new(), "enforced again, the foreign program gone");
+    drop(foreign);
+}
+
+/// Loads a program that passes every packet (`r0 = TCX_PASS; exit`) and
+/// attaches it first on the TCX egress hook (towards the pod) of
+/// `ifindex`, as another root process could: its link, held by the
+/// descriptor (closed, the program leaves the hook).
+fn pass_all_first(ifindex: u32) -> std::os::fd::OwnedFd {
+    const BPF_PROG_LOAD: i64 = 5;
+    const BPF_LINK_CREATE: i64 = 28;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    const BPF_TCX_EGRESS: u32 = 47;
+    const BPF_F_BEFORE: u32 = 1 << 3;
+    // mov64 r0, 0; exit
+    let insns: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    let prog = support::bpf(BPF_PROG_LOAD, &mut attr).expect("load the foreign program");
+    // union bpf_attr's link_create: prog_fd, target_ifindex, attach_type,
+    // flags (relative_fd 0 with BPF_F_BEFORE: first).
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&u32::try_from(prog.as_raw_fd()).expect("fd").to_ne_bytes());
+    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    attr[8..12].copy_from_slice(&BPF_TCX_EGRESS.to_ne_bytes());
+    attr[12..16].copy_from_slice(&BPF_F_BEFORE.to_ne_bytes());
+    support::bpf(BPF_LINK_CREATE, &mut attr).expect("attach it first")
 }
