@@ -793,32 +793,27 @@ fn bpf_fd(cmd: libc::c_long, id: u32) -> io::Result<std::os::fd::OwnedFd> {
 /// `BPF_LINK_DETACH` (aya detaches a link only when its last descriptor
 /// closes): the link's program leaves its hook now.
 fn link_detach(link: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    // union bpf_attr's link_detach member: link_fd (0).
-    let mut attr = [0u32; 4];
-    attr[0] = u32::try_from(link.as_raw_fd()).map_err(|_| io::Error::other("a negative descriptor"))?;
-    #[expect(unsafe_code, reason = "bpf(2) BPF_LINK_DETACH has no wrapper in aya")]
-    // SAFETY: `attr` is a valid 16-byte buffer laid out as union bpf_attr's
-    // link_detach member (zero beyond it), passed with its size; the kernel
-    // only reads it. The descriptor is borrowed, so open for the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    fd_command(34, link)
 }
 
 /// `BPF_MAP_FREEZE` (aya has no call for it): from now on the map cannot
 /// be changed through bpf(2), by any process; programs still read it.
 fn freeze(map: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    fd_command(22, map)
+}
+
+/// A bpf(2) command whose only argument is a descriptor (the first u32 of
+/// union bpf_attr, the rest zero) and that returns nothing.
+fn fd_command(cmd: libc::c_long, fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    const BPF_MAP_FREEZE: libc::c_long = 22;
-    // union bpf_attr's map_fd is its first u32; the rest must be zero.
     let mut attr = [0u32; 8];
-    attr[0] = u32::try_from(map.as_raw_fd()).map_err(|_| io::Error::other("a negative descriptor"))?;
-    #[expect(unsafe_code, reason = "bpf(2) BPF_MAP_FREEZE has no safe wrapper in aya, nix or std")]
+    attr[0] = u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("a negative descriptor"))?;
+    #[expect(unsafe_code, reason = "bpf(2) BPF_MAP_FREEZE and BPF_LINK_DETACH have no wrapper in aya")]
     // SAFETY: `attr` is a valid 32-byte buffer laid out as union bpf_attr's
-    // map_fd member (zero beyond it), passed with its size; the kernel only
-    // reads it. The descriptor is borrowed, so open for the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_FREEZE, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    // first member (a descriptor, zero beyond it), passed with its size;
+    // the kernel only reads it. The descriptor is borrowed, so open for
+    // the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
