@@ -4,7 +4,7 @@
 
 mod support;
 
-use bulkhead_datapath::abi::{Addr, CtKey, CtValue, DIR_INGRESS};
+use bulkhead_datapath::abi::{Addr, CT_SEEN_REPLY, CtKey, CtValue, DIR_INGRESS};
 use bulkhead_lab::frame::{Frame, V4, mac_of, proto, tcp_syn};
 use bulkhead_lab::probe::RawLink;
 use support::{Lab, assert_gone, privileged, repo};
@@ -333,8 +333,7 @@ fn drift_is_put_right_within_a_second_and_enforcement_never_stops() {
         aya::maps::Map::HashMap(aya::maps::MapData::from_pin(dir.join("bh_ct")).expect("the conntrack pin")),
     )
     .expect("conntrack");
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
-    let now = std::time::Duration::from(now).as_nanos() as u64;
+    let now = bulkhead_datapath::abi::ktime_ns().expect("clock");
     let port = 40_123u16;
     let forged: Vec<CtKey> = [(backend, DIR_INGRESS)]
         .into_iter()
@@ -350,8 +349,13 @@ fn drift_is_put_right_within_a_second_and_enforcement_never_stops() {
                 ifindex,
                 ..Default::default()
             };
-            let value =
-                CtValue { last_seen: now, slot: ep.slot[dir], policy_port: 8080, flags: 1, ..Default::default() };
+            let value = CtValue {
+                last_seen: now,
+                slot: ep.slot[dir],
+                policy_port: 8080,
+                flags: CT_SEEN_REPLY,
+                ..Default::default()
+            };
             ct.insert(key, value, 0).expect("tamper");
             key
         })

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, Map, MapData};
-use bulkhead_datapath::abi::{Addr, CtKey, CtValue, DIR_INGRESS, Endpoint, IpcacheValue};
+use bulkhead_datapath::abi::{Addr, CT_SEEN_REPLY, CtKey, CtValue, DIR_INGRESS, Endpoint, IpcacheValue, ktime_ns};
 
 fn open(dir: &Path, name: &str) -> MapData {
     MapData::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -93,9 +93,8 @@ fn main() {
                 ifindex,
                 ..Default::default()
             };
-            let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
-            let last_seen = Duration::from(now).as_nanos() as u64;
-            let value = CtValue { last_seen, slot, policy_port: port(6), flags: 1, ..Default::default() };
+            let last_seen = ktime_ns().expect("clock");
+            let value = CtValue { last_seen, slot, policy_port: port(6), flags: CT_SEEN_REPLY, ..Default::default() };
             t0 = Instant::now();
             ct.insert(key, value, 0).expect("tamper");
             Box::new(move || ct.get(&key, 0).is_err())

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
 use bulkhead_datapath::Datapath;
-use bulkhead_datapath::abi::{Addr, CtKey, CtValue, DIR_INGRESS, Endpoint};
+use bulkhead_datapath::abi::{Addr, CT_SEEN_REPLY, CtKey, CtValue, DIR_INGRESS, Endpoint, ktime_ns};
 use bulkhead_datapath::sync::{EndpointSpec, PolicySync};
 use bulkhead_policy::api::decode::{DecodeOptions, decode_str};
 use bulkhead_policy::cidr::Cidr;
@@ -130,8 +130,7 @@ fn main() {
     let mut ct: HashMap<MapData, CtKey, CtValue> =
         HashMap::try_from(Map::HashMap(MapData::from_pin(dir.join("bh_ct")).expect("pin"))).expect("conntrack");
     let eps: std::collections::HashMap<u32, Endpoint> = dp.view().endpoints().expect("endpoints").into_iter().collect();
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
-    let last_seen = u64::try_from(Duration::from(now).as_nanos()).expect("fits");
+    let last_seen = ktime_ns().expect("clock");
     let pod_index: std::collections::HashMap<&str, usize> =
         keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
     let index_of = |i: usize| pod_index[format!("n{}/p{i}", i % NAMESPACES).as_str()];
@@ -148,8 +147,13 @@ fn main() {
             ifindex: ifx,
             ..Default::default()
         };
-        let value =
-            CtValue { last_seen, slot: eps[&ifx].slot[DIR_INGRESS], policy_port: 80, flags: 1, ..Default::default() };
+        let value = CtValue {
+            last_seen,
+            slot: eps[&ifx].slot[DIR_INGRESS],
+            policy_port: 80,
+            flags: CT_SEEN_REPLY,
+            ..Default::default()
+        };
         (key, value)
     };
     let t = Instant::now();

@@ -265,6 +265,8 @@ pub struct CtValue {
     pub packets: u32,
 }
 
+/// A conntrack entry whose connection has seen a reply (`BH_CT_SEEN_REPLY`).
+pub const CT_SEEN_REPLY: u8 = 1 << 0;
 /// A conntrack entry admitted only because its endpoint was in audit mode
 /// (`BH_CT_AUDITED`).
 pub const CT_AUDITED: u8 = 1 << 4;
@@ -283,6 +285,14 @@ pub fn proto_name(n: u8) -> String {
         132 => "SCTP".into(),
         n => n.to_string(),
     }
+}
+
+/// The clock the programs stamp conntrack entries and events with
+/// (`bpf_ktime_get_ns`: CLOCK_MONOTONIC), in nanoseconds; `None` when it
+/// cannot be read.
+pub fn ktime_ns() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    u64::try_from(std::time::Duration::from(t).as_nanos()).ok()
 }
 
 /// How long a conntrack entry lives without packets, in nanoseconds, as
@@ -469,6 +479,7 @@ mod tests {
         assert!(c.contains("#define NS_PER_SEC 1000000000ULL"));
         let h = include_str!("../../../bpf/bulkhead.h");
         assert!(h.contains("#define BH_CT_CLOSING (1u << 1)"));
+        assert!(h.contains(&format!("#define BH_CT_SEEN_REPLY (1u << {})", CT_SEEN_REPLY.trailing_zeros())));
         assert!(h.contains(&format!("#define BH_CT_AUDITED (1u << {})", CT_AUDITED.trailing_zeros())));
         assert!(h.contains(&format!("#define BH_CT_FROM_PROXY (1u << {})", CT_FROM_PROXY.trailing_zeros())));
     }

@@ -160,8 +160,7 @@ impl DatapathView {
     pub fn conntrack_addresses(&self) -> std::collections::HashSet<IpAddr> {
         // The datapath's clock (bpf_ktime_get_ns); unreadable, every entry
         // counts as live (an address is kept, never dropped early).
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map_or(0, |t| u64::try_from(std::time::Duration::from(t).as_nanos()).unwrap_or(u64::MAX));
+        let now = crate::abi::ktime_ns().unwrap_or(0);
         let mut out = std::collections::HashSet::new();
         for (k, v) in self.conntrack_entries().unwrap_or_default() {
             if now.saturating_sub(v.last_seen) <= crate::abi::ct_timeout_ns(k.proto, v.flags) {

@@ -257,9 +257,7 @@ impl Flow {
             ..Default::default()
         }
     }
-}
 
-impl Flow {
     /// The monitor message type (`event_type.type`), 0 when absent.
     pub fn event_kind(&self) -> i32 {
         self.event_type.map_or(0, |e| e.kind)

@@ -185,9 +185,7 @@ impl Observer {
 
 fn wall_offset_ns() -> u64 {
     let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
-    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0))
-        .unwrap_or(0);
+    let mono = bulkhead_datapath::abi::ktime_ns().unwrap_or(0);
     wall.saturating_sub(mono)
 }
 
